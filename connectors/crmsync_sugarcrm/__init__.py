@@ -1,0 +1,1 @@
+"""crmsync connector package (being written)."""

@@ -1,0 +1,272 @@
+"""The ``crmsync`` command.
+
+Global options come before the command: ``crmsync --connector salesforce --config
+crmsync.toml --json sync``. ``crmsync --connector NAME`` alone runs ``sync``. Exit codes:
+0 all went well, 1 some records failed, 2 usage or configuration error, 3 another
+crmsync error (the message says what to do).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError, CrmsyncError, PluginError
+from .registry import CONNECTORS, EMULATORS, available, load, load_emulator
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+
+
+@dataclass
+class Context:
+    connector: str | None
+    config_path: Path
+    as_json: bool
+    verbose: int
+    console: Console
+
+    def config(self, *, required: bool = True) -> Config:
+        if not self.config_path.exists() and not required:
+            return Config()
+        config = load_config(self.config_path)
+        if self.connector and config.crm and config.crm.connector != self.connector:
+            if config.esp and config.esp.connector == self.connector:
+                return config
+            raise ConfigError(
+                f"--connector {self.connector} but {self.config_path} configures "
+                f"crm.connector = {config.crm.connector!r}: pass the matching name or fix the file"
+            )
+        return config
+
+    def emit(self, data: Any, render: Callable[[], None] | None = None) -> None:
+        if self.as_json:
+            click.echo(json.dumps(data, default=_json_default, sort_keys=True))
+        elif render is not None:
+            render()
+        else:
+            self.console.print(data)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"crmsync: error: {message}", err=True)
+    sys.exit(code)
+
+
+class CrmsyncGroup(click.Group):
+    """Turns crmsync errors into one clear line and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except PluginError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except CrmsyncError as exc:
+            fail(str(exc), EXIT_ERROR)
+
+
+@click.group(cls=CrmsyncGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--connector", "-c", metavar="NAME", envvar="CRMSYNC_CONNECTOR",
+              help="The CRM connector to use (see `crmsync connectors`).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              default="crmsync.toml", envvar="CRMSYNC_CONFIG", show_default=True,
+              help="The configuration file.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.version_option(__version__, prog_name="crmsync")
+@click.pass_context
+def cli(ctx: click.Context, connector: str | None, config_path: Path, as_json: bool,
+        verbose: int) -> None:
+    """Keep a CRM and an email-marketing platform in sync, both ways.
+
+    `crmsync --connector NAME` alone runs `sync`. Start with `crmsync demo`.
+    """
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = Context(connector, config_path, as_json, verbose,
+                      Console(stderr=False, soft_wrap=True))
+    if ctx.invoked_subcommand is None:
+        if connector is None:
+            click.echo(ctx.get_help())
+            return
+        sync_command = cli.get_command(ctx, "sync")
+        assert sync_command is not None
+        ctx.invoke(sync_command)
+
+
+@cli.command()
+@click.pass_obj
+def connectors(obj: Context) -> None:
+    """List installed connectors: name, kind, version, capabilities, distribution."""
+    rows = []
+    emulators = {info.name for info in available(EMULATORS) if info.error is None}
+    for info in available(CONNECTORS):
+        caps = info.plugin.capabilities if info.plugin is not None else None
+        rows.append({
+            "name": info.name,
+            "kind": caps.kind if caps else None,
+            "version": info.version,
+            "distribution": info.distribution,
+            "capabilities": caps.enabled() if caps else [],
+            "emulator": info.name in emulators,
+            "error": info.error,
+        })
+
+    def render() -> None:
+        table = Table(title="crmsync connectors")
+        for column in ("name", "kind", "version", "capabilities", "distribution"):
+            table.add_column(column)
+        for row in rows:
+            if row["error"]:
+                table.add_row(row["name"], "[red]broken[/red]", row["version"], "",
+                              row["distribution"])
+            else:
+                table.add_row(row["name"], row["kind"], row["version"],
+                              ", ".join(c for c in row["capabilities"] if c != "kind"),
+                              row["distribution"])
+        obj.console.print(table)
+        for row in rows:
+            if row["error"]:
+                obj.console.print(f"[red]broken:[/red] {row['error']}", markup=True,
+                                  highlight=False)
+
+    obj.emit(rows, render)
+
+
+@cli.command()
+@click.option("--port", "-p", type=int, default=0, help="Port (default: a free one).")
+@click.option("--contacts", "-n", type=int, default=100, show_default=True,
+              help="Generated contacts to start with.")
+@click.option("--seed", "-s", type=int, default=0, show_default=True)
+@click.option("--tls/--no-tls", default=None, help="Serve HTTPS from a throw-away CA.")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Emulator option (e.g. flavour=v4_1).")
+@click.argument("name")
+@click.pass_obj
+def emulate(obj: Context, name: str, port: int, contacts: int, seed: int, tls: bool | None,
+            options: tuple[str, ...]) -> None:
+    """Serve the emulator of connector NAME on 127.0.0.1 until Ctrl-C.
+
+    The control API is under /_emulator/ (reset, seed, state, requests, faults,
+    unsubscribe); see docs/emulators.md.
+    """
+    from .emulator import EmulatorServer
+
+    kwargs: dict[str, Any] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            raise ConfigError(f"--option {option!r}: expected KEY=VALUE")
+        kwargs[key] = value
+    emulator_class = load_emulator(name)
+    emulator = emulator_class(contacts=contacts, seed=seed, **kwargs)
+    use_tls = bool(getattr(emulator_class, "tls", False)) if tls is None else tls
+    server = EmulatorServer(emulator, port=port, tls=use_tls).start()
+    info = {"name": name, "url": server.url, "control": f"{server.url}/_emulator/",
+            "ca": server.ca_path, "contacts": contacts}
+    obj.emit(info, lambda: obj.console.print(
+        f"[bold]{name}[/bold] emulator on {server.url} ({contacts} contacts)\n"
+        f"control API: {server.url}/_emulator/state, /requests, /faults, /reset, /seed"
+        + (f"\ntrust this CA: {server.ca_path}" if server.ca_path else "")
+        + "\nCtrl-C to stop", highlight=False))
+    sys.stdout.flush()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@cli.command()
+@click.option("--connector", "-c", "name", metavar="NAME", help="Template for this CRM.")
+@click.option("--esp", default="mailup", show_default=True, help="The ESP connector.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.pass_obj
+def init(obj: Context, name: str | None, esp: str, force: bool) -> None:
+    """Write a commented crmsync.toml template for a connector."""
+    from .template import render_template
+
+    name = name or obj.connector
+    if not name:
+        raise ConfigError("say which CRM: crmsync init --connector NAME (see `crmsync connectors`)")
+    crm_class = load(name)
+    esp_class = load(esp)
+    if obj.config_path.exists() and not force:
+        raise ConfigError(f"{obj.config_path} exists: pass --force to overwrite it")
+    obj.config_path.write_text(render_template(crm_class, esp_class), encoding="utf-8")
+    obj.emit({"written": str(obj.config_path), "crm": name, "esp": esp},
+             lambda: obj.console.print(f"wrote {obj.config_path}: edit it, then run "
+                                       f"`crmsync --connector {name} check`"))
+
+
+@cli.command()
+@click.pass_obj
+def check(obj: Context) -> None:
+    """Authenticate and reach both sides; print what each reports."""
+    from .runtime import open_side
+
+    config = obj.config()
+    results = {}
+    for side in ("crm", "esp"):
+        side_config = getattr(config, side)
+        if side_config is None:
+            continue
+        try:
+            with open_side(config, side) as connector:
+                health = connector.check()
+                results[side] = {"connector": side_config.connector, "ok": health.ok,
+                                 "detail": health.detail, "latency_ms": health.latency_ms}
+        except CrmsyncError as exc:
+            results[side] = {"connector": side_config.connector, "ok": False, "detail": str(exc)}
+
+    def render() -> None:
+        for side, result in results.items():
+            mark = "[green]ok[/green]" if result["ok"] else "[red]FAILED[/red]"
+            obj.console.print(f"{side} ({result['connector']}): {mark} {result['detail']}")
+
+    obj.emit(results, render)
+    if not all(result["ok"] for result in results.values()):
+        sys.exit(EXIT_FAILED)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``crmsync`` script."""
+    os.environ.setdefault("PYTHONIOENCODING", "utf-8")
+    cli.main(args=argv, prog_name="crmsync")
+
+
+# Commands that live in their own modules register themselves on import.
+from . import commands as _commands  # noqa: E402,F401

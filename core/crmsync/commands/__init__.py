@@ -1,0 +1,1 @@
+"""Commands registered on the ``crmsync`` group, one module each."""

@@ -1,0 +1,282 @@
+"""``crmsync.toml`` read into pydantic models.
+
+Every table is validated; an error names the key (``lists[1].members``) and says what
+is expected. Secrets are never read from the TOML: connector secrets come from
+``CRMSYNC_<CONNECTOR>_<FIELD>`` or the secrets file, the file-space password from
+``CRMSYNC_FILES_PASSWORD``, a post-operation's signing key from its ``secret_env``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, \
+    model_validator
+
+from .contract import format_validation_error
+from .errors import ConfigError
+from .model import Status
+
+__all__ = [
+    "Config",
+    "ConsentConfig",
+    "FilesConfig",
+    "GroupMapping",
+    "ListMapping",
+    "PostOperation",
+    "ServerConfig",
+    "SideConfig",
+    "StateConfig",
+    "SyncConfig",
+    "load_config",
+    "read_secrets_file",
+]
+
+_MEMBERS = re.compile(r"^(all|(campaign|target_list|membership):\S+|field:[^=\s]+=.*)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _as_str(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class StateConfig(_Strict):
+    """Where the state store lives: a SQLite file by default, PostgreSQL by URL."""
+
+    url: str = "sqlite:///crmsync.db"
+
+
+class SideConfig(_Strict):
+    """One side of the sync: a connector name and its settings table."""
+
+    connector: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+    mode: Literal["api", "files"] = "api"
+
+
+class GroupMapping(_Strict):
+    """Which CRM field's values become groups of the list."""
+
+    field: str
+    separator: str = ";"
+    only: list[str] | None = None  # keep just these values, when given
+
+
+class ListMapping(_Strict):
+    """Which CRM construct feeds one ESP list, and what carries its status and groups.
+
+    ``members``: ``all``, ``campaign:<id>``, ``target_list:<id>``, ``membership:<key>``
+    or ``field:<name>=<value>``. ``opt_out``: a CRM field whose true value means
+    unsubscribed. ``status``: raw membership status -> subscribed / unsubscribed / pending.
+    """
+
+    name: str
+    esp_list: str
+    members: str = "all"
+    opt_out: str | None = None
+    status: dict[str, Status] = Field(default_factory=dict)
+    groups: GroupMapping | None = None
+
+    _coerce = field_validator("esp_list", mode="before")(_as_str)
+
+    @field_validator("members")
+    @classmethod
+    def _members(cls, value: str) -> str:
+        if not _MEMBERS.match(value):
+            raise ValueError(
+                "expected all, campaign:<id>, target_list:<id>, membership:<key> "
+                f"or field:<name>=<value>, got {value!r}"
+            )
+        return value
+
+    @property
+    def membership_key(self) -> str | None:
+        """The CRM construct key (``campaign:701...``) when membership feeds the list."""
+        if self.members.split(":", 1)[0] in ("campaign", "target_list", "membership"):
+            kind, _, ident = self.members.partition(":")
+            return ident if kind == "membership" else f"{kind}:{ident}"
+        return None
+
+    @property
+    def member_field(self) -> tuple[str, str] | None:
+        if self.members.startswith("field:"):
+            name, _, value = self.members[len("field:"):].partition("=")
+            return name, value
+        return None
+
+
+class PostOperation(_Strict):
+    """A rule run after a status change: cascade an unsubscribe, or call a URL."""
+
+    on: Literal["unsubscribe", "subscribe"] = "unsubscribe"
+    from_list: str | None = None  # None = any list
+    unsubscribe_from: list[str] | Literal["all"] | None = None
+    call_url: str | None = None
+    method: Literal["POST", "GET"] = "POST"
+    secret_env: str | None = None
+    retries: int = 3
+    timeout_s: float = 10.0
+
+    _coerce = field_validator("from_list", mode="before")(_as_str)
+
+    @field_validator("unsubscribe_from", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [str(item) for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _one_action(self) -> PostOperation:
+        if (self.unsubscribe_from is None) == (self.call_url is None):
+            raise ValueError("give exactly one of unsubscribe_from or call_url")
+        if self.call_url and not re.match(r"^https?://", self.call_url):
+            raise ValueError(f"call_url must be an http(s) URL, got {self.call_url!r}")
+        return self
+
+    def secret(self) -> SecretStr | None:
+        if not self.secret_env:
+            return None
+        value = os.environ.get(self.secret_env)
+        if not value:
+            raise ConfigError(
+                f"post-operation calling {self.call_url} signs with ${self.secret_env}, "
+                "which is not set: set it in the environment or the secrets file"
+            )
+        return SecretStr(value)
+
+
+class ConsentConfig(_Strict):
+    """The consent policy. Unsubscribes are sticky unless an explicit newer opt-in."""
+
+    resubscribe: Literal["never", "explicit_newer"] = "never"
+    deletes: Literal["unsubscribe", "delete", "ignore"] = "unsubscribe"
+
+
+class FilesConfig(_Strict):
+    """The file space of batch mode (``file://``, ``ftp://``, ``ftps://``, ``sftp://``)."""
+
+    url: str = "file://./exchange"
+    username: str | None = None
+    import_dir: str = "in"
+    export_dir: str = "out"
+    archive_dir: str = "archive"
+    zip: bool = False
+    timeout_s: float = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not re.match(r"^(file|ftp|ftps|sftp)://", value):
+            raise ValueError(f"expected a file://, ftp://, ftps:// or sftp:// URL, got {value!r}")
+        return value
+
+    def password(self) -> SecretStr | None:
+        value = os.environ.get("CRMSYNC_FILES_PASSWORD")
+        return SecretStr(value) if value else None
+
+
+class SyncConfig(_Strict):
+    """Tuning of a batch run."""
+
+    overlap_s: float = 600.0
+    batch_size: int = Field(200, ge=1, le=10_000)
+    report_dir: str = "reports"
+
+
+class ServerConfig(_Strict):
+    """``crmsync serve``: where to listen and how to authenticate inbound calls."""
+
+    listen: str = "127.0.0.1:8080"
+    poll_interval_s: float = 30.0
+    allow_ips: list[str] = Field(default_factory=list)
+    max_body_bytes: int = 1_000_000
+    max_attempts: int = 8
+
+
+class Config(_Strict):
+    """The whole of ``crmsync.toml``."""
+
+    state: StateConfig = StateConfig()
+    crm: SideConfig | None = None
+    esp: SideConfig | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+    lists: list[ListMapping] = Field(default_factory=list)
+    post_operations: list[PostOperation] = Field(default_factory=list)
+    consent: ConsentConfig = ConsentConfig()
+    files: FilesConfig = FilesConfig()
+    sync: SyncConfig = SyncConfig()
+    server: ServerConfig = ServerConfig()
+    secrets_file: str | None = None
+    base_dir: str = "."  # the folder of the config file; relative paths are from there
+
+    @model_validator(mode="after")
+    def _unique_lists(self) -> Config:
+        seen = [item.esp_list for item in self.lists]
+        dupes = sorted({item for item in seen if seen.count(item) > 1})
+        if dupes:
+            raise ValueError(f"esp_list {', '.join(dupes)} mapped more than once in [[lists]]")
+        return self
+
+    def path(self, value: str) -> Path:
+        candidate = Path(value)
+        return candidate if candidate.is_absolute() else Path(self.base_dir) / candidate
+
+    def state_url(self) -> str:
+        url = self.state.url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            rel = url[len("sqlite:///"):]
+            if rel and rel != ":memory:":
+                return "sqlite:///" + str(self.path(rel).resolve())
+        return url
+
+    def list_ids(self) -> tuple[str, ...]:
+        return tuple(item.esp_list for item in self.lists)
+
+
+def read_secrets_file(path: Path) -> dict[str, str]:
+    """Read ``KEY=value`` lines (dotenv style) into a dict."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}, line {number}: expected KEY=value")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def load_config(path: str | Path, *, environ: dict[str, str] | None = None) -> Config:
+    """Read and validate ``crmsync.toml``; a missing file is a clear ``ConfigError``."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(
+            f"no configuration at {path}: run `crmsync init --connector NAME` to write one, "
+            "or pass --config PATH"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    raw.setdefault("base_dir", str(path.parent.resolve()))
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path} is invalid:\n{format_validation_error(exc)}") from None
+    if config.secrets_file:
+        secrets = config.path(config.secrets_file)
+        if not secrets.exists():
+            raise ConfigError(f"secrets_file {secrets} does not exist: create it or remove the key")
+        target = os.environ if environ is None else environ
+        for key, value in read_secrets_file(secrets).items():
+            target.setdefault(key, value)
+    return config

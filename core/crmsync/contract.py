@@ -1,0 +1,237 @@
+"""The connector contract: what every CRM or ESP plugin implements.
+
+The contract is narrow on purpose: ``check``, ``lists``, ``read``, ``write`` and
+``decode_event``. What a connector can do beyond it is declared in
+:class:`Capabilities` (the engine and the contract tests read it, never the vendor
+name) and, for ESP extras, by also implementing :class:`FileExchange`,
+:class:`MessageSender` or :class:`MultiListSubscriber`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, ClassVar, Literal, Self
+
+import httpx
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError, DataError
+from .model import (
+    Change,
+    Contact,
+    Cursor,
+    Health,
+    InboundRequest,
+    MailingList,
+    Page,
+    SendResult,
+    WriteResult,
+)
+
+__all__ = [
+    "Capabilities",
+    "Connector",
+    "ConnectorSettings",
+    "FileExchange",
+    "MessageSender",
+    "MultiListSubscriber",
+    "format_validation_error",
+]
+
+
+class Capabilities(BaseModel):
+    """What a connector can do. Tests and the engine read these flags."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["crm", "esp"]
+    full_read: bool = True
+    incremental_read: bool = False
+    write: bool = True
+    bulk_write: bool = False
+    deletes: bool = False
+    push_events: bool = False
+    polling: bool = False
+    lists: bool = True
+    groups: bool = False
+    file_exchange: bool = False
+    send_message: bool = False
+    multi_list_subscribe: bool = False
+
+    def enabled(self) -> list[str]:
+        """The names of the capabilities that are on (for tables and JSON)."""
+        return [name for name, value in self.model_dump().items() if value is True]
+
+
+def format_validation_error(error: ValidationError, *, prefix: str = "") -> str:
+    """Render a pydantic error as lines of ``key: what is expected``."""
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        key = f"{prefix}.{location}" if prefix and location else (prefix or location)
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling against `crmsync init`)"
+        elif item["type"] == "missing":
+            message = "required, but not given"
+        lines.append(f"{key}: {message}")
+    return "\n".join(lines)
+
+
+class ConnectorSettings(BaseSettings):
+    """Base of every connector's settings.
+
+    Values come from the ``[crm.settings]`` / ``[esp.settings]`` table of the config.
+    Secrets (``SecretStr`` fields) must not be written there: they come from the
+    environment as ``CRMSYNC_<CONNECTOR>_<FIELD>`` or from a dotenv-style secrets file.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @classmethod
+    def secret_fields(cls) -> list[str]:
+        return [
+            name
+            for name, field in cls.model_fields.items()
+            if field.annotation is SecretStr or field.annotation == (SecretStr | None)
+        ]
+
+    @classmethod
+    def load(
+        cls,
+        connector: str,
+        values: dict[str, Any] | None = None,
+        *,
+        secrets_file: str | Path | None = None,
+    ) -> Self:
+        """Validate ``values`` with secrets from the environment or ``secrets_file``.
+
+        Raises :class:`ConfigError` naming each bad key and what is expected, and
+        refuses a secret written inline in the configuration.
+        """
+        values = dict(values or {})
+        inline = sorted(set(values) & set(cls.secret_fields()))
+        if inline:
+            env = ", ".join(f"CRMSYNC_{connector.upper()}_{name.upper()}" for name in inline)
+            raise ConfigError(
+                f"[{connector}] secret(s) {', '.join(inline)} written in the configuration: "
+                f"remove them and set {env} in the environment or the secrets file instead"
+            )
+        try:
+            return cls(
+                _env_prefix=f"CRMSYNC_{connector.upper()}_",  # type: ignore[call-arg]
+                _env_file=str(secrets_file) if secrets_file else None,  # type: ignore[call-arg]
+                **values,
+            )
+        except ValidationError as exc:
+            raise ConfigError(
+                f"invalid settings for connector {connector!r}:\n"
+                + format_validation_error(exc, prefix="settings")
+            ) from None
+
+
+class Connector(ABC):
+    """One CRM or ESP, behind the narrow contract the engine uses.
+
+    Subclasses set ``name``, ``Settings`` and ``capabilities`` and implement the five
+    methods. The HTTP client is injected (tests pass one with ``httpx.MockTransport``
+    or pointing at an emulator); a connector builds its own only when none is given.
+    """
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[ConnectorSettings]]
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, settings: ConnectorSettings, *, http: httpx.Client | None = None) -> None:
+        self.settings = settings
+        self._http = http
+
+    @abstractmethod
+    def check(self) -> Health:
+        """Authenticate and reach the system; never raise for a plain failure."""
+
+    @abstractmethod
+    def lists(self) -> list[MailingList]:
+        """The lists (and their groups) as this system knows them."""
+
+    @abstractmethod
+    def read(self, since: Cursor | None) -> Iterator[Page]:
+        """Every contact (``since=None``) or those changed at or after ``since``.
+
+        Pages are yielded in cursor order; each page's cursor is safe to resume from
+        once its records are applied on the other side.
+        """
+
+    @abstractmethod
+    def write(self, changes: Sequence[Change]) -> list[WriteResult]:
+        """Apply changes in batches; return exactly one result per change, in order."""
+
+    @abstractmethod
+    def decode_event(self, request: InboundRequest) -> list[Change]:
+        """Turn a webhook / outbound message into changes, or raise ``EventRejected``."""
+
+    def event_ack(self, request: InboundRequest) -> tuple[int, str, bytes]:
+        """The answer the sender expects once its event is stored: status, type, body."""
+        return 200, "text/plain", b"OK"
+
+    def close(self) -> None:
+        """Release sessions and HTTP connections the connector opened itself."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FileExchange(ABC):
+    """An ESP that exchanges batch files: an import file in, unsubscriptions out."""
+
+    @abstractmethod
+    def import_file_name(self, run_id: str) -> str:
+        """The file name the ESP expects for an import produced by run ``run_id``."""
+
+    @abstractmethod
+    def write_import_file(self, out: IO[bytes], changes: Iterable[Change]) -> int:
+        """Stream ``changes`` to ``out`` in the ESP's import format; return the row count."""
+
+    @abstractmethod
+    def export_file_pattern(self) -> str:
+        """A glob matching the ESP's unsubscription export files in the file space."""
+
+    @abstractmethod
+    def read_export_file(self, data: IO[bytes], name: str) -> Iterator[Change | DataError]:
+        """Parse an unsubscription export: a change per row, or the row's error."""
+
+
+class MessageSender(ABC):
+    """An ESP that can send an existing message from an application."""
+
+    @abstractmethod
+    def send(
+        self,
+        message_id: str,
+        *,
+        to: str | None = None,
+        list_id: str | None = None,
+        group_id: str | None = None,
+    ) -> SendResult:
+        """Send message ``message_id`` to one address, or to a list / a group."""
+
+
+class MultiListSubscriber(ABC):
+    """An ESP that subscribes one contact to several lists at once."""
+
+    @abstractmethod
+    def subscribe(
+        self,
+        contact: Contact,
+        lists: Sequence[str],
+        *,
+        groups: Sequence[str] = (),
+        confirm: bool = True,
+    ) -> list[WriteResult]:
+        """Subscribe ``contact`` to each list (pending when ``confirm``); one result per list."""

@@ -1,0 +1,187 @@
+"""One factory for the HTTP clients connectors use.
+
+:func:`build_client` returns an ``httpx.Client`` whose transport paces requests to a
+calls-per-second limit, retries 429 and 5xx answers (and dropped connections) with
+exponential backoff that honours ``Retry-After``, and gives up after a cap so the
+connector can raise a clear error. Connectors receive the client injected; tests pass
+``transport=httpx.MockTransport(...)``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+import httpx
+
+__all__ = ["Pacer", "RetryPolicy", "RetryTransport", "build_client", "retry_after_seconds"]
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Parse a ``Retry-After`` header (seconds or an HTTP date) into seconds."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class Pacer:
+    """Spaces calls so no more than ``rate`` start per second (thread-safe)."""
+
+    def __init__(self, rate: float | None, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._sleep = sleep
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            self._sleep(start - now)
+
+    def penalise(self, seconds: float) -> None:
+        """Push every next call back by ``seconds`` (after a 429)."""
+        with self._lock:
+            self._next = max(self._next, self._clock() + seconds)
+
+
+class RetryPolicy:
+    """How many times and how long to retry; which answers are worth retrying."""
+
+    def __init__(
+        self,
+        *,
+        attempts: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        statuses: Iterable[int] = (429, 500, 502, 503, 504),
+        retry_non_idempotent: bool = False,
+    ) -> None:
+        self.attempts = attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.statuses = frozenset(statuses)
+        self.retry_non_idempotent = retry_non_idempotent
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff)
+        base = min(self.max_backoff, self.backoff * (2 ** attempt))
+        return base / 2 + random.random() * base / 2  # jitter, so clients do not march in step
+
+
+class RetryTransport(httpx.BaseTransport):
+    """Wraps a transport with pacing and retries.
+
+    A 429 is always retried (the server did not act on it). A 5xx or a dropped
+    connection is retried for idempotent methods, and for POST / PATCH only when the
+    policy allows it (a vendor whose writes are idempotent upserts).
+    """
+
+    def __init__(
+        self,
+        inner: httpx.BaseTransport,
+        *,
+        policy: RetryPolicy | None = None,
+        pacer: Pacer | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.inner = inner
+        self.policy = policy or RetryPolicy()
+        self.pacer = pacer or Pacer(None)
+        self._sleep = sleep
+
+    def _may_retry(self, request: httpx.Request, status: int | None) -> bool:
+        if status == 429:
+            return True
+        return request.method in _IDEMPOTENT or self.policy.retry_non_idempotent
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        attempt = 0
+        while True:
+            self.pacer.wait()
+            try:
+                response = self.inner.handle_request(request)
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError,
+                    httpx.ReadTimeout, httpx.ConnectTimeout, httpx.WriteError) as exc:
+                # ConnectError means the request never left: always safe to retry.
+                safe = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if attempt + 1 >= self.policy.attempts or not (
+                    safe or self._may_retry(request, None)
+                ):
+                    raise
+                self._sleep(self.policy.delay(attempt, None))
+                attempt += 1
+                continue
+            status = response.status_code
+            if (
+                status in self.policy.statuses
+                and attempt + 1 < self.policy.attempts
+                and self._may_retry(request, status)
+            ):
+                after = retry_after_seconds(response.headers.get("Retry-After"))
+                response.read()
+                response.close()
+                wait = self.policy.delay(attempt, after)
+                if status == 429:
+                    self.pacer.penalise(wait)
+                self._sleep(wait)
+                attempt += 1
+                continue
+            return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def build_client(
+    *,
+    base_url: str = "",
+    timeout: float = 30.0,
+    rate: float | None = None,
+    policy: RetryPolicy | None = None,
+    transport: httpx.BaseTransport | None = None,
+    verify: bool | str = True,
+    headers: dict[str, str] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> httpx.Client:
+    """An ``httpx.Client`` with timeouts, pacing to ``rate`` calls/s and retries.
+
+    ``verify`` may be a CA bundle path (an emulator's throw-away CA); certificate
+    checks are never turned off by crmsync itself.
+    """
+    if isinstance(verify, str):
+        verify_arg: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify)
+    else:
+        verify_arg = verify
+    inner = transport or httpx.HTTPTransport(verify=verify_arg)
+    return httpx.Client(
+        base_url=base_url,
+        timeout=httpx.Timeout(timeout),
+        transport=RetryTransport(inner, policy=policy, pacer=Pacer(rate), sleep=sleep),
+        headers={"User-Agent": "crmsync", **(headers or {})},
+    )

@@ -1,0 +1,257 @@
+"""The vendor-neutral data model: immutable pydantic v2 models.
+
+A :class:`Contact` is one person as one system knows it. Status is per list: a
+:class:`Subscription` says subscribed / unsubscribed / pending on one list, with the
+groups of that list, when it changed (UTC), why, and who said so. A :class:`Change` is
+what one side asks the other to do. Connectors yield :class:`Page` objects whose
+:class:`Cursor` marks where the next incremental read starts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "Change",
+    "Contact",
+    "Cursor",
+    "Group",
+    "Health",
+    "InboundRequest",
+    "MailingList",
+    "Op",
+    "Page",
+    "SendResult",
+    "Status",
+    "Subscription",
+    "WriteResult",
+    "normalize_email",
+    "utc",
+]
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def normalize_email(value: str) -> str:
+    """Case-fold and trim an address; raise ``ValueError`` if it cannot be one.
+
+    Every system compares addresses case-insensitively in practice, and a CRM that
+    stores ``John@X.com`` must match the ESP's ``john@x.com``.
+    """
+    email = value.strip().lower()
+    if not _EMAIL.match(email):
+        raise ValueError(f"not an email address: {value!r}")
+    return email
+
+
+def utc(value: datetime) -> datetime:
+    """Return ``value`` as an aware UTC datetime; naive values are taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Status(StrEnum):
+    """A contact's status on one list."""
+
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBED = "unsubscribed"
+    PENDING = "pending"
+
+
+class Group(_Frozen):
+    """A group inside a list (MailUp group, a CRM interest value...)."""
+
+    id: str
+    name: str
+    list_id: str
+
+
+class MailingList(_Frozen):
+    """A list as one system knows it, with its groups."""
+
+    id: str
+    name: str
+    groups: tuple[Group, ...] = ()
+
+
+class Subscription(_Frozen):
+    """A contact's status on one list, with its groups.
+
+    ``explicit`` marks a deliberate opt-in by the person (a form, a confirmation
+    click), the only kind of "subscribed" that may ever lift an earlier unsubscribe.
+    """
+
+    list_id: str
+    status: Status
+    groups: frozenset[str] = frozenset()
+    changed_at: datetime | None = None
+    reason: str | None = None
+    source: str | None = None
+    explicit: bool = False
+
+    @field_validator("changed_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else utc(value)
+
+
+class Contact(_Frozen):
+    """One person as one system knows them.
+
+    ``ids`` holds record ids per system (``{"salesforce": "003..."}``). ``fields`` are
+    in that system's vocabulary. ``memberships`` are the CRM constructs the record
+    belongs to (``"campaign:701..." -> "Responded"``, ``"target_list:abc" -> ""``);
+    the engine maps them, with ``fields``, to per-list subscriptions. An ESP fills
+    ``subscriptions`` directly.
+    """
+
+    email: str
+    ids: Mapping[str, str] = Field(default_factory=dict)
+    fields: Mapping[str, str | None] = Field(default_factory=dict)
+    memberships: Mapping[str, str] = Field(default_factory=dict)
+    subscriptions: Mapping[str, Subscription] = Field(default_factory=dict)
+    modified_at: datetime | None = None
+    deleted: bool = False
+    previous_email: str | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return normalize_email(value)
+
+    @field_validator("previous_email")
+    @classmethod
+    def _previous(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_email(value)
+
+    @field_validator("modified_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else utc(value)
+
+
+class Op(StrEnum):
+    """What a change does to the contact on the receiving side."""
+
+    UPSERT = "upsert"
+    DELETE = "delete"
+
+
+class Change(_Frozen):
+    """What one side asks the other to do for one contact.
+
+    A change may carry field updates, per-list status changes (``subscriptions``,
+    keyed by the receiving side's list id) and CRM membership updates
+    (``memberships``: construct -> raw status, ``None`` to remove). An email change
+    keeps the record ids and sets ``previous_email``.
+    """
+
+    email: str
+    op: Op = Op.UPSERT
+    ids: Mapping[str, str] = Field(default_factory=dict)
+    previous_email: str | None = None
+    fields: Mapping[str, str | None] = Field(default_factory=dict)
+    memberships: Mapping[str, str | None] = Field(default_factory=dict)
+    subscriptions: Mapping[str, Subscription] = Field(default_factory=dict)
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    source: str = ""
+    reason: str | None = None
+    event_id: str | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return normalize_email(value)
+
+    @field_validator("previous_email")
+    @classmethod
+    def _previous(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_email(value)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return utc(value)
+
+
+class WriteResult(_Frozen):
+    """The outcome of one change: one result per change, in order."""
+
+    ok: bool
+    record_id: str | None = None
+    error: str | None = None
+    code: str | None = None
+    retryable: bool = False
+
+
+class Cursor(_Frozen):
+    """Where an incremental read resumes: a UTC timestamp, a tie-break id, vendor data.
+
+    Cursors order by ``(at, tie_id)``; ``data`` is opaque to the engine (a Bulk job
+    locator, a vTiger ``lastModifiedTime``...).
+    """
+
+    at: datetime
+    tie_id: str = ""
+    data: Mapping[str, Any] = Field(default_factory=dict)
+
+    @field_validator("at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return utc(value)
+
+    def key(self) -> tuple[datetime, str]:
+        return (self.at, self.tie_id)
+
+
+class Page(_Frozen):
+    """A page of records and the cursor after them (``None`` when the system has none)."""
+
+    records: Sequence[Contact]
+    cursor: Cursor | None = None
+
+
+class Health(_Frozen):
+    """What ``check()`` found: reachable and authenticated, or why not."""
+
+    ok: bool
+    detail: str = ""
+    latency_ms: float | None = None
+
+
+class InboundRequest(_Frozen):
+    """An HTTP request received by ``crmsync serve`` for a connector to decode."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: str
+    headers: Mapping[str, str] = Field(default_factory=dict)
+    query: Sequence[tuple[str, str]] = ()
+    body: bytes = b""
+    client: str = ""
+
+    def header(self, name: str, default: str = "") -> str:
+        wanted = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == wanted:
+                return value
+        return default
+
+
+class SendResult(_Frozen):
+    """What the ESP said when asked to send a message."""
+
+    ok: bool
+    message_id: str
+    recipients: int = 0
+    detail: str = ""
