@@ -1,0 +1,123 @@
+"""OAuth 2 for MailUp's REST API: the password grant, and refresh with rotation.
+
+MailUp renews the refresh token on every refresh ("also the refresh token is
+renewed"), so the strategy keeps the newest one; when a refresh is refused it falls
+back to the password grant once. Tokens never appear in a message or a log line.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from crmsync.errors import AuthError, ConfigError, RemoteError
+
+from .settings import MailUpSettings
+
+__all__ = ["PasswordGrant"]
+
+_MARGIN_S = 60.0  # refresh a little before MailUp's 3600 s expiry
+
+
+class PasswordGrant:
+    """The one auth strategy MailUp needs for unattended use (resource owner password)."""
+
+    def __init__(self, settings: MailUpSettings, http: httpx.Client, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._http = http
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._access: str | None = None
+        self._refresh: str | None = None
+        self._expires_at = 0.0
+        self.logins = 0
+        self.refreshes = 0
+
+    def headers(self) -> dict[str, str]:
+        """The ``Authorization`` header for a resource call, logging in when needed."""
+        with self._lock:
+            if self._access is None or self._clock() >= self._expires_at:
+                self._renew()
+            assert self._access is not None
+            return {"Authorization": f"Bearer {self._access}"}
+
+    def invalidate(self, used: str | None = None) -> None:
+        """Forget the access token after a 401 so the next call refreshes it."""
+        with self._lock:
+            if used is None or used == f"Bearer {self._access}":
+                self._access = None
+
+    def _renew(self) -> None:
+        if self._refresh:
+            try:
+                self._token({"grant_type": "refresh_token", "refresh_token": self._refresh})
+                self.refreshes += 1
+                return
+            except AuthError:
+                self._refresh = None  # rotated away or revoked: log in again
+        self._login()
+
+    def _login(self) -> None:
+        missing = [name for name, value in (
+            ("client_id", self.settings.client_id), ("username", self.settings.username),
+            ("client_secret", self.settings.client_secret.get_secret_value()),
+            ("password", self.settings.password.get_secret_value())) if not value]
+        if missing:
+            env = ", ".join(f"CRMSYNC_MAILUP_{name.upper()}" for name in missing)
+            raise ConfigError(f"MailUp needs {', '.join(missing)}: set them in [esp.settings] "
+                              f"(secrets in the environment as {env})")
+        self._token({"grant_type": "password", "username": self.settings.username,
+                     "password": self.settings.password.get_secret_value()})
+        self.logins += 1
+
+    def _token(self, form: dict[str, str]) -> None:
+        secret = self.settings.client_secret.get_secret_value()
+        data = {**form, "client_id": self.settings.client_id, "client_secret": secret}
+        try:
+            response = self._http.post(
+                self.settings.auth_url, data=data,
+                auth=httpx.BasicAuth(self.settings.client_id, secret))
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"MailUp token endpoint {self.settings.auth_url} unreachable "
+                              f"({type(exc).__name__}): check auth_url and the network",
+                              retryable=True) from None
+        grant = form["grant_type"]
+        if response.status_code >= 500:
+            raise RemoteError(f"MailUp token endpoint answered {response.status_code}: "
+                              "try again later", status=response.status_code, retryable=True)
+        body = _json(response)
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if response.status_code != 200 or not isinstance(token, str):
+            detail = _describe(body)
+            raise AuthError(
+                f"MailUp refused the {grant} grant for user {self.settings.username!r} "
+                f"(HTTP {response.status_code}{': ' + detail if detail else ''}): check "
+                "client_id, CRMSYNC_MAILUP_CLIENT_SECRET, username and CRMSYNC_MAILUP_PASSWORD")
+        self._access = token
+        refresh = body.get("refresh_token")
+        if isinstance(refresh, str) and refresh:
+            self._refresh = refresh
+        expires = float(body.get("expires_in") or 3600)
+        self._expires_at = self._clock() + max(1.0, expires - min(_MARGIN_S, expires / 10))
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _describe(body: Any) -> str:
+    if not isinstance(body, dict):
+        return ""
+    for key in ("error_description", "ErrorDescription", "error", "ErrorName"):
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""

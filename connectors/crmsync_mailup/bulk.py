@@ -1,0 +1,101 @@
+"""MailUp's asynchronous import, for change sets above ``bulk_threshold``.
+
+Rows go to ``POST /List/{id}/Recipients`` (one import per list and target status:
+plain, ``ConfirmEmail=true`` for pending, ``importType=asOptout`` for unsubscribes),
+then group memberships to ``POST /Group/{id}/Recipients``; each import is polled at
+``GET /Import/{idImport}`` until ``Completed``. A default import never changes an
+existing status, so it cannot lift an unsubscribe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from crmsync.errors import CrmsyncError, RemoteError
+from crmsync.model import Change, Status, WriteResult
+
+from .recipients import GroupDirectory, RecipientApi, recipient_body
+from .settings import MailUpSettings
+
+__all__ = ["BulkImporter"]
+
+CHUNK = 5000  # rows per import call; MailUp documents no maximum
+_PARAMS = {Status.SUBSCRIBED: {}, Status.PENDING: {"ConfirmEmail": "true"},
+           Status.UNSUBSCRIBED: {"importType": "asOptout"}}
+
+
+class BulkImporter:
+    """Runs a set of changes as MailUp imports; one :class:`WriteResult` per change."""
+
+    def __init__(self, settings: MailUpSettings, api: RecipientApi, groups: GroupDirectory,
+                 *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.api = api
+        self.groups = groups
+        self._sleep = sleep
+        self._clock = clock
+
+    def run(self, items: Sequence[tuple[int, Change]]) -> dict[int, WriteResult]:
+        failures: dict[int, WriteResult] = {}
+        batches: dict[tuple[str, Status], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+        members: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+        for index, change in items:
+            body = recipient_body(change.email, change.fields, self.settings.field_ids)
+            for list_id, sub in change.subscriptions.items():
+                batches[(list_id, sub.status)].append((index, body))
+                if sub.status is Status.UNSUBSCRIBED or not sub.groups:
+                    continue
+                try:
+                    resolved = self.groups.resolve(list_id, sorted(sub.groups))
+                except CrmsyncError as exc:
+                    failures[index] = _failed(exc)
+                    continue
+                for gid in resolved.values():
+                    members[(list_id, gid)].append((index, body))
+        started: list[tuple[str, list[int]]] = []
+        for (list_id, status), rows in batches.items():
+            self._start(f"List/{list_id}/Recipients", rows, _PARAMS[status], started, failures)
+        for (_, gid), rows in members.items():
+            self._start(f"Group/{gid}/Recipients", rows, {}, started, failures)
+        for import_id, indices in started:
+            try:
+                self._wait(import_id)
+            except CrmsyncError as exc:
+                for index in indices:
+                    failures.setdefault(index, _failed(exc))
+        return {index: failures.get(index, WriteResult(ok=True)) for index, _ in items}
+
+    def _start(self, path: str, rows: list[tuple[int, dict[str, Any]]], params: dict[str, str],
+               started: list[tuple[str, list[int]]], failures: dict[int, WriteResult]) -> None:
+        for offset in range(0, len(rows), CHUNK):
+            chunk = rows[offset:offset + CHUNK]
+            indices = [index for index, _ in chunk]
+            try:
+                import_id = self.api.start_import(path, [body for _, body in chunk], params)
+            except CrmsyncError as exc:
+                for index in indices:
+                    failures.setdefault(index, _failed(exc))
+                continue
+            started.append((import_id, indices))
+
+    def _wait(self, import_id: str) -> dict[str, Any]:
+        deadline = self._clock() + self.settings.import_timeout_s
+        while True:
+            status = self.api.import_status(import_id)
+            if status.get("Completed") is True:
+                return status
+            if self._clock() >= deadline:
+                raise RemoteError(f"MailUp import {import_id} not completed after "
+                                  f"{self.settings.import_timeout_s:.0f} s: check it in the "
+                                  "console (Recipients > Import) and raise import_timeout_s",
+                                  retryable=True)
+            self._sleep(self.settings.import_poll_s)
+
+
+def _failed(exc: CrmsyncError) -> WriteResult:
+    return WriteResult(ok=False, error=str(exc), code=getattr(exc, "code", None),
+                       retryable=bool(getattr(exc, "retryable", False)))

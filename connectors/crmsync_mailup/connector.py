@@ -1,0 +1,392 @@
+"""The MailUp connector: the ESP side of a sync, over MailUp's REST API v1.1."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any, ClassVar
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from crmsync.contract import (
+    Capabilities,
+    Connector,
+    ConnectorSettings,
+    FileExchange,
+    MessageSender,
+    MultiListSubscriber,
+)
+from crmsync.errors import CrmsyncError, DataError
+from crmsync.model import (
+    Change,
+    Contact,
+    Cursor,
+    Health,
+    InboundRequest,
+    MailingList,
+    Op,
+    Page,
+    SendResult,
+    Status,
+    Subscription,
+    WriteResult,
+)
+
+from .bulk import BulkImporter
+from .client import MailUpClient, make_http
+from .files import MailUpFiles, optout_reason
+from .recipients import OPTIN_STATUS, GroupDirectory, RecipientApi, recipient_body
+from .sending import MailUpSender, TransactionalMessage
+from .settings import MailUpSettings
+from .webhooks import WebhookDecoder
+
+__all__ = ["MailUpConnector"]
+
+log = logging.getLogger(__name__)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscriber):
+    """MailUp as the ESP: lists, groups, recipients, bulk imports, webhooks, files, sending."""
+
+    name: ClassVar[str] = "mailup"
+    Settings: ClassVar[type[ConnectorSettings]] = MailUpSettings
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        kind="esp", full_read=True, incremental_read=True, write=True, bulk_write=True,
+        deletes=True, push_events=True, polling=False, lists=True, groups=True,
+        file_exchange=True, send_message=True, multi_list_subscribe=True,
+    )
+
+    settings: MailUpSettings
+
+    def __init__(self, settings: ConnectorSettings, *, http: httpx.Client | None = None) -> None:
+        super().__init__(settings, http=http)
+        self._owns_http = http is None
+        self.http = http or make_http(self.settings)
+        self.client = MailUpClient(self.settings, self.http)
+        self.api = RecipientApi(self.client)
+        self.directory = GroupDirectory(self.api, create=self.settings.create_groups)
+        self.files = MailUpFiles(self.settings)
+        self.webhooks = WebhookDecoder(self.settings, group_name=self.directory.name)
+        self.sender = MailUpSender(self.settings, self.client)
+        self.bulk = BulkImporter(self.settings, self.api, self.directory)
+        self._list_ids: list[str] | None = None
+
+    # -- health and lists -------------------------------------------------------------------
+    def check(self) -> Health:
+        started = datetime.now(UTC)
+        try:
+            lists = self.api.lists()
+        except CrmsyncError as exc:
+            return Health(ok=False, detail=str(exc))
+        elapsed = (datetime.now(UTC) - started).total_seconds() * 1000
+        return Health(ok=True, detail=f"MailUp user {self.settings.username}: "
+                      f"{len(lists)} list(s)", latency_ms=round(elapsed, 1))
+
+    def lists(self) -> list[MailingList]:
+        return self.directory.lists()
+
+    def list_ids(self) -> list[str]:
+        if self.settings.lists is not None:
+            return list(self.settings.lists)
+        if self._list_ids is None:
+            self._list_ids = [str(item.get("IdList", item.get("idList")))
+                              for item in self.api.lists()]
+        return self._list_ids
+
+    # -- reading ------------------------------------------------------------------------------
+    def read(self, since: Cursor | None) -> Iterator[Page]:
+        if since is None:
+            return self._read_full()
+        return self._read_changes(since)
+
+    def _read_full(self) -> Iterator[Page]:
+        # MailUp listings carry no modification stamp: pages before the last resume as
+        # "everything since 1970" (status only), the last one as "since this read began".
+        started = datetime.now(UTC)
+        seq = 0
+        pending: Page | None = None
+        for list_id in self.list_ids():
+            groups = self._group_members(list_id)
+            for status in (Status.SUBSCRIBED, Status.UNSUBSCRIBED, Status.PENDING):
+                for items in self.api.listing(list_id, status):
+                    records = [c for c in (self._contact(item, list_id, status, groups)
+                                           for item in items) if c is not None]
+                    if pending is not None:
+                        yield pending
+                    seq += 1
+                    pending = Page(records=records, cursor=Cursor(
+                        at=_EPOCH, tie_id=f"{seq:08d}",
+                        data={"list": list_id, "status": status.value}))
+        last = pending.records if pending is not None else []
+        yield Page(records=last, cursor=Cursor(at=started, tie_id=f"{seq:08d}",
+                                               data={"full": True}))
+
+    def _group_members(self, list_id: str) -> dict[str, set[str]]:
+        members: dict[str, set[str]] = {}
+        for gid, name in self.directory.groups(list_id, refresh=True).items():
+            for items in self.api.group_members(gid):
+                for item in items:
+                    members.setdefault(str(item["idRecipient"]), set()).add(name)
+        return members
+
+    def _contact(self, item: dict[str, Any], list_id: str, status: Status,
+                 groups: dict[str, set[str]]) -> Contact | None:
+        rid = str(item.get("idRecipient"))
+        names = self.settings.field_names()
+        fields = {names[int(f["Id"])]: f.get("Value") for f in item.get("Fields") or []
+                  if int(f.get("Id", 0)) in names}
+        try:
+            return Contact(email=str(item.get("Email") or ""), ids={self.name: rid},
+                           fields=fields, subscriptions={list_id: Subscription(
+                               list_id=list_id, status=status,
+                               groups=frozenset(groups.get(rid, ())), source=self.name)})
+        except ValueError:
+            log.warning("MailUp recipient %s in list %s has no valid email; skipped", rid,
+                        list_id)
+            return None
+
+    def _read_changes(self, since: Cursor) -> Iterator[Page]:
+        start = since.at - timedelta(seconds=self.settings.read_overlap_s)
+        newest = since.at
+        for list_id in self.list_ids():
+            for items in self.api.optins(list_id):
+                records = []
+                for item in items:
+                    contact = self._optin_contact(item, list_id, start)
+                    if contact is None:
+                        continue
+                    records.append(contact)
+                    changed = contact.subscriptions[list_id].changed_at
+                    if changed is not None and changed > newest:
+                        newest = changed
+                if records:
+                    yield Page(records=records, cursor=since)
+        yield Page(records=[], cursor=Cursor(at=newest, tie_id="", data={"incremental": True}))
+
+    def _optin_contact(self, item: dict[str, Any], list_id: str,
+                       start: datetime) -> Contact | None:
+        status = OPTIN_STATUS.get(str(item.get("Status") or "").upper())
+        dates = [d for d in (self._api_date(item.get("Optin_Date")),
+                             self._api_date(item.get("Optout_Date")),
+                             self._api_date(item.get("Optin_Request_Date"))) if d]
+        if status is None or not dates or max(dates) < start:
+            return None
+        rid = str(item.get("idRecipient"))
+        reason = None
+        if status is Status.UNSUBSCRIBED:
+            reason = optout_reason(item.get("Optout_Type"), item.get("Optout_Subtype"))
+        groups = frozenset(self.directory.name(list_id, gid)
+                           for gid in self.api.recipient_groups(list_id, rid))
+        try:
+            return Contact(email=str(item.get("Email") or ""), ids={self.name: rid},
+                           modified_at=max(dates), subscriptions={list_id: Subscription(
+                               list_id=list_id, status=status, groups=groups,
+                               changed_at=max(dates), reason=reason, source=self.name)})
+        except ValueError:
+            return None
+
+    def _api_date(self, value: Any) -> datetime | None:
+        if not value or not isinstance(value, str):
+            return None
+        text = value.strip().replace("Z", "")
+        for fmt in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f",
+                    "%Y-%m-%dT%H:%M:%S"):
+            try:
+                naive = datetime.strptime(text, fmt)
+            except ValueError:
+                continue
+            return naive.replace(tzinfo=ZoneInfo(self.settings.api_timezone)).astimezone(UTC)
+        return None
+
+    # -- writing ------------------------------------------------------------------------------
+    def write(self, changes: Sequence[Change]) -> list[WriteResult]:
+        results: dict[int, WriteResult] = {}
+        bulk: list[tuple[int, Change]] = []
+        single: list[tuple[int, Change]] = []
+        for index, change in enumerate(changes):
+            (bulk if self._bulkable(change) else single).append((index, change))
+        if len(changes) > self.settings.bulk_threshold and bulk:
+            results.update(self.bulk.run(bulk))
+        else:
+            single = sorted(single + bulk)
+        for index, change in single:
+            try:
+                results[index] = self._write_one(change)
+            except CrmsyncError as exc:
+                results[index] = WriteResult(
+                    ok=False, record_id=change.ids.get(self.name), error=str(exc),
+                    code=getattr(exc, "code", None),
+                    retryable=bool(getattr(exc, "retryable", False)))
+        return [results[index] for index in range(len(changes))]
+
+    def _bulkable(self, change: Change) -> bool:
+        if change.op is Op.DELETE or change.previous_email or not change.subscriptions:
+            return False
+        # An explicit re-opt-in needs the recipient's current status: per recipient.
+        return not (self.settings.resubscribe != "never" and any(
+            sub.explicit and sub.status is Status.SUBSCRIBED
+            for sub in change.subscriptions.values()))
+
+    def _lookup_lists(self, change: Change) -> list[str]:
+        return list(change.subscriptions) or self.list_ids()
+
+    def _write_one(self, change: Change) -> WriteResult:
+        rid = change.ids.get(self.name)
+        api = self.api
+        if change.op is Op.DELETE:
+            if rid is None:
+                found = api.find(change.email, self.list_ids())
+                if found is None:
+                    return WriteResult(ok=False, error=f"{change.email} is not in MailUp",
+                                       code="404")
+                rid = found[0]
+            api.delete(rid)
+            return WriteResult(ok=True, record_id=rid)
+        body = recipient_body(change.email, change.fields, self.settings.field_ids)
+        if change.previous_email:
+            if rid is None:
+                found = api.find(change.previous_email, self._lookup_lists(change))
+                rid = found[0] if found else None
+            if rid is not None:
+                api.update(recipient_body(change.email, change.fields, self.settings.field_ids,
+                                          recipient_id=rid))
+        fields_written = False
+        for list_id, sub in change.subscriptions.items():
+            if sub.status is Status.UNSUBSCRIBED:
+                target = rid
+                if target is None:
+                    found = api.find(change.email, [list_id])
+                    target = found[0] if found else None
+                if target is None:
+                    continue  # MailUp cannot hold a recipient who never subscribed
+                api.unsubscribe(list_id, target)
+                rid = target
+            else:
+                rid = self._subscribe(list_id, sub, body)
+                fields_written = True
+            self._sync_groups(list_id, sub, rid, body)
+        if change.fields and not fields_written:
+            if rid is None:
+                found = api.find(change.email, self._lookup_lists(change))
+                if found is None:
+                    return WriteResult(ok=False, error=f"{change.email} is not in MailUp: "
+                                       "subscribe it to a list first", code="404")
+                rid = found[0]
+            api.update(recipient_body(change.email, change.fields, self.settings.field_ids,
+                                      recipient_id=rid))
+        return WriteResult(ok=True, record_id=rid)
+
+    def _subscribe(self, list_id: str, sub: Subscription, body: dict[str, Any]) -> str:
+        if (sub.explicit and sub.status is Status.SUBSCRIBED
+                and self.settings.resubscribe != "never"):
+            found = self.api.find(body["Email"], [list_id])
+            if found is not None and found[2] is Status.UNSUBSCRIBED:
+                if self.settings.resubscribe == "confirm":
+                    return self.api.subscribe(list_id, body, confirm=True)
+                rid = self.api.subscribe(list_id, body, confirm=False)
+                self.api.force_subscribe(list_id, rid)
+                return rid
+        return self.api.subscribe(list_id, body, confirm=sub.status is Status.PENDING)
+
+    def _sync_groups(self, list_id: str, sub: Subscription, rid: str | None,
+                     body: dict[str, Any]) -> None:
+        if rid is None or (not sub.groups and not self.settings.empty_groups_clear):
+            return
+        current = self.api.recipient_groups(list_id, rid)
+        if sub.status is Status.UNSUBSCRIBED:
+            # Adding to a group subscribes to its list: only removals for an unsubscribe.
+            known = self.directory.groups(list_id)
+            by_name = {name: gid for gid, name in known.items()}
+            wanted = {by_name.get(g, g) for g in sub.groups}
+        else:
+            wanted = set(self.directory.resolve(list_id, sorted(sub.groups)).values())
+            for gid in sorted(wanted - current):
+                self.api.add_to_group(gid, body)
+        for gid in sorted(current - wanted):
+            self.api.remove_from_group(gid, rid)
+
+    # -- events ---------------------------------------------------------------------------------
+    def decode_event(self, request: InboundRequest) -> list[Change]:
+        return self.webhooks.decode(request)
+
+    def event_ack(self, request: InboundRequest) -> tuple[int, str, bytes]:
+        # MailUp's own receivers answer 1 (0 for failure).
+        return 200, "text/plain", b"1"
+
+    # -- files -----------------------------------------------------------------------------------
+    def import_file_name(self, run_id: str) -> str:
+        return self.files.import_file_name(run_id)
+
+    def write_import_file(self, out: IO[bytes], changes: Iterable[Change]) -> int:
+        return self.files.write_import_file(out, changes)
+
+    def export_file_pattern(self) -> str:
+        return self.files.export_file_pattern()
+
+    def read_export_file(self, data: IO[bytes], name: str) -> Iterator[Change | DataError]:
+        return self.files.read_export_file(data, name)
+
+    # -- sending and multi-list subscribe ---------------------------------------------------------
+    def send(self, message_id: str, *, to: str | None = None, list_id: str | None = None,
+             group_id: str | None = None) -> SendResult:
+        return self.sender.send(message_id, to=to, list_id=list_id, group_id=group_id)
+
+    def send_transactional(self, message: TransactionalMessage) -> SendResult:
+        """One-to-one mail through MailUp's Transactional API (no OAuth)."""
+        return self.sender.send_transactional(message)
+
+    def subscribe(self, contact: Contact, lists: Sequence[str], *, groups: Sequence[str] = (),
+                  confirm: bool = True) -> list[WriteResult]:
+        """Subscribe to each list; ``groups`` are names or ids, ``"<list>:<group>"`` to pin one.
+
+        A plain group is added in every target list that has it; a group found in none
+        of them fails every result before anything is written.
+        """
+        try:
+            plan = self._plan_groups(lists, groups)
+        except CrmsyncError as exc:
+            return [WriteResult(ok=False, error=str(exc), code="404") for _ in lists]
+        body = recipient_body(contact.email, contact.fields, self.settings.field_ids)
+        results = []
+        for list_id in lists:
+            try:
+                rid = self.api.subscribe(list_id, body, confirm=confirm)
+                for gid in plan.get(list_id, []):
+                    self.api.add_to_group(gid, body)
+                results.append(WriteResult(ok=True, record_id=rid))
+            except CrmsyncError as exc:
+                results.append(WriteResult(ok=False, error=str(exc),
+                                           code=getattr(exc, "code", None),
+                                           retryable=bool(getattr(exc, "retryable", False))))
+        return results
+
+    def _plan_groups(self, lists: Sequence[str], groups: Sequence[str]) -> dict[str, list[str]]:
+        plan: dict[str, list[str]] = {}
+        missing = []
+        for value in groups:
+            pinned, sep, group = value.partition(":")
+            if sep and pinned in lists:
+                plan.setdefault(pinned, []).extend(
+                    self.directory.resolve(pinned, [group]).values())
+                continue
+            hit = False
+            for list_id in lists:
+                known = self.directory.groups(list_id)
+                gid = {n: g for g, n in known.items()}.get(value) or (
+                    value if value in known else None)
+                if gid:
+                    plan.setdefault(list_id, []).append(gid)
+                    hit = True
+            if not hit:
+                missing.append(value)
+        if missing:
+            raise DataError(f"group(s) {', '.join(missing)} exist in none of lists "
+                            f"{', '.join(lists)}: create them or pin them as '<list>:<group>'")
+        return plan
+
+    def close(self) -> None:
+        if self._owns_http:
+            self.http.close()

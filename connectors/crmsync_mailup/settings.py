@@ -1,0 +1,124 @@
+"""The MailUp connector's settings (``[esp.settings]`` with ``connector = "mailup"``).
+
+Secrets (``client_secret``, ``password``, ``webhook_key``, ``transactional_secret``)
+come from ``CRMSYNC_MAILUP_<FIELD>`` or the secrets file, never from the TOML.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from crmsync.contract import ConnectorSettings
+
+__all__ = ["PLACEHOLDERS", "MailUpSettings"]
+
+CONSOLE_URL = "https://services.mailup.com/API/v1.1/Rest/ConsoleService.svc"
+AUTH_URL = "https://services.mailup.com/Authorization/OAuth/Token"
+TRANSACTIONAL_URL = "https://send.mailup.com/API/v2.0/messages/sendmessage"
+
+#: The webhook placeholders MailUp documents (``[FieldNN]`` are added below).
+PLACEHOLDERS = frozenset(
+    {"EventDate", "IdConsole", "IdList", "IdNL", "EventType", "EventSource", "Reason",
+     "Email", "Prefix", "Number", "Groups", "Channel"}
+    | {f"Field{n:02d}" for n in range(1, 40)}
+)
+
+
+class MailUpSettings(ConnectorSettings):
+    """Everything the MailUp connector can be told; the defaults are MailUp's real ones."""
+
+    # -- where and who -------------------------------------------------------------------
+    base_url: str = CONSOLE_URL
+    auth_url: str = AUTH_URL
+    transactional_url: str = TRANSACTIONAL_URL
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    transactional_username: str | None = None  # an SMTP+ user, sNNNNN_NN
+    transactional_secret: SecretStr | None = None
+    ca_path: str | None = None  # a CA bundle to trust (an emulator's throw-away CA)
+    timeout_s: float = 30.0
+
+    # -- pacing and paging -----------------------------------------------------------------
+    rate: float | None = Field(5.0, description="calls per second; MailUp allows 5")
+    retries: int = Field(5, ge=1, le=20)
+    page_size: int = Field(20, ge=1, le=1000)
+    lists: list[str] | None = None  # the lists read() covers; None = every list
+    read_overlap_s: float = 300.0
+    api_timezone: str = "UTC"  # the zone of EmailOptins dates (UNCONFIRMED)
+
+    # -- recipients ------------------------------------------------------------------------
+    field_ids: dict[str, int] = Field(default_factory=dict)
+    resubscribe: Literal["confirm", "force", "never"] = "confirm"
+    create_groups: bool = True
+    empty_groups_clear: bool = False  # an empty group set removes every group
+
+    # -- bulk import -----------------------------------------------------------------------
+    bulk_threshold: int = Field(50, ge=0)
+    import_poll_s: float = 1.0
+    import_timeout_s: float = 1800.0
+
+    # -- webhooks --------------------------------------------------------------------------
+    webhook_params: dict[str, str] = Field(default_factory=dict)
+    webhook_events: dict[str, str] = Field(default_factory=dict)  # callback path -> event
+    webhook_default_event: str | None = None
+    webhook_key: SecretStr | None = None
+    webhook_timezone: str = "Europe/Rome"
+
+    # -- batch files -----------------------------------------------------------------------
+    file_separator: Literal[";", ",", "|", "\t"] = "|"
+    file_quotechar: Literal['"', "'"] = '"'
+    file_quoting: Literal["minimal", "all"] = "minimal"
+    file_encoding: Literal["utf-8", "utf-8-sig", "cp1252"] = "utf-8"
+    file_status_column: str = "Status"
+    file_status_values: dict[str, str] = Field(
+        default_factory=lambda: {"subscribed": "OPTIN", "pending": "PENDING",
+                                 "unsubscribed": "OPTOUT"})
+    file_group_separator: str = ","
+    import_file_template: str = "crmsync-import-{run_id}.csv"
+    export_file_glob: str = "unsubscribers*.csv"
+    export_encoding: Literal["auto", "utf-8", "cp1252"] = "auto"
+    export_timezone: str = "UTC"
+
+    @field_validator("field_ids")
+    @classmethod
+    def _field_ids(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, ident in value.items():
+            if not 1 <= ident <= 39:
+                raise ValueError(f"field {name!r}: MailUp field ids run 1..39, got {ident}")
+        if len(set(value.values())) != len(value):
+            raise ValueError("two ESP field names map to the same MailUp field id")
+        return value
+
+    @field_validator("webhook_params")
+    @classmethod
+    def _placeholders(cls, value: dict[str, str]) -> dict[str, str]:
+        cleaned = {}
+        for name, placeholder in value.items():
+            bare = placeholder.strip().strip("[]")
+            if bare not in PLACEHOLDERS:
+                raise ValueError(f"parameter {name!r}: {placeholder!r} is not a MailUp "
+                                 f"placeholder (e.g. [Email], [IdList], [Field01])")
+            cleaned[name] = bare
+        return cleaned
+
+    @field_validator("webhook_events", mode="after")
+    @classmethod
+    def _events(cls, value: dict[str, str]) -> dict[str, str]:
+        allowed = {"SUBSCRIBE", "UNSUBSCRIBE", "CHANGEPROFILE", "DELETE"}
+        for path, event in value.items():
+            if event.upper() not in allowed:
+                raise ValueError(f"{path}: event {event!r} is not one of {sorted(allowed)}")
+        return {path: event.upper() for path, event in value.items()}
+
+    @field_validator("base_url", "auth_url", "transactional_url")
+    @classmethod
+    def _no_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    def field_names(self) -> dict[int, str]:
+        """MailUp field id -> ESP field name."""
+        return {ident: name for name, ident in self.field_ids.items()}
