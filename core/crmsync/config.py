@@ -170,6 +170,7 @@ class FilesConfig(_Strict):
     archive_dir: str = "archive"
     zip: bool = False
     timeout_s: float = 30.0
+    ca_file: str | None = None  # CA bundle to verify an FTPS server (default: system store)
 
     @field_validator("url")
     @classmethod

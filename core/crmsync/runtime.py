@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from .config import Config
 from .contract import Connector
+from .engine.batch import BatchSync, Progress
+from .engine.postops import PostOperationRules
 from .errors import ConfigError
+from .files import FileSpace
+from .hooks import Hooks, build_plugin_manager
 from .registry import load
+from .state import StateStore
 
-__all__ = ["build_connector", "open_side"]
+__all__ = ["build_batch", "build_connector", "build_hooks", "open_files", "open_side",
+           "open_store"]
 
 
 def build_connector(name: str, settings: dict[str, object] | None = None, *,
@@ -34,3 +41,30 @@ def open_side(config: Config, side: Literal["crm", "esp"]) -> Connector:
         raise ConfigError(f"[{side}] connector {side_config.connector!r} is a "
                           f"{connector.capabilities.kind} connector, not a {side} one")
     return connector
+
+
+def open_store(config: Config) -> StateStore:
+    """The state store the configuration names."""
+    return StateStore(config.state_url())
+
+
+def open_files(config: Config) -> FileSpace:
+    """The batch file space of ``[files]``."""
+    files = config.files
+    return FileSpace(files.url, username=files.username, password=files.password(),
+                     timeout=files.timeout_s, base_dir=Path(config.base_dir),
+                     ca_file=str(config.path(files.ca_file)) if files.ca_file else None)
+
+
+def build_hooks(config: Config) -> Hooks:
+    """Hooks with the configured post-operation rules registered like any plugin."""
+    rules = PostOperationRules(config.post_operations)
+    return Hooks(build_plugin_manager([rules]))
+
+
+def build_batch(config: Config, crm: Connector, esp: Connector, store: StateStore, *,
+                progress: Progress | None = None) -> BatchSync:
+    """A batch run wired from the configuration (file space only in files mode)."""
+    files = open_files(config) if config.esp is not None and config.esp.mode == "files" else None
+    return BatchSync(config, crm, esp, store, hooks=build_hooks(config), files=files,
+                     progress=progress)

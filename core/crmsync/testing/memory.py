@@ -430,7 +430,9 @@ class MemoryEspConnector(_MemoryBase, FileExchange, MessageSender, MultiListSubs
                 current = self.store.records[record_id]["lists"].get(row["list"]) \
                     if record_id else None
                 status = row["status"]
-                if current and current["status"] == "unsubscribed":
+                # an import never lifts an unsubscribe; a "pending" row asks the person
+                # to confirm (the confirmation flow), which is the only way back in
+                if current and current["status"] == "unsubscribed" and status != "pending":
                     status = "unsubscribed"
                 self._apply(Change(email=row["email"], fields=json.loads(row["fields"]),
                                    subscriptions={row["list"]: Subscription(

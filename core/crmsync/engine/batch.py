@@ -1,0 +1,958 @@
+"""The batch run: ESP unsubscriptions into the CRM, then CRM changes out to the ESP.
+
+One run, in order:
+
+1. **recover**: finish what a killed run left half-done (an import file written or
+   uploaded but not committed; inbound rows staged but not written to the CRM);
+2. **inbound**: read the ESP's unsubscriptions (export files from the file space, or
+   the ESP API since the ``esp`` cursor), stage them, decide each against the consent
+   policy, write the CRM in batches, run post-operations, journal and commit;
+   processed files move to the archive;
+3. **outbound**: read the CRM (full, or since the ``crm`` cursor minus the overlap
+   window), map to per-list status and groups, diff against the snapshots, decide,
+   then either stream an import file that is uploaded atomically with a manifest, or
+   write through the ESP API in batches; snapshots, journal and cursor are committed
+   only once the ESP side has acknowledged.
+
+Inbound runs first so that an unsubscribe the ESP reports is known before stale CRM
+data could be sent the other way. A run killed anywhere and started again ends as an
+uninterrupted run would: staged work is finished, not redone, and a change the ESP or
+CRM already acknowledged is not sent twice (the snapshots say it is already there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ..config import Config
+from ..contract import Connector, FileExchange
+from ..errors import AuthError, ConfigError, CrmsyncError, DataError, QuotaExhausted, RemoteError
+from ..files import FileSpace, Manifest
+from ..hooks import Hooks, PostOpContext
+from ..model import Change, Contact, Cursor, Op, Status, Subscription, WriteResult
+from ..state import JournalEntry, Snapshot, StateStore, content_hash
+from .consent import decide
+from .mapping import ListMapper
+
+__all__ = ["BatchSync", "RunStats"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class RunStats:
+    """What a run did; ``sync --json`` prints it."""
+
+    run_id: str = ""
+    mode: str = "batch"
+    esp_mode: str = "api"
+    full: bool = False
+    dry_run: bool = False
+    status: str = "running"
+    crm_read: int = 0
+    esp_written: int = 0
+    esp_unsubscribes_read: int = 0
+    crm_written: int = 0
+    failed: int = 0
+    skipped_unchanged: int = 0
+    consent_kept: int = 0
+    post_operations: int = 0
+    recovered: int = 0
+    files_uploaded: list[str] = field(default_factory=list)
+    files_archived: list[str] = field(default_factory=list)
+    plan: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    report: str | None = None
+    stopped_reason: str | None = None
+    duration_s: float = 0.0
+
+    def count(self, list_id: str, side: str, what: str, n: int = 1) -> None:
+        bucket = self.plan.setdefault(list_id, {}).setdefault(side, {})
+        bucket[what] = bucket.get(what, 0) + n
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items()}
+
+
+@dataclass
+class _Failure:
+    side: str
+    email: str
+    list_id: str
+    reason: str
+    where: str = ""
+    code: str = ""
+
+
+@dataclass
+class _Pending:
+    """A change and what to commit once the receiving side acknowledged it."""
+
+    change: Change
+    key: str
+    snapshots: list[Snapshot]
+    journal: list[JournalEntry]
+    fields_hash: str | None = None
+    outbox_id: int | None = None
+    applied: tuple[Change, dict[str, Subscription]] | None = None
+    # What to commit when the write fails: the consent decision stands, but the
+    # receiving side is still behind, so the next run writes it again.
+    snapshots_if_failed: list[Snapshot] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "fields_hash": self.fields_hash,
+            "snapshots": [_snapshot_json(s) for s in self.snapshots],
+            "journal": [_journal_json(j) for j in self.journal],
+        }
+
+
+def _snapshot_json(s: Snapshot) -> dict[str, Any]:
+    return {"contact_key": s.contact_key, "list_id": s.list_id, "status": s.status.value,
+            "groups": sorted(s.groups), "crm_status": s.crm_status.value if s.crm_status else None,
+            "hash": s.hash, "changed_at": s.changed_at.isoformat(), "source": s.source}
+
+
+def _snapshot_from(d: dict[str, Any]) -> Snapshot:
+    return Snapshot(contact_key=d["contact_key"], list_id=d["list_id"], status=Status(d["status"]),
+                    groups=frozenset(d["groups"]),
+                    crm_status=Status(d["crm_status"]) if d["crm_status"] else None,
+                    hash=d["hash"], changed_at=datetime.fromisoformat(d["changed_at"]),
+                    source=d["source"])
+
+
+def _journal_json(j: JournalEntry) -> dict[str, Any]:
+    data = dict(j.__dict__)
+    data["at"] = j.at.isoformat() if j.at else None
+    return data
+
+
+def _journal_from(d: dict[str, Any]) -> JournalEntry:
+    data = dict(d)
+    data["at"] = datetime.fromisoformat(d["at"]) if d.get("at") else None
+    return JournalEntry(**data)
+
+
+def _snap_hash(status: Status, groups: frozenset[str]) -> str:
+    return content_hash([status.value, sorted(groups)])
+
+
+class BatchSync:
+    """One batch run between a CRM connector and an ESP connector."""
+
+    def __init__(
+        self,
+        config: Config,
+        crm: Connector,
+        esp: Connector,
+        store: StateStore,
+        *,
+        hooks: Hooks | None = None,
+        files: FileSpace | None = None,
+        progress: Progress | None = None,
+        max_attempts: int = 5,
+        spool_dir: Path | None = None,
+    ) -> None:
+        if not config.lists:
+            raise ConfigError("no [[lists]] in the configuration: map at least one ESP list")
+        self.config = config
+        self.crm = crm
+        self.esp = esp
+        self.store = store
+        self.hooks = hooks or Hooks()
+        self.mapper = ListMapper(config)
+        self.policy = config.consent.resubscribe
+        self.files = files
+        self.file_mode = config.esp is not None and config.esp.mode == "files"
+        if self.file_mode:
+            if not isinstance(esp, FileExchange):
+                raise ConfigError(f"[esp] mode = \"files\" but {esp.name} exchanges no files: "
+                                  "use mode = \"api\"")
+            if files is None:
+                raise ConfigError("[esp] mode = \"files\" needs a [files] file space")
+        self.progress = progress or (lambda phase, n: None)
+        self.max_attempts = max_attempts
+        self.spool_dir = spool_dir or config.path(".crmsync-spool")
+        self.stats = RunStats()
+        self.failures: list[_Failure] = []
+        self._dry_conn: Connection | None = None
+
+    # -- transactions (a dry run shares one that is rolled back) --------------------------
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        if self._dry_conn is not None:
+            yield self._dry_conn
+            return
+        with self.store.begin() as conn:
+            yield conn
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self, *, full: bool = False, dry_run: bool = False) -> RunStats:
+        started = time.monotonic()
+        stats = self.stats
+        stats.full = full or self.store.get_cursor("crm") is None
+        stats.dry_run = dry_run
+        stats.esp_mode = "files" if self.file_mode else "api"
+        stats.run_id = self.store.start_run("batch", full=stats.full, dry_run=dry_run)
+        self.hooks.run_started(stats.run_id, "batch", stats.full)
+        try:
+            if dry_run:
+                with self.store.engine.connect() as conn:
+                    transaction = conn.begin()
+                    self._dry_conn = conn
+                    try:
+                        self._inbound(dry_run=True)
+                        self._outbound(full=stats.full, dry_run=True)
+                    finally:
+                        self._dry_conn = None
+                        transaction.rollback()
+            else:
+                self._recover()
+                self._inbound(dry_run=False)
+                self._outbound(full=stats.full, dry_run=False)
+            stats.status = "partial" if self.failures else "succeeded"
+        except QuotaExhausted as exc:
+            stats.status = "stopped"
+            stats.stopped_reason = str(exc)
+            log.warning("run stopped cleanly, resumable: %s", exc)
+        except CrmsyncError as exc:
+            stats.status = "failed"
+            stats.stopped_reason = str(exc)
+            raise
+        finally:
+            stats.failed = len(self.failures)
+            stats.duration_s = round(time.monotonic() - started, 3)
+            if self.failures and not dry_run:
+                stats.report = str(self._write_report(stats.run_id))
+            self.store.finish_run(stats.run_id, stats.status, stats.as_dict())
+            self.hooks.run_finished(stats.run_id, stats.as_dict())
+        return stats
+
+    # -- recovery -------------------------------------------------------------------------
+    def _recover(self) -> None:
+        for record in self.store.files_in("out", ["writing"]):
+            with self._tx() as conn:
+                self.store.drop_batch(conn, record["name"])
+                self.store.set_file(conn, record["name"], direction="out",
+                                    run_id=record["run_id"], status="abandoned")
+            with contextlib.suppress(FileNotFoundError):
+                (self.spool_dir / record["name"]).unlink()
+        for record in self.store.files_in("out", ["staged", "uploaded"]):
+            name = record["name"]
+            if record["status"] == "staged":
+                spool = self.spool_dir / name
+                if not spool.exists():
+                    with self._tx() as conn:
+                        self.store.drop_batch(conn, name)
+                        self.store.set_file(conn, name, direction="out", run_id=record["run_id"],
+                                            status="abandoned")
+                    continue
+                self._upload(name, spool, record["rows"], record["sha256"], record["run_id"],
+                             record["info"])
+            cursor = record["info"].get("cursor")
+            self._commit_export(name, Cursor.model_validate(cursor) if cursor else None,
+                                record["info"].get("followups", []))
+            self.stats.recovered += 1
+
+    # -- inbound: the ESP's unsubscriptions into the CRM ---------------------------------
+    def _inbound(self, *, dry_run: bool) -> None:
+        if self.file_mode:
+            self._inbound_files(dry_run=dry_run)
+        else:
+            self._inbound_api(dry_run=dry_run)
+        if not dry_run:
+            self._apply_staged_inbound()
+
+    def _inbound_files(self, *, dry_run: bool) -> None:
+        assert self.files is not None and isinstance(self.esp, FileExchange)
+        folder = self.config.files.export_dir
+        for name in self.files.list(folder, self.esp.export_file_pattern()):
+            known = self.store.file(f"in:{name}")
+            if known and known["status"] in ("staged", "applied"):
+                if known["status"] == "applied" and not dry_run:
+                    self._archive(name)
+                continue
+            if known and known["status"] == "archived":
+                continue
+            batch = f"file:{name}"
+            rows: list[dict[str, Any]] = []
+            count = 0
+            with self.files.open_read(folder, name) as handle:
+                for item in self.esp.read_export_file(handle, name):
+                    if isinstance(item, DataError):
+                        self.failures.append(_Failure("esp", "", "", item.reason,
+                                                      f"{name}:{item.line or ''}"))
+                        continue
+                    count += 1
+                    rows.append({"payload": item.model_dump(mode="json"),
+                                 "snapshot": {"where": f"{name}"}})
+            self.stats.esp_unsubscribes_read += count
+            self.progress("esp unsubscriptions", count)
+            if dry_run:
+                self._inbound_decide([Change.model_validate(r["payload"]) for r in rows],
+                                     [None] * len(rows), dry_run=True)
+                continue
+            with self._tx() as conn:
+                self.store.stage(conn, "crm", rows, run_id=self.stats.run_id, batch=batch)
+                self.store.set_file(conn, f"in:{name}", direction="in",
+                                    run_id=self.stats.run_id, status="staged", rows=count)
+
+    def _inbound_api(self, *, dry_run: bool) -> None:
+        cursor = self.store.get_cursor("esp")
+        if cursor is None and not self.esp.capabilities.incremental_read:
+            return
+        since = cursor
+        if cursor is None:
+            # The first run starts the ESP cursor now: the full picture comes from the
+            # outbound side; later runs read what changed at the ESP since then.
+            if not dry_run:
+                with self._tx() as conn:
+                    self.store.set_cursor(conn, "esp", Cursor(at=datetime.now(UTC)))
+            return
+        since = Cursor(at=cursor.at - timedelta(seconds=self.config.sync.overlap_s),
+                       tie_id="", data=cursor.data)
+        last = cursor
+        for page in self.esp.read(since):
+            changes = [c for c in (self._unsubscriptions_of(r) for r in page.records) if c]
+            self.stats.esp_unsubscribes_read += len(changes)
+            self.progress("esp unsubscriptions", len(changes))
+            if dry_run:
+                self._inbound_decide(changes, [None] * len(changes), dry_run=True)
+            else:
+                with self._tx() as conn:
+                    self.store.stage(conn, "crm", [{"payload": c.model_dump(mode="json"),
+                                                    "snapshot": {"where": "esp api"}}
+                                                   for c in changes],
+                                     run_id=self.stats.run_id, batch="api")
+                self._apply_staged_inbound()
+                if page.cursor is not None and page.cursor.key() >= last.key():
+                    last = page.cursor
+                    with self._tx() as conn:
+                        self.store.set_cursor(conn, "esp", last)
+
+    def _unsubscriptions_of(self, record: Contact) -> Change | None:
+        subs = {list_id: sub for list_id, sub in record.subscriptions.items()
+                if sub.status == Status.UNSUBSCRIBED and list_id in self.mapper.by_list}
+        if not subs:
+            return None
+        return Change(email=record.email, ids=record.ids, subscriptions=subs,
+                      source=f"esp:{self.esp.name}", occurred_at=record.modified_at
+                      or datetime.now(UTC))
+
+    def _apply_staged_inbound(self) -> None:
+        after = 0
+        size = self.config.sync.batch_size
+        while True:
+            rows = self.store.pending("crm", limit=size, after_id=after)
+            if not rows:
+                break
+            after = rows[-1]["id"]
+            changes = [Change.model_validate(row["payload"]) for row in rows]
+            self._inbound_decide(changes, rows, dry_run=False)
+        for record in self.store.files_in("in", ["staged"]):
+            name = record["name"][len("in:"):]
+            if not self.store.pending("crm", batch=f"file:{name}", limit=1):
+                with self._tx() as conn:
+                    self.store.set_file(conn, record["name"], direction="in",
+                                        run_id=record["run_id"], status="applied",
+                                        rows=record["rows"])
+                self._archive(name)
+
+    def _archive(self, name: str) -> None:
+        assert self.files is not None
+        try:
+            self.files.archive(self.config.files.export_dir, name, self.config.files.archive_dir)
+        except FileNotFoundError:
+            pass  # already moved by an earlier, interrupted run
+        with self._tx() as conn:
+            self.store.set_file(conn, f"in:{name}", direction="in", run_id=self.stats.run_id,
+                                status="archived")
+        self.stats.files_archived.append(name)
+
+    def _inbound_decide(self, changes: Sequence[Change], rows: Sequence[dict[str, Any] | None],
+                        *, dry_run: bool, follow_up: bool = False) -> None:
+        """Decide ESP-side status changes, write the CRM, commit; then post-operations."""
+        with self._tx() as conn:
+            keys = self.store.resolve(conn, [(self.esp.name, c.ids.get(self.esp.name), c.email)
+                                             for c in changes])
+            key_list = [k for k, _, _ in keys]
+            snaps = self.store.snapshots(conn, key_list)
+            crm_ids = self.store.record_ids(conn, self.crm.name, key_list)
+        pendings: list[_Pending] = []
+        origin_rows: list[dict[str, Any] | None] = []
+        applied_subs: list[tuple[Change, dict[str, Subscription]]] = []
+        for change, row, (key, _, _) in zip(changes, rows, keys, strict=True):
+            where = (row or {}).get("snapshot", {}) or {}
+            origin = ("post_operation" if change.source == "post_operation"
+                      else f"esp:{self.esp.name}")
+            fields: dict[str, str | None] = {}
+            memberships: dict[str, str | None] = {}
+            new_snaps: list[Snapshot] = []
+            failed_snaps: list[Snapshot] = []
+            journal: list[JournalEntry] = []
+            applied: dict[str, Subscription] = {}
+            for list_id, sub in change.subscriptions.items():
+                mapping = self.mapper.by_list.get(list_id)
+                if mapping is None:
+                    self.failures.append(_Failure(
+                        "crm", change.email, list_id,
+                        f"unknown ESP list id {list_id!r}: add a [[lists]] mapping with "
+                        f"esp_list = \"{list_id}\" or ignore this list", where.get("where", "")))
+                    continue
+                snap = snaps.get((key, list_id))
+                at = sub.changed_at or change.occurred_at
+                decision = decide(snap.status if snap else None, snap.changed_at if snap else None,
+                                  sub.status, at, explicit=sub.explicit, from_side="esp",
+                                  policy=self.policy)
+                # The CRM is behind what crmsync knows (an earlier write failed): write again.
+                behind = (not decision.apply and snap is not None
+                          and decision.status == snap.status and snap.crm_status != snap.status)
+                if not decision.apply and not behind:
+                    if decision.why != "unchanged":
+                        self.stats.consent_kept += 1
+                    continue
+                if behind:
+                    assert snap is not None
+                    at = snap.changed_at
+                target = self.mapper.to_crm(list_id, decision.status)
+                written = target is not None and (key in crm_ids or bool(change.ids.get(
+                    self.crm.name)))
+                if target is not None and written:
+                    fields.update(target[0])
+                    memberships.update(target[1])
+                    self.stats.count(list_id, "crm", decision.status.value)
+                elif target is None:
+                    log.info("list %s has no CRM field or membership for %s; recorded in the "
+                             "state store only", list_id, decision.status.value)
+                groups = sub.groups or (snap.groups if snap else frozenset())
+                new_snaps.append(Snapshot(
+                    contact_key=key, list_id=list_id, status=decision.status, groups=groups,
+                    crm_status=decision.status if written else (snap.crm_status if snap else None),
+                    hash=_snap_hash(decision.status, groups), changed_at=at,
+                    source=origin))
+                failed_snaps.append(replace(new_snaps[-1], crm_status=snap.crm_status if snap
+                                            else None))
+                journal.append(JournalEntry(
+                    contact_key=key, email=change.email, list_id=list_id,
+                    old_status=(snap.crm_status if behind else snap.status).value  # type: ignore[union-attr]
+                    if snap and (snap.crm_status if behind else snap.status) else None,
+                    new_status=decision.status.value, applied_to="crm" if written else "state",
+                    source=origin,
+                    reason=("written again after an earlier failure" if behind
+                            else sub.reason or change.reason), event_id=change.event_id,
+                    run_id=self.stats.run_id, at=at))
+                if not behind:
+                    applied[list_id] = sub.model_copy(update={"status": decision.status})
+                snaps[(key, list_id)] = new_snaps[-1]
+            crm_change = None
+            if fields or memberships:
+                ids = {self.crm.name: crm_ids[key]} if key in crm_ids else dict(change.ids)
+                crm_change = Change(email=change.email, ids=ids, fields=fields,
+                                    memberships=memberships, source=f"esp:{self.esp.name}",
+                                    reason=change.reason, occurred_at=change.occurred_at,
+                                    event_id=change.event_id)
+            pending = _Pending(crm_change or change, key, new_snaps, journal,
+                               snapshots_if_failed=failed_snaps)
+            pending.outbox_id = row["id"] if row else None
+            if new_snaps or row:
+                pendings.append(pending)
+                origin_rows.append(row)
+            if applied:
+                applied_subs.append((change, applied))
+                pending.applied = (change, applied)
+            if dry_run or crm_change is None:
+                pending.change = Change(email=change.email)  # nothing to send to the CRM
+        if dry_run:
+            self._dry_follow_ups(applied_subs)
+            return
+        to_write = [p for p in pendings if p.change.fields or p.change.memberships]
+        results = self._write_crm([p.change for p in to_write])
+        outcome = {id(p): r for p, r in zip(to_write, results, strict=True)}
+        done_ids: list[int] = []
+        commits: list[_Pending] = []
+        with self._tx() as conn:
+            for pending, row in zip(pendings, origin_rows, strict=True):
+                result = outcome.get(id(pending))
+                if result is None or result.ok:
+                    commits.append(pending)
+                    if row:
+                        done_ids.append(row["id"])
+                    if result is not None:
+                        self.stats.crm_written += 1
+                    continue
+                self._write_failed(conn, pending, row, result, side="crm")
+                # the ESP's word stands even though the CRM did not take it yet
+                self.store.put_snapshots(conn, pending.snapshots_if_failed)
+                self.store.append_journal(conn, [
+                    replace(j, applied_to="state", reason=f"CRM write failed: {result.error}")
+                    for j in pending.journal if j.old_status != j.new_status
+                    and j.reason != "written again after an earlier failure"])
+            self.store.put_snapshots(conn, [s for p in commits for s in p.snapshots])
+            self.store.append_journal(conn, [j for p in commits for j in p.journal])
+            self.store.outbox_done(conn, done_ids)
+        if not follow_up:
+            self._post_operations([p.applied for p in commits if p.applied is not None])
+
+    def _write_failed(self, conn: Connection, pending: _Pending, row: dict[str, Any] | None,
+                      result: WriteResult, *, side: str) -> None:
+        lists = ",".join(s.list_id for s in pending.snapshots)
+        attempts = (row or {}).get("attempts", 0) + 1
+        if row and result.retryable and attempts < self.max_attempts:
+            from sqlalchemy import update
+
+            from ..state import schema
+
+            conn.execute(update(schema.outbox).where(schema.outbox.c.id == row["id"]).values(
+                attempts=attempts, last_error=result.error))
+            self.failures.append(_Failure(side, pending.change.email, lists,
+                                          f"{result.error} (will retry, attempt {attempts})",
+                                          code=result.code or ""))
+            return
+        if row and result.retryable:
+            self.store.outbox_dead(conn, row, result.error or "failed")
+        elif row:
+            self.store.outbox_done(conn, [row["id"]], status="failed", error=result.error)
+        self.failures.append(_Failure(side, pending.change.email, lists,
+                                      result.error or "failed", code=result.code or ""))
+
+    def _write_crm(self, changes: list[Change]) -> list[WriteResult]:
+        if not changes:
+            return []
+        try:
+            return self.crm.write(changes)
+        except (AuthError, QuotaExhausted):
+            raise
+        except RemoteError as exc:
+            return [WriteResult(ok=False, error=str(exc), code=exc.code,
+                                retryable=exc.retryable) for _ in changes]
+
+    def _post_operations(self, applied: list[tuple[Change, dict[str, Subscription]]]) -> None:
+        follow_ups: list[Change] = []
+        calls: list[tuple[Change, dict[str, Any]]] = []
+        for change, subs in applied:
+            context = PostOpContext(applied_to="crm", mode="batch", run_id=self.stats.run_id,
+                                    all_lists=self.config.list_ids())
+            done = Change(email=change.email, ids=change.ids, subscriptions=subs,
+                          source=change.source, reason=change.reason,
+                          occurred_at=change.occurred_at)
+            follow_ups.extend(self.hooks.post_operation(done, context))
+            calls.extend((change, call) for call in context.extra.get("calls", []))
+        if calls:
+            with self._tx() as conn:
+                self.store.append_journal(conn, [JournalEntry(
+                    contact_key="", email=change.email, list_id=call["list"], old_status=None,
+                    new_status=change.subscriptions[call["list"]].status.value
+                    if call["list"] in change.subscriptions else "unsubscribed",
+                    applied_to="url", source="post_operation",
+                    reason=f"call {call['url']}: {call.get('status') or call.get('error')}"
+                           f"{'' if call['ok'] else ' (failed)'}",
+                    run_id=self.stats.run_id) for change, call in calls])
+            self.stats.post_operations += len(calls)
+        if not follow_ups:
+            return
+        self.stats.post_operations += len(follow_ups)
+        self._inbound_decide(follow_ups, [None] * len(follow_ups), dry_run=False, follow_up=True)
+        # The ESP did not make these changes: it must hear of them too.
+        with self._tx() as conn:
+            self.store.stage(conn, "esp", [{"payload": c.model_dump(mode="json")}
+                                           for c in follow_ups],
+                             run_id=self.stats.run_id, batch="followups")
+
+    def _dry_follow_ups(self, applied: list[tuple[Change, dict[str, Subscription]]]) -> None:
+        for change, subs in applied:
+            context = PostOpContext(applied_to="crm", mode="batch", run_id="dry-run",
+                                    all_lists=self.config.list_ids(), extra={"dry_run": True})
+            for follow in self.hooks.post_operation(
+                    Change(email=change.email, subscriptions=subs, source=change.source),
+                    context):
+                for list_id, sub in follow.subscriptions.items():
+                    self.stats.count(list_id, "crm", sub.status.value)
+                    self.stats.count(list_id, "esp", sub.status.value)
+
+    # -- outbound: CRM changes to the ESP -------------------------------------------------
+    def _since(self, full: bool) -> Cursor | None:
+        if full:
+            return None
+        cursor = self.store.get_cursor("crm")
+        if cursor is None:
+            return None
+        return Cursor(at=cursor.at - timedelta(seconds=self.config.sync.overlap_s),
+                      tie_id="", data=cursor.data)
+
+    def _pages(self, full: bool) -> Iterator[tuple[list[_Pending], Cursor | None]]:
+        for page in self.crm.read(self._since(full)):
+            records = list(page.records)
+            if self.hooks.has_transforms:
+                records = [self.hooks.transform_contact(r, "crm_to_esp") for r in records]
+            self.stats.crm_read += len(records)
+            self.progress("crm read", len(records))
+            yield self._outbound_page(records), page.cursor
+
+    def _outbound_page(self, records: list[Contact]) -> list[_Pending]:
+        # The same record may come twice (overlap window, a page boundary): last wins.
+        unique: dict[tuple[str, str], Contact] = {}
+        for record in records:
+            unique[(record.ids.get(self.crm.name, ""), record.email)] = record
+        records = list(unique.values())
+        with self._tx() as conn:
+            keys = self.store.resolve(conn, [(self.crm.name, r.ids.get(self.crm.name), r.email)
+                                             for r in records])
+            key_list = [k for k, _, _ in keys]
+            snaps = self.store.snapshots(conn, key_list)
+            hashes = self.store.fields_hashes(conn, key_list)
+        out: list[_Pending] = []
+        for record, (key, _created, previous) in zip(records, keys, strict=True):
+            pending = self._outbound_one(record, key, previous, snaps, hashes.get(key))
+            if pending is None:
+                self.stats.skipped_unchanged += 1
+            else:
+                out.append(pending)
+        return out
+
+    def _outbound_one(self, record: Contact, key: str, previous: str | None,
+                      snaps: dict[tuple[str, str], Snapshot], old_hash: str | None
+                      ) -> _Pending | None:
+        at = record.modified_at or datetime.now(UTC)
+        source = f"crm:{self.crm.name}"
+        subs: dict[str, Subscription] = {}
+        new_snaps: list[Snapshot] = []
+        journal: list[JournalEntry] = []
+        if record.deleted:
+            return self._outbound_delete(record, key, snaps, at)
+        desired = self.mapper.desired(record)
+        for list_id, want in desired.items():
+            snap = snaps.get((key, list_id))
+            status = want.status
+            explicit = False
+            if snap is not None:
+                if want.status == snap.crm_status:
+                    status = snap.status  # the CRM did not change its mind: keep what we know
+                else:
+                    explicit = (snap.crm_status == Status.UNSUBSCRIBED
+                                and want.status != Status.UNSUBSCRIBED)
+                    decision = decide(snap.status, snap.changed_at, want.status, at,
+                                      explicit=explicit, from_side="crm", policy=self.policy)
+                    if not decision.apply and decision.why != "unchanged":
+                        self.stats.consent_kept += 1
+                    status = decision.status
+            status_changed = snap is None or status != snap.status
+            groups_changed = snap is None or want.groups != snap.groups
+            crm_changed = snap is None or want.status != snap.crm_status
+            if not (status_changed or groups_changed or crm_changed or previous):
+                continue
+            changed_at = at if status_changed else snap.changed_at  # type: ignore[union-attr]
+            new_snaps.append(Snapshot(
+                contact_key=key, list_id=list_id, status=status, groups=want.groups,
+                crm_status=want.status, hash=_snap_hash(status, want.groups),
+                changed_at=changed_at, source=source if status_changed else snap.source  # type: ignore[union-attr]
+            ))
+            if status_changed or groups_changed or previous:
+                subs[list_id] = Subscription(
+                    list_id=list_id, status=status, groups=want.groups, changed_at=changed_at,
+                    source=source, explicit=explicit,
+                    reason="opt-in in the CRM" if explicit else None)
+                what = ("add" if snap is None else status.value if status_changed
+                        else "update")
+                self.stats.count(list_id, "esp", what)
+            if status_changed:
+                journal.append(JournalEntry(
+                    contact_key=key, email=record.email, list_id=list_id,
+                    old_status=snap.status.value if snap else None, new_status=status.value,
+                    applied_to="esp", source=source, run_id=self.stats.run_id, at=at,
+                    reason="explicit opt-in in the CRM" if explicit else None))
+        fields = self.mapper.esp_fields(record)
+        fields_hash = content_hash(fields)
+        fields_changed = fields_hash != old_hash
+        if not subs and not fields_changed and not new_snaps and not previous:
+            return None
+        if fields_changed and not subs and desired:
+            # a field update travels with the contact's current lists
+            for list_id, want in desired.items():
+                snap = next((s for s in new_snaps if s.list_id == list_id),
+                            snaps.get((key, list_id)))
+                if snap is not None:
+                    subs[list_id] = Subscription(list_id=list_id, status=snap.status,
+                                                 groups=snap.groups, changed_at=snap.changed_at,
+                                                 source=source)
+                    self.stats.count(list_id, "esp", "update")
+        change = Change(email=record.email, ids=record.ids, previous_email=previous,
+                        fields=fields if (fields_changed or previous) else {},
+                        subscriptions=subs, source=source, occurred_at=at)
+        if not change.subscriptions and not change.fields:
+            return _Pending(Change(email=record.email), key, new_snaps, journal, fields_hash)
+        return _Pending(change, key, new_snaps, journal, fields_hash)
+
+    def _outbound_delete(self, record: Contact, key: str,
+                         snaps: dict[tuple[str, str], Snapshot], at: datetime) -> _Pending | None:
+        policy = self.config.consent.deletes
+        known = [s for (k, _), s in snaps.items() if k == key]
+        if policy == "ignore" or not known:
+            return None
+        source = f"crm:{self.crm.name}"
+        if policy == "delete":
+            journal = [JournalEntry(contact_key=key, email=record.email, list_id=s.list_id,
+                                    old_status=s.status.value, new_status="deleted",
+                                    applied_to="esp", source=source, reason="deleted in the CRM",
+                                    run_id=self.stats.run_id, at=at) for s in known]
+            for s in known:
+                self.stats.count(s.list_id, "esp", "delete")
+            gone = [Snapshot(contact_key=key, list_id=s.list_id, status=Status.UNSUBSCRIBED,
+                             groups=frozenset(), crm_status=Status.UNSUBSCRIBED,
+                             hash=_snap_hash(Status.UNSUBSCRIBED, frozenset()), changed_at=at,
+                             source=source) for s in known]
+            return _Pending(Change(email=record.email, ids=record.ids, op=Op.DELETE,
+                                   source=source, reason="deleted in the CRM", occurred_at=at),
+                            key, gone, journal)
+        subs: dict[str, Subscription] = {}
+        new_snaps = []
+        journal = []
+        for s in known:
+            if s.status == Status.UNSUBSCRIBED:
+                continue
+            subs[s.list_id] = Subscription(list_id=s.list_id, status=Status.UNSUBSCRIBED,
+                                           groups=s.groups, changed_at=at, source=source,
+                                           reason="deleted in the CRM")
+            new_snaps.append(Snapshot(contact_key=key, list_id=s.list_id,
+                                      status=Status.UNSUBSCRIBED, groups=s.groups,
+                                      crm_status=Status.UNSUBSCRIBED,
+                                      hash=_snap_hash(Status.UNSUBSCRIBED, s.groups),
+                                      changed_at=at, source=source))
+            journal.append(JournalEntry(contact_key=key, email=record.email, list_id=s.list_id,
+                                        old_status=s.status.value, new_status="unsubscribed",
+                                        applied_to="esp", source=source,
+                                        reason="deleted in the CRM", run_id=self.stats.run_id,
+                                        at=at))
+            self.stats.count(s.list_id, "esp", "unsubscribed")
+        if not subs:
+            return None
+        return _Pending(Change(email=record.email, ids=record.ids, subscriptions=subs,
+                               source=source, reason="deleted in the CRM", occurred_at=at),
+                        key, new_snaps, journal)
+
+    def _outbound(self, *, full: bool, dry_run: bool) -> None:
+        if dry_run:
+            for _pendings, _cursor in self._pages(full):
+                pass
+            for row in self.store.pending("esp", batch="followups", limit=1_000_000):
+                change = Change.model_validate(row["payload"])
+                for list_id, sub in change.subscriptions.items():
+                    self.stats.count(list_id, "esp", sub.status.value)
+            return
+        if self.file_mode:
+            self._outbound_file(full)
+        else:
+            self._outbound_api(full)
+
+    def _sendable(self, pending: _Pending) -> bool:
+        return bool(pending.change.subscriptions or pending.change.fields
+                    or pending.change.op == Op.DELETE)
+
+    # API mode: write in batches, commit each acknowledged batch, cursor per page.
+    def _outbound_api(self, full: bool) -> None:
+        self._flush_followups_api()
+        size = self.config.sync.batch_size
+        for pendings, cursor in self._pages(full):
+            for start in range(0, len(pendings), size):
+                chunk = pendings[start:start + size]
+                sendable = [p for p in chunk if self._sendable(p)]
+                results = self._write_esp([p.change for p in sendable])
+                outcome = {id(p): r for p, r in zip(sendable, results, strict=True)}
+                with self._tx() as conn:
+                    commits = []
+                    for pending in chunk:
+                        result = outcome.get(id(pending))
+                        if result is not None and not result.ok:
+                            self._write_failed(conn, pending, None, result, side="esp")
+                            continue
+                        if result is not None:
+                            self.stats.esp_written += 1
+                        commits.append(pending)
+                    self._commit_pendings(conn, commits)
+                self.progress("esp written", len(sendable))
+            if cursor is not None:
+                with self._tx() as conn:
+                    self.store.set_cursor(conn, "crm", cursor)
+
+    def _flush_followups_api(self) -> None:
+        while True:
+            rows = self.store.pending("esp", batch="followups",
+                                      limit=self.config.sync.batch_size)
+            if not rows:
+                return
+            changes = [Change.model_validate(row["payload"]) for row in rows]
+            results = self._write_esp(changes)
+            with self._tx() as conn:
+                for row, change, result in zip(rows, changes, results, strict=True):
+                    if result.ok:
+                        self.stats.esp_written += 1
+                        self.store.outbox_done(conn, [row["id"]])
+                    else:
+                        self._write_failed(conn, _Pending(change, "", [], []), row, result,
+                                           side="esp")
+            if any(not r.ok and r.retryable for r in results):
+                return
+
+    def _write_esp(self, changes: list[Change]) -> list[WriteResult]:
+        if not changes:
+            return []
+        try:
+            return self.esp.write(changes)
+        except (AuthError, QuotaExhausted):
+            raise
+        except RemoteError as exc:
+            return [WriteResult(ok=False, error=str(exc), code=exc.code,
+                                retryable=exc.retryable) for _ in changes]
+
+    def _commit_pendings(self, conn: Connection, commits: Iterable[_Pending]) -> None:
+        commits = list(commits)
+        self.store.put_snapshots(conn, [s for p in commits for s in p.snapshots])
+        self.store.append_journal(conn, [j for p in commits for j in p.journal])
+        self.store.set_fields_hashes(conn, {p.key: p.fields_hash for p in commits
+                                            if p.fields_hash is not None})
+
+    # File mode: stream the import file, stage the commit, upload, then commit.
+    def _outbound_file(self, full: bool) -> None:
+        assert isinstance(self.esp, FileExchange)
+        name = self.esp.import_file_name(self.stats.run_id)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        spool = self.spool_dir / name
+        with self._tx() as conn:
+            self.store.set_file(conn, name, direction="out", run_id=self.stats.run_id,
+                                status="writing")
+        last_cursor: list[Cursor | None] = [None]
+        followup_ids: list[int] = []
+        sent = [0]
+
+        def changes() -> Iterator[Change]:
+            for row in self.store.pending("esp", batch="followups", limit=1_000_000):
+                followup_ids.append(row["id"])
+                sent[0] += 1
+                yield Change.model_validate(row["payload"])
+            for pendings, cursor in self._pages(full):
+                with self._tx() as conn:
+                    self.store.stage(conn, "esp", [
+                        {"contact_key": p.key, "payload": {}, "snapshot": p.to_json()}
+                        for p in pendings], run_id=self.stats.run_id, batch=name)
+                if cursor is not None:
+                    last_cursor[0] = cursor
+                for pending in pendings:
+                    if self._sendable(pending):
+                        sent[0] += 1
+                        yield pending.change
+
+        hasher = hashlib.sha256()
+        with spool.open("wb") as raw:
+            writer = _HashingWriter(raw, hasher)
+            rows = self.esp.write_import_file(writer, changes())  # type: ignore[arg-type]
+        info: dict[str, Any] = {
+            "cursor": last_cursor[0].model_dump(mode="json") if last_cursor[0] else None,
+            "followups": followup_ids, "changes": sent[0]}
+        if sent[0] == 0:
+            spool.unlink()
+            with self._tx() as conn:
+                self.store.set_file(conn, name, direction="out", run_id=self.stats.run_id,
+                                    status="staged", rows=0, info=info)
+            self._commit_export(name, last_cursor[0], followup_ids)
+            return
+        with self._tx() as conn:
+            self.store.set_file(conn, name, direction="out", run_id=self.stats.run_id,
+                                status="staged", rows=rows, sha256=hasher.hexdigest(), info=info)
+        self._upload(name, spool, rows, hasher.hexdigest(), self.stats.run_id, info)
+        self._commit_export(name, last_cursor[0], followup_ids)
+        self.stats.esp_written += sent[0]
+
+    def _upload(self, name: str, spool: Path, rows: int, sha256: str, run_id: str,
+                info: dict[str, Any]) -> None:
+        assert self.files is not None
+        final = self.files.upload(spool, self.config.files.import_dir, name,
+                                  Manifest(file=name + (".zip" if self.config.files.zip else ""),
+                                           rows=rows, sha256=sha256, run_id=run_id),
+                                  zip_it=self.config.files.zip)
+        with self._tx() as conn:
+            self.store.set_file(conn, name, direction="out", run_id=run_id, status="uploaded",
+                                rows=rows, sha256=sha256, info=info)
+        self.stats.files_uploaded.append(final)
+        with contextlib.suppress(FileNotFoundError):
+            spool.unlink()
+            spool.with_suffix(spool.suffix + ".zip").unlink()
+
+    def _commit_export(self, name: str, cursor: Cursor | None, followup_ids: list[int]) -> None:
+        with self._tx() as conn:
+            after = 0
+            while True:
+                rows = self.store.pending("esp", batch=name, limit=2000, after_id=after,
+                                          conn=conn)
+                if not rows:
+                    break
+                after = rows[-1]["id"]
+                self._commit_pendings(conn, [_Pending(
+                    Change(email="commit@crmsync.invalid"), row["snapshot"]["key"],
+                    [_snapshot_from(s) for s in row["snapshot"]["snapshots"]],
+                    [_journal_from(j) for j in row["snapshot"]["journal"]],
+                    row["snapshot"]["fields_hash"]) for row in rows])
+                self.store.outbox_done(conn, [row["id"] for row in rows])
+            self.store.outbox_done(conn, followup_ids)
+            if cursor is not None:
+                self.store.set_cursor(conn, "crm", cursor)
+            record = self.store.file(name)
+            self.store.set_file(conn, name, direction="out", run_id=self.stats.run_id,
+                                status="committed", rows=record["rows"] if record else 0,
+                                sha256=record["sha256"] if record else "",
+                                info=record["info"] if record else {})
+
+    # -- the report -----------------------------------------------------------------------
+    def _write_report(self, run_id: str) -> Path:
+        folder = self.config.path(self.config.sync.report_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"failed-{run_id}.csv"
+        with path.open("w", newline="", encoding="utf-8") as out:
+            writer = csv.writer(out)
+            writer.writerow(["side", "email", "list", "code", "reason", "where"])
+            for failure in self.failures:
+                writer.writerow([failure.side, failure.email, failure.list_id, failure.code,
+                                 failure.reason, failure.where])
+        return path
+
+
+class _HashingWriter:
+    """A binary file wrapper that hashes what goes through it."""
+
+    def __init__(self, raw: Any, hasher: Any) -> None:
+        self._raw = raw
+        self._hasher = hasher
+
+    def write(self, data: bytes) -> int:
+        self._hasher.update(data)
+        return int(self._raw.write(data))
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._raw.closed)
+
+    def close(self) -> None:
+        """The caller closes the underlying file."""
+

@@ -1,0 +1,118 @@
+"""Post-operations: what follows a status change.
+
+The configured ``[[post_operations]]`` rules are a built-in plugin registered through
+the same hook as third-party code (``crmsync_post_operation``):
+
+- ``unsubscribe_from = ["2", "3"]`` (or ``"all"``): an unsubscribe from ``from_list``
+  unsubscribes the contact from those lists too; the follow-ups go through the consent
+  policy and the journal like any change, on both sides;
+- ``call_url``: the contact's data is POSTed (or GET) to the customer's URL, signed with
+  HMAC-SHA256 over the body (header ``X-Crmsync-Signature: sha256=<hex>``) when
+  ``secret_env`` is set, retried with backoff; each call is recorded in the context so
+  the engine journals it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from ..config import PostOperation
+from ..hooks import PostOpContext, hookimpl
+from ..model import Change, Status, Subscription
+
+__all__ = ["PostOperationRules", "sign"]
+
+log = logging.getLogger(__name__)
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header value for ``body``: ``sha256=<hex HMAC>``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class PostOperationRules:
+    """The configured rules, as a plugin."""
+
+    def __init__(self, rules: Sequence[PostOperation], *, http: httpx.Client | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rules = list(rules)
+        self._http = http
+        self._sleep = sleep
+        for rule in self.rules:
+            rule.secret()  # fail at start-up, not at the first unsubscribe
+
+    @hookimpl
+    def crmsync_post_operation(self, change: Change, context: PostOpContext) -> list[Change]:
+        follow: dict[str, Subscription] = {}
+        for list_id, sub in change.subscriptions.items():
+            event = {Status.UNSUBSCRIBED: "unsubscribe", Status.SUBSCRIBED: "subscribe"}.get(
+                sub.status)
+            for rule in self.rules:
+                if rule.on != event or (rule.from_list not in (None, list_id)):
+                    continue
+                if rule.unsubscribe_from is not None:
+                    targets = (context.all_lists if rule.unsubscribe_from == "all"
+                               else rule.unsubscribe_from)
+                    for target in targets:
+                        if target != list_id and target not in change.subscriptions:
+                            follow[target] = Subscription(
+                                list_id=target, status=Status.UNSUBSCRIBED,
+                                changed_at=sub.changed_at or datetime.now(UTC),
+                                reason=f"post-operation: unsubscribed from list {list_id}",
+                                source="post_operation")
+                elif rule.call_url:
+                    context.extra.setdefault("calls", []).append(
+                        self._call(rule, change, list_id, sub))
+        if not follow:
+            return []
+        return [Change(email=change.email, ids=change.ids, subscriptions=follow,
+                       source="post_operation", occurred_at=change.occurred_at,
+                       reason=f"post-operation after {change.source or 'a change'}")]
+
+    def _call(self, rule: PostOperation, change: Change, list_id: str,
+              sub: Subscription) -> dict[str, Any]:
+        assert rule.call_url is not None
+        payload = {"email": change.email, "list": list_id, "status": sub.status.value,
+                   "reason": sub.reason or change.reason, "source": change.source,
+                   "at": (sub.changed_at or change.occurred_at).isoformat(),
+                   "fields": dict(change.fields)}
+        body = json.dumps(payload, sort_keys=True).encode()
+        headers = {"Content-Type": "application/json"}
+        secret = rule.secret()
+        if secret is not None:
+            headers["X-Crmsync-Signature"] = sign(secret.get_secret_value(), body)
+        client = self._http or httpx.Client(timeout=rule.timeout_s)
+        outcome: dict[str, Any] = {"url": rule.call_url, "list": list_id, "ok": False}
+        try:
+            for attempt in range(rule.retries + 1):
+                try:
+                    if rule.method == "GET":
+                        response = client.get(rule.call_url, params=payload | {"fields": ""},
+                                              headers=headers, timeout=rule.timeout_s)
+                    else:
+                        response = client.post(rule.call_url, content=body, headers=headers,
+                                               timeout=rule.timeout_s)
+                    outcome["status"] = response.status_code
+                    if response.status_code < 500 and response.status_code != 429:
+                        outcome["ok"] = response.is_success
+                        break
+                except httpx.HTTPError as exc:
+                    outcome["error"] = f"{type(exc).__name__}: {exc}"
+                if attempt < rule.retries:
+                    self._sleep(min(30.0, 0.5 * 2 ** attempt))
+        finally:
+            if self._http is None:
+                client.close()
+        if not outcome["ok"]:
+            log.warning("post-operation call to %s for %s failed: %s", rule.call_url,
+                        change.email, outcome.get("error") or outcome.get("status"))
+        return outcome

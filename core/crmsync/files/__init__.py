@@ -1,0 +1,7 @@
+"""The file space of batch mode: a folder, FTP, FTPS (explicit TLS) or SFTP, via fsspec."""
+
+from __future__ import annotations
+
+from .space import FileSpace, Manifest, neutralise_formula
+
+__all__ = ["FileSpace", "Manifest", "neutralise_formula"]

@@ -1,0 +1,7 @@
+"""The state store (SQLAlchemy Core; SQLite by default, PostgreSQL by URL)."""
+
+from __future__ import annotations
+
+from .store import JournalEntry, Snapshot, StateStore, content_hash
+
+__all__ = ["JournalEntry", "Snapshot", "StateStore", "content_hash"]

@@ -1,0 +1,48 @@
+"""Versioned schema migrations.
+
+Each migration is a function run once, in order, inside a transaction; the version
+reached is stored in ``crmsync_schema_version``. A database at a newer version than
+this code knows is refused (an older crmsync must not write to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, inspect, select
+
+from ..errors import StateError
+from .schema import metadata, schema_version
+
+__all__ = ["MIGRATIONS", "current_version", "migrate"]
+
+
+def _v1_initial(conn: Connection) -> None:
+    metadata.create_all(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
+
+
+def current_version(conn: Connection) -> int:
+    if not inspect(conn).has_table(schema_version.name):
+        return 0
+    row = conn.execute(select(schema_version.c.version)).first()
+    return int(row[0]) if row else 0
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the schema up to date; return the version reached."""
+    with engine.begin() as conn:
+        version = current_version(conn)
+        if version > len(MIGRATIONS):
+            raise StateError(
+                f"the state store is at schema version {version}, newer than this crmsync "
+                f"({len(MIGRATIONS)}): upgrade crmsync, or point [state] url at another database"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            MIGRATIONS[number](conn)
+        if version != len(MIGRATIONS):
+            conn.execute(schema_version.delete())
+            conn.execute(schema_version.insert().values(version=len(MIGRATIONS)))
+        return len(MIGRATIONS)

@@ -1,0 +1,138 @@
+"""A configured CRM <-> ESP pair on the in-memory connectors, with a local file space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crmsync.config import Config
+from crmsync.runtime import build_batch, open_side, open_store
+from crmsync.testing.memory import store
+
+
+def write_config(tmp: Path, *, mode: str = "files", extra: str = "", resubscribe: str = "never",
+                 space: str | None = None) -> Path:
+    path = tmp / "crmsync.toml"
+    path.write_text(f"""
+[state]
+url = "sqlite:///state.db"
+
+[crm]
+connector = "memory"
+[crm.settings]
+path = "{tmp / 'crm.json'}"
+page_size = 3
+
+[esp]
+connector = "memory-esp"
+mode = "{mode}"
+[esp.settings]
+path = "{tmp / 'esp.json'}"
+
+[files]
+url = "{space or 'file://' + str(tmp / 'space')}"
+
+[fields]
+FirstName = "name"
+LastName = "surname"
+
+[[lists]]
+name = "Newsletter"
+esp_list = 1
+members = "all"
+opt_out = "OptOut"
+groups = {{ field = "Interests" }}
+
+[[lists]]
+name = "Events"
+esp_list = 2
+members = "campaign:7"
+status = {{ Responded = "subscribed", "Opted Out" = "unsubscribed", Sent = "pending" }}
+
+[consent]
+resubscribe = "{resubscribe}"
+{extra}
+""")
+    return path
+
+
+class Pair:
+    """The CRM and ESP stores, and a way to run a sync as the CLI would."""
+
+    def __init__(self, tmp: Path, config_path: Path) -> None:
+        from crmsync.config import load_config
+
+        self.tmp = tmp
+        self.config: Config = load_config(config_path)
+        self.crm = store(path=tmp / "crm.json")
+        self.esp = store(path=tmp / "esp.json")
+        self.space = tmp / "space"
+
+    def sync(self, **kwargs: Any):
+        state = open_store(self.config)
+        try:
+            with open_side(self.config, "crm") as crm, open_side(self.config, "esp") as esp:
+                return build_batch(self.config, crm, esp, state).run(**kwargs)
+        finally:
+            state.close()
+
+    def esp_connector(self):
+        return open_side(self.config, "esp")
+
+    def esp_import(self) -> int:
+        """The ESP imports every complete file in in/ (as MailUp does on arrival)."""
+        inbox = self.space / "in"
+        count = 0
+        with self.esp_connector() as esp:
+            for manifest in sorted(inbox.glob("*.manifest.json")):
+                data = (inbox / manifest.name[: -len(".manifest.json")]).read_bytes()
+                count += esp.import_file(data)
+                done = inbox / "done"
+                done.mkdir(exist_ok=True)
+                (inbox / manifest.name[: -len(".manifest.json")]).rename(
+                    done / manifest.name[: -len(".manifest.json")])
+                manifest.rename(done / manifest.name)
+        return count
+
+    def esp_export(self, name: str = "unsubscribed-1.csv") -> None:
+        with self.esp_connector() as esp:
+            (self.space / "out").mkdir(parents=True, exist_ok=True)
+            (self.space / "out" / name).write_bytes(esp.export_unsubscribed())
+
+    def esp_status(self, email: str, list_id: str = "1") -> str | None:
+        self.esp._load()
+        record_id = self.esp.by_email(email)
+        if record_id is None:
+            return None
+        value = self.esp.records[record_id]["lists"].get(list_id)
+        return value["status"] if value else None
+
+    def crm_record(self, email: str) -> dict[str, Any]:
+        self.crm._load()
+        return self.crm.records[self.crm.by_email(email)]
+
+    def journal(self, email: str | None = None):
+        state = open_store(self.config)
+        try:
+            return state.journal(email=email)
+        finally:
+            state.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Pair:
+    path = write_config(tmp_path)
+    pair = Pair(tmp_path, path)
+    pair.crm.add("ann@example.com", fields={"FirstName": "Ann", "LastName": "A",
+                                            "OptOut": "false", "Interests": "news;tech"},
+                 memberships={"campaign:7": "Responded"})
+    pair.crm.add("bob@example.com", fields={"FirstName": "Bob", "LastName": "B",
+                                            "OptOut": "false", "Interests": ""})
+    pair.crm.add("cyd@example.com", fields={"FirstName": "Cyd", "LastName": "C",
+                                            "OptOut": "true", "Interests": "news"})
+    pair.crm.add("dee@example.com", fields={"FirstName": "Dee", "LastName": "D",
+                                            "OptOut": "false"},
+                 memberships={"campaign:7": "Sent"})
+    return pair

@@ -1,0 +1,221 @@
+"""The batch run end to end on the in-memory connectors and a local file space."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from .conftest import Pair, write_config
+
+
+def rows_uploaded(pair: Pair) -> list[dict[str, str]]:
+    rows = []
+    paths = [*(pair.space / "in").glob("import-*.csv"),
+             *(pair.space / "in" / "done").glob("import-*.csv")]
+    for path in sorted(paths, key=lambda p: p.name):  # run ids sort by time
+        rows += list(csv.DictReader(io.StringIO(path.read_text()), delimiter=";"))
+    return rows
+
+
+def test_full_export_writes_file_and_manifest(pair: Pair) -> None:
+    stats = pair.sync()
+    assert stats.status == "succeeded" and stats.full
+    assert stats.crm_read == 4
+    files = sorted(p.name for p in (pair.space / "in").iterdir())
+    data_files = [f for f in files if f.endswith(".csv")]
+    assert len(data_files) == 1 and f"{data_files[0]}.manifest.json" in files
+    manifest = json.loads((pair.space / "in" / f"{data_files[0]}.manifest.json").read_text())
+    body = (pair.space / "in" / data_files[0]).read_bytes()
+    import hashlib
+
+    assert manifest["sha256"] == hashlib.sha256(body).hexdigest()
+    assert manifest["rows"] == len(body.decode().strip().splitlines()) - 1
+    pair.esp_import()
+    assert pair.esp_status("ann@example.com", "1") == "subscribed"
+    assert pair.esp_status("ann@example.com", "2") == "subscribed"
+    assert pair.esp_status("cyd@example.com", "1") == "unsubscribed"  # opted out at arrival
+    assert pair.esp_status("dee@example.com", "2") == "pending"
+    assert pair.esp_status("bob@example.com", "2") is None  # not in the campaign
+    groups = {r["email"]: r["groups"] for r in rows_uploaded(pair) if r["list"] == "1"}
+    assert groups["ann@example.com"] == "news,tech"
+
+
+def test_diff_sends_only_mapped_changes(pair: Pair) -> None:
+    pair.sync()
+    pair.esp_import()
+    record_id = pair.crm.by_email("bob@example.com")
+    pair.crm.update(record_id, fields={"Phone": "123"})  # not mapped: not re-sent
+    stats = pair.sync()
+    assert not stats.full and stats.esp_written == 0 and stats.skipped_unchanged >= 1
+    pair.crm.update(record_id, fields={"LastName": "Brown"})
+    stats = pair.sync()
+    assert stats.esp_written == 1
+    pair.esp_import()
+    pair.esp._load()
+    assert pair.esp.records[pair.esp.by_email("bob@example.com")]["fields"]["surname"] == "Brown"
+
+
+def test_esp_unsubscribe_reaches_crm_and_is_journaled_once(pair: Pair) -> None:
+    pair.sync()
+    pair.esp_import()
+    with pair.esp_connector() as esp:
+        esp.unsubscribe("ann@example.com", "1")
+    pair.esp_export()
+    stats = pair.sync()
+    assert stats.esp_unsubscribes_read >= 1 and stats.crm_written == 1
+    assert pair.crm_record("ann@example.com")["fields"]["OptOut"] == "true"
+    assert (pair.space / "archive" / "unsubscribed-1.csv").exists()
+    assert not (pair.space / "out" / "unsubscribed-1.csv").exists()
+    pair.sync()  # nothing new: nothing journaled twice, no echo back to the ESP
+    entries = [e for e in pair.journal("ann@example.com")
+               if e["list_id"] == "1" and e["new_status"] == "unsubscribed"]
+    assert len(entries) == 1 and entries[0]["applied_to"] == "crm"
+    assert entries[0]["source"].startswith("esp:")
+
+
+def test_stale_crm_data_never_resubscribes(pair: Pair) -> None:
+    pair.sync()
+    pair.esp_import()
+    with pair.esp_connector() as esp:
+        esp.unsubscribe("bob@example.com", "1")
+    pair.esp_export()
+    # the CRM write-back fails, so the CRM still says "subscribed" and is edited later
+    pair.config = pair.config.model_copy(update={"crm": pair.config.crm.model_copy(
+        update={"settings": {**pair.config.crm.settings, "fail_emails": ["bob@example.com"]}})})
+    pair.sync()
+    pair.crm.update(pair.crm.by_email("bob@example.com"), fields={"LastName": "Later"})
+    pair.sync()
+    pair.esp_import()
+    assert pair.esp_status("bob@example.com", "1") == "unsubscribed"
+    sent = [r for r in rows_uploaded(pair) if r["email"] == "bob@example.com" and r["list"] == "1"]
+    assert sent[-1]["status"] == "unsubscribed"
+
+
+def test_explicit_crm_opt_in_goes_through_confirmation(tmp_path) -> None:
+    pair = Pair(tmp_path, write_config(tmp_path, resubscribe="explicit_newer"))
+    record_id = pair.crm.add("eve@example.com", fields={"OptOut": "true"})
+    pair.sync()
+    pair.esp_import()
+    assert pair.esp_status("eve@example.com") == "unsubscribed"
+    pair.crm.update(record_id, fields={"OptOut": "false"})  # a user opts her back in
+    pair.sync()
+    pair.esp_import()
+    assert pair.esp_status("eve@example.com") == "pending"
+
+
+def test_never_policy_keeps_unsubscribe_even_on_crm_opt_in(pair: Pair) -> None:
+    pair.sync()
+    pair.esp_import()
+    record_id = pair.crm.by_email("cyd@example.com")
+    pair.crm.update(record_id, fields={"OptOut": "false"})
+    stats = pair.sync()
+    pair.esp_import()
+    assert pair.esp_status("cyd@example.com") == "unsubscribed"
+    assert stats.consent_kept == 1
+
+
+def test_post_operation_cascades_to_other_lists(tmp_path) -> None:
+    pair = Pair(tmp_path, write_config(tmp_path, extra="""
+[[post_operations]]
+on = "unsubscribe"
+from_list = 1
+unsubscribe_from = [2]
+"""))
+    pair.crm.add("ann@example.com", fields={"OptOut": "false"},
+                 memberships={"campaign:7": "Responded"})
+    pair.sync()
+    pair.esp_import()
+    with pair.esp_connector() as esp:
+        esp.unsubscribe("ann@example.com", "1")
+    pair.esp_export()
+    stats = pair.sync()
+    assert stats.post_operations == 1
+    record = pair.crm_record("ann@example.com")
+    assert record["fields"]["OptOut"] == "true"
+    assert record["memberships"]["campaign:7"] == "Opted Out"
+    pair.esp_import()
+    assert pair.esp_status("ann@example.com", "2") == "unsubscribed"
+    sources = {(e["list_id"], e["source"]) for e in pair.journal("ann@example.com")
+               if e["new_status"] == "unsubscribed"}
+    assert ("2", "post_operation") in sources
+
+
+def test_dry_run_writes_nothing(pair: Pair) -> None:
+    stats = pair.sync(dry_run=True)
+    assert stats.dry_run and stats.crm_read == 4
+    assert stats.plan["1"]["esp"]["add"] == 4
+    assert not (pair.space / "in").exists()
+    assert pair.journal() == []
+    assert pair.sync().full  # the dry run left no cursor behind
+
+
+def test_api_mode_writes_through_the_esp(tmp_path) -> None:
+    pair = Pair(tmp_path, write_config(tmp_path, mode="api"))
+    pair.crm.add("ann@example.com", fields={"OptOut": "false"})
+    stats = pair.sync()
+    assert stats.esp_written == 1 and stats.esp_mode == "api"
+    assert pair.esp_status("ann@example.com") == "subscribed"
+    with pair.esp_connector() as esp:
+        esp.unsubscribe("ann@example.com", "1")
+    stats = pair.sync()
+    assert pair.crm_record("ann@example.com")["fields"]["OptOut"] == "true"
+
+
+def test_failed_records_are_reported(tmp_path) -> None:
+    pair = Pair(tmp_path, write_config(tmp_path, mode="api"))
+    pair.config = pair.config.model_copy(update={"esp": pair.config.esp.model_copy(
+        update={"settings": {**pair.config.esp.settings, "fail_emails": ["bad@example.com"]}})})
+    pair.crm.add("bad@example.com", fields={"OptOut": "false"})
+    pair.crm.add("good@example.com", fields={"OptOut": "false"})
+    stats = pair.sync()
+    assert stats.failed == 1 and stats.status == "partial"
+    report = list(csv.DictReader(open(stats.report)))
+    assert report[0]["email"] == "bad@example.com" and "rejected" in report[0]["reason"]
+    assert pair.esp_status("good@example.com") == "subscribed"
+    stats = pair.sync()  # the failed one is tried again: its snapshot was not committed
+    assert stats.failed == 1
+
+
+def test_unknown_list_in_export_is_reported_not_dropped(pair: Pair) -> None:
+    pair.sync()
+    (pair.space / "out").mkdir(exist_ok=True)
+    (pair.space / "out" / "unsubscribed-9.csv").write_text(
+        "email;list;date;reason\nann@example.com;9;2026-01-01T00:00:00+00:00;link\n"
+        "broken-row\n")
+    stats = pair.sync()
+    reasons = [f.reason for f in []]
+    assert stats.failed == 2, reasons
+    report = open(stats.report).read()
+    assert "unknown ESP list id '9'" in report and "unsubscribed-9.csv:3" in report
+
+
+@pytest.mark.parametrize("crash_at", ["_upload", "_commit_export"])
+def test_crash_between_upload_and_commit_resumes_without_resending(pair: Pair, crash_at,
+                                                                   monkeypatch) -> None:
+    from crmsync.engine.batch import BatchSync
+
+    original = getattr(BatchSync, crash_at)
+    calls = {"n": 0}
+
+    def crash(self, *args, **kwargs):
+        if crash_at == "_upload":
+            original(self, *args, **kwargs)  # the file is up; the process dies before commit
+        calls["n"] += 1
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(BatchSync, crash_at, crash)
+    with pytest.raises(KeyboardInterrupt):
+        pair.sync()
+    monkeypatch.setattr(BatchSync, crash_at, original)
+    stats = pair.sync()
+    assert stats.recovered == 1
+    uploads = list((pair.space / "in").glob("import-*.csv"))
+    assert len(uploads) == 1, "the change set was uploaded exactly once"
+    assert pair.sync().esp_written == 0
+    pair.esp_import()
+    assert pair.esp_status("ann@example.com") == "subscribed"
+    journal = [e for e in pair.journal() if e["applied_to"] == "esp"]
+    assert len(journal) == len({(e["email"], e["list_id"]) for e in journal})
