@@ -45,7 +45,7 @@ from ..state import JournalEntry, Snapshot, StateStore, content_hash
 from .consent import decide
 from .mapping import ListMapper
 
-__all__ = ["BatchSync", "RunStats"]
+__all__ = ["BatchSync", "Failure", "RunStats"]
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,16 @@ class RunStats:
 
 
 @dataclass
-class _Failure:
+class Failure:
+    """A record that did not go through: which side, who, which list, why, retryable."""
+
     side: str
     email: str
     list_id: str
     reason: str
     where: str = ""
     code: str = ""
+    retryable: bool = False
 
 
 @dataclass
@@ -186,7 +189,7 @@ class BatchSync:
         self.max_attempts = max_attempts
         self.spool_dir = spool_dir or config.path(".crmsync-spool")
         self.stats = RunStats()
-        self.failures: list[_Failure] = []
+        self.failures: list[Failure] = []
         self._dry_conn: Connection | None = None
 
     # -- transactions (a dry run shares one that is rolled back) --------------------------
@@ -240,6 +243,36 @@ class BatchSync:
             self.hooks.run_finished(stats.run_id, stats.as_dict())
         return stats
 
+    # -- one change at a time (the real-time worker) -----------------------------------------
+    def apply_esp_changes(self, changes: Sequence[Change]) -> list[Failure]:
+        """Apply ESP-side changes (webhook events) to the CRM now: consent, CRM write,
+        journal, post-operations (and their ESP follow-ups). Returns what failed."""
+        before = len(self.failures)
+        self._inbound_decide(changes, [None] * len(changes), dry_run=False)
+        self._flush_followups_api()
+        return self.failures[before:]
+
+    def apply_crm_records(self, records: Sequence[Contact]) -> list[Failure]:
+        """Send CRM records (a notification, a poll) to the ESP API now: mapping, diff,
+        consent, write, commit. Returns what failed."""
+        before = len(self.failures)
+        pendings = self._outbound_page(list(records))
+        sendable = [p for p in pendings if self._sendable(p)]
+        results = self._write_esp([p.change for p in sendable])
+        outcome = {id(p): r for p, r in zip(sendable, results, strict=True)}
+        with self._tx() as conn:
+            commits = []
+            for pending in pendings:
+                result = outcome.get(id(pending))
+                if result is not None and not result.ok:
+                    self._write_failed(conn, pending, None, result, side="esp")
+                    continue
+                if result is not None:
+                    self.stats.esp_written += 1
+                commits.append(pending)
+            self._commit_pendings(conn, commits)
+        return self.failures[before:]
+
     # -- recovery -------------------------------------------------------------------------
     def _recover(self) -> None:
         for record in self.store.files_in("out", ["writing"]):
@@ -292,7 +325,7 @@ class BatchSync:
             with self.files.open_read(folder, name) as handle:
                 for item in self.esp.read_export_file(handle, name):
                     if isinstance(item, DataError):
-                        self.failures.append(_Failure("esp", "", "", item.reason,
+                        self.failures.append(Failure("esp", "", "", item.reason,
                                                       f"{name}:{item.line or ''}"))
                         continue
                     count += 1
@@ -406,7 +439,7 @@ class BatchSync:
             for list_id, sub in change.subscriptions.items():
                 mapping = self.mapper.by_list.get(list_id)
                 if mapping is None:
-                    self.failures.append(_Failure(
+                    self.failures.append(Failure(
                         "crm", change.email, list_id,
                         f"unknown ESP list id {list_id!r}: add a [[lists]] mapping with "
                         f"esp_list = \"{list_id}\" or ignore this list", where.get("where", "")))
@@ -516,16 +549,17 @@ class BatchSync:
 
             conn.execute(update(schema.outbox).where(schema.outbox.c.id == row["id"]).values(
                 attempts=attempts, last_error=result.error))
-            self.failures.append(_Failure(side, pending.change.email, lists,
-                                          f"{result.error} (will retry, attempt {attempts})",
-                                          code=result.code or ""))
+            self.failures.append(Failure(side, pending.change.email, lists,
+                                         f"{result.error} (will retry, attempt {attempts})",
+                                         code=result.code or "", retryable=True))
             return
         if row and result.retryable:
             self.store.outbox_dead(conn, row, result.error or "failed")
         elif row:
             self.store.outbox_done(conn, [row["id"]], status="failed", error=result.error)
-        self.failures.append(_Failure(side, pending.change.email, lists,
-                                      result.error or "failed", code=result.code or ""))
+        self.failures.append(Failure(side, pending.change.email, lists,
+                                     result.error or "failed", code=result.code or "",
+                                     retryable=result.retryable and row is None))
 
     def _write_crm(self, changes: list[Change]) -> list[WriteResult]:
         if not changes:
