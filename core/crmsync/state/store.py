@@ -292,7 +292,7 @@ class StateStore:
 
     # -- runs -----------------------------------------------------------------------------
     def start_run(self, mode: str, *, full: bool, dry_run: bool) -> str:
-        run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:4]
         with self.begin() as conn:
             conn.execute(t.runs.insert().values(id=run_id, mode=mode, full=full, dry_run=dry_run,
                                                 started_at=_now(), status="running", stats={}))
