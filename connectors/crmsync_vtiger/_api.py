@@ -1,0 +1,254 @@
+"""Calling vTiger: the webservice (challenge login, sessions) and the Cloud REST flavour.
+
+Each operation reads its parameters from one verb only (``vtiger_ws_operation``): a
+parameter sent the other way arrives empty on the server, so :data:`VERBS` decides
+where every parameter goes. Every webservice answer is HTTP 200; success is the
+``success`` flag of the envelope, never the status code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from crmsync.errors import AuthError, CrmsyncError, RemoteError
+
+from ._errors import LOGIN_RETRY_CODES, SESSION_CODES, VtigerError, to_error
+
+__all__ = ["VERBS", "CloudApi", "Session", "VtigerApi", "WebserviceApi"]
+
+# operation -> the verb whose parameters the server reads (reference §3.1)
+VERBS: dict[str, str] = {
+    "getchallenge": "GET", "login": "POST", "logout": "POST", "extendsession": "POST",
+    "listtypes": "GET", "describe": "GET", "retrieve": "GET", "create": "POST",
+    "update": "POST", "revise": "POST", "delete": "POST", "query": "GET", "sync": "GET",
+    "relatedtypes": "GET", "retrieve_related": "GET", "query_related": "GET",
+    "add_related": "POST", "me": "GET",
+}
+LOGIN_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class Session:
+    """A logged-in user: ``name`` is the sessionName ("" for Cloud REST)."""
+
+    name: str
+    user_id: str
+    vtiger_version: str = ""
+    api_version: str = ""
+
+
+class VtigerApi:
+    """``call(operation, params)`` -> the ``result`` of the envelope, or a crmsync error."""
+
+    def __init__(self, http: httpx.Client, *, base_url: str, username: str,
+                 access_key: str) -> None:
+        self.http = http
+        self.base_url = base_url
+        self.username = username
+        self._access_key = access_key
+        self.calls = 0
+
+    def session(self) -> Session:
+        raise NotImplementedError
+
+    def call(self, operation: str, params: dict[str, str] | None = None) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Forget the session (the webservice flavour also logs out)."""
+
+    def _send(self, url: str, operation: str, params: dict[str, str],
+              extra: dict[str, str], **kwargs: Any) -> httpx.Response:
+        """One HTTP request with ``params`` where the server reads them."""
+        verb = VERBS[operation]
+        self.calls += 1
+        try:
+            if verb == "GET":
+                return self.http.get(url, params={**extra, **params}, **kwargs)
+            return self.http.post(url, data={**extra, **params}, **kwargs)
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"vTiger at {self.base_url} did not answer {operation} "
+                              f"({type(exc).__name__}: {exc}); check base_url and the "
+                              "network", retryable=True) from None
+
+    def _decode(self, response: httpx.Response, operation: str) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or "success" not in body:
+            if response.status_code >= 500:
+                raise RemoteError(
+                    f"vTiger failed {operation} with HTTP {response.status_code} and no "
+                    "answer (a PHP error on the server: see its PHP error log)",
+                    status=response.status_code, retryable=True)
+            raise RemoteError(
+                f"{response.request.url.copy_with(query=None)} did not answer as the vTiger "
+                f"API (HTTP {response.status_code}, not a JSON envelope): check base_url "
+                "and flavour", status=response.status_code)
+        return body
+
+
+class WebserviceApi(VtigerApi):
+    """The open-source ``/webservice.php``: getchallenge + login, then ``sessionName``.
+
+    Logins are serialised by a lock: a challenge lives 5 minutes and a concurrent
+    ``getchallenge`` for the same user replaces it, so two threads logging in at once
+    would spoil each other's token. ``INVALID_AUTH_TOKEN`` (another process did it) is
+    retried with a fresh challenge; a lost session is renewed once per call.
+    """
+
+    def __init__(self, http: httpx.Client, *, base_url: str, username: str,
+                 access_key: str) -> None:
+        super().__init__(http, base_url=base_url, username=username, access_key=access_key)
+        self.url = f"{base_url}/webservice.php"
+        self._session: Session | None = None
+        self._login_lock = threading.Lock()
+        self.logins = 0
+
+    def session(self) -> Session:
+        with self._login_lock:
+            if self._session is None:
+                self._session = self._login()
+            return self._session
+
+    def _login(self) -> Session:
+        for _attempt in range(LOGIN_ATTEMPTS):
+            challenge = self._raw("getchallenge", {"username": self.username})
+            digest = hashlib.md5(  # noqa: S324 - the vendor's login scheme, not our choice
+                (str(challenge["token"]) + self._access_key).encode()).hexdigest()
+            try:
+                result = self._raw("login", {"username": self.username, "accessKey": digest})
+            except _Failure as failure:
+                if failure.code in LOGIN_RETRY_CODES:
+                    continue
+                raise failure.error() from None
+            self.logins += 1
+            return Session(name=str(result["sessionName"]), user_id=str(result["userId"]),
+                           vtiger_version=str(result.get("vtigerVersion", "")),
+                           api_version=str(result.get("version", "")))
+        raise to_error("INVALID_AUTH_TOKEN", "", operation="login", params={},
+                       username=self.username)
+
+    def _drop(self, session: Session) -> None:
+        with self._login_lock:
+            if self._session is session:
+                self._session = None
+
+    def call(self, operation: str, params: dict[str, str] | None = None) -> Any:
+        params = params or {}
+        for attempt in range(2):
+            session = self.session()
+            try:
+                return self._raw(operation, params, session)
+            except _Failure as failure:
+                if failure.code in SESSION_CODES and attempt == 0:
+                    self._drop(session)  # the server dropped it before acting: safe to repeat
+                    continue
+                raise failure.error() from None
+        raise AssertionError("unreachable")
+
+    def _raw(self, operation: str, params: dict[str, str],
+             session: Session | None = None) -> Any:
+        extra = {"operation": operation}
+        if session is not None:
+            extra["sessionName"] = session.name
+        response = self._send(self.url, operation, params, extra)
+        body = self._decode(response, operation)
+        if body.get("success") is True:
+            return body.get("result")
+        error = body.get("error") or {}
+        raise _Failure(self, str(error.get("code", "UNKNOWN")), str(error.get("message", "")),
+                       operation, params, response.status_code)
+
+    def close(self) -> None:
+        with self._login_lock:
+            session, self._session = self._session, None
+        if session is not None:
+            # a failed logout is harmless: the session dies after 30 idle minutes
+            with contextlib.suppress(_Failure, CrmsyncError):
+                self._raw("logout", {}, session)
+
+
+class CloudApi(VtigerApi):
+    """vTiger Cloud ``/restapi/v1/vtiger/default/<operation>``: HTTP Basic on each call.
+
+    Failures come as HTTP 4xx / 5xx with the message in the status line (the body may
+    carry the webservice envelope too; both are read).
+    """
+
+    def __init__(self, http: httpx.Client, *, base_url: str, username: str,
+                 access_key: str) -> None:
+        super().__init__(http, base_url=base_url, username=username, access_key=access_key)
+        self.url = f"{base_url}/restapi/v1/vtiger/default"
+        self._auth = httpx.BasicAuth(username, access_key)
+        self._session: Session | None = None
+        self._lock = threading.Lock()
+
+    def session(self) -> Session:
+        with self._lock:
+            if self._session is None:
+                me = self.call("me")
+                self._session = Session(name="", user_id=str(me.get("id", "")))
+            return self._session
+
+    def call(self, operation: str, params: dict[str, str] | None = None) -> Any:
+        params = params or {}
+        response = self._send(f"{self.url}/{operation}", operation, params, {},
+                              auth=self._auth)
+        if response.status_code >= 400:
+            code, message = _cloud_error(response)
+            if response.status_code == 401:
+                raise AuthError(
+                    f"vTiger Cloud refused user {self.username!r} (HTTP 401: {message}): put "
+                    "the user's Access Key (My Preferences) in CRMSYNC_VTIGER_ACCESS_KEY")
+            raise to_error(code, message, operation=operation, params=params,
+                           username=self.username, status=response.status_code)
+        body = self._decode(response, operation)
+        if body.get("success") is True:
+            return body.get("result")
+        error = body.get("error") or {}
+        raise to_error(str(error.get("code", "UNKNOWN")), str(error.get("message", "")),
+                       operation=operation, params=params, username=self.username)
+
+
+def _cloud_error(response: httpx.Response) -> tuple[str, str]:
+    code, message = "", response.reason_phrase or ""
+    try:
+        body = response.json()
+    except (ValueError, json.JSONDecodeError):
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        code = str(body["error"].get("code", ""))
+        message = str(body["error"].get("message", "")) or message
+    status = response.status_code
+    if not code:
+        code = {401: "INVALID_USER_CREDENTIALS", 403: "ACCESS_DENIED", 404: "RECORD_NOT_FOUND",
+                429: "RATE_LIMITED"}.get(status, f"HTTP_{status}")
+    return code, message
+
+
+class _Failure(Exception):
+    """A ``success:false`` envelope, before it becomes a crmsync error."""
+
+    def __init__(self, api: VtigerApi, code: str, message: str, operation: str,
+                 params: dict[str, str], status: int) -> None:
+        super().__init__(code)
+        self.api, self.code, self.message = api, code, message
+        self.operation, self.params, self.status = operation, params, status
+
+    def error(self) -> CrmsyncError:
+        return to_error(self.code, self.message, operation=self.operation, params=self.params,
+                        username=self.api.username)
+
+
+def is_denied(error: Exception) -> bool:
+    """True for vTiger's catch-all ACCESS_DENIED (a missing or deleted record, often)."""
+    return isinstance(error, VtigerError) and error.code == "ACCESS_DENIED"

@@ -1,0 +1,67 @@
+"""Settings of the vTiger connector (``[crm.settings]``; the access key from the environment)."""
+
+from __future__ import annotations
+
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, field_validator
+
+from crmsync.contract import ConnectorSettings
+
+__all__ = ["VtigerSettings"]
+
+
+class VtigerSettings(ConnectorSettings):
+    """How to reach one vTiger install and what to read from it."""
+
+    base_url: str = Field(description="the vTiger address: https://crm.example.com for the "
+                          "webservice (webservice.php is appended), or "
+                          "https://acme.odx.vtiger.com for vTiger Cloud REST")
+    username: str = Field(description="the vTiger user crmsync logs in as")
+    access_key: SecretStr = Field(description="the user's Access Key (My Preferences), "
+                                  "not the password")
+    flavour: Literal["webservice", "cloud"] = Field(
+        "webservice", description="webservice = /webservice.php with challenge login; "
+        "cloud = /restapi/v1/vtiger/default with HTTP Basic")
+    server_timezone: str = Field("UTC", description="the time zone the server stores and "
+                                 "returns datetimes in ($default_timezone in config.inc.php)")
+    campaigns: list[str] | None = Field(None, description="campaign ids whose membership "
+                                        "is read (12 or 1x12); unset = every campaign, [] = none")
+    incremental: Literal["auto", "sync", "query"] = Field(
+        "auto", description="auto = sync for the API user's records plus VTQL for records "
+        "other users own; sync = trust sync alone (a server patched to honour sync_type); "
+        "query = VTQL on modifiedtime only (no deletions)")
+    sync_type: str | None = Field(None, description="syncType sent with sync (application "
+                                  "or userandgroup) on servers that accept it, such as "
+                                  "F-RevoCRM; the stock server ignores it")
+    owner_id: str | None = Field(None, description="assigned_user_id of contacts crmsync "
+                                 "creates (19x5); unset = the API user")
+    default_lastname: str = Field("", description="lastname of a contact created without "
+                                  "one (vTiger requires it); empty = the address's local part")
+    webhook_secret: SecretStr | None = Field(None, description="shared secret the vTiger "
+                                             "Cloud Webhook action sends (header "
+                                             "X-Crmsync-Secret or parameter crmsync_secret)")
+    ca_path: str | None = Field(None, description="a CA bundle to trust (a private CA)")
+    rate: float | None = Field(None, description="at most this many API calls per second")
+    timeout: float = Field(30.0, description="seconds before an API call times out")
+
+    @field_validator("server_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as "
+                             "'Europe/Rome' or 'UTC'") from None
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        for suffix in ("/webservice.php", "/restapi/v1/vtiger/default"):
+            value = value.removesuffix(suffix)
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with https:// (or http://), got {value!r}")
+        return value
