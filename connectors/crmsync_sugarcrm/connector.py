@@ -1,0 +1,253 @@
+"""The ``sugarcrm`` connector: one package, two API flavours behind one interface."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import ClassVar
+
+import httpx
+
+from crmsync.contract import Capabilities, Connector, ConnectorSettings
+from crmsync.errors import CrmsyncError
+from crmsync.http import RetryPolicy, build_client
+from crmsync.model import (
+    Change,
+    Contact,
+    Cursor,
+    Health,
+    InboundRequest,
+    MailingList,
+    Op,
+    Page,
+    WriteResult,
+)
+
+from .flavour import SugarFlavour
+from .hooks import WebLogicHookDecoder
+from .legacy import LegacyFlavour
+from .records import RecordWrite, SugarRecord, in_key_order
+from .rest import RestFlavour
+from .settings import SugarSettings
+
+__all__ = ["FLAVOURS", "SugarConnector"]
+
+FLAVOURS: dict[str, type[SugarFlavour]] = {"rest": RestFlavour, "v4_1": LegacyFlavour}
+OPT_OUT = "email_opt_out"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+_Item = tuple[tuple[datetime, str], SugarRecord, datetime | None]
+
+
+class SugarConnector(Connector):
+    """SugarCRM (REST v10/v11) or SugarCRM CE / SuiteCRM (legacy REST v4_1).
+
+    Contacts carry ``fields`` (the configured vendor fields plus ``email_opt_out``,
+    "true"/"false", the flag of the primary address) and ``memberships``
+    (``{"target_list:<id>": ""}``). Incremental reads also follow EmailAddresses
+    changes, because an opt-out flipped on an address does not move the records'
+    ``date_modified``.
+    """
+
+    name: ClassVar[str] = "sugarcrm"
+    Settings: ClassVar[type[ConnectorSettings]] = SugarSettings
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        kind="crm", full_read=True, incremental_read=True, write=True, bulk_write=True,
+        deletes=True, push_events=True, polling=True, lists=True, groups=True,
+    )
+
+    settings: SugarSettings
+
+    def __init__(self, settings: ConnectorSettings, *, http: httpx.Client | None = None) -> None:
+        super().__init__(settings, http=http)
+        self._owns_http = http is None
+        if http is None:
+            http = build_client(timeout=self.settings.timeout_s, rate=self.settings.rate,
+                                verify=self.settings.verify,
+                                policy=RetryPolicy(attempts=self.settings.retries,
+                                                   backoff=self.settings.retry_backoff_s))
+        self._http = http
+        self.flavour: SugarFlavour = FLAVOURS[self.settings.flavour](self.settings, http)
+        self._hooks = WebLogicHookDecoder(self.name, self.settings, self._fetch)
+
+    # -- contract ----------------------------------------------------------------------
+    def check(self) -> Health:
+        started = time.monotonic()
+        try:
+            detail = self.flavour.check()
+        except (CrmsyncError, httpx.HTTPError) as exc:
+            return Health(ok=False, detail=str(exc))
+        return Health(ok=True, detail=detail, latency_ms=(time.monotonic() - started) * 1000)
+
+    def lists(self) -> list[MailingList]:
+        return [MailingList(id=f"target_list:{list_id}", name=name)
+                for list_id, name in self.flavour.target_lists()]
+
+    def read(self, since: Cursor | None) -> Iterator[Page]:
+        memberships = self._memberships()
+        # Sugar stamps are whole seconds: start at the cursor's second, inclusive.
+        start = since.at.replace(microsecond=0) if since is not None else None
+        streams: list[Iterator[_Item]] = [self._records(module, start)
+                                          for module in self.settings.modules]
+        if start is not None:
+            streams.append(self._address_fanout(start))
+        page: list[Contact] = []
+        last: tuple[datetime, str] | None = None
+        for key, record, stamp in heapq.merge(*streams, key=lambda item: item[0]):
+            if key == last:
+                continue  # a record changed itself and its address in the same second
+            contact = record.to_contact(self.name, memberships.get(record.id, {}),
+                                        modified_at=stamp)
+            if contact is None:
+                continue
+            page.append(contact)
+            last = key
+            if len(page) >= self.settings.page_size:
+                yield Page(records=page, cursor=Cursor(at=key[0], tie_id=key[1]))
+                page = []
+        if page and last is not None:
+            yield Page(records=page, cursor=Cursor(at=last[0], tie_id=last[1]))
+
+    def write(self, changes: Sequence[Change]) -> list[WriteResult]:
+        results: dict[int, WriteResult] = {}
+        size = self.settings.batch_size
+        for start in range(0, len(changes), size):
+            chunk = list(enumerate(changes[start:start + size], start=start))
+            results.update(self._write_chunk(chunk))
+            conflicts = [(i, c) for i, c in chunk if results[i].code == "edit_conflict"]
+            if conflicts:
+                # The record changed between our read and our write: read it again and
+                # apply once more, so the address set we send is the current one.
+                results.update(self._write_chunk(conflicts))
+        return [results[index] for index in range(len(changes))]
+
+    def decode_event(self, request: InboundRequest) -> list[Change]:
+        return self._hooks.decode(request)
+
+    def close(self) -> None:
+        try:
+            self.flavour.close()
+        finally:
+            if self._owns_http and self._http is not None:
+                self._http.close()
+
+    # -- reading -----------------------------------------------------------------------
+    def _memberships(self) -> dict[str, dict[str, str]]:
+        lists = self.settings.target_lists
+        if lists is None:
+            lists = [list_id for list_id, _ in self.flavour.target_lists()]
+        found: dict[str, dict[str, str]] = {}
+        for list_id in lists:
+            for module in self.settings.modules:
+                for record_id in self.flavour.list_members(list_id, module):
+                    found.setdefault(record_id, {})[f"target_list:{list_id}"] = ""
+        return found
+
+    def _records(self, module: str, start: datetime | None) -> Iterator[_Item]:
+        for page in self.flavour.scan(module, start):
+            for record in page:
+                yield record.key(), record, None
+
+    def _address_fanout(self, start: datetime) -> Iterator[_Item]:
+        """Records whose address changed (opt-out flipped) since ``start``.
+
+        The change is shared by every record with the address, and it does not touch
+        their ``date_modified``: each becomes a change at the address's stamp.
+        """
+        def items() -> Iterator[tuple[tuple[datetime, str], SugarRecord]]:
+            for page in self.flavour.address_changes(start):
+                stamps: dict[str, datetime] = {}
+                for row in page:
+                    if row.email:
+                        stamps[row.email.lower()] = row.date_modified
+                emails = sorted(stamps)
+                found: list[tuple[tuple[datetime, str], SugarRecord]] = []
+                for module in self.settings.modules:
+                    for record in self.flavour.find(module, emails=emails):
+                        hits = [stamps[a.email.lower()] for a in record.addresses
+                                if a.email.lower() in stamps]
+                        if hits:
+                            found.append(((max(hits), record.id), record))
+                yield from sorted(found, key=lambda pair: pair[0])
+
+        for key, record in in_key_order(items()):
+            yield key, record, key[0]
+
+    def _fetch(self, module: str, record_id: str) -> SugarRecord | None:
+        found = self.flavour.find(module, ids=[record_id])
+        return found[0] if found else None
+
+    # -- writing -----------------------------------------------------------------------
+    def _resolve(self, changes: list[tuple[int, Change]]) -> dict[str, SugarRecord]:
+        ids = sorted({c.ids[self.name] for _, c in changes if c.ids.get(self.name)})
+        emails = sorted({e for _, c in changes for e in (c.email, c.previous_email) if e})
+        index: dict[str, SugarRecord] = {}
+        for module in reversed(self.settings.modules):  # earlier modules win on email
+            for record in self.flavour.find(module, ids=ids, emails=emails):
+                index[f"id:{record.id}"] = record
+                for address in record.addresses:
+                    index[f"email:{address.email.lower()}"] = record
+        return index
+
+    def _write_chunk(self, chunk: list[tuple[int, Change]]) -> dict[int, WriteResult]:
+        results: dict[int, WriteResult] = {}
+        try:
+            index = self._resolve(chunk)
+        except CrmsyncError as exc:
+            return {i: _failed(exc) for i, _ in chunk}
+        writes: list[RecordWrite] = []
+        for position, change in chunk:
+            planned = self._plan(position, change, index)
+            if isinstance(planned, WriteResult):
+                results[position] = planned
+            else:
+                writes.append(planned)
+        if writes:
+            try:
+                results.update(self.flavour.apply(writes))
+            except CrmsyncError as exc:
+                results.update({w.index: _failed(exc) for w in writes})
+        return results
+
+    def _plan(self, position: int, change: Change, index: dict[str, SugarRecord]
+              ) -> RecordWrite | WriteResult:
+        record_id = change.ids.get(self.name)
+        record = (index.get(f"id:{record_id}") if record_id else None) \
+            or (index.get(f"email:{change.previous_email}") if change.previous_email else None) \
+            or index.get(f"email:{change.email}")
+        if change.op == Op.DELETE:
+            if record is None:
+                return WriteResult(ok=False, error="no such record: nothing to delete",
+                                   code="not_found")
+            return RecordWrite(index=position, module=record.module, record=record,
+                               email=change.email, delete=True)
+        fields: dict[str, str | None] = dict(change.fields)
+        opt_out: bool | None = None
+        if OPT_OUT in fields:
+            raw = (fields.pop(OPT_OUT) or "").strip().lower()
+            if raw not in _TRUE | _FALSE:
+                return WriteResult(ok=False, code="invalid_parameter",
+                                   error=f"{OPT_OUT} must be true or false, got {raw!r}")
+            opt_out = raw in _TRUE
+        links: dict[str, bool] = {}
+        for key, value in change.memberships.items():
+            kind, _, list_id = key.partition(":")
+            if kind != "target_list" or not list_id:
+                return WriteResult(ok=False, code="unsupported_membership",
+                                   error=f"{key!r}: Sugar memberships are target_list:<id>")
+            links[list_id] = value is not None
+        module = record.module if record is not None else self.settings.create_module
+        return RecordWrite(index=position, module=module, record=record, email=change.email,
+                           previous_email=change.previous_email, fields=fields,
+                           opt_out=opt_out, links=links)
+
+
+def _failed(exc: CrmsyncError) -> WriteResult:
+    code = getattr(exc, "code", None)
+    return WriteResult(ok=False, error=str(exc), code=str(code) if code else "error",
+                       retryable=bool(getattr(exc, "retryable", False)))
+
+

@@ -1,0 +1,99 @@
+"""The one small interface behind which each API flavour keeps its quirks.
+
+The connector merges streams, builds cursors and plans writes the same way for both
+flavours; a :class:`SugarFlavour` only knows how to talk to its API: log in, scan a
+module in ``(date_modified, id)`` order, list address changes, find records and apply
+resolved writes in as few calls as the API allows.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+
+import httpx
+
+from crmsync.errors import RemoteError
+from crmsync.http import retry_after_seconds
+from crmsync.model import WriteResult
+
+from .records import AddressChange, RecordWrite, SugarRecord
+from .settings import SugarSettings
+
+__all__ = ["RETRYABLE_STATUSES", "SugarFlavour", "retry_safe"]
+
+# 500 is left out: both flavours answer a bad query with a 500 that repeats forever.
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class SugarFlavour(ABC):
+    """One API flavour: ``rest`` (v10/v11) or ``v4_1`` (legacy REST)."""
+
+    def __init__(self, settings: SugarSettings, http: httpx.Client) -> None:
+        self.settings = settings
+        self.http = http
+
+    @abstractmethod
+    def check(self) -> str:
+        """Log in and make one authenticated call; return a short description."""
+
+    @abstractmethod
+    def target_lists(self) -> list[tuple[str, str]]:
+        """Every target list (ProspectLists) as ``(id, name)``."""
+
+    @abstractmethod
+    def list_members(self, list_id: str, module: str) -> set[str]:
+        """The ids of ``module`` records in target list ``list_id``."""
+
+    @abstractmethod
+    def scan(self, module: str, since: datetime | None) -> Iterator[list[SugarRecord]]:
+        """Pages of records (deleted ones included) modified at or after ``since``,
+        ordered by ``date_modified, id``."""
+
+    @abstractmethod
+    def address_changes(self, since: datetime) -> Iterator[list[AddressChange]]:
+        """Pages of EmailAddresses rows modified at or after ``since``, in order."""
+
+    @abstractmethod
+    def find(self, module: str, *, ids: Sequence[str] = (),
+             emails: Sequence[str] = ()) -> list[SugarRecord]:
+        """Live records of ``module`` with one of ``ids`` or carrying one of ``emails``."""
+
+    @abstractmethod
+    def apply(self, writes: Sequence[RecordWrite]) -> dict[int, WriteResult]:
+        """Apply resolved writes in batches; one result per ``RecordWrite.index``."""
+
+    def close(self) -> None:  # noqa: B027 - most flavours have nothing to end
+        """Log out when the API has a session worth ending."""
+
+
+def retry_safe(settings: SugarSettings, send: Callable[[], httpx.Response],
+               *, what: str) -> httpx.Response:
+    """Send a call that is safe to repeat (a read) and retry 429 / 5xx answers.
+
+    The shared transport retries only idempotent HTTP methods, but both flavours read
+    with POST (REST ``/filter``, every v4_1 call), so reads are retried here.
+    """
+    attempt = 0
+    while True:
+        try:
+            response = send()
+        except httpx.TransportError as exc:
+            if attempt + 1 >= settings.retries:
+                raise RemoteError(
+                    f"{what}: could not reach the server ({type(exc).__name__}: {exc}); "
+                    "check base_url and the network, then run again", retryable=True,
+                ) from None
+        else:
+            if response.status_code not in RETRYABLE_STATUSES or attempt + 1 >= settings.retries:
+                return response
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            if wait is None:
+                wait = settings.retry_backoff_s * (2 ** attempt)
+            time.sleep(min(wait, 30.0))
+            attempt += 1
+            continue
+        time.sleep(settings.retry_backoff_s * (2 ** attempt))
+        attempt += 1

@@ -1,0 +1,424 @@
+"""The ``rest`` flavour: Sugar REST v10/v11.
+
+Quirks kept here: the OAuth2 password grant with a custom ``platform``, the token in the
+``OAuth-Token`` header, refresh-token rotation (owned by :class:`SugarOAuth2` alone),
+``{"error","error_message"}`` bodies, ``next_offset`` = -1 at the end, the ``email``
+array that a PUT replaces whole, ``/bulk`` batches and the ``/link`` endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from crmsync.errors import AuthError, RemoteError
+from crmsync.model import WriteResult
+
+from .flavour import SugarFlavour, retry_safe
+from .records import (
+    AddressChange,
+    RecordWrite,
+    SugarEmailAddress,
+    SugarRecord,
+    field_text,
+    parse_sugar_datetime,
+)
+from .settings import SugarSettings
+
+__all__ = ["RestFlavour", "SugarOAuth2", "rest_error"]
+
+_RETRYABLE = {409, 429, 500, 502, 503, 504}
+_TOKEN_ERRORS = {"invalid_grant", "need_login", "invalid_token"}
+
+
+def _iso(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def rest_error(response: httpx.Response, what: str) -> RemoteError:
+    """A RemoteError from a Sugar error answer, saying what to do about it."""
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "error" in body:
+        code = str(body.get("error"))
+        message = str(body.get("error_message") or code)
+    else:
+        code = f"http_{status}"
+        message = "empty body" if not response.content else response.text[:200]
+    advice = {
+        409: "the record changed since it was read: read it again and retry",
+        422: "fix the value named in the message",
+        404: "check the module, record id or link name",
+        403: "give the API user access to this module",
+        503: "Sugar is in maintenance or unavailable: retry later",
+        500: "the server failed (often a bad filter or field name): check the filter "
+             "and the fields setting, then Sugar's log",
+    }.get(status, "see the message; retry later if the server is overloaded")
+    return RemoteError(f"{what}: HTTP {status} {code}: {message} ({advice})",
+                       status=status, code=code, retryable=status in _RETRYABLE)
+
+
+class SugarOAuth2:
+    """The one owner of the access and refresh tokens.
+
+    Sugar rotates refresh tokens: a refresh hands out a new one and the old one stops
+    working. Two components refreshing on their own would log each other out, so every
+    token request goes through this object, under its lock.
+    """
+
+    def __init__(self, settings: SugarSettings, http: httpx.Client) -> None:
+        self.settings = settings
+        self.http = http
+        self._lock = threading.Lock()
+        self._access: str | None = None
+        self._refresh: str | None = None
+        self.grants = 0
+        self.refreshes = 0
+
+    @property
+    def url(self) -> str:
+        return f"{self.settings.base_url}/rest/{self.settings.api_version}/oauth2/token"
+
+    def token(self) -> str:
+        with self._lock:
+            if self._access is None:
+                self._password_grant()
+            assert self._access is not None
+            return self._access
+
+    def renew(self, stale: str) -> str:
+        """A fresh access token after ``stale`` was refused (once per stale token)."""
+        with self._lock:
+            if self._access is not None and self._access != stale:
+                return self._access  # someone else renewed meanwhile
+            if self._refresh is not None:
+                try:
+                    self._refresh_grant()
+                except AuthError:
+                    self._password_grant()
+            else:
+                self._password_grant()
+            assert self._access is not None
+            return self._access
+
+    def _common(self) -> dict[str, Any]:
+        secret = self.settings.client_secret
+        return {"client_id": self.settings.client_id,
+                "client_secret": secret.get_secret_value() if secret else "",
+                "platform": self.settings.platform}
+
+    def _password_grant(self) -> None:
+        self.grants += 1
+        self._store(self._post({
+            "grant_type": "password", "username": self.settings.username,
+            "password": self.settings.password.get_secret_value(), **self._common()},
+            "log in"))
+
+    def _refresh_grant(self) -> None:
+        self.refreshes += 1
+        self._store(self._post({"grant_type": "refresh_token",
+                                "refresh_token": self._refresh, **self._common()},
+                               "refresh the token"))
+
+    def _store(self, data: dict[str, Any]) -> None:
+        self._access = str(data["access_token"])
+        self._refresh = str(data["refresh_token"]) if data.get("refresh_token") else None
+
+    def _post(self, body: dict[str, Any], what: str) -> dict[str, Any]:
+        response = retry_safe(self.settings, lambda: self.http.post(self.url, json=body),
+                              what=f"Sugar: {what}")
+        if response.status_code in (400, 401):
+            error = rest_error(response, f"Sugar refused to {what}")
+            raise AuthError(
+                f"{error} - check CRMSYNC_SUGARCRM_USERNAME/PASSWORD, client_id and "
+                "CRMSYNC_SUGARCRM_CLIENT_SECRET, and that the platform "
+                f"{self.settings.platform!r} is allowed (Admin > Configure API Platforms)")
+        if response.status_code >= 400:
+            raise rest_error(response, f"Sugar: {what}")
+        data = response.json()
+        if not isinstance(data, dict) or "access_token" not in data:
+            raise AuthError(f"Sugar: {what}: no access_token in the answer; is base_url "
+                            f"{self.settings.base_url} a Sugar instance?")
+        return data
+
+
+class RestFlavour(SugarFlavour):
+    """Sugar REST v10/v11."""
+
+    def __init__(self, settings: SugarSettings, http: httpx.Client) -> None:
+        super().__init__(settings, http)
+        self.auth = SugarOAuth2(settings, http)
+        self.root = f"{settings.base_url}/rest/{settings.api_version}"
+
+    # -- transport ---------------------------------------------------------------------
+    def call(self, method: str, path: str, *, body: Any = None,
+             params: dict[str, Any] | None = None, safe: bool = False) -> Any:
+        what = f"Sugar {method} /{path}"
+        url = f"{self.root}/{path}"
+
+        def send(token: str) -> httpx.Response:
+            def once() -> httpx.Response:
+                return self.http.request(method, url, json=body, params=params,
+                                         headers={"OAuth-Token": token})
+            return retry_safe(self.settings, once, what=what) if safe else once()
+
+        token = self.auth.token()
+        response = send(token)
+        if response.status_code == 401 and self._token_refused(response):
+            response = send(self.auth.renew(token))
+        if response.status_code == 401:
+            raise AuthError(f"{rest_error(response, what)} - the new token was refused too; "
+                            "check the API user's access")
+        if response.status_code >= 400:
+            raise rest_error(response, what)
+        return response.json() if response.content else None
+
+    @staticmethod
+    def _token_refused(response: httpx.Response) -> bool:
+        try:
+            return str(response.json().get("error")) in _TOKEN_ERRORS
+        except (ValueError, AttributeError):
+            return True
+
+    # -- reading -----------------------------------------------------------------------
+    def check(self) -> str:
+        self.call("GET", "ping", safe=True)
+        return f"Sugar REST {self.settings.api_version} at {self.settings.base_url}"
+
+    def _pages(self, path: str, body: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+        offset = 0
+        while True:
+            data = self.call("POST", path, body={**body, "offset": offset}, safe=True)
+            records = list(data.get("records") or [])
+            if records:
+                yield records
+            next_offset = int(data.get("next_offset", -1))
+            if next_offset == -1 or not records:
+                return
+            offset = next_offset
+
+    def target_lists(self) -> list[tuple[str, str]]:
+        body = {"filter": [], "fields": "id,name", "max_num": self.settings.page_size,
+                "order_by": "name:ASC"}
+        return [(str(row["id"]), str(row.get("name") or row["id"]))
+                for page in self._pages("ProspectLists/filter", body) for row in page]
+
+    def list_members(self, list_id: str, module: str) -> set[str]:
+        members: set[str] = set()
+        offset = 0
+        while True:
+            data = self.call("GET", f"ProspectLists/{list_id}/link/{module.lower()}",
+                             params={"fields": "id", "max_num": self.settings.page_size,
+                                     "offset": offset}, safe=True)
+            members.update(str(row["id"]) for row in data.get("records") or [])
+            offset = int(data.get("next_offset", -1))
+            if offset == -1 or not data.get("records"):
+                return members
+
+    def _fields(self) -> str:
+        return ",".join(dict.fromkeys([*self.settings.fields, "email", "deleted"]))
+
+    def _record(self, module: str, row: dict[str, Any]) -> SugarRecord:
+        addresses = [
+            SugarEmailAddress(email=str(item.get("email_address") or ""),
+                              opt_out=bool(item.get("opt_out")),
+                              primary=bool(item.get("primary_address")),
+                              invalid=bool(item.get("invalid_email")),
+                              reply_to=bool(item.get("reply_to_address")),
+                              id=str(item.get("email_address_id") or ""))
+            for item in row.get("email") or []
+        ]
+        return SugarRecord(
+            module=module, id=str(row["id"]),
+            date_modified=parse_sugar_datetime(str(row["date_modified"])),
+            deleted=row.get("deleted") in (True, 1, "1", "true"),
+            fields={name: field_text(row.get(name)) for name in self.settings.fields},
+            addresses=addresses)
+
+    @staticmethod
+    def _keyset(after: tuple[datetime, str] | None, since: datetime | None
+                ) -> list[dict[str, Any]]:
+        # Keyset paging on (date_modified, id): offset paging would skip or repeat rows
+        # that are modified while the scan runs.
+        if after is not None:
+            stamp = _iso(after[0])
+            return [{"$or": [{"date_modified": {"$gt": stamp}},
+                             {"$and": [{"date_modified": {"$equals": stamp}},
+                                       {"id": {"$gt": after[1]}}]}]}]
+        if since is not None:
+            return [{"date_modified": {"$gte": _iso(since)}}]
+        return []
+
+    def scan(self, module: str, since: datetime | None) -> Iterator[list[SugarRecord]]:
+        after: tuple[datetime, str] | None = None
+        while True:
+            data = self.call("POST", f"{module}/filter", safe=True, body={
+                "filter": self._keyset(after, since), "max_num": self.settings.page_size,
+                "offset": 0, "order_by": "date_modified:ASC,id:ASC",
+                "fields": self._fields(), "deleted": True})
+            records = [self._record(module, row) for row in data.get("records") or []]
+            if records:
+                yield records
+            if int(data.get("next_offset", -1)) == -1 or not records:
+                return
+            after = records[-1].key()
+
+    def address_changes(self, since: datetime) -> Iterator[list[AddressChange]]:
+        after: tuple[datetime, str] | None = None
+        while True:
+            data = self.call("POST", "EmailAddresses/filter", safe=True, body={
+                "filter": self._keyset(after, since), "max_num": self.settings.page_size,
+                "offset": 0, "order_by": "date_modified:ASC,id:ASC",
+                "fields": "email_address,opt_out"})
+            rows = [AddressChange(id=str(row["id"]), email=str(row.get("email_address") or ""),
+                                  opt_out=bool(row.get("opt_out")),
+                                  date_modified=parse_sugar_datetime(str(row["date_modified"])))
+                    for row in data.get("records") or []]
+            if rows:
+                yield rows
+            if int(data.get("next_offset", -1)) == -1 or not rows:
+                return
+            after = (rows[-1].date_modified, rows[-1].id)
+
+    def find(self, module: str, *, ids: Sequence[str] = (),
+             emails: Sequence[str] = ()) -> list[SugarRecord]:
+        terms: list[dict[str, Any]] = []
+        if ids:
+            terms.append({"id": {"$in": list(ids)}})
+        if emails:
+            # "link.remote_field" searches a related field: the record's addresses.
+            terms.append({"email_addresses.email_address": {"$in": list(emails)}})
+        if not terms:
+            return []
+        body = {"filter": [{"$or": terms}], "max_num": self.settings.page_size,
+                "fields": self._fields()}
+        return [self._record(module, row)
+                for page in self._pages(f"{module}/filter", body) for row in page]
+
+    # -- writing -----------------------------------------------------------------------
+    def _email_array(self, write: RecordWrite) -> list[dict[str, Any]] | None:
+        record = write.record
+        if record is None:
+            return [{"email_address": write.email, "primary_address": True,
+                     "opt_out": bool(write.opt_out), "invalid_email": False,
+                     "reply_to_address": False}]
+        target = record.address(write.email)
+        renamed = target is None
+        if not renamed and write.opt_out is None:
+            return None
+        # A PUT replaces the whole address set: send every address the record has, with
+        # its flags, or Sugar unlinks the ones left out.
+        old = None
+        if renamed:
+            old = record.address(write.previous_email) if write.previous_email else None
+            old = old or record.primary()
+        out = []
+        for item in record.addresses:
+            entry = {"email_address": item.email, "primary_address": item.primary,
+                     "opt_out": item.opt_out, "invalid_email": item.invalid,
+                     "reply_to_address": item.reply_to}
+            if item is old:
+                entry["email_address"] = write.email
+                entry["invalid_email"] = False
+            if (item is target or item is old) and write.opt_out is not None:
+                entry["opt_out"] = write.opt_out
+            out.append(entry)
+        if renamed and old is None:
+            out.append({"email_address": write.email, "primary_address": not out,
+                        "opt_out": bool(write.opt_out), "invalid_email": False,
+                        "reply_to_address": False})
+        return out
+
+    def _record_request(self, write: RecordWrite) -> dict[str, Any] | None:
+        version = self.settings.api_version
+        if write.delete:
+            assert write.record is not None
+            return {"url": f"/{version}/{write.module}/{write.record.id}", "method": "DELETE"}
+        data: dict[str, Any] = dict(write.fields)
+        emails = self._email_array(write)
+        if emails is not None:
+            data["email"] = emails
+        if write.record is None:
+            return {"url": f"/{version}/{write.module}", "method": "POST",
+                    "data": json.dumps(data)}
+        if not data:
+            return None
+        return {"url": f"/{version}/{write.module}/{write.record.id}", "method": "PUT",
+                "data": json.dumps(data)}
+
+    def _bulk(self, requests: list[dict[str, Any]]) -> list[tuple[int, Any]]:
+        """Run requests through ``/bulk`` in chunks: ``(status, contents)`` per request."""
+        answers: list[tuple[int, Any]] = []
+        size = self.settings.batch_size
+        for start in range(0, len(requests), size):
+            chunk = requests[start:start + size]
+            try:
+                data = self.call("POST", "bulk", body={"requests": chunk})
+            except RemoteError as exc:
+                answers.extend((exc.status or 500, {"error": exc.code or "bulk_failed",
+                                                    "error_message": str(exc)})
+                               for _ in chunk)
+                continue
+            for item in data or []:
+                answers.append((int(item.get("status", 500)), item.get("contents")))
+            answers.extend((500, {"error": "missing", "error_message": "no answer in /bulk"})
+                           for _ in range(len(chunk) - len(data or [])))
+        return answers
+
+    @staticmethod
+    def _failure(status: int, contents: Any) -> WriteResult:
+        if isinstance(contents, dict):
+            code = str(contents.get("error") or f"http_{status}")
+            message = str(contents.get("error_message") or code)
+        else:
+            code, message = f"http_{status}", str(contents)[:200]
+        return WriteResult(ok=False, error=message, code=code, retryable=status in _RETRYABLE)
+
+    def apply(self, writes: Sequence[RecordWrite]) -> dict[int, WriteResult]:
+        results: dict[int, WriteResult] = {}
+        ids: dict[int, str] = {w.index: w.record.id for w in writes if w.record is not None}
+        pending = [(w, self._record_request(w)) for w in writes]
+        sent = [(w, req) for w, req in pending if req is not None]
+        for (write, _), (status, contents) in zip(
+                sent, self._bulk([req for _, req in sent]), strict=True):
+            if status >= 400:
+                results[write.index] = self._failure(status, contents)
+            elif write.record is None and isinstance(contents, dict):
+                ids[write.index] = str(contents.get("id"))
+        # Target-list links once every record exists: one bulk link per list and module.
+        version = self.settings.api_version
+        groups: dict[tuple[str, str], list[RecordWrite]] = {}
+        removals: list[tuple[RecordWrite, dict[str, Any]]] = []
+        for write in writes:
+            if write.index in results or write.delete:
+                continue
+            record_id = ids[write.index]
+            for list_id, add in write.links.items():
+                if add:
+                    groups.setdefault((list_id, write.module), []).append(write)
+                else:
+                    removals.append((write, {
+                        "url": f"/{version}/ProspectLists/{list_id}/link/"
+                               f"{write.module.lower()}/{record_id}", "method": "DELETE"}))
+        link_requests: list[tuple[list[RecordWrite], dict[str, Any]]] = [
+            (members, {"url": f"/{version}/ProspectLists/{list_id}/link", "method": "POST",
+                       "data": json.dumps({"link_name": module.lower(),
+                                           "ids": [ids[m.index] for m in members]})})
+            for (list_id, module), members in groups.items()
+        ] + [([write], request) for write, request in removals]
+        answers = self._bulk([request for _, request in link_requests])
+        for (members, _), (status, contents) in zip(link_requests, answers, strict=True):
+            if status >= 400:
+                for member in members:
+                    results.setdefault(member.index, self._failure(status, contents))
+        for write in writes:
+            results.setdefault(write.index, WriteResult(ok=True, record_id=ids.get(write.index)))
+        return results
