@@ -1,0 +1,207 @@
+"""The HTTP layer: session injection and refresh, error mapping, quota, query paging.
+
+Every call goes through :meth:`SalesforceApi.request`, which adds the bearer token,
+reads ``Sforce-Limit-Info``, maps the documented error bodies (a JSON list with
+``errorCode``) onto the crmsync exception tree, and logs in again on
+``INVALID_SESSION_ID`` — on every path, REST, query paging and Bulk 2.0 alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+from crmsync.errors import AuthError, QuotaExhausted, RateLimited, RemoteError
+from crmsync.http import retry_after_seconds
+
+from ._auth import AuthFlow, SalesforceSession
+from ._quota import QuotaTracker
+from ._settings import SalesforceSettings
+
+__all__ = ["SalesforceApi", "SessionRefreshed", "error_of"]
+
+# Per-record codes worth retrying later (locks, timeouts, a rolled-back batch).
+RETRYABLE_CODES = frozenset({
+    "UNABLE_TO_LOCK_ROW", "ALL_OR_NONE_OPERATION_ROLLED_BACK", "SERVER_UNAVAILABLE",
+    "REQUEST_RUNNING_TOO_LONG", "QUERY_TIMEOUT", "REQUEST_LIMIT_EXCEEDED",
+})
+
+
+class SessionRefreshed(Exception):
+    """The session was renewed while following a query locator: restart the query."""
+
+
+def error_of(response: httpx.Response) -> tuple[str, str]:
+    """``(errorCode, message)`` from a documented error body, whatever its exact shape."""
+    try:
+        body = response.json()
+    except ValueError:
+        return "", response.text[:200]
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
+    if isinstance(body, dict):
+        return (str(body.get("errorCode") or body.get("error") or ""),
+                str(body.get("message") or body.get("error_description") or ""))
+    return "", str(body)[:200]
+
+
+class SalesforceApi:
+    """A logged-in view of one org over an httpx client."""
+
+    def __init__(self, http: httpx.Client, flow: AuthFlow, settings: SalesforceSettings,
+                 quota: QuotaTracker) -> None:
+        self.http = http
+        self.flow = flow
+        self.settings = settings
+        self.quota = quota
+        self.calls = 0
+        self._session: SalesforceSession | None = None
+
+    @property
+    def data_path(self) -> str:
+        return f"/services/data/v{self.settings.api_version}"
+
+    def session(self) -> SalesforceSession:
+        if self._session is None:
+            self._session = self.flow.login(self.http)
+        return self._session
+
+    def refresh(self) -> SalesforceSession:
+        self._session = None
+        return self.session()
+
+    def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
+                content: bytes | None = None, headers: dict[str, str] | None = None,
+                stream: bool = False, locator: bool = False) -> httpx.Response:
+        """One API call; ``path`` is relative to the data path unless it starts with '/'.
+
+        ``locator=True`` marks a query-locator URL: a session renewed while following it
+        raises :class:`SessionRefreshed` instead of retrying, because the locator died
+        with the old session.
+        """
+        self.quota.guard()
+        for attempt in range(2):
+            session = self.session()
+            url = session.instance_url + (path if path.startswith("/")
+                                          else f"{self.data_path}/{path}")
+            request = self.http.build_request(method, url, params=params, json=json,
+                                              content=content, headers={
+                "Authorization": f"Bearer {session.access_token}", **(headers or {})})
+            self.calls += 1
+            try:
+                response = self.http.send(request, stream=stream)
+            except httpx.HTTPError as exc:
+                raise RemoteError(f"Salesforce did not answer {method} {path} "
+                                  f"({type(exc).__name__}): check the network and try again",
+                                  retryable=True) from None
+            self.quota.observe(response.headers)
+            if response.status_code < 400:
+                return response
+            response.read()
+            response.close()
+            code, message = error_of(response)
+            if response.status_code == 401 and attempt == 0:
+                # Only INVALID_SESSION_ID is documented; any 401 means "log in again".
+                self.refresh()
+                if locator:
+                    raise SessionRefreshed(code or "INVALID_SESSION_ID")
+                continue
+            raise self._error(response, code, message, method, path)
+        raise AssertionError("unreachable")
+
+    def _error(self, response: httpx.Response, code: str, message: str, method: str,
+               path: str) -> Exception:
+        status = response.status_code
+        where = f"{method} {path.split('?')[0]}"
+        if status == 401:
+            return AuthError(f"Salesforce refused a fresh session on {where} ({code}: "
+                             f"{message}): check the integration user's permissions and the "
+                             "connected app's policies")
+        if code == "REQUEST_LIMIT_EXCEEDED":
+            self.quota.spent(message or code)
+            return QuotaExhausted(
+                f"Salesforce daily API limit reached on {where} ({message}): the run stopped "
+                "with its cursor kept; resume once the 24-hour usage window has room",
+                code=code, status=status)
+        if status == 429:
+            return RateLimited(f"Salesforce asked to slow down on {where}: {message}",
+                               retry_after=retry_after_seconds(response.headers.get(
+                                   "Retry-After")), status=status, code=code or None)
+        retryable = status >= 500 or code in RETRYABLE_CODES
+        hint = "try again later" if retryable else "check the settings (objects, fields)"
+        return RemoteError(f"Salesforce answered {status} {code} on {where}: {message}; {hint}",
+                           status=status, code=code or None, retryable=retryable)
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.request(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    # -- REST query ----------------------------------------------------------------------
+    def query(self, soql: str, *, all_rows: bool = False) -> Iterator[dict[str, Any]]:
+        """Every record of ``soql``, following ``nextRecordsUrl``.
+
+        Raises :class:`SessionRefreshed` when the session had to be renewed mid-way;
+        :meth:`query_resumable` turns that into a restart.
+        """
+        headers = {}
+        if self.settings.query_batch_size != 2000:
+            headers["Sforce-Query-Options"] = f"batchSize={self.settings.query_batch_size}"
+        body = self.json("GET", "queryAll/" if all_rows else "query/", params={"q": soql},
+                         headers=headers)
+        while True:
+            yield from body.get("records", [])
+            next_url = body.get("nextRecordsUrl")
+            if body.get("done", True) or not next_url:
+                return
+            try:
+                body = self.json("GET", next_url, headers=headers, locator=True)
+            except RemoteError as exc:
+                if exc.code == "INVALID_QUERY_LOCATOR":
+                    raise SessionRefreshed(exc.code) from None
+                raise
+
+    def query_resumable(self, soql_from: Callable[[Any], str], key: Callable[[dict[str, Any]], Any],
+                        *, all_rows: bool = False) -> Iterator[dict[str, Any]]:
+        """Records in ``key`` order; a dead locator restarts the query after the last key.
+
+        ``soql_from(last_key_or_None)`` builds the query; records whose key is not past
+        the last one yielded are skipped, so nothing is lost or repeated.
+        """
+        last: Any = None
+        restarts = 0
+        while True:
+            try:
+                for record in self.query(soql_from(last), all_rows=all_rows):
+                    record_key = key(record)
+                    if last is not None and record_key <= last:
+                        continue
+                    last = record_key
+                    restarts = 0
+                    yield record
+                return
+            except SessionRefreshed:
+                restarts += 1
+                if restarts > 3:
+                    raise AuthError("Salesforce sessions keep expiring during a query: check "
+                                    "the connected app's session timeout") from None
+
+    # -- sObject Collections -----------------------------------------------------------
+    def collection(self, method: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One sObject Collections call (at most 200 records), ``allOrNone=false``."""
+        if method == "DELETE":
+            ids = ",".join(str(r["id"]) for r in records)
+            result = self.json("DELETE", "composite/sobjects",
+                               params={"ids": ids, "allOrNone": "false"})
+        else:
+            result = self.json(method, "composite/sobjects",
+                               json={"allOrNone": False, "records": records})
+        if not isinstance(result, list) or len(result) != len(records):
+            raise RemoteError("Salesforce answered a collection call without one result per "
+                              "record: retry the batch", retryable=True)
+        return result
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
