@@ -164,7 +164,8 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
                         newest = changed
                 if records:
                     yield Page(records=records, cursor=since)
-        yield Page(records=[], cursor=Cursor(at=newest, tie_id="", data={"incremental": True}))
+        tie = since.tie_id if newest == since.at else ""
+        yield Page(records=[], cursor=Cursor(at=newest, tie_id=tie, data={"incremental": True}))
 
     def _optin_contact(self, item: dict[str, Any], list_id: str,
                        start: datetime) -> Contact | None:
