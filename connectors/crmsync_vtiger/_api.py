@@ -120,6 +120,7 @@ class WebserviceApi(VtigerApi):
             return self._session
 
     def _login(self) -> Session:
+        last: _Failure | None = None
         for _attempt in range(LOGIN_ATTEMPTS):
             challenge = self._raw("getchallenge", {"username": self.username})
             digest = hashlib.md5(  # noqa: S324 - the vendor's login scheme, not our choice
@@ -128,14 +129,15 @@ class WebserviceApi(VtigerApi):
                 result = self._raw("login", {"username": self.username, "accessKey": digest})
             except _Failure as failure:
                 if failure.code in LOGIN_RETRY_CODES:
+                    last = failure
                     continue
                 raise failure.error() from None
             self.logins += 1
             return Session(name=str(result["sessionName"]), user_id=str(result["userId"]),
                            vtiger_version=str(result.get("vtigerVersion", "")),
                            api_version=str(result.get("version", "")))
-        raise to_error("INVALID_AUTH_TOKEN", "", operation="login", params={},
-                       username=self.username)
+        assert last is not None
+        raise last.error()
 
     def _drop(self, session: Session) -> None:
         with self._login_lock:

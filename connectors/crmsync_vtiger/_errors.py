@@ -16,8 +16,10 @@ __all__ = ["LOGIN_RETRY_CODES", "SESSION_CODES", "VtigerError", "to_error"]
 # the session is gone: log in again and repeat the call
 SESSION_CODES = frozenset({"INVALID_SESSIONID", "SESSION_LEFT_IDLE", "SESSION_EXPIRED",
                            "AUTHENTICATION_REQUIRED"})
-# the challenge was replaced by a concurrent getchallenge, or expired: ask for another
-LOGIN_RETRY_CODES = frozenset({"INVALID_AUTH_TOKEN"})
+# the challenge expired (INVALID_AUTH_TOKEN) or a concurrent getchallenge replaced it, which
+# vTiger reports as INVALID_USER_CREDENTIALS (md5(old token + key) no longer matches):
+# ask for another challenge; a key that is really wrong fails every attempt
+LOGIN_RETRY_CODES = frozenset({"INVALID_AUTH_TOKEN", "INVALID_USER_CREDENTIALS"})
 _RETRYABLE = frozenset({"DATABASE_QUERY_ERROR", "INTERNAL_SERVER_ERROR"})
 
 

@@ -424,10 +424,12 @@ class VtigerEmulator(Emulator):
         if not found:
             raise WsError("INVALID_USER_CREDENTIALS", "Invalid username or password")
         crmid, user = found[0]
+        # a challenge replaced by a concurrent getchallenge ends here, not as a token error:
+        # the digest was made from the old token (Login.php compares md5(token + key))
         expected = hashlib.md5((challenge[0] + user["accesskey"]).encode()).hexdigest()  # noqa: S324 - the vendor's scheme
         if params.get("accessKey", "") != expected:
             raise WsError("INVALID_USER_CREDENTIALS", "Invalid username or password")
-        del self.challenges[username]
+        # the token stays until it expires or a new getchallenge replaces it (AuthToken.php)
         name = uuid.uuid4().hex[:21]
         now = self.now()
         self.sessions[name] = {"user": crmid, "created": now, "last": now}
