@@ -1,0 +1,308 @@
+"""The MailUp connector against the emulator over real HTTP: what ends up in MailUp."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import SecretStr
+from mailup_testbed import PREFIX, contact, requests_of
+
+from crmsync.errors import RemoteError
+from crmsync.model import Change, Contact, Op, Status, Subscription
+from crmsync_mailup import Address, MailUpConnector, TransactionalMessage
+
+
+def sub(list_id: str, status: Status, *groups: str, explicit: bool = False) -> Subscription:
+    return Subscription(list_id=list_id, status=status, groups=frozenset(groups),
+                        explicit=explicit)
+
+
+def change(email: str, *subs: Subscription, **kwargs) -> Change:
+    return Change(email=email, subscriptions={s.list_id: s for s in subs}, **kwargs)
+
+
+def status_of(emulator, email: str, list_id: str = "1") -> str | None:
+    found = contact(emulator, email)
+    return None if found is None else found["lists"].get(list_id, {}).get("status")
+
+
+def test_subscribe_creates_recipient_with_fields_and_groups(connector, emulator):
+    [result] = connector.write([change("Ann@Example.com", sub("1", Status.SUBSCRIBED, "news",
+                                                              "brand-new"),
+                                       fields={"name": "Ann", "surname": "Lee"})])
+    assert result.ok and result.record_id
+    found = contact(emulator, "ann@example.com")
+    assert found["fields"] == {"name": "Ann", "surname": "Lee"}
+    assert found["lists"]["1"] == {"status": "subscribed", "groups": ["brand-new", "news"]}
+    assert "brand-new" in {g.name for g in connector.lists()[0].groups}
+
+
+def test_pending_goes_through_confirmation(connector, emulator, control):
+    [result] = connector.write([change("p@example.com", sub("2", Status.PENDING))])
+    assert result.ok
+    assert status_of(emulator, "p@example.com", "2") == "pending"
+    assert control.post("/confirm", json={"email": "p@example.com", "list": "2"}).is_success
+    assert status_of(emulator, "p@example.com", "2") == "subscribed"
+
+
+def test_unsubscribe_keeps_groups_and_plain_subscribe_never_lifts_it(connector, emulator):
+    connector.write([change("u@example.com", sub("1", Status.SUBSCRIBED, "news"))])
+    [result] = connector.write([change("u@example.com", sub("1", Status.UNSUBSCRIBED, "news"))])
+    assert result.ok
+    assert contact(emulator, "u@example.com")["lists"]["1"] == {
+        "status": "unsubscribed", "groups": ["news"]}
+    [again] = connector.write([change("u@example.com", sub("1", Status.SUBSCRIBED, "news"))])
+    assert again.ok
+    assert status_of(emulator, "u@example.com") == "unsubscribed"
+
+
+def test_group_set_is_replaced_but_never_added_for_an_unsubscribe(connector, emulator):
+    connector.write([change("g@example.com", sub("1", Status.SUBSCRIBED, "news", "offers"))])
+    connector.write([change("g@example.com", sub("1", Status.SUBSCRIBED, "offers"))])
+    assert contact(emulator, "g@example.com")["lists"]["1"]["groups"] == ["offers"]
+    connector.write([change("g@example.com", sub("1", Status.UNSUBSCRIBED, "news"))])
+    assert contact(emulator, "g@example.com")["lists"]["1"] == {
+        "status": "unsubscribed", "groups": []}
+
+
+def test_explicit_resubscribe_confirm_makes_pending(connector, emulator, control):
+    connector.write([change("r@example.com", sub("1", Status.SUBSCRIBED))])
+    control.post("/unsubscribe", json={"email": "r@example.com", "list": "1"})
+    [result] = connector.write([change("r@example.com",
+                                       sub("1", Status.SUBSCRIBED, explicit=True))])
+    assert result.ok
+    assert status_of(emulator, "r@example.com") == "pending"
+
+
+def test_explicit_resubscribe_force_and_never(make_connector, emulator, control):
+    force = make_connector(resubscribe="force")
+    never = make_connector(resubscribe="never")
+    for email in ("f@example.com", "n@example.com"):
+        force.write([change(email, sub("1", Status.SUBSCRIBED))])
+        control.post("/unsubscribe", json={"email": email, "list": "1"})
+    force.write([change("f@example.com", sub("1", Status.SUBSCRIBED, explicit=True))])
+    never.write([change("n@example.com", sub("1", Status.SUBSCRIBED, explicit=True))])
+    assert status_of(emulator, "f@example.com") == "subscribed"
+    assert status_of(emulator, "n@example.com") == "unsubscribed"
+
+
+def test_no_forced_opt_in_after_a_bounce(make_connector, emulator, control):
+    force = make_connector(resubscribe="force")
+    force.write([change("b@example.com", sub("1", Status.SUBSCRIBED))])
+    control.post("/bounce", json={"email": "b@example.com", "kind": "hard"})
+    [result] = force.write([change("b@example.com", sub("1", Status.SUBSCRIBED, explicit=True))])
+    assert not result.ok and result.code == "400"
+    assert "bounced" in result.error
+    assert status_of(emulator, "b@example.com") == "unsubscribed"
+
+
+def test_fields_only_and_email_change_keep_the_id(connector, emulator):
+    [first] = connector.write([change("old@example.com", sub("1", Status.SUBSCRIBED))])
+    [fields] = connector.write([Change(email="old@example.com", fields={"surname": "Smith"})])
+    assert fields.ok and fields.record_id == first.record_id
+    [moved] = connector.write([Change(email="new@example.com", previous_email="old@example.com",
+                                      fields={"name": "Neo"})])
+    assert moved.ok and moved.record_id == first.record_id
+    found = contact(emulator, "new@example.com")
+    assert found["ids"]["mailup"] == first.record_id
+    assert found["fields"] == {"surname": "Smith", "name": "Neo"}
+    assert contact(emulator, "old@example.com") is None
+
+
+def test_partial_failures_are_results(connector, emulator):
+    results = connector.write([
+        change("ok@example.com", sub("1", Status.SUBSCRIBED)),
+        change("bad@example.com", sub("99", Status.SUBSCRIBED)),
+        Change(email="ghost@example.com", fields={"name": "x"}),
+        Change(email="ghost@example.com", op=Op.DELETE),
+    ])
+    assert [r.ok for r in results] == [True, False, False, False]
+    assert results[1].code == "404" and "List 99 not found" in results[1].error
+    assert status_of(emulator, "ok@example.com") == "subscribed"
+
+
+def test_delete_erases_the_recipient(connector, emulator):
+    connector.write([change("d@example.com", sub("1", Status.SUBSCRIBED))])
+    [result] = connector.write([Change(email="d@example.com", op=Op.DELETE)])
+    assert result.ok
+    assert contact(emulator, "d@example.com") is None
+
+
+def test_full_read_pages_and_statuses(make_connector, control):
+    control.post("/seed", json={"contacts": 45, "seed": 3})
+    connector = make_connector(page_size=10)
+    pages = list(connector.read(None))
+    keys = [p.cursor.key() for p in pages]
+    assert keys == sorted(keys)
+    records = [r for p in pages for r in p.records]
+    list1 = [r for r in records if "1" in r.subscriptions]
+    assert len(list1) == 45
+    assert {r.subscriptions["1"].status for r in list1} == set(Status)
+    assert all(r.fields.get("name", "").startswith("First") for r in list1)
+    counts = requests_of(control)
+    assert counts[f"GET {PREFIX}/List/{{id}}/Recipients/{{status}}"] >= 5
+
+
+def test_incremental_read_reports_unsubscriptions_with_reasons(connector, emulator, control):
+    connector.write([change(f"i{n}@example.com", sub("1", Status.SUBSCRIBED, "news"))
+                     for n in range(3)])
+    cursor = list(connector.read(None))[-1].cursor
+    control.post("/unsubscribe", json={"email": "i1@example.com", "list": "1"})
+    control.post("/bounce", json={"email": "i2@example.com", "kind": "spam", "list": "1"})
+    pages = list(connector.read(cursor))
+    changed = {r.email: r.subscriptions["1"] for p in pages for r in p.records}
+    assert changed["i1@example.com"].status is Status.UNSUBSCRIBED
+    assert changed["i1@example.com"].reason == "unsubscribe link (2/21)"
+    assert changed["i1@example.com"].groups == frozenset({"news"})
+    assert changed["i2@example.com"].reason == "spam complaint (16/161)"
+    assert pages[-1].cursor.key() >= cursor.key()
+
+
+def test_token_expiry_mid_run_refreshes_and_rotates(make_connector, emulator, control):
+    connector = make_connector()
+    connector.write([change("t1@example.com", sub("1", Status.SUBSCRIBED))])
+    old_refresh = connector.client.auth._refresh
+    control.post("/faults", json={"expire_sessions": True})
+    [result] = connector.write([change("t2@example.com", sub("1", Status.SUBSCRIBED))])
+    assert result.ok
+    assert connector.client.auth.refreshes == 1 and connector.client.auth.logins == 1
+    assert connector.client.auth._refresh != old_refresh
+    assert old_refresh not in emulator.refresh
+
+
+def test_short_token_ttl_is_renewed_before_calls(make_connector, emulator, control):
+    control.post("/config", json={"token_ttl": 1})
+    connector = make_connector()
+    connector.check()
+    emulator.access.clear()  # as if the second elapsed
+    assert connector.check().ok
+    assert connector.client.auth.refreshes == 1
+
+
+def test_rate_limit_429_is_honoured(make_connector, emulator, control):
+    control.post("/config", json={"rate_limit": 5})
+    connector = make_connector(rate=None)  # no pacing: the emulator must push back
+    results = connector.write([change(f"rl{n}@example.com", sub("1", Status.SUBSCRIBED))
+                               for n in range(8)])
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert all(status_of(emulator, f"rl{n}@example.com") == "subscribed" for n in range(8))
+
+
+def test_pacing_keeps_under_the_limit(make_connector, emulator, control):
+    control.post("/config", json={"rate_limit": 5})
+    connector = make_connector(rate=4.5, retries=1)  # one attempt: a 429 would fail
+    results = connector.write([change(f"pc{n}@example.com", sub("1", Status.SUBSCRIBED))
+                               for n in range(6)])
+    assert all(r.ok for r in results), [r.error for r in results]
+
+
+def test_bulk_import_above_threshold(make_connector, emulator, control):
+    connector = make_connector(bulk_threshold=5)
+    changes = [change(f"bulk{n}@example.com", sub("1", Status.SUBSCRIBED, "news"),
+                      fields={"name": f"B{n}"}) for n in range(8)]
+    changes.append(change("bulk-out@example.com", sub("2", Status.UNSUBSCRIBED)))
+    changes.append(change("bulk-pend@example.com", sub("2", Status.PENDING)))
+    control.delete("/requests")
+    results = connector.write(changes)
+    assert all(r.ok for r in results)
+    counts = requests_of(control)
+    assert counts[f"POST {PREFIX}/List/{{id}}/Recipients"] == 3
+    assert counts[f"POST {PREFIX}/Group/{{id}}/Recipients"] == 1
+    assert counts.get(f"POST {PREFIX}/List/{{id}}/Recipient", 0) == 0
+    assert counts[f"GET {PREFIX}/Import/{{id}}"] >= 4
+    assert contact(emulator, "bulk3@example.com")["lists"]["1"] == {
+        "status": "subscribed", "groups": ["news"]}
+    assert status_of(emulator, "bulk-out@example.com", "2") == "unsubscribed"
+    assert status_of(emulator, "bulk-pend@example.com", "2") == "pending"
+
+
+def test_below_threshold_is_per_recipient(make_connector, control):
+    connector = make_connector(bulk_threshold=5)
+    control.delete("/requests")
+    connector.write([change(f"s{n}@example.com", sub("1", Status.SUBSCRIBED)) for n in range(5)])
+    counts = requests_of(control)
+    assert counts[f"POST {PREFIX}/List/{{id}}/Recipient"] == 5
+    assert f"POST {PREFIX}/List/{{id}}/Recipients" not in counts
+
+
+def test_bulk_import_never_lifts_an_unsubscribe(make_connector, emulator, control):
+    connector = make_connector(bulk_threshold=1)
+    connector.write([change("keep@example.com", sub("1", Status.SUBSCRIBED))])
+    control.post("/unsubscribe", json={"email": "keep@example.com", "list": "1"})
+    results = connector.write([change("keep@example.com", sub("1", Status.SUBSCRIBED)),
+                               change("other@example.com", sub("1", Status.SUBSCRIBED))])
+    assert all(r.ok for r in results)
+    assert status_of(emulator, "keep@example.com") == "unsubscribed"
+
+
+def test_send_to_one_list_and_group(connector, emulator):
+    connector.write([change("s1@example.com", sub("1", Status.SUBSCRIBED, "news")),
+                     change("s2@example.com", sub("1", Status.SUBSCRIBED))])
+    one = connector.send("1", to="someone@example.com")
+    assert one.ok and one.recipients == 1
+    whole = connector.send("1", list_id="1")
+    assert whole.recipients == 2
+    group = connector.send("1", group_id="1")
+    assert group.recipients == 1
+    assert emulator.sent[-1]["to"] == ["s1@example.com"]
+    with pytest.raises(RemoteError, match="not found"):
+        connector.send("999", list_id="1")
+
+
+def test_transactional_send(connector, emulator):
+    message = TransactionalMessage(subject="Hi", html="<p>hi</p>",
+                                   sender=Address(email="app@example.com", name="App"),
+                                   to=[Address(email="x@example.com")])
+    result = connector.send_transactional(message)
+    assert result.ok and result.recipients == 1
+    assert emulator.sent[-1] == {"transactional": True, "to": ["x@example.com"],
+                                 "subject": "Hi"}
+
+
+def test_transactional_refused(connector):
+    wrong = connector.settings.model_copy(update={"transactional_secret": SecretStr("wrong")})
+    with MailUpConnector(wrong) as bad, pytest.raises(RemoteError, match="code 3"):
+        bad.send_transactional(TransactionalMessage(
+            subject="s", sender=Address(email="a@example.com"),
+            to=[Address(email="b@example.com")]))
+
+
+def test_multi_list_subscribe(connector, emulator):
+    person = Contact(email="multi@example.com", fields={"name": "M"})
+    results = connector.subscribe(person, ["1", "2"], groups=["news", "vip"], confirm=False)
+    assert [r.ok for r in results] == [True, True]
+    found = contact(emulator, "multi@example.com")
+    assert found["lists"] == {"1": {"status": "subscribed", "groups": ["news"]},
+                              "2": {"status": "subscribed", "groups": ["vip"]}}
+    pending = connector.subscribe(Contact(email="multi2@example.com"), ["1", "2"])
+    assert all(r.ok for r in pending)
+    assert status_of(emulator, "multi2@example.com", "2") == "pending"
+    missing = connector.subscribe(person, ["1"], groups=["nowhere"])
+    assert not missing[0].ok and "nowhere" in missing[0].error
+
+
+def test_check_reports_bad_credentials(connector):
+    wrong = connector.settings.model_copy(update={"password": SecretStr("wrong-pw")})
+    with MailUpConnector(wrong) as bad:
+        health = bad.check()
+    assert not health.ok
+    assert "refused the password grant" in health.detail
+    assert "wrong-pw" not in health.detail
+    assert connector.check().ok
+
+
+def test_webhook_ack_is_one(connector):
+    from crmsync.model import InboundRequest
+
+    assert connector.event_ack(InboundRequest(method="GET", path="/")) == (200, "text/plain",
+                                                                          b"1")
+
+
+def test_changed_at_in_utc(connector, emulator, control):
+    connector.write([change("utc@example.com", sub("1", Status.SUBSCRIBED))])
+    before = datetime.now(UTC)
+    control.post("/unsubscribe", json={"email": "utc@example.com", "list": "1"})
+    pages = list(connector.read(list(connector.read(None))[-1].cursor))
+    [record] = [r for p in pages for r in p.records if r.email == "utc@example.com"]
+    assert abs((record.subscriptions["1"].changed_at - before).total_seconds()) < 5
