@@ -173,7 +173,11 @@ class SoapLoginFlow(AuthFlow):
 
         token = self.settings.security_token
         with requests.Session() as session:
-            session.verify = self.settings.ca_bundle or True
+            if self.settings.ca_bundle:
+                # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override session.verify
+                # unless the environment is ignored: the configured CA must win.
+                session.trust_env = False
+                session.verify = self.settings.ca_bundle
             try:
                 session_id, instance = SalesforceLogin(
                     username=_setting(self.settings, "username"),

@@ -42,7 +42,7 @@ class QuotaTracker:
         if self.reason:
             raise QuotaExhausted(
                 f"Salesforce API budget used up: {self.reason}. The run stopped with its "
-                "cursor kept; run it again once the 24-hour usage window has room, or raise "
+                "cursor kept: resume it once the 24-hour usage window has room, or raise "
                 "quota_share / the org's API allocation", code="REQUEST_LIMIT_EXCEEDED",
                 status=403)
 

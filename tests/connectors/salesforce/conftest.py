@@ -32,6 +32,7 @@ def emulator(server: EmulatorServer) -> SalesforceEmulator:
         emulator.outbound_log.clear()
         emulator.daily_limit = 1_000_000
         emulator.bulk_polls = 1
+        emulator.login.logins.clear()
     return emulator
 
 

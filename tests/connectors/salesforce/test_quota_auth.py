@@ -1,0 +1,112 @@
+"""API budget (Sforce-Limit-Info, REQUEST_LIMIT_EXCEEDED) and the login strategies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from crmsync.errors import AuthError, QuotaExhausted
+from crmsync.model import Change
+from crmsync_salesforce.emulator import SalesforceEmulator
+
+
+def test_run_stops_at_the_configured_share_and_resumes(emulator: SalesforceEmulator,
+                                                       connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(1000, 0)
+        emulator.daily_limit = 20
+    connector = connect(query_batch_size=200, quota_share=0.25, objects=["Contact"],
+                        memberships=False)
+    seen: list[str] = []
+    cursor = None
+    with pytest.raises(QuotaExhausted) as stopped:
+        for page in connector.read(None):
+            seen += [r.email for r in page.records]
+            cursor = page.cursor
+    assert "5 of 20" in str(stopped.value) and "resume" in str(stopped.value)
+    assert cursor is not None and 0 < len(seen) < 1000
+    with emulator.lock:
+        emulator.used = 0  # a new day
+    later = connect(query_batch_size=200, objects=["Contact"], memberships=False)
+    seen += [r.email for page in later.read(cursor) for r in page.records]
+    assert set(seen) == {f"contact0-{i}@example.com" for i in range(1000)}
+
+
+def test_request_limit_exceeded_stops_reads_and_writes_cleanly(emulator: SalesforceEmulator,
+                                                               connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(3, 0)
+        emulator.used = emulator.daily_limit = 50
+    connector = connect()
+    with pytest.raises(QuotaExhausted) as stopped:
+        list(connector.read(None))
+    assert stopped.value.code == "REQUEST_LIMIT_EXCEEDED" and stopped.value.status == 403
+    with pytest.raises(QuotaExhausted):
+        connector.write([Change(email="a@example.com", fields={"LastName": "A"})])
+
+
+def test_budget_spent_mid_write_gives_retryable_results(emulator: SalesforceEmulator,
+                                                        connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(400, 0)
+    changes = [Change(email=c["email"], ids=c["ids"], fields={"HasOptedOutOfEmail": "true"})
+               for c in emulator.state()["contacts"]]
+    connector = connect()
+    with emulator.lock:
+        emulator.daily_limit = emulator.used + 1  # one more call today
+    results = connector.write(changes)
+    assert [r.ok for r in results] == [True] * 200 + [False] * 200
+    assert all(r.retryable and r.code == "REQUEST_LIMIT_EXCEEDED" for r in results[200:])
+    with pytest.raises(QuotaExhausted):
+        connector.write(changes[200:])
+
+
+@pytest.mark.parametrize("flow, overrides", [
+    ("password", {"auth": "password", "client_secret": "emulator-consumer-secret",
+                  "password": "emulator-password", "security_token": "emulatortoken"}),
+    ("client_credentials", {"auth": "client_credentials",
+                            "client_secret": "emulator-consumer-secret"}),
+    ("soap", {"auth": "password", "client_id": None, "password": "emulator-password",
+              "security_token": "emulatortoken"}),
+    ("jwt", {}),
+])
+def test_each_login_flow(emulator: SalesforceEmulator, connect: Any, flow: str,
+                         overrides: dict[str, Any]) -> None:
+    connector = connect(**overrides)
+    health = connector.check()
+    assert health.ok, health.detail
+    assert emulator.login.logins == {flow: 1}
+    assert connector.api.flow.name == flow
+
+
+def test_wrong_password_is_an_auth_error_without_the_secret(connect: Any) -> None:
+    connector = connect(auth="password", client_secret="emulator-consumer-secret",
+                        password="hunter2-wrong")
+    health = connector.check()
+    assert not health.ok and "invalid_grant" in health.detail
+    assert "hunter2" not in health.detail
+    with pytest.raises(AuthError):
+        list(connector.read(None))
+
+
+def test_jwt_signed_with_another_key_is_refused(connect: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+    health = connect(private_key=other).check()
+    assert not health.ok and "invalid assertion" in health.detail
+
+
+def test_soap_login_refused_from_api_65(connect: Any) -> None:
+    connector = connect(auth="soap", password="emulator-password", api_version="65.0")
+    health = connector.check()
+    assert not health.ok and "INVALID_OPERATION" in health.detail
+
+
+def test_certificate_is_checked(emulator: SalesforceEmulator, connect: Any) -> None:
+    health = connect(ca_bundle=None).check()  # the system CAs do not know the emulator's
+    assert not health.ok

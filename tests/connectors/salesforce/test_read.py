@@ -1,0 +1,151 @@
+"""Reading from the emulator over HTTPS: order, cursors, deletions, memberships, Bulk."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from crmsync.model import Cursor
+from crmsync_salesforce.emulator import SalesforceEmulator
+
+
+def emails(pages: list[Any]) -> list[str]:
+    return [record.email for page in pages for record in page.records]
+
+
+def test_full_read_pages_in_modstamp_then_id_order(emulator: SalesforceEmulator,
+                                                    connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(500, 0)  # three records per millisecond: the Id breaks ties
+    pages = list(connect(query_batch_size=200).read(None))
+    assert [len(p.records) for p in pages] == [200, 200, 100]
+    keys = [(p.cursor.at, p.cursor.tie_id) for p in pages]
+    assert keys == sorted(keys)
+    assert sorted(emails(pages)) == sorted(f"contact0-{i}@example.com" for i in range(500))
+    first = pages[0].records[0]
+    assert first.ids == {"salesforce": first.ids["salesforce"]}
+    assert set(first.fields) == {"FirstName", "LastName", "HasOptedOutOfEmail", "Interests__c"}
+    assert first.fields["HasOptedOutOfEmail"] in ("true", "false")
+
+
+def test_groups_field_is_the_raw_multiselect_value(emulator: SalesforceEmulator,
+                                                   connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(1, 0)
+    emulator.update_contact("contact0-0@example.com", {"Interests__c": "events;news"})
+    [page] = connect().read(None)
+    assert page.records[0].fields["Interests__c"] == "events;news"
+
+
+def test_incremental_read_sees_edits_and_deletions(emulator: SalesforceEmulator,
+                                                   connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(30, 0)
+    connector = connect(overlap_seconds=0)
+    cursor = list(connector.read(None))[-1].cursor
+    emulator.update_contact("contact0-5@example.com", {"HasOptedOutOfEmail": "true"})
+    gone = emulator.state()["contacts"][7]
+    emulator.delete_record(gone["ids"]["salesforce"])
+    records = [r for page in connector.read(cursor) for r in page.records]
+    by_email = {r.email: r for r in records}
+    assert by_email["contact0-5@example.com"].fields["HasOptedOutOfEmail"] == "true"
+    assert by_email[gone["email"]].deleted is True
+    # The read is inclusive of the cursor's stamp (the engine de-duplicates), nothing more.
+    assert len(records) <= 5
+
+
+def test_overlap_window_rereads_recent_changes(emulator: SalesforceEmulator,
+                                               connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(10, 0)
+    connector = connect(overlap_seconds=3600)
+    cursor = list(connector.read(None))[-1].cursor
+    assert len(emails(list(connector.read(cursor)))) == 10
+
+
+def test_campaign_status_change_moves_the_contact(emulator: SalesforceEmulator,
+                                                  connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(9, 0)
+    connector = connect(overlap_seconds=0)
+    cursor = list(connector.read(None))[-1].cursor
+    member = next(m for m in emulator.org.records["CampaignMember"].values())
+    emulator.set_member_status(member["Id"], "Opted Out")
+    records = [r for page in connector.read(cursor) for r in page.records]
+    [record] = [r for r in records if r.ids["salesforce"] == member["ContactId"]]
+    assert len(records) <= 4  # the member's contact, plus ties at the cursor's stamp
+    assert record.memberships == {f"campaign:{emulator.events_campaign}": "Opted Out"}
+    assert record.modified_at >= cursor.at
+
+
+def test_missed_deleted_window_triggers_a_resync(emulator: SalesforceEmulator,
+                                                 connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(5, 0)
+    connector = connect()
+    old = Cursor(at=emulator.org.now() - timedelta(days=20), tie_id="")
+    with emulator.lock:
+        emulator.org.purge_recycle_bin()
+    pages = list(connector.read(old))
+    assert len(emails(pages)) == 5
+    assert all(page.cursor.data == {"resync": True} for page in pages)
+
+
+def test_converted_lead_keeps_its_subscriptions(emulator: SalesforceEmulator,
+                                                connect: Any) -> None:
+    lead = emulator.add_lead("lead@example.com", FirstName="Lea")
+    emulator.add_member(lead, "Responded")
+    connector = connect(overlap_seconds=0)
+    cursor = list(connector.read(None))[-1].cursor
+    contact_id = emulator.convert_lead(lead)
+    records = [r for page in connector.read(cursor) for r in page.records]
+    campaign = f"campaign:{emulator.events_campaign}"
+    assert {r.ids["salesforce"] for r in records} == {contact_id}
+    from_lead = next(r for r in records if "salesforce:previous" in r.ids)
+    assert from_lead.ids == {"salesforce": contact_id, "salesforce:previous": lead}
+    assert not any(r.deleted for r in records)
+    assert all(r.memberships == {campaign: "Responded"} for r in records)
+    assert records[-1].ids == {"salesforce": contact_id}  # the Contact row sorts last
+
+
+def test_large_full_read_uses_a_streamed_bulk_job(emulator: SalesforceEmulator,
+                                                  connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(250, 0)
+    connector = connect(bulk_read_threshold=100, bulk_page_size=60, objects=["Contact"])
+    pages = list(connector.read(None))
+    assert len(set(emails(pages))) == 250
+    assert emulator.requests["POST /services/data/{version}/jobs/query"] == 2  # contacts, members
+    assert emulator.requests["GET /services/data/{version}/jobs/query/{job}/results"] == 5 + 2
+    by_email = {r.email: r for page in pages for r in page.records}
+    assert by_email["contact0-3@example.com"].memberships == {
+        f"campaign:{emulator.events_campaign}": "Responded"}
+    assert by_email["contact0-1@example.com"].memberships == {}
+
+
+def test_session_expiry_mid_query_restarts_without_loss(emulator: SalesforceEmulator,
+                                                        connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(700, 0)
+    connector = connect(query_batch_size=200)
+    pages = connector.read(None)
+    seen = emails([next(pages)])
+    emulator.expire_sessions()
+    seen += emails(list(pages))
+    assert sorted(seen) == sorted(f"contact0-{i}@example.com" for i in range(700))
+    assert emulator.login.logins["jwt"] == 2
+
+
+def test_session_expiry_mid_bulk_query_continues_the_job(emulator: SalesforceEmulator,
+                                                          connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(300, 0)
+    connector = connect(bulk_read_threshold=10, bulk_page_size=100, query_batch_size=200,
+                        objects=["Contact"], memberships=False)
+    pages = connector.read(None)
+    seen = emails([next(pages)])
+    emulator.expire_sessions()
+    seen += emails(list(pages))
+    assert sorted(seen) == sorted(f"contact0-{i}@example.com" for i in range(300))
+    assert emulator.requests["POST /services/data/{version}/jobs/query"] == 1  # same job
+    assert emulator.login.logins["jwt"] == 2
