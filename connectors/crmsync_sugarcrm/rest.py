@@ -54,6 +54,8 @@ def rest_error(response: httpx.Response, what: str) -> RemoteError:
         code = f"http_{status}"
         message = "empty body" if not response.content else response.text[:200]
     advice = {
+        401: "check the credentials",
+        400: "check the request and the OAuth2 client",
         409: "the record changed since it was read: read it again and retry",
         422: "fix the value named in the message",
         404: "check the module, record id or link name",
@@ -138,7 +140,7 @@ class SugarOAuth2:
         if response.status_code in (400, 401):
             error = rest_error(response, f"Sugar refused to {what}")
             raise AuthError(
-                f"{error} - check CRMSYNC_SUGARCRM_USERNAME/PASSWORD, client_id and "
+                f"{error} - check the username setting, CRMSYNC_SUGARCRM_PASSWORD, client_id and "
                 "CRMSYNC_SUGARCRM_CLIENT_SECRET, and that the platform "
                 f"{self.settings.platform!r} is allowed (Admin > Configure API Platforms)")
         if response.status_code >= 400:
