@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from pydantic import SecretStr
 from mailup_testbed import PREFIX, contact, requests_of
+from pydantic import SecretStr
 
 from crmsync.errors import RemoteError
 from crmsync.model import Change, Contact, Op, Status, Subscription
@@ -183,10 +183,13 @@ def test_short_token_ttl_is_renewed_before_calls(make_connector, emulator, contr
 def test_rate_limit_429_is_honoured(make_connector, emulator, control):
     control.post("/config", json={"rate_limit": 5})
     connector = make_connector(rate=None)  # no pacing: the emulator must push back
+    control.delete("/requests")
     results = connector.write([change(f"rl{n}@example.com", sub("1", Status.SUBSCRIBED))
                                for n in range(8)])
     assert all(r.ok for r in results), [r.error for r in results]
     assert all(status_of(emulator, f"rl{n}@example.com") == "subscribed" for n in range(8))
+    sent = requests_of(control)[f"POST {PREFIX}/List/{{id}}/Recipient"]
+    assert sent > 8, "some calls must have been answered 429 and retried"
 
 
 def test_pacing_keeps_under_the_limit(make_connector, emulator, control):
