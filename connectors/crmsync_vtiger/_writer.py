@@ -1,7 +1,7 @@
 """Writing changes: ``revise`` for updates, ``create``, ``delete``, ``add_related``.
 
 vTiger has no batch write, so the savings are in the reads around the writes: contacts
-without a known id are looked up by address 100 at a time (``email in (...)``), a change
+without a known id are looked up by address 99 at a time (``email in (...)``), a change
 that would not alter the record is not sent, and campaign member lists are fetched once
 per batch. ``update`` is never used: it replaces the whole record and blanks every field
 it is not given. An address shared by several contacts gets the change on all of them
@@ -25,7 +25,8 @@ from ._vtql import ROW_CAP, in_list, select
 __all__ = ["ContactWriter"]
 
 log = logging.getLogger("crmsync_vtiger")
-LOOKUP_CHUNK = ROW_CAP
+# one address short of the row cap: a full answer then proves duplicates, not a cut
+LOOKUP_CHUNK = ROW_CAP - 1
 
 
 class ContactWriter:

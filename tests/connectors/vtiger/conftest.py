@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
 from crmsync.emulator import EmulatorServer
 from crmsync_vtiger import VtigerConnector
 from crmsync_vtiger.emulator import VtigerEmulator

@@ -7,8 +7,8 @@ import json
 
 import httpx
 import pytest
-from crmsync_vtiger.emulator import ADMIN_KEY, SALES_KEY
 
+from crmsync_vtiger.emulator import ADMIN_KEY, SALES_KEY
 
 
 class Raw:
