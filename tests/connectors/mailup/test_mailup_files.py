@@ -1,0 +1,245 @@
+"""Batch files: the import CSV we write, the unsubscriber export we read, and the round
+trip through the emulator's file space (manifest, import, export)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+from mailup_testbed import contact
+
+from crmsync.errors import ConfigError, DataError
+from crmsync.model import Change, Status, Subscription
+from crmsync_mailup import MailUpSettings
+from crmsync_mailup.files import MailUpFiles, neutralise
+
+
+def files(**values) -> MailUpFiles:
+    return MailUpFiles(MailUpSettings(**{"field_ids": {"name": 1, "surname": 2}, **values}))
+
+
+def change(email: str, list_id: str, status: Status, groups=(), **fields) -> Change:
+    return Change(email=email, fields=fields, subscriptions={list_id: Subscription(
+        list_id=list_id, status=status, groups=frozenset(groups))})
+
+
+def written(exchange: MailUpFiles, changes) -> tuple[int, bytes]:
+    out = io.BytesIO()
+    rows = exchange.write_import_file(out, changes)
+    return rows, out.getvalue()
+
+
+def upload(space: Path, name: str, data: bytes, rows: int) -> None:
+    """What the batch engine does: the file, then its manifest (so it is complete)."""
+    inbox = space / "in"
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / name).write_bytes(data)
+    (inbox / f"{name}.manifest.json").write_text(json.dumps(
+        {"file": name, "rows": rows, "sha256": hashlib.sha256(data).hexdigest()}))
+
+
+# -- the import file ------------------------------------------------------------------------------
+def test_header_and_rows():
+    rows, data = written(files(), [
+        change("a@example.com", "1", Status.SUBSCRIBED, ["news", "7"], name="Ann"),
+        change("b@example.com", "2", Status.UNSUBSCRIBED),
+        change("c@example.com", "1", Status.PENDING, surname="Cole"),
+    ])
+    assert rows == 3
+    assert data.decode().splitlines() == [
+        "111|1|2|idList|IdGroup|ExternalGroupName|Status",
+        "a@example.com|Ann||1|7|news|OPTIN",
+        "b@example.com|||2|||OPTOUT",
+        "c@example.com||Cole|1|||PENDING",
+    ]
+
+
+@pytest.mark.parametrize("value", ["=SUM(A1)", "+1", "-2", "@cmd", "\tx", "\rx"])
+def test_formula_injection_is_neutralised(value):
+    _, data = written(files(file_separator=";"), [change("a@example.com", "1",
+                                                         Status.SUBSCRIBED, name=value)])
+    row = data.decode().split("\r\n")[1]
+    assert f"'{value}" in row or f"\"'{value}\"" in row
+    assert neutralise("plain") == "plain"
+
+
+def test_separator_quoting_and_encodings():
+    rows, data = written(files(file_separator=",", file_quoting="all", file_quotechar="'",
+                               file_encoding="cp1252"),
+                         [change("z@example.com", "1", Status.SUBSCRIBED, name="Zoë, Jr")])
+    assert rows == 1
+    assert data.splitlines()[1] == "'z@example.com','Zoë, Jr','','1','','','OPTIN'".encode(
+        "cp1252")
+    _, bom = written(files(file_encoding="utf-8-sig"), [])
+    assert bom.startswith(b"\xef\xbb\xbf111|")
+
+
+def test_unencodable_value_reports_its_line():
+    with pytest.raises(DataError) as info:
+        written(files(file_encoding="cp1252"), [
+            change("ok@example.com", "1", Status.SUBSCRIBED, name="fine"),
+            change("emoji@example.com", "1", Status.SUBSCRIBED, name="hi 🙂")])
+    assert info.value.line == 3 and "emoji@example.com" in str(info.value)
+
+
+def test_unknown_field_is_a_config_error():
+    with pytest.raises(ConfigError, match="field_ids"):
+        written(files(), [change("a@example.com", "1", Status.SUBSCRIBED, city="Rome")])
+
+
+def test_writer_streams():
+    exchange = files()
+    out = io.BytesIO()
+    seen = []
+
+    def changes():
+        for n in range(3):
+            seen.append(len(out.getvalue()))
+            yield change(f"s{n}@example.com", "1", Status.SUBSCRIBED)
+
+    assert exchange.write_import_file(out, changes()) == 3
+    assert seen[0] < seen[1] < seen[2], "each row must reach the output before the next"
+
+
+def test_import_file_name_is_safe():
+    assert files().import_file_name("2026-11-28T06:00/../x") == \
+        "crmsync-import-2026-11-28T06-00-..-x.csv"
+    assert "/" not in files().import_file_name("../../etc/passwd")
+
+
+# -- the export file ------------------------------------------------------------------------------
+EXPORT = ("email{s}idList{s}OptOut_Date{s}optout_nl{s}optout_type{s}optout_subtype\r\n"
+          "ann@example.com{s}1{s}20210122T111244{s}12{s}2{s}21\r\n"
+          "j\u00fcrgen@example.com{s}2{s}20210123T080000{s}{s}16{s}161\r\n")
+
+
+@pytest.mark.parametrize("separator", [";", ",", "|"])
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp1252"])
+def test_export_dialects(separator, encoding):
+    data = EXPORT.format(s=separator).encode(encoding)
+    results = list(files().read_export_file(io.BytesIO(data), "unsubscribers-1.csv"))
+    assert all(isinstance(r, Change) for r in results), results
+    first, second = results
+    assert first.email == "ann@example.com"
+    sub = first.subscriptions["1"]
+    assert sub.status is Status.UNSUBSCRIBED
+    assert sub.changed_at.isoformat() == "2021-01-22T11:12:44+00:00"
+    assert first.reason == "unsubscribe link (2/21)"
+    assert sub.reason == "unsubscribe link (2/21), message 12"
+    assert second.email == "jürgen@example.com"
+    assert second.subscriptions["2"].reason == "spam complaint (16/161)"
+
+
+def test_export_single_quotes_and_headerless():
+    quoted = "'email';'idList';'OptOut_Date'\n'a;b@example.com';'1';'20210122T111244'\n"
+    [result] = files().read_export_file(io.BytesIO(quoted.encode()), "x.csv")
+    assert isinstance(result, Change) and result.email == "a;b@example.com"
+    headerless = "ann@example.com;1;20210122T111244;;2;21\n"
+    [result] = files().read_export_file(io.BytesIO(headerless.encode()), "y.csv")
+    assert isinstance(result, Change) and result.subscriptions["1"].reason
+
+
+def test_export_timezone_setting():
+    data = b"email;idList;OptOut_Date\na@example.com;1;20210122T111244\n"
+    [result] = files(export_timezone="Europe/Rome").read_export_file(io.BytesIO(data), "z")
+    assert result.occurred_at.isoformat() == "2021-01-22T10:12:44+00:00"
+
+
+def test_every_bad_row_is_reported_with_its_line():
+    data = "\n".join([
+        "email;idList;OptOut_Date;optout_nl;optout_type;optout_subtype",
+        "good@example.com;1;20210122T111244;;2;21",       # 2 ok
+        "not-an-email;1;20210122T111244;;2;21",           # 3 bad email
+        "x@example.com;one;20210122T111244;;2;21",        # 4 bad list
+        "y@example.com;1;22/01/2021;;2;21",               # 5 bad date
+        "z@example.com;1;20210122T111244;;two;21",        # 6 bad type
+        "w@example.com;1;20210122T111244",                # 7 too few columns
+        "",                                               # 8 blank: skipped
+        "good@example.com;1;20210125T000000;;2;21",       # 9 duplicate of line 2
+        "good@example.com;2;20210125T000000;;4;41",       # 10 ok (other list)
+    ]).encode()
+    results = list(files().read_export_file(io.BytesIO(data), "u.csv"))
+    errors = {r.line: r.reason for r in results if isinstance(r, DataError)}
+    changes = [r for r in results if isinstance(r, Change)]
+    assert sorted(errors) == [3, 4, 5, 6, 7, 9]
+    assert "not an email" in errors[3] and "idList" in errors[4]
+    assert "20210122T111244" in errors[5] and "optout_type" in errors[6]
+    assert "columns" in errors[7] and "duplicate of line 2" in errors[9]
+    assert [(c.email, *c.subscriptions) for c in changes] == [
+        ("good@example.com", "1"), ("good@example.com", "2")]
+    assert all("u.csv, line" in str(r) for r in results if isinstance(r, DataError))
+
+
+def test_export_without_the_needed_columns_or_empty():
+    [error] = files().read_export_file(io.BytesIO(b"name;city\nx;y\n"), "bad.csv")
+    assert isinstance(error, DataError) and error.line == 1
+    [empty] = files().read_export_file(io.BytesIO(b""), "empty.csv")
+    assert isinstance(empty, DataError)
+
+
+# -- the round trip through the emulator's file space --------------------------------------------
+def test_round_trip_through_the_file_space(connector, emulator, control):
+    space = emulator.files_dir
+    connector.write([Change(email="was-out@example.com", subscriptions={"1": Subscription(
+        list_id="1", status=Status.SUBSCRIBED)})])
+    control.post("/unsubscribe", json={"email": "was-out@example.com", "list": "1"})
+    control.post("/export")  # the export starts after this one
+    name = connector.import_file_name("run-1")
+    rows, data = written(connector.files, [
+        change("new@example.com", "1", Status.SUBSCRIBED, ["news", "fresh"], name="New"),
+        change("pend@example.com", "2", Status.PENDING),
+        change("was-out@example.com", "1", Status.SUBSCRIBED, name="Back?"),
+        change("leaver@example.com", "2", Status.UNSUBSCRIBED, ["vip"]),
+        change("formula@example.com", "1", Status.SUBSCRIBED, name="=1+1"),
+    ])
+    upload(space, name, data, rows)
+    (space / "in" / "half-written.csv.tmp").write_bytes(b"111\n")
+    (space / "in" / "no-manifest.csv").write_bytes(b"111|idList\nq@example.com|1\n")
+    report = control.post("/import").json()
+    [imported] = report["imported"]
+    assert imported == {"file": name, "rows": 5, "applied": 5, "errors": []}
+    assert {s["file"] for s in report["skipped"]} == {"no-manifest.csv"}
+    assert (space / "in" / "done" / name).exists() and not (space / "in" / name).exists()
+
+    assert contact(emulator, "new@example.com")["lists"]["1"] == {
+        "status": "subscribed", "groups": ["fresh", "news"]}
+    assert contact(emulator, "new@example.com")["fields"]["name"] == "New"
+    assert contact(emulator, "pend@example.com")["lists"]["2"]["status"] == "pending"
+    assert contact(emulator, "was-out@example.com")["lists"]["1"]["status"] == "unsubscribed"
+    assert contact(emulator, "leaver@example.com")["lists"]["2"] == {
+        "status": "unsubscribed", "groups": ["vip"]}
+    assert contact(emulator, "formula@example.com")["fields"]["name"] == "'=1+1"
+
+    control.post("/unsubscribe", json={"email": "new@example.com", "list": "1"})
+    exported = control.post("/export").json()
+    assert exported["rows"] == 2
+    out = space / "out" / exported["file"]
+    assert out.match(connector.export_file_pattern())
+    with out.open("rb") as handle:
+        results = list(connector.read_export_file(handle, out.name))
+    summary = {(r.email, *r.subscriptions, r.reason) for r in results}
+    assert summary == {("leaver@example.com", "2", "imported as opt-out (4/41)"),
+                       ("new@example.com", "1", "unsubscribe link (2/21)")}
+
+
+def test_incomplete_or_mismatched_uploads_are_not_imported(emulator, control):
+    space = emulator.files_dir
+    data = b"111|idList|Status\r\nq@example.com|1|OPTIN\r\n"
+    upload(space, "a.csv", data, 1)
+    (space / "in" / "a.csv").write_bytes(data + b"r@example.com|1|OPTIN\r\n")  # changed since
+    report = control.post("/import").json()
+    assert report["imported"] == []
+    assert report["skipped"] == [{"file": "a.csv", "why": "manifest does not match"}]
+    assert contact(emulator, "q@example.com") is None
+
+
+def test_bad_rows_in_an_import_are_reported_by_the_emulator(emulator, control):
+    data = (b"111|idList|Status\r\nok@example.com|1|OPTIN\r\nbad|1|OPTIN\r\n"
+            b"x@example.com|42|OPTIN\r\ny@example.com|1\r\n")
+    upload(emulator.files_dir, "b.csv", data, 4)
+    [imported] = control.post("/import").json()["imported"]
+    assert imported["applied"] == 1
+    assert [e.split(":")[0] for e in imported["errors"]] == ["line 3", "line 4", "line 5"]
