@@ -193,13 +193,44 @@ class SyncConfig(_Strict):
 
 
 class ServerConfig(_Strict):
-    """``crmsync serve``: where to listen and how to authenticate inbound calls."""
+    """``crmsync serve``: where to listen and how to authenticate inbound calls.
+
+    Endpoint secrets never come from here: ``CRMSYNC_HOOK_SECRET_ESP`` /
+    ``CRMSYNC_HOOK_SECRET_CRM`` (required for that side's endpoint to exist),
+    ``CRMSYNC_HOOK_SIGNING_KEY_ESP`` / ``_CRM`` (when set, an HMAC-SHA256 signature of
+    the body is required in ``signature_header``), ``CRMSYNC_SEND_TOKEN`` (enables
+    ``POST /send``) and ``CRMSYNC_FORM_SECRET`` (signs the form's CSRF tokens).
+    """
 
     listen: str = "127.0.0.1:8080"
     poll_interval_s: float = 30.0
     allow_ips: list[str] = Field(default_factory=list)
     max_body_bytes: int = 1_000_000
     max_attempts: int = 8
+    # "auto": poll a CRM that cannot push; "always": poll even one that pushes.
+    poll: Literal["auto", "always", "never"] = "auto"
+    retry_base_s: float = Field(1.0, gt=0)
+    retry_max_s: float = Field(300.0, gt=0)
+    batch_size: int = Field(50, ge=1, le=1000)
+    signature_header: str = "X-Crmsync-Signature"
+    # Proxies whose X-Forwarded-For is believed when checking allow_ips.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    form: bool = True
+    form_title: str = "Subscribe"
+    form_confirm: bool = True  # the ESP's confirmation email (double opt-in)
+    shutdown_timeout_s: float = Field(30.0, ge=0)
+
+    @field_validator("allow_ips", "trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
 
 
 class Config(_Strict):

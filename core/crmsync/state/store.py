@@ -474,6 +474,46 @@ class StateStore:
             payload=row["payload"], error=error, attempts=row["attempts"] + 1,
             died_at=_now(), replayed=False))
 
+    # -- inbox: what the real-time worker needs ------------------------------------------
+    def inbox_heads(self, *, limit: int = 100, now: datetime | None = None
+                    ) -> list[dict[str, Any]]:
+        """Due pending events that are each the oldest pending event of their contact.
+
+        A contact whose first event waits for a retry blocks its later events, so a
+        contact's events are applied in the order they were received.
+        """
+        now = now or _now()
+        earlier = t.inbox.alias("earlier")
+        blocked = select(earlier.c.id).where(and_(
+            earlier.c.contact == t.inbox.c.contact, earlier.c.status == "pending",
+            earlier.c.id < t.inbox.c.id)).exists()
+        with self.begin() as conn:
+            rows = conn.execute(select(t.inbox).where(and_(
+                t.inbox.c.status == "pending", t.inbox.c.next_attempt_at <= now, ~blocked))
+                .order_by(t.inbox.c.id).limit(limit)).all()
+        return [dict(row._mapping) for row in rows]
+
+    def inbox_next_due(self) -> datetime | None:
+        """When the earliest pending event becomes due (``None``: nothing pending)."""
+        with self.begin() as conn:
+            value = conn.execute(select(func.min(t.inbox.c.next_attempt_at)).where(
+                t.inbox.c.status == "pending")).scalar()
+        return _aware(value)
+
+    def inbox_pending_count(self) -> int:
+        with self.begin() as conn:
+            return int(conn.execute(select(func.count()).select_from(t.inbox).where(
+                t.inbox.c.status == "pending")).scalar() or 0)
+
+    def inbox_events(self, *, status: str | None = None, limit: int = 1000
+                     ) -> list[dict[str, Any]]:
+        """Stored events, oldest first (all statuses unless ``status``)."""
+        query = select(t.inbox).order_by(t.inbox.c.id).limit(limit)
+        if status is not None:
+            query = query.where(t.inbox.c.status == status)
+        with self.begin() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
 
 def _snapshot(row: Any) -> Snapshot:
     return Snapshot(

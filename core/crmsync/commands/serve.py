@@ -1,0 +1,146 @@
+"""``crmsync serve``, ``crmsync replay``, ``crmsync subscribe`` and ``crmsync send``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..cli import EXIT_FAILED, Context, cli
+from ..config import Config
+from ..errors import ConfigError
+from ..runtime import build_hooks, open_side, open_store
+
+
+def _both_sides(config: Config, obj: Context, what: str) -> None:
+    if config.crm is None or config.esp is None:
+        raise ConfigError(f"{obj.config_path} needs both [crm] and [esp] to {what}")
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on (default: [server] listen).")
+@click.option("--port", "-p", type=int, default=None,
+              help="Port to listen on (default: [server] listen).")
+@click.pass_obj
+def serve(obj: Context, host: str | None, port: int | None) -> None:
+    """Run the real-time mode: webhooks both ways, workers, polling, the form, metrics.
+
+    Endpoint secrets come from CRMSYNC_HOOK_SECRET_ESP / CRMSYNC_HOOK_SECRET_CRM.
+    SIGTERM or Ctrl-C stops accepting, finishes the events in hand and keeps the rest
+    in the inbox for the next start.
+    """
+    from ..server import RealtimeService, parse_listen
+    from ..server import serve as run
+
+    config = obj.config()
+    _both_sides(config, obj, "serve")
+    default_host, default_port = parse_listen(config.server.listen)
+    store = open_store(config)
+    crm = open_side(config, "crm")
+    esp = open_side(config, "esp")
+    service = RealtimeService(config, crm, esp, store, hooks=build_hooks(config))
+    try:
+        run(service, host or default_host, default_port if port is None else port)
+    finally:
+        service.close()
+        store.close()
+
+
+@cli.command()
+@click.option("--dead-letters", is_flag=True, required=True,
+              help="Put every dead event back in the inbox and apply it again.")
+@click.option("--queue-only", is_flag=True,
+              help="Only put them back: a running `crmsync serve` applies them.")
+@click.pass_obj
+def replay(obj: Context, dead_letters: bool, queue_only: bool) -> None:
+    """Re-run the dead letters (events that failed every attempt).
+
+    Without --queue-only they are applied here and now; use --queue-only while
+    `crmsync serve` runs, so that one process applies events.
+    """
+    from ..engine.realtime import RealtimeWorker
+
+    config = obj.config()
+    store = open_store(config)
+    try:
+        count = store.replay_dead_letters()
+        result: dict[str, object] = {"requeued": count}
+        if not queue_only and count:
+            _both_sides(config, obj, "replay")
+            with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
+                worker = RealtimeWorker(config, crm, esp, store, hooks=build_hooks(config))
+                worker.run_id = store.start_run("replay", full=False, dry_run=False)
+                worker.drain()
+                store.finish_run(worker.run_id, "succeeded", dict(worker.counts))
+            result |= {"applied": worker.counts["applied"], "retrying": worker.counts["retried"],
+                       "dead": worker.counts["dead"],
+                       "still_pending": store.inbox_pending_count()}
+    finally:
+        store.close()
+
+    def render() -> None:
+        obj.console.print(f"put {count} dead letter(s) back in the inbox")
+        if "applied" in result:
+            obj.console.print(f"applied {result['applied']}, waiting for a retry "
+                              f"{result['retrying']}, dead again {result['dead']}")
+
+    obj.emit(result, render)
+    if result.get("dead"):
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("email")
+@click.option("--list", "-l", "lists", multiple=True, required=True, metavar="ID",
+              help="An ESP list id of [[lists]] (repeat for several).")
+@click.option("--group", "-g", "groups", multiple=True, metavar="G", help="A group (repeatable).")
+@click.option("--confirm/--no-confirm", default=True, show_default=True,
+              help="Send the ESP's confirmation email (double opt-in).")
+@click.pass_obj
+def subscribe(obj: Context, email: str, lists: tuple[str, ...], groups: tuple[str, ...],
+              confirm: bool) -> None:
+    """Subscribe EMAIL to several lists at once (pending until confirmed by default)."""
+    from ..actions import subscribe as do_subscribe
+
+    config = obj.config()
+    store = open_store(config)
+    try:
+        with open_side(config, "esp") as esp:
+            results = do_subscribe(esp, email, lists, groups=groups, confirm=confirm,
+                                   config=config, store=store, source="command")
+    finally:
+        store.close()
+    data = [{"list": list_id, "ok": r.ok, "error": r.error}
+            for list_id, r in zip(dict.fromkeys(lists), results, strict=False)]
+
+    def render() -> None:
+        state = "pending (confirmation email sent)" if confirm else "subscribed"
+        for row in data:
+            mark = state if row["ok"] else f"[red]failed[/red]: {row['error']}"
+            obj.console.print(f"list {row['list']}: {mark}")
+
+    obj.emit({"email": email, "results": data}, render)
+    if not all(row["ok"] for row in data):
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--message", "-m", "message_id", required=True, metavar="ID",
+              help="The ESP's message id.")
+@click.option("--to", metavar="EMAIL", help="Send to one address.")
+@click.option("--list", "-l", "list_id", metavar="ID", help="Send to a list.")
+@click.option("--group", "-g", "group_id", metavar="ID", help="Only this group of the list.")
+@click.pass_obj
+def send(obj: Context, message_id: str, to: str | None, list_id: str | None,
+         group_id: str | None) -> None:
+    """Send an existing ESP message to one address (--to) or a list (--list [--group])."""
+    from ..actions import send as do_send
+
+    config = obj.config()
+    with open_side(config, "esp") as esp:
+        result = do_send(esp, message_id, to=to, list_id=list_id, group_id=group_id)
+    obj.emit(result, lambda: obj.console.print(
+        f"message {result.message_id}: {'sent' if result.ok else 'FAILED'} to "
+        f"{result.recipients} recipient(s) {result.detail}".rstrip()))
+    if not result.ok:
+        sys.exit(EXIT_FAILED)

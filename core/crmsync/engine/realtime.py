@@ -1,0 +1,458 @@
+"""The real-time worker: applies inbox events to the other side, and polls CRMs that
+cannot push.
+
+Events are stored in the inbox by the server *before* the sender is acknowledged; the
+worker claims the due ones in the order they were received, one contact at a time: a
+contact whose oldest event waits for a retry blocks that contact's later events (never
+anyone else's). Each event goes through the same engine as a batch run
+(:meth:`BatchSync.apply_esp_changes` / :meth:`BatchSync.apply_crm_records`): mapping,
+consent, the write, the journal and the post-operations are the batch ones.
+
+A failed event is retried with exponential backoff (``retry_base_s`` doubling up to
+``retry_max_s``, never sooner than the vendor's ``Retry-After``) until
+``max_attempts``, then moved to the dead letters (``crmsync replay --dead-letters``
+puts it back). An event refused for good (a validation error) goes there at once.
+
+Applying an event twice has no effect the second time (the snapshots say it is
+already there, so nothing is written or journaled again): that is what makes a crash
+between applying and marking done harmless.
+
+CRM events are complete records or hints: an event that lacks a field the mapping
+reads (a membership-only notification, a connector that sends only the changed
+fields) triggers a catch-up read from the ``crm`` cursor instead, because applying a
+partial record would blank the missing fields on the ESP.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from ..config import Config
+from ..contract import Connector
+from ..errors import ConfigError, RateLimited
+from ..hooks import Hooks
+from ..model import Change, Contact, Cursor, Op, WriteResult
+from ..state import StateStore
+from .batch import BatchSync, Failure
+
+__all__ = [
+    "ENDPOINTS",
+    "NullObserver",
+    "RealtimeWorker",
+    "WorkerObserver",
+    "backoff_delay",
+    "change_to_contact",
+    "mapped_crm_fields",
+    "should_poll",
+]
+
+log = logging.getLogger(__name__)
+
+#: The inbox endpoints: events from the ESP go to the CRM, events from the CRM to the ESP.
+ENDPOINTS = ("esp", "crm")
+
+
+class WorkerObserver(Protocol):
+    """What the worker reports (the server's Prometheus metrics implement it)."""
+
+    def applied(self, endpoint: str, latency_s: float) -> None: ...
+
+    def failed(self, endpoint: str) -> None: ...
+
+    def dead(self, endpoint: str) -> None: ...
+
+    def polled(self, records: int) -> None: ...
+
+
+class NullObserver:
+    """Reports nowhere."""
+
+    def applied(self, endpoint: str, latency_s: float) -> None:
+        return None
+
+    def failed(self, endpoint: str) -> None:
+        return None
+
+    def dead(self, endpoint: str) -> None:
+        return None
+
+    def polled(self, records: int) -> None:
+        return None
+
+
+def backoff_delay(attempts: int, *, base: float, cap: float,
+                  retry_after: float | None = None) -> float:
+    """Seconds before attempt ``attempts + 1``: ``base * 2**(attempts-1)`` up to ``cap``,
+    and never sooner than the vendor's ``retry_after``."""
+    delay = min(cap, base * 2 ** max(0, attempts - 1))
+    if retry_after is not None and retry_after > delay:
+        delay = retry_after
+    return delay
+
+
+def should_poll(config: Config, crm: Connector) -> bool:
+    """Whether the worker polls the CRM (``[server] poll``, the CRM's capabilities)."""
+    caps = crm.capabilities
+    can_read = caps.incremental_read or caps.polling
+    if config.server.poll == "never":
+        return False
+    if config.server.poll == "always":
+        return can_read
+    return can_read and not caps.push_events
+
+
+def mapped_crm_fields(config: Config) -> set[str]:
+    """The CRM fields the mapping reads: a CRM event must carry them all to be applied."""
+    wanted = set(config.fields)
+    for mapping in config.lists:
+        if mapping.opt_out:
+            wanted.add(mapping.opt_out)
+        if mapping.groups is not None:
+            wanted.add(mapping.groups.field)
+        if mapping.member_field is not None:
+            wanted.add(mapping.member_field[0])
+    return wanted
+
+
+def change_to_contact(change: Change, crm_name: str) -> Contact:
+    """A CRM event's change as the record it describes (what a read would yield)."""
+    return Contact(
+        email=change.email, ids=change.ids, fields=change.fields,
+        memberships={key: value for key, value in change.memberships.items()
+                     if value is not None},
+        modified_at=change.occurred_at, deleted=change.op == Op.DELETE,
+        previous_email=change.previous_email)
+
+
+class _RetryAfter:
+    """The longest ``Retry-After`` a vendor asked for during one application."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self.value = None
+
+    def note(self, seconds: float | None) -> None:
+        if seconds is None:
+            return
+        with self._lock:
+            self.value = seconds if self.value is None else max(self.value, seconds)
+
+
+class _Observed:
+    """A connector whose ``RateLimited`` answers are remembered before the engine turns
+    them into failed write results (which carry no ``Retry-After``)."""
+
+    def __init__(self, inner: Connector, retry_after: _RetryAfter) -> None:
+        self._inner = inner
+        self._retry_after = retry_after
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def write(self, changes: Sequence[Change]) -> list[WriteResult]:
+        try:
+            return self._inner.write(changes)
+        except RateLimited as exc:
+            self._retry_after.note(exc.retry_after)
+            raise
+
+    def read(self, since: Cursor | None) -> Iterator[Any]:
+        try:
+            yield from self._inner.read(since)
+        except RateLimited as exc:
+            self._retry_after.note(exc.retry_after)
+            raise
+
+
+class RealtimeWorker:
+    """Applies inbox events and polls the CRM, in one background thread.
+
+    ``lock`` serialises every use of the connectors by the worker with other users in
+    the same process (the server's ``/send`` and ``/subscribe``).
+    """
+
+    def __init__(self, config: Config, crm: Connector, esp: Connector, store: StateStore, *,
+                 hooks: Hooks | None = None, observer: WorkerObserver | None = None,
+                 lock: threading.RLock | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if config.esp is not None and config.esp.mode != "api":
+            # Real time writes through the ESP's API even when batch runs use files.
+            config = config.model_copy(update={"esp": config.esp.model_copy(
+                update={"mode": "api"})})
+        if not config.lists:
+            raise ConfigError("no [[lists]] in the configuration: map at least one ESP list")
+        self.config = config
+        self.server = config.server
+        self.store = store
+        self.hooks = hooks or Hooks()
+        self.observer: WorkerObserver = observer or NullObserver()
+        self.lock = lock or threading.RLock()
+        self._clock = clock
+        self._retry_after = _RetryAfter()
+        self.crm = _Observed(crm, self._retry_after)
+        self.esp = _Observed(esp, self._retry_after)
+        self.crm_name = crm.name
+        self.poll_enabled = should_poll(config, crm)
+        self._catch_up_possible = crm.capabilities.incremental_read or crm.capabilities.full_read
+        self._mapped = mapped_crm_fields(config)
+        self._lists = set(config.list_ids())
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_poll = 0.0
+        self._next_flush = 0.0
+        self.run_id = ""
+        self.counts = {"applied": 0, "retried": 0, "dead": 0, "polled": 0, "catch_up": 0}
+
+    # -- the engine, fresh for each application (its failure list starts empty) ----------
+    def _engine(self) -> BatchSync:
+        engine = BatchSync(self.config, self.crm, self.esp, self.store,  # type: ignore[arg-type]
+                           hooks=self.hooks)
+        engine.stats.run_id = self.run_id
+        engine.stats.mode = "realtime"
+        return engine
+
+    # -- events ---------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Apply the due events (at most ``batch_size``); return how many were tried."""
+        heads = self.store.inbox_heads(limit=self.server.batch_size)
+        for endpoint in ENDPOINTS:
+            rows = [row for row in heads if row["endpoint"] == endpoint]
+            if rows:
+                self._apply_rows(endpoint, rows)
+        unknown = [row for row in heads if row["endpoint"] not in ENDPOINTS]
+        for row in unknown:
+            self._give_up(row, f"unknown endpoint {row['endpoint']!r}")
+        return len(heads)
+
+    def _apply_rows(self, endpoint: str, rows: list[dict[str, Any]]) -> None:
+        events = [(row, [Change.model_validate(item) for item in row["payload"]])
+                  for row in rows]
+        changes = [change for _, items in events for change in items]
+        self._retry_after.clear()
+        try:
+            with self.lock:
+                engine = self._engine()
+                if endpoint == "esp":
+                    failures = engine.apply_esp_changes(self._esp_changes(changes))
+                else:
+                    failures = self._apply_crm(engine, changes)
+        except Exception as exc:
+            log.warning("applying %d %s event(s) failed: %s", len(rows), endpoint, exc)
+            retryable = not isinstance(exc, ConfigError)
+            for row, _ in events:
+                self._failed(row, f"{type(exc).__name__}: {exc}", retryable=retryable)
+            return
+        done: list[dict[str, Any]] = []
+        for row, items in events:
+            emails = {c.email for c in items} | {c.previous_email for c in items
+                                                  if c.previous_email}
+            mine = [f for f in failures if f.email in emails or not f.email]
+            if not mine:
+                done.append(row)
+                continue
+            error = "; ".join(_describe(f) for f in mine)
+            self._failed(row, error, retryable=any(f.retryable for f in mine))
+        if done:
+            with self.store.begin() as conn:
+                for row in done:
+                    self.store.inbox_done(conn, row["id"])
+            now = datetime.now(UTC)
+            for row in done:
+                received = row["received_at"]
+                if received.tzinfo is None:
+                    received = received.replace(tzinfo=UTC)
+                self.observer.applied(endpoint, max(0.0, (now - received).total_seconds()))
+            self.counts["applied"] += len(done)
+
+    def _esp_changes(self, changes: list[Change]) -> list[Change]:
+        # Like a batch read of the ESP: only the configured lists are this sync's business.
+        kept = []
+        for change in changes:
+            subs = {k: v for k, v in change.subscriptions.items() if k in self._lists}
+            if subs:
+                kept.append(change.model_copy(update={"subscriptions": subs}))
+        return kept
+
+    def _apply_crm(self, engine: BatchSync, changes: list[Change]) -> list[Failure]:
+        complete: list[Contact] = []
+        partial = False
+        for change in changes:
+            if change.op == Op.DELETE or self._mapped <= set(change.fields):
+                contact = change_to_contact(change, self.crm_name)
+                if self.hooks.has_transforms:
+                    contact = self.hooks.transform_contact(contact, "crm_to_esp")
+                complete.append(contact)
+            else:
+                partial = True
+        failures = engine.apply_crm_records(complete) if complete else []
+        if partial:
+            if not self._catch_up_possible:
+                raise ConfigError(
+                    f"a {self.crm_name} event lacks mapped fields and the connector cannot "
+                    "read records back: send every mapped field in the notification")
+            self.counts["catch_up"] += 1
+            self._poll(engine)
+        return failures
+
+    def _failed(self, row: dict[str, Any], error: str, *, retryable: bool) -> None:
+        attempts = int(row["attempts"]) + 1
+        endpoint = row["endpoint"]
+        self.observer.failed(endpoint)
+        if not retryable:
+            self._give_up(row, f"not retryable: {error}")
+            return
+        if attempts >= self.server.max_attempts:
+            self._give_up(row, f"gave up after {attempts} attempts: {error}")
+            return
+        delay = backoff_delay(attempts, base=self.server.retry_base_s,
+                              cap=self.server.retry_max_s, retry_after=self._retry_after.value)
+        self.store.inbox_retry(row["id"], error,
+                               datetime.now(UTC) + timedelta(seconds=delay))
+        self.counts["retried"] += 1
+        log.info("event %s (%s) will be retried in %.2fs: %s", row["id"], row["contact"],
+                 delay, error)
+
+    def _give_up(self, row: dict[str, Any], error: str) -> None:
+        self.store.inbox_dead(row, error)
+        self.observer.dead(row["endpoint"])
+        self.counts["dead"] += 1
+        log.warning("event %s (%s) moved to the dead letters: %s", row["id"], row["contact"],
+                    error)
+
+    # -- polling --------------------------------------------------------------------------
+    def poll_once(self) -> int:
+        """Read the CRM since the ``crm`` cursor and apply what changed; return the count."""
+        self._retry_after.clear()
+        with self.lock:
+            return self._poll(self._engine())
+
+    def _poll(self, engine: BatchSync) -> int:
+        cursor = self.store.get_cursor("crm")
+        since = None
+        if cursor is not None:
+            since = Cursor(at=cursor.at - timedelta(seconds=self.config.sync.overlap_s),
+                           tie_id="", data=cursor.data)
+        count = 0
+        for page in self.crm.read(since):
+            records = list(page.records)
+            if self.hooks.has_transforms:
+                records = [self.hooks.transform_contact(r, "crm_to_esp") for r in records]
+            failures = engine.apply_crm_records(records)
+            count += len(records)
+            if any(f.retryable for f in failures):
+                # The cursor stays where it is: the next poll reads these records again.
+                log.warning("poll: %d record(s) could not be written yet, will retry",
+                            sum(f.retryable for f in failures))
+                break
+            for failure in failures:
+                log.warning("poll: %s", _describe(failure))
+            if page.cursor is not None and (cursor is None or page.cursor.key() >= cursor.key()):
+                cursor = page.cursor
+                with self.store.begin() as conn:
+                    self.store.set_cursor(conn, "crm", cursor)
+        self.counts["polled"] += count
+        self.observer.polled(count)
+        return count
+
+    def flush_followups(self) -> None:
+        """Write pending post-operation follow-ups to the ESP (an earlier write failed)."""
+        if self.store.count_pending().get("esp"):
+            with self.lock:
+                self._engine().apply_esp_changes([])
+
+    # -- the thread -----------------------------------------------------------------------
+    def wake(self) -> None:
+        """A new event is in the inbox: look now rather than at the next tick."""
+        self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    def start(self) -> RealtimeWorker:
+        if self._thread is not None:
+            return self
+        self.run_id = self.store.start_run("realtime", full=False, dry_run=False)
+        self.hooks.run_started(self.run_id, "realtime", False)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="crmsync-worker", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Finish the events in hand, leave the rest in the inbox; ``False`` if the
+        thread was still busy after ``timeout`` seconds."""
+        if self._thread is None:
+            return True
+        self._stop.set()
+        self._wake.set()
+        wait = self.server.shutdown_timeout_s if timeout is None else timeout
+        self._thread.join(wait)
+        finished = not self._thread.is_alive()
+        if not finished:
+            log.warning("the worker was still applying events after %.0fs; what it did not "
+                        "mark done stays in the inbox and is applied again at the next start",
+                        wait)
+        stats = dict(self.counts)
+        self.store.finish_run(self.run_id, "stopped", stats)
+        self.hooks.run_finished(self.run_id, stats)
+        self._thread = None
+        return finished
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            tried = 0
+            try:
+                tried = self.run_once()
+                now = self._clock()
+                if self.poll_enabled and now >= self._next_poll and not self._stop.is_set():
+                    self._next_poll = now + self.server.poll_interval_s
+                    self.poll_once()
+                if now >= self._next_flush and not self._stop.is_set():
+                    self._next_flush = now + max(1.0, self.server.retry_base_s)
+                    self.flush_followups()
+            except Exception:
+                log.exception("the real-time worker hit an error; it goes on")
+                self._stop.wait(min(5.0, self.server.retry_base_s))
+            if tried:
+                continue
+            self._wake.wait(self._idle_timeout())
+
+    def _idle_timeout(self) -> float:
+        # At most a second: events stored by another process have no way to wake us.
+        timeout = 1.0
+        if self.poll_enabled:
+            timeout = min(timeout, max(0.0, self._next_poll - self._clock()))
+        due = self.store.inbox_next_due()
+        if due is not None:
+            timeout = min(timeout, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+        return max(timeout, 0.005)
+
+    def drain(self, *, timeout: float = 60.0) -> int:
+        """Apply due events in this thread until none is due (``replay``, tests)."""
+        deadline = self._clock() + timeout
+        total = 0
+        while self._clock() < deadline:
+            tried = self.run_once()
+            total += tried
+            if not tried:
+                break
+        self.flush_followups()
+        return total
+
+
+def _describe(failure: Failure) -> str:
+    where = f" on list {failure.list_id}" if failure.list_id else ""
+    code = f" [{failure.code}]" if failure.code else ""
+    return f"{failure.side} {failure.email}{where}: {failure.reason}{code}"

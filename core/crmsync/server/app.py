@@ -1,0 +1,315 @@
+"""The ASGI app of ``crmsync serve`` (Starlette).
+
+Routes::
+
+    GET|POST /hooks/{esp|crm}/{secret}[/...]   inbound events (secret in the path)
+    GET|POST /hooks/{esp|crm}[/...]            the same, secret in X-Crmsync-Secret
+    GET      /healthz /readyz /metrics
+    GET|POST /subscribe                        the multi-list subscription form
+    POST     /send                             send a message (Authorization: Bearer)
+
+An inbound call is checked in this order, and refused with nothing stored at the
+first failure: source address (401), declared size (413), endpoint secret (401),
+actual size (413), body signature (401), the connector's own checks and decoding
+(``EventRejected``: its status, 400 or 401). Only then is the event stored in the
+inbox, and only once it is stored is the sender acknowledged, in the form it expects
+(``connector.event_ack``). A redelivered event (same ``event_id``, or the same bytes)
+is acknowledged again but stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from ..errors import (
+    ConfigError,
+    CrmsyncError,
+    DataError,
+    EventRejected,
+    RemoteError,
+    StateError,
+)
+from ..model import Change, InboundRequest
+from ..state import StateStore
+from .form import FORM_HEADERS, parse_form, render_done, render_form
+from .security import constant_equal, signature_ok
+
+if TYPE_CHECKING:
+    from .service import RealtimeService
+
+__all__ = ["Inbox", "NullInbox", "StoreInbox", "build_app", "dedupe_key"]
+
+log = logging.getLogger(__name__)
+
+SECRET_HEADER = "X-Crmsync-Secret"  # noqa: S105 - a header name
+CSRF_COOKIE = "crmsync_csrf"
+_METHODS = ("GET", "POST")
+_FORM_MAX_BYTES = 16 * 1024
+
+
+class Inbox(Protocol):
+    """Where accepted events go before the sender hears "OK"."""
+
+    def put(self, endpoint: str, dedupe_key: str, changes: Sequence[Change]) -> bool:
+        """Store durably; ``False`` when this event was stored before."""
+        ...
+
+
+class StoreInbox:
+    """The state store's inbox table (durable: SQLite or PostgreSQL)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def put(self, endpoint: str, dedupe_key: str, changes: Sequence[Change]) -> bool:
+        return self.store.inbox_put(endpoint, dedupe_key, changes)
+
+
+class NullInbox:
+    """Stores nothing: the benchmark's floor, never a production setting."""
+
+    def put(self, endpoint: str, dedupe_key: str, changes: Sequence[Change]) -> bool:
+        return True
+
+
+def dedupe_key(request: InboundRequest, changes: Sequence[Change]) -> str:
+    """The events' own ids when every change has one, else a hash of the request."""
+    ids = [change.event_id for change in changes]
+    if ids and all(ids):
+        key = "id:" + "|".join(cast(list[str], ids))
+        if len(key) <= 200:
+            return key
+        return "ids:" + hashlib.sha256(key.encode()).hexdigest()
+    digest = hashlib.sha256()
+    for part in (request.method, request.path,
+                 json.dumps(sorted(request.query), separators=(",", ":"))):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    digest.update(request.body)
+    return "body:" + digest.hexdigest()
+
+
+def _reject(service: RealtimeService, side: str, status: int, message: str) -> Response:
+    service.metrics.rejected.labels(side, str(status)).inc()
+    log.info("refused a call to the %s endpoint (%d): %s", side, status, message)
+    return PlainTextResponse(message + "\n", status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or ``None`` once it passes ``limit`` bytes."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def build_app(service: RealtimeService) -> Starlette:
+    """The app for one configured CRM / ESP pair (see the module docstring)."""
+    config = service.config.server
+    limit = config.max_body_bytes
+
+    async def hook(request: Request) -> Response:
+        side = request.path_params["side"]
+        endpoint = service.endpoints.get(side)
+        if endpoint is None:
+            return PlainTextResponse(
+                f"no {side} endpoint here: set CRMSYNC_HOOK_SECRET_{side.upper()} to enable "
+                "it\n" if side in ("esp", "crm") else "not found\n", status_code=404)
+        if request.method not in _METHODS:
+            return PlainTextResponse("use GET or POST\n", status_code=405)
+        if not service.accepting:
+            return PlainTextResponse("shutting down: send again later\n", status_code=503,
+                                     headers={"Retry-After": "5"})
+        peer = request.client.host if request.client else ""
+        client = service.ip_guard.client(peer, request.headers.get("x-forwarded-for", ""))
+        if not service.ip_guard.allowed(client):
+            return _reject(service, side, 401, f"source address {client} is not allowed")
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return _reject(service, side, 400, "malformed Content-Length")
+            if int(declared) > limit:
+                return _reject(service, side, 413, f"body over {limit} bytes")
+        rest = request.path_params.get("rest", "")
+        header_secret = request.headers.get(SECRET_HEADER)
+        secret = endpoint.keys.secret or ""
+        if header_secret is not None:
+            authentic = constant_equal(header_secret, secret)
+            path = f"/hooks/{side}" + (f"/{rest}" if rest else "")
+        else:
+            given, _, tail = rest.partition("/")
+            authentic = bool(given) and constant_equal(given, secret)
+            path = f"/hooks/{side}" + (f"/{tail}" if tail else "")
+        if not authentic:
+            return _reject(service, side, 401, "wrong or missing endpoint secret")
+        body = await _read_body(request, limit)
+        if body is None:
+            return _reject(service, side, 413, f"body over {limit} bytes")
+        if endpoint.keys.signing_key:
+            signature = request.headers.get(config.signature_header, "")
+            if not signature_ok(endpoint.keys.signing_key, body, signature):
+                return _reject(service, side, 401,
+                               f"missing or wrong {config.signature_header} signature")
+        hidden = {SECRET_HEADER.lower(), "cookie", "authorization"}
+        inbound = InboundRequest(
+            method=cast(Any, request.method), path=path,
+            headers={k: v for k, v in request.headers.items() if k.lower() not in hidden},
+            query=request.query_params.multi_items(), body=body, client=client)
+        connector = endpoint.connector
+        try:
+            changes = await run_in_threadpool(connector.decode_event, inbound)
+        except EventRejected as exc:
+            status = exc.status if exc.status in (400, 401, 403, 413, 422) else 400
+            return _reject(service, side, status, str(exc))
+        except RemoteError as exc:
+            log.warning("decoding a %s event needed the vendor, which failed: %s", side, exc)
+            return PlainTextResponse("cannot decode the event now: send again later\n",
+                                     status_code=503, headers={"Retry-After": "30"})
+        except Exception:
+            log.exception("the %s connector failed to decode an event", side)
+            return PlainTextResponse("internal error decoding the event\n", status_code=500)
+        if changes:
+            key = dedupe_key(inbound, changes)
+            try:
+                stored = await run_in_threadpool(service.store_event, side, key, changes)
+            except (StateError, CrmsyncError) as exc:
+                log.error("could not store a %s event: %s", side, exc)
+                return PlainTextResponse("cannot store the event now: send again later\n",
+                                         status_code=503, headers={"Retry-After": "30"})
+            (service.metrics.received if stored else service.metrics.duplicates).labels(
+                side).inc()
+        else:
+            service.metrics.ignored.labels(side).inc()
+        status, content_type, ack = connector.event_ack(inbound)
+        return Response(ack, status_code=status, media_type=content_type)
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(request: Request) -> Response:
+        problems = []
+        if not service.accepting:
+            problems.append("shutting down")
+        if service.worker_expected and not service.worker.running:
+            problems.append("the worker is not running")
+        queue = None
+        try:
+            queue = await run_in_threadpool(service.store.inbox_pending_count)
+        except CrmsyncError as exc:
+            problems.append(f"state store: {exc}")
+        body = {"ready": not problems, "queue": queue, "problems": problems}
+        return JSONResponse(body, status_code=503 if problems else 200)
+
+    async def metrics(request: Request) -> Response:
+        data = await run_in_threadpool(service.metrics.render)
+        return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def _form_page(request: Request, html: str, status: int = 200, token: str = ""
+                   ) -> Response:
+        response = HTMLResponse(html, status_code=status, headers=FORM_HEADERS)
+        if token:
+            response.set_cookie(CSRF_COOKIE, token, max_age=int(service.csrf.max_age_s),
+                                path="/subscribe", httponly=True, samesite="strict",
+                                secure=request.url.scheme == "https")
+        return response
+
+    async def subscribe_form(request: Request) -> Response:
+        if not config.form:
+            return PlainTextResponse("the subscription form is off ([server] form)\n",
+                                     status_code=404)
+        lists = service.config.lists
+        title = config.form_title
+        if request.method == "GET":
+            token = service.csrf.issue()
+            return _form_page(request, render_form(title, lists, token), token=token)
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > _FORM_MAX_BYTES:
+            return PlainTextResponse("form too large\n", status_code=413)
+        body = await _read_body(request, _FORM_MAX_BYTES)
+        if body is None:
+            return PlainTextResponse("form too large\n", status_code=413)
+        data = parse_form(body, [item.esp_list for item in lists])
+        fresh = service.csrf.issue()
+        if not service.csrf.valid(request.cookies.get(CSRF_COOKIE, ""), data.token):
+            return _form_page(request, render_form(
+                title, lists, fresh, email=data.email, checked=data.lists,
+                errors=["This form expired or was not sent from this page. "
+                        "Please try again."]), status=403, token=fresh)
+        if data.errors:
+            return _form_page(request, render_form(
+                title, lists, fresh, errors=data.errors, email=data.email,
+                checked=data.lists), status=400, token=fresh)
+        try:
+            results = await run_in_threadpool(service.subscribe, data.email, data.lists,
+                                              config.form_confirm, "subscription form")
+        except (ConfigError, DataError) as exc:
+            return _form_page(request, render_form(title, lists, fresh, errors=[str(exc)],
+                                                   email=data.email, checked=data.lists),
+                              status=400, token=fresh)
+        except CrmsyncError as exc:
+            log.warning("the subscription form could not subscribe %s: %s", data.email, exc)
+            results = []
+        if not results or not all(result.ok for result in results):
+            return _form_page(request, render_form(
+                title, lists, fresh, email=data.email, checked=data.lists,
+                errors=["We could not subscribe you right now. Please try again later."]),
+                status=502, token=fresh)
+        names = [item.name for item in lists if item.esp_list in data.lists]
+        return _form_page(request, render_done(title, data.email, names,
+                                               confirm=config.form_confirm))
+
+    async def send_message(request: Request) -> Response:
+        token = service.send_token
+        if not token:
+            return PlainTextResponse("POST /send is off: set CRMSYNC_SEND_TOKEN to enable it\n",
+                                     status_code=404)
+        given = request.headers.get("authorization", "")
+        if not given.startswith("Bearer ") or not constant_equal(given[7:].strip(), token):
+            return JSONResponse({"error": "wrong or missing bearer token"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        body = await _read_body(request, _FORM_MAX_BYTES)
+        if body is None:
+            return JSONResponse({"error": "body too large"}, status_code=413)
+        try:
+            data = json.loads(body)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            args = {"message_id": str(data["message"]), "to": data.get("to"),
+                    "list_id": None if data.get("list") is None else str(data["list"]),
+                    "group_id": None if data.get("group") is None else str(data["group"])}
+        except (ValueError, KeyError) as exc:
+            return JSONResponse({"error": f'expected JSON {{"message": ID, "to": EMAIL}} or '
+                                          f'{{"message": ID, "list": ID, "group": ID}}: {exc}'},
+                                status_code=400)
+        try:
+            result = await run_in_threadpool(service.send, **args)
+        except (ConfigError, DataError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        except CrmsyncError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=502)
+        return JSONResponse(result.model_dump(mode="json"),
+                            status_code=200 if result.ok else 502)
+
+    routes = [
+        Route("/hooks/{side}", hook, methods=list(_METHODS)),
+        Route("/hooks/{side}/{rest:path}", hook, methods=list(_METHODS)),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/subscribe", subscribe_form, methods=["GET", "POST"]),
+        Route("/send", send_message, methods=["POST"]),
+    ]
+    return Starlette(routes=routes)
+

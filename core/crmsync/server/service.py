@@ -1,0 +1,140 @@
+"""One real-time service: the connectors, the state store, the worker, the app, and
+running it under uvicorn with a graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from ..actions import send, subscribe
+from ..config import Config
+from ..contract import Connector
+from ..engine.realtime import RealtimeWorker
+from ..hooks import Hooks
+from ..model import Change, SendResult, WriteResult
+from ..state import StateStore
+from .app import Inbox, StoreInbox, build_app
+from .metrics import Metrics
+from .security import FORM_SECRET_ENV, SEND_TOKEN_ENV, CsrfTokens, EndpointKeys, IpGuard
+
+__all__ = ["Endpoint", "RealtimeService", "parse_listen", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An inbound endpoint: the side it belongs to, its connector and its secrets."""
+
+    side: str
+    connector: Connector
+    keys: EndpointKeys
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` (or ``"[::1]:8080"``) as host and port."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        from ..errors import ConfigError
+
+        raise ConfigError(f"[server] listen = {listen!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class RealtimeService:
+    """Everything ``crmsync serve`` runs, built from open connectors and a store.
+
+    ``environ`` (default ``os.environ``) holds the endpoint secrets. ``inbox`` replaces
+    the durable inbox (the benchmark's floor only). ``worker=False`` receives without
+    applying (another process applies).
+    """
+
+    def __init__(self, config: Config, crm: Connector, esp: Connector, store: StateStore, *,
+                 hooks: Hooks | None = None, inbox: Inbox | None = None,
+                 environ: Mapping[str, str] | None = None, worker: bool = True) -> None:
+        env = os.environ if environ is None else environ
+        self.config = config
+        self.crm = crm
+        self.esp = esp
+        self.store = store
+        self.inbox = inbox or StoreInbox(store)
+        self.hooks = hooks or Hooks()
+        self.metrics = Metrics(queue_depth=store.inbox_pending_count)
+        self.lock = threading.RLock()
+        self.worker = RealtimeWorker(config, crm, esp, store, hooks=self.hooks,
+                                     observer=self.metrics, lock=self.lock)
+        self.worker_expected = worker
+        self.endpoints: dict[str, Endpoint] = {}
+        for side, connector in (("esp", esp), ("crm", crm)):
+            keys = EndpointKeys.from_env(side, env)
+            if keys.secret:
+                self.endpoints[side] = Endpoint(side, connector, keys)
+            elif connector.capabilities.push_events:
+                log.warning("no CRMSYNC_HOOK_SECRET_%s: the %s endpoint is off (set it to "
+                            "receive %s events)", side.upper(), side, connector.name)
+        self.ip_guard = IpGuard(config.server.allow_ips, config.server.trusted_proxies)
+        self.csrf = CsrfTokens(env.get(FORM_SECRET_ENV) or None)
+        self.send_token = env.get(SEND_TOKEN_ENV) or None
+        self.accepting = True
+        self.app = build_app(self)
+
+    # -- what the app calls ---------------------------------------------------------------
+    def store_event(self, side: str, key: str, changes: list[Change]) -> bool:
+        stored = self.inbox.put(side, key, changes)
+        if stored:
+            self.hooks.event_received(side, changes)
+            self.worker.wake()
+        return stored
+
+    def subscribe(self, email: str, lists: Sequence[str], confirm: bool = True,
+                  source: str = "subscribe", groups: Sequence[str] = ()) -> list[WriteResult]:
+        with self.lock:
+            return subscribe(self.esp, email, lists, groups=groups, confirm=confirm,
+                             config=self.config, store=self.store, source=source)
+
+    def send(self, message_id: str, **kwargs: Any) -> SendResult:
+        with self.lock:
+            return send(self.esp, message_id, **kwargs)
+
+    # -- life cycle -----------------------------------------------------------------------
+    def start(self) -> RealtimeService:
+        self.accepting = True
+        if self.worker_expected:
+            self.worker.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop accepting events, let the worker finish the ones in hand."""
+        self.accepting = False
+        return self.worker.stop(timeout)
+
+    def close(self) -> None:
+        self.stop()
+        for connector in (self.crm, self.esp):
+            try:
+                connector.close()
+            except Exception:  # closing must not hide what happened before
+                log.exception("closing %s failed", connector.name)
+
+
+def serve(service: RealtimeService, host: str, port: int) -> None:
+    """Run until SIGINT / SIGTERM: then stop accepting connections, finish the requests
+    in progress, let the worker finish the events in hand and leave the rest in the
+    inbox (a restart resumes them)."""
+    config = uvicorn.Config(service.app, host=host, port=port, lifespan="off",
+                            log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=int(
+                                service.config.server.shutdown_timeout_s) or None)
+    server = uvicorn.Server(config)
+    service.start()
+    log.warning("crmsync serve listening on http://%s:%d", host, port)
+    try:
+        server.run()
+    finally:
+        service.stop()

@@ -1,0 +1,190 @@
+"""A real-time service on the in-memory connectors, served over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from crmsync.config import Config, load_config
+from crmsync.contract import Connector
+from crmsync.emulator import EmulatorServer
+from crmsync.runtime import build_hooks, open_side, open_store
+from crmsync.server import RealtimeService
+from crmsync.testing.memory import MemoryStore, store
+
+ESP_SECRET = "esp-secret-123"
+CRM_SECRET = "crm-secret-456"
+
+FIELDS = {"FirstName": "Ann", "LastName": "A", "OptOut": "false", "Interests": ""}
+
+
+def write_config(tmp: Path, *, server: str = "", extra: str = "") -> Path:
+    path = tmp / "crmsync.toml"
+    path.write_text(f"""
+[state]
+url = "sqlite:///state.db"
+
+[crm]
+connector = "memory"
+[crm.settings]
+path = "{tmp / 'crm.json'}"
+
+[esp]
+connector = "memory-esp"
+[esp.settings]
+path = "{tmp / 'esp.json'}"
+
+[fields]
+FirstName = "name"
+LastName = "surname"
+
+[[lists]]
+name = "Newsletter"
+esp_list = 1
+members = "all"
+opt_out = "OptOut"
+groups = {{ field = "Interests" }}
+
+[[lists]]
+name = "Events"
+esp_list = 2
+members = "campaign:7"
+status = {{ Responded = "subscribed", "Opted Out" = "unsubscribed", Sent = "pending" }}
+
+[server]
+{_server_table(server)}
+{extra}
+""")
+    return path
+
+
+_SERVER_DEFAULTS = {"poll": '"never"', "retry_base_s": "0.05", "retry_max_s": "0.5",
+                    "poll_interval_s": "0.2"}
+
+
+def _server_table(lines: str) -> str:
+    given = {line.split("=", 1)[0].strip() for line in lines.splitlines() if "=" in line}
+    defaults = [f"{k} = {v}" for k, v in _SERVER_DEFAULTS.items() if k not in given]
+    return "\n".join([*defaults, lines])
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Wait until ``check()`` is truthy; fail with what it last returned."""
+    deadline = time.monotonic() + timeout
+    value = check()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
+        time.sleep(interval)
+        value = check()
+    return value
+
+
+def crm_event(email: str, *, fields: dict[str, str] | None = None,
+              memberships: dict[str, str | None] | None = None, event_id: str | None = None,
+              ids: dict[str, str] | None = None) -> dict[str, Any]:
+    change: dict[str, Any] = {"email": email, "fields": fields or {},
+                              "memberships": memberships or {}, "ids": ids or {}}
+    if event_id:
+        change["event_id"] = event_id
+    return {"changes": [change]}
+
+
+def esp_unsubscribe(email: str, list_id: str = "1", *, event_id: str | None = None,
+                    at: str | None = None) -> dict[str, Any]:
+    sub: dict[str, Any] = {"list_id": list_id, "status": "unsubscribed",
+                           "reason": "unsubscribe link"}
+    change: dict[str, Any] = {"email": email, "subscriptions": {list_id: sub},
+                              "source": "memory-esp"}
+    if at:
+        sub["changed_at"] = at
+        change["occurred_at"] = at
+    if event_id:
+        change["event_id"] = event_id
+    return {"changes": [change]}
+
+
+class Running:
+    """A served RealtimeService, its stores, and an HTTP client pointed at it."""
+
+    def __init__(self, tmp: Path, config: Config, service: RealtimeService,
+                 server: EmulatorServer) -> None:
+        self.tmp = tmp
+        self.config = config
+        self.service = service
+        self.server = server
+        self.url = server.url
+        self.http = httpx.Client(base_url=server.url, timeout=10)
+        self.crm: MemoryStore = store(path=tmp / "crm.json")
+        self.esp: MemoryStore = store(path=tmp / "esp.json")
+
+    @property
+    def state(self):
+        return self.service.store
+
+    def post_esp(self, payload: Any, **kwargs: Any) -> httpx.Response:
+        return self.http.post(f"/hooks/esp/{ESP_SECRET}", json=payload, **kwargs)
+
+    def post_crm(self, payload: Any, **kwargs: Any) -> httpx.Response:
+        return self.http.post("/hooks/crm", json=payload,
+                              headers={"X-Crmsync-Secret": CRM_SECRET}, **kwargs)
+
+    def crm_record(self, email: str) -> dict[str, Any]:
+        with self.crm.lock:
+            return self.crm.records[self.crm.by_email(email)]
+
+    def esp_list(self, email: str, list_id: str = "1") -> str | None:
+        with self.esp.lock:
+            record_id = self.esp.by_email(email)
+            if record_id is None:
+                return None
+            value = self.esp.records[record_id]["lists"].get(list_id)
+            return value["status"] if value else None
+
+    def journal(self, email: str | None = None) -> list[dict[str, Any]]:
+        return self.state.journal(email=email)
+
+    def idle(self) -> bool:
+        return self.state.inbox_pending_count() == 0
+
+
+@pytest.fixture
+def serve_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Running]]:
+    """``serve_pair(server="...", esp=connector, env={...})`` starts a served service."""
+    started: list[tuple[Running, Any]] = []
+
+    def start(*, server: str = "", extra: str = "", esp: Connector | None = None,
+              crm: Connector | None = None, env: dict[str, str] | None = None,
+              prime: bool = True, worker: bool = True) -> Running:
+        config = load_config(write_config(tmp_path, server=server, extra=extra))
+        crm_store = store(path=tmp_path / "crm.json")
+        if prime and not crm_store.records:
+            crm_store.add("ann@example.com", fields=dict(FIELDS, Interests="news"),
+                          memberships={"campaign:7": "Responded"})
+            crm_store.add("bob@example.com", fields=dict(FIELDS, FirstName="Bob",
+                                                         LastName="B"))
+        environ = {"CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET, "CRMSYNC_HOOK_SECRET_CRM": CRM_SECRET}
+        environ.update(env or {})
+        state = open_store(config)
+        service = RealtimeService(config, crm or open_side(config, "crm"),
+                                  esp or open_side(config, "esp"), state,
+                                  hooks=build_hooks(config), environ=environ, worker=worker)
+        if prime:
+            service.worker.poll_once()  # the first full read: the ESP and the id map
+        http_server = EmulatorServer(service.app).start()
+        service.start()
+        running = Running(tmp_path, config, service, http_server)
+        started.append((running, state))
+        return running
+
+    yield start
+    for running, state in started:
+        running.http.close()
+        running.server.stop()
+        running.service.close()
+        state.close()

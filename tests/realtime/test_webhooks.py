@@ -1,0 +1,94 @@
+"""Events both ways over real HTTP: what the other side shows afterwards."""
+
+from __future__ import annotations
+
+from .conftest import FIELDS, crm_event, esp_unsubscribe, eventually
+
+
+def test_esp_unsubscribe_webhook_opts_the_contact_out_in_the_crm(serve_pair) -> None:
+    rt = serve_pair()
+    assert rt.esp_list("ann@example.com") == "subscribed"
+    response = rt.post_esp(esp_unsubscribe("ann@example.com", event_id="u-1"))
+    assert response.status_code == 200 and response.text == "OK"
+    eventually(lambda: rt.crm_record("ann@example.com")["fields"]["OptOut"] == "true")
+    entries = [e for e in rt.journal("ann@example.com") if e["list_id"] == "1"
+               and e["new_status"] == "unsubscribed"]
+    assert len(entries) == 1 and entries[0]["applied_to"] == "crm"
+    assert entries[0]["event_id"] == "u-1" and entries[0]["source"] == "esp:memory-esp"
+    eventually(rt.idle)
+    assert rt.state.inbox_counts() == {"done": 1}
+
+
+def test_crm_change_event_reaches_the_esp(serve_pair) -> None:
+    rt = serve_pair()
+    bob = rt.crm.by_email("bob@example.com")
+    response = rt.post_crm(crm_event("bob@example.com", ids={"memory": bob}, event_id="c-1",
+                                     fields=dict(FIELDS, FirstName="Bob", LastName="Brown",
+                                                 OptOut="true")))
+    assert response.status_code == 200
+    eventually(lambda: rt.esp_list("bob@example.com") == "unsubscribed")
+    with rt.esp.lock:
+        record = rt.esp.records[rt.esp.by_email("bob@example.com")]
+        assert record["fields"]["surname"] == "Brown"
+    # a contact the ESP has never seen arrives with its fields and lists
+    rt.post_crm(crm_event("cyd@example.com", event_id="c-2",
+                          fields=dict(FIELDS, FirstName="Cyd", Interests="tech"),
+                          memberships={"campaign:7": "Sent"}))
+    eventually(lambda: rt.esp_list("cyd@example.com", "2") == "pending")
+    assert rt.esp_list("cyd@example.com", "1") == "subscribed"
+
+
+def test_own_writes_do_not_come_back_as_changes(serve_pair) -> None:
+    rt = serve_pair(server='poll = "always"')
+    rt.post_esp(esp_unsubscribe("ann@example.com", event_id="u-echo"))
+    eventually(lambda: rt.crm_record("ann@example.com")["fields"]["OptOut"] == "true")
+    eventually(rt.idle)
+    esp_before = dict(rt.esp.records[rt.esp.by_email("ann@example.com")])
+    rt.service.worker.poll_once()  # reads crmsync's own CRM write back
+    # the CRM's own notification of that write, too
+    rt.post_crm(crm_event("ann@example.com", event_id="echo",
+                          ids={"memory": rt.crm.by_email("ann@example.com")},
+                          fields=dict(rt.crm_record("ann@example.com")["fields"]),
+                          memberships={"campaign:7": "Responded"}))
+    eventually(rt.idle)
+    assert rt.esp.records[rt.esp.by_email("ann@example.com")]["modified"] == \
+        esp_before["modified"]
+    assert not [e for e in rt.journal("ann@example.com") if e["applied_to"] == "esp"
+                and e["new_status"] == "unsubscribed"]
+
+
+def test_post_operations_run_in_real_time(serve_pair) -> None:
+    rt = serve_pair(extra="""
+[[post_operations]]
+on = "unsubscribe"
+from_list = 1
+unsubscribe_from = ["2"]
+""")
+    assert rt.esp_list("ann@example.com", "2") == "subscribed"
+    rt.post_esp(esp_unsubscribe("ann@example.com", event_id="u-cascade"))
+    eventually(lambda: rt.crm_record("ann@example.com")["memberships"]["campaign:7"]
+               == "Opted Out")
+    eventually(lambda: rt.esp_list("ann@example.com", "2") == "unsubscribed")
+    assert rt.crm_record("ann@example.com")["fields"]["OptOut"] == "true"
+
+
+def test_a_partial_crm_notification_is_read_back_in_full(serve_pair) -> None:
+    rt = serve_pair()
+    bob = rt.crm.by_email("bob@example.com")
+    rt.crm.update(bob, memberships={"campaign:7": "Responded"}, fields={"LastName": "Bloggs"})
+    # the notification names the membership only: the record is read back for the rest
+    rt.post_crm(crm_event("bob@example.com", ids={"memory": bob}, event_id="m-1",
+                          memberships={"campaign:7": "Responded"}))
+    eventually(lambda: rt.esp_list("bob@example.com", "2") == "subscribed")
+    with rt.esp.lock:
+        fields = rt.esp.records[rt.esp.by_email("bob@example.com")]["fields"]
+    assert fields == {"name": "Bob", "surname": "Bloggs"}
+
+
+def test_an_event_for_an_unmapped_list_is_acknowledged_and_ignored(serve_pair) -> None:
+    rt = serve_pair()
+    response = rt.post_esp(esp_unsubscribe("ann@example.com", "3", event_id="other-list"))
+    assert response.status_code == 200
+    eventually(rt.idle)
+    assert rt.crm_record("ann@example.com")["fields"]["OptOut"] == "false"
+    assert rt.state.inbox_counts() == {"done": 1}
