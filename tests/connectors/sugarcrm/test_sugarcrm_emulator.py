@@ -28,7 +28,7 @@ def rest(serve):
 
 
 def test_list_defaults_next_offset_and_bracket_filters(rest):
-    server, client = rest
+    _server, client = rest
     page = client.get("/Contacts").json()
     assert len(page["records"]) == 20 and page["next_offset"] == 20
     assert client.get("/Contacts", params={"offset": 20}).json()["next_offset"] == -1
@@ -138,7 +138,7 @@ def legacy(serve):
 
 
 def test_v4_1_next_offset_always_advances_and_deleted_1_returns_both(legacy):
-    server, session, call = legacy
+    _server, session, call = legacy
     fields = ["id", "email1", "email_opt_out", "deleted"]
     last = call("get_entry_list", session, "Contacts", "", "", 4, fields, [], 10, 0, False)
     assert last["result_count"] == 1 and last["next_offset"] == 5
