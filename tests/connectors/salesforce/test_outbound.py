@@ -70,7 +70,7 @@ def test_api_writes_batch_notifications_by_100(emulator: SalesforceEmulator, rec
 
 def test_another_org_is_refused_and_not_acked(emulator: SalesforceEmulator, connect: Any,
                                               receiver: Any) -> None:
-    server, inbox = receiver
+    server, _ = receiver
     with emulator.lock:
         emulator.seed(1, 0)
         emulator.outbound_url = f"{server.url}/salesforce/outbound"

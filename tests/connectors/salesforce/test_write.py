@@ -49,9 +49,9 @@ def test_partial_failure_maps_back_to_each_change(emulator: SalesforceEmulator,
     with emulator.lock:
         emulator.seed(4, 0)
         emulator.org.reject_emails = {"contact0-2@example.com"}
-    changes = opt_outs(emulator, 4) + [
-        Change(email="broken@example.com", ids={"salesforce": "003NOTANID"},
-               fields={"HasOptedOutOfEmail": "true"})]
+    changes = [*opt_outs(emulator, 4),
+               Change(email="broken@example.com", ids={"salesforce": "003NOTANID"},
+                      fields={"HasOptedOutOfEmail": "true"})]
     results = connect().write(changes)
     assert [r.ok for r in results] == [True, True, False, True, False]
     assert results[2].code == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
