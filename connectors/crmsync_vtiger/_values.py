@@ -12,12 +12,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
 __all__ = ["FieldCodec", "WsId", "parse_bool"]
 
 _WS_ID = re.compile(r"^(\d+)x(\d+)$")
+_STAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 _MULTI = " |##| "
 _TRUE = frozenset({"1", "true", "on", "yes", "y"})
 _FALSE = frozenset({"0", "false", "off", "no", "n", ""})
@@ -62,6 +64,13 @@ class WsId:
         return f"{self.prefix}x{self.crmid}"
 
 
+@lru_cache(maxsize=4096)  # records share stamps (bulk imports, same-second saves)
+def _parse_time(raw: str, tz: ZoneInfo) -> datetime:
+    if not _STAMP.match(raw):
+        raise ValueError(f"not a vTiger datetime: {raw!r} (expected YYYY-MM-DD HH:MM:SS)")
+    return datetime.fromisoformat(raw).replace(tzinfo=tz).astimezone(UTC)
+
+
 class FieldCodec:
     """Converts one module's values between vTiger strings and crmsync's neutral strings."""
 
@@ -78,8 +87,7 @@ class FieldCodec:
 
     def parse_time(self, raw: str) -> datetime:
         """A server datetime string as an aware UTC datetime."""
-        local = datetime.strptime(raw.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=self.tz)
-        return local.astimezone(UTC)
+        return _parse_time(raw.strip(), self.tz)
 
     def format_time(self, moment: datetime) -> str:
         """An aware datetime as the server's ``YYYY-MM-DD HH:MM:SS``."""

@@ -30,7 +30,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
@@ -633,7 +633,7 @@ class VtigerEmulator(Emulator):
             return str(record.crmid)
         return self._value(record, MODULES[record.module], column)
 
-    def _ordered(self, query: Query) -> list[Record]:
+    def _ordered(self, query: Query) -> Iterable[Record]:
         """Candidate rows in the query's order, narrowed through an index when possible."""
         live = [query.where[0]] if len(query.where) == 1 else []
         for group in live:
@@ -658,10 +658,9 @@ class VtigerEmulator(Emulator):
                             start = max(start, bisect.bisect_left(keys, (key, float("-inf"))))
                         if condition.op == "=":
                             stop = min(stop, bisect.bisect_right(keys, (key, float("inf"))))
-        chosen = ids[start:stop]
-        if query.descending:
-            chosen = chosen[::-1]
-        return [self.records[i] for i in chosen]
+        # lazily: a page is read from the first match on, not the whole tail
+        positions = range(stop - 1, start - 1, -1) if query.descending else range(start, stop)
+        return (self.records[ids[i]] for i in positions)
 
     def _sort(self, rows: list[Record], query: Query) -> list[Record]:
         rows = [r for r in rows if r.module == query.module and not r.deleted]

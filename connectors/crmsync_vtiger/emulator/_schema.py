@@ -22,12 +22,14 @@ class Module:
     # (name, label, type, mandatory, extra type info)
     fields: tuple[tuple[str, str, str, bool, dict[str, Any]], ...]
     field_names: frozenset[str] = field(init=False)
+    _types: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "field_names", frozenset(f[0] for f in self.fields))
+        object.__setattr__(self, "_types", {name: kind for name, _, kind, _, _ in self.fields})
 
     def types(self) -> dict[str, str]:
-        return {name: kind for name, _, kind, _, _ in self.fields}
+        return self._types
 
     def mandatory(self) -> list[str]:
         return [name for name, _, _, required, _ in self.fields if required]

@@ -29,7 +29,7 @@ def vtiger_server() -> Iterator[Callable[..., EmulatorServer]]:
 
 @pytest.fixture
 def vtiger_connector(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., VtigerConnector]]:
-    """``vtiger_connector(server, **settings)``: the demo profile's connector, settings overridden."""
+    """``vtiger_connector(server, **settings)``: the demo profile with settings overridden."""
     made: list[VtigerConnector] = []
 
     def make(server: EmulatorServer, **overrides: Any) -> VtigerConnector:
