@@ -12,9 +12,8 @@ import pytest
 
 from crmsync.config import Config, load_config
 from crmsync.contract import Connector
-from crmsync.emulator import EmulatorServer
 from crmsync.runtime import build_hooks, open_side, open_store
-from crmsync.server import RealtimeService
+from crmsync.server import RealtimeService, ServerThread
 from crmsync.testing.memory import MemoryStore, store
 
 ESP_SECRET = "esp-secret-123"
@@ -113,7 +112,7 @@ class Running:
     """A served RealtimeService, its stores, and an HTTP client pointed at it."""
 
     def __init__(self, tmp: Path, config: Config, service: RealtimeService,
-                 server: EmulatorServer) -> None:
+                 server: ServerThread) -> None:
         self.tmp = tmp
         self.config = config
         self.service = service
@@ -176,8 +175,7 @@ def serve_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
                                   hooks=build_hooks(config), environ=environ, worker=worker)
         if prime:
             service.worker.poll_once()  # the first full read: the ESP and the id map
-        http_server = EmulatorServer(service.app).start()
-        service.start()
+        http_server = ServerThread(service).start()
         running = Running(tmp_path, config, service, http_server)
         started.append((running, state))
         return running

@@ -210,6 +210,8 @@ class RealtimeWorker:
         self._thread: threading.Thread | None = None
         self._next_poll = 0.0
         self._next_flush = 0.0
+        self._pause_until: dict[str, float] = {}
+        self._held = False
         self.run_id = ""
         self.counts = {"applied": 0, "retried": 0, "dead": 0, "polled": 0, "catch_up": 0}
 
@@ -225,14 +227,28 @@ class RealtimeWorker:
     def run_once(self) -> int:
         """Apply the due events (at most ``batch_size``); return how many were tried."""
         heads = self.store.inbox_heads(limit=self.server.batch_size)
+        tried = 0
+        self._held = False
         for endpoint in ENDPOINTS:
             rows = [row for row in heads if row["endpoint"] == endpoint]
-            if rows:
+            if rows and self._paused(endpoint):
+                self._held = True
+            elif rows:
                 self._apply_rows(endpoint, rows)
+                tried += len(rows)
         unknown = [row for row in heads if row["endpoint"] not in ENDPOINTS]
         for row in unknown:
             self._give_up(row, f"unknown endpoint {row['endpoint']!r}")
-        return len(heads)
+        return tried + len(unknown)
+
+    def _paused(self, endpoint: str) -> bool:
+        return self._clock() < self._pause_until.get(endpoint, 0.0)
+
+    def _pause(self, endpoint: str) -> None:
+        # A vendor's Retry-After is about every call to it, not just this event's.
+        if self._retry_after.value:
+            until = self._clock() + self._retry_after.value
+            self._pause_until[endpoint] = max(until, self._pause_until.get(endpoint, 0.0))
 
     def _apply_rows(self, endpoint: str, rows: list[dict[str, Any]]) -> None:
         events = [(row, [Change.model_validate(item) for item in row["payload"]])
@@ -249,9 +265,11 @@ class RealtimeWorker:
         except Exception as exc:
             log.warning("applying %d %s event(s) failed: %s", len(rows), endpoint, exc)
             retryable = not isinstance(exc, ConfigError)
+            self._pause(endpoint)
             for row, _ in events:
                 self._failed(row, f"{type(exc).__name__}: {exc}", retryable=retryable)
             return
+        self._pause(endpoint)
         done: list[dict[str, Any]] = []
         for row, items in events:
             emails = {c.email for c in items} | {c.previous_email for c in items
@@ -333,8 +351,11 @@ class RealtimeWorker:
     def poll_once(self) -> int:
         """Read the CRM since the ``crm`` cursor and apply what changed; return the count."""
         self._retry_after.clear()
-        with self.lock:
-            return self._poll(self._engine())
+        try:
+            with self.lock:
+                return self._poll(self._engine())
+        finally:
+            self._pause("crm")
 
     def _poll(self, engine: BatchSync) -> int:
         cursor = self.store.get_cursor("crm")
@@ -416,7 +437,8 @@ class RealtimeWorker:
             try:
                 tried = self.run_once()
                 now = self._clock()
-                if self.poll_enabled and now >= self._next_poll and not self._stop.is_set():
+                if (self.poll_enabled and now >= self._next_poll and not self._stop.is_set()
+                        and not self._paused("crm")):
                     self._next_poll = now + self.server.poll_interval_s
                     self.poll_once()
                 if now >= self._next_flush and not self._stop.is_set():
@@ -434,9 +456,15 @@ class RealtimeWorker:
         timeout = 1.0
         if self.poll_enabled:
             timeout = min(timeout, max(0.0, self._next_poll - self._clock()))
-        due = self.store.inbox_next_due()
-        if due is not None:
-            timeout = min(timeout, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+        if self._held:
+            # Due events wait for a vendor's Retry-After: sleep until it has passed.
+            now = self._clock()
+            timeout = min(timeout, *(max(0.0, until - now)
+                                     for until in self._pause_until.values()))
+        else:
+            due = self.store.inbox_next_due()
+            if due is not None:
+                timeout = min(timeout, max(0.0, (due - datetime.now(UTC)).total_seconds()))
         return max(timeout, 0.005)
 
     def drain(self, *, timeout: float = 60.0) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .app import Inbox, NullInbox, StoreInbox, build_app, dedupe_key
 from .metrics import Metrics
 from .security import CsrfTokens, EndpointKeys, IpGuard, signature_ok
-from .service import Endpoint, RealtimeService, parse_listen, serve
+from .service import Endpoint, RealtimeService, ServerThread, parse_listen, serve
 
 __all__ = [
     "CsrfTokens",
@@ -21,6 +21,7 @@ __all__ = [
     "Metrics",
     "NullInbox",
     "RealtimeService",
+    "ServerThread",
     "StoreInbox",
     "build_app",
     "dedupe_key",

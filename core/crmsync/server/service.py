@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from .app import Inbox, StoreInbox, build_app
 from .metrics import Metrics
 from .security import FORM_SECRET_ENV, SEND_TOKEN_ENV, CsrfTokens, EndpointKeys, IpGuard
 
-__all__ = ["Endpoint", "RealtimeService", "parse_listen", "serve"]
+__all__ = ["Endpoint", "RealtimeService", "ServerThread", "parse_listen", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -123,18 +124,64 @@ class RealtimeService:
                 log.exception("closing %s failed", connector.name)
 
 
+def _uvicorn_config(service: RealtimeService, host: str, port: int) -> uvicorn.Config:
+    # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as
+    # the client address; the allow-list believes only [server] trusted_proxies.
+    return uvicorn.Config(service.app, host=host, port=port, lifespan="off",
+                          log_level="warning", access_log=False, proxy_headers=False,
+                          timeout_graceful_shutdown=int(
+                              service.config.server.shutdown_timeout_s) or None)
+
+
 def serve(service: RealtimeService, host: str, port: int) -> None:
     """Run until SIGINT / SIGTERM: then stop accepting connections, finish the requests
     in progress, let the worker finish the events in hand and leave the rest in the
     inbox (a restart resumes them)."""
-    config = uvicorn.Config(service.app, host=host, port=port, lifespan="off",
-                            log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=int(
-                                service.config.server.shutdown_timeout_s) or None)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(_uvicorn_config(service, host, port))
     service.start()
     log.warning("crmsync serve listening on http://%s:%d", host, port)
     try:
         server.run()
     finally:
         service.stop()
+
+
+class ServerThread:
+    """``serve`` in a background thread (tests, benchmarks, an embedding application)."""
+
+    def __init__(self, service: RealtimeService, host: str = "127.0.0.1", port: int = 0) -> None:
+        from ..emulator import free_port
+
+        self.service = service
+        self.host = host
+        self.port = port or free_port()
+        self._server = uvicorn.Server(_uvicorn_config(service, self.host, self.port))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ServerThread:
+        self.service.start()
+        self._thread = threading.Thread(target=self._server.run, daemon=True,
+                                        name=f"crmsync-serve-{self.port}")
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"crmsync serve did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.service.stop()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
