@@ -9,6 +9,7 @@ once the changes are stored; anything else makes Salesforce retry for 24 hours.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from xml.etree import ElementTree
 
 from crmsync.errors import EventRejected
@@ -65,12 +66,13 @@ def decode_notifications(body: bytes, *, organization_id: str | None, source: st
     for note in notifications:
         if _local(note.tag) != "Notification":
             continue
-        note_id, sobject = _child(note, "Id"), _child(note, "sObject")
-        if note_id is None or sobject is None or not (note_id.text or "").strip():
+        id_element, sobject = _child(note, "Id"), _child(note, "sObject")
+        note_id = (id_element.text or "").strip() if id_element is not None else ""
+        if not note_id or sobject is None:
             raise EventRejected("a Notification without Id or sObject", status=400)
         values = {_local(c.tag): (c.text or "") for c in sobject}
         kind = sobject.get(_XSI_TYPE, "").split(":")[-1]
-        change = _change(kind, values, note_id.text.strip(), source=source, fields=fields,
+        change = _change(kind, values, note_id, source=source, fields=fields,
                          id_key=id_key)
         if change is not None:
             changes.append(change)
@@ -84,7 +86,7 @@ def _change(kind: str, values: dict[str, str], event_id: str, *, source: str,
     except ValueError:
         return None  # nothing to sync without an address (the message is still acked)
     stamp = values.get("SystemModstamp") or values.get("LastModifiedDate")
-    common = {"email": email, "source": source, "event_id": event_id,
+    common: dict[str, Any] = {"email": email, "source": source, "event_id": event_id,
               "reason": f"Salesforce Outbound Message ({kind or 'record'})"}
     if stamp:
         try:

@@ -242,7 +242,9 @@ class Writer:
                     for person in ids[start:start + _CHUNK]:
                         for task in people[person]:
                             task.fail(_from_exception(exc))
-        creates, updates, deletes = [], [], []
+        creates: list[tuple[list[_Task], dict[str, Any]]] = []
+        updates: list[tuple[list[_Task], dict[str, Any]]] = []
+        deletes: list[tuple[list[_Task], dict[str, Any]]] = []
         wanted: dict[tuple[str, str], tuple[list[_Task], str | None]] = {}
         for person, group in people.items():
             for task in group:
@@ -253,18 +255,18 @@ class Writer:
                     owners = wanted.get(slot, ([], None))[0]
                     wanted[slot] = ([*owners, task], status)
         for (person, campaign), (owners, status) in wanted.items():
-            row = existing.get((person, campaign))
+            found = existing.get((person, campaign))
             if status is None:
-                if row is not None:
-                    deletes.append((owners, {"id": row["Id"]}))
-            elif row is None:
+                if found is not None:
+                    deletes.append((owners, {"id": found["Id"]}))
+            elif found is None:
                 column = "LeadId" if person.startswith("00Q") else "ContactId"
                 creates.append((owners, {"attributes": {"type": "CampaignMember"},
                                          "CampaignId": campaign, column: person,
                                          "Status": status}))
-            elif row.get("Status") != status:
+            elif found.get("Status") != status:
                 updates.append((owners, {"attributes": {"type": "CampaignMember"},
-                                         "id": row["Id"], "Status": status}))
+                                         "id": found["Id"], "Status": status}))
         self._batched("POST", creates)
         self._batched("PATCH", updates)
         self._batched("DELETE", deletes)

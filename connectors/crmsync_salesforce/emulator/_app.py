@@ -84,8 +84,11 @@ def _csv_value(value: Any) -> str:
 def _sort(rows: list[dict[str, Any]], order: tuple[tuple[str, bool], ...]) -> None:
     for name, descending in reversed(order):
         # NULLS FIRST when ascending, as SOQL does by default.
-        rows.sort(key=lambda r, n=name: (r.get(n) is not None, r.get(n) if r.get(n)
-                                         is not None else ""), reverse=descending)
+        def key(row: dict[str, Any], name: str = name) -> tuple[bool, Any]:
+            value = row.get(name)
+            return (value is not None, value if value is not None else "")
+
+        rows.sort(key=key, reverse=descending)
 
 
 class SalesforceEmulator(Emulator):
@@ -592,7 +595,8 @@ class SalesforceEmulator(Emulator):
     # -- Bulk API 2.0 ------------------------------------------------------------------
     def _new_job(self, kind: str, spec: dict[str, Any], version: str, state: str) -> dict[str, Any]:
         job_id = f"750{next(self._ids):015d}"
-        job = {"id": job_id, "operation": spec.get("operation"), "object": spec.get("object"),
+        job: dict[str, Any] = {
+               "id": job_id, "operation": spec.get("operation"), "object": spec.get("object"),
                "createdById": "005000000000000001", "state": state,
                "concurrencyMode": "Parallel", "contentType": "CSV",
                "apiVersion": float(version.lstrip("v")), "lineEnding": "LF",
