@@ -206,7 +206,7 @@ class MailUpEmulator(Emulator):
 
     def _create(self, email: str, fields: dict[int, str] | None = None) -> dict[str, Any]:
         rid = self._next("recipient")
-        rec = {"id": rid, "email": email.strip().lower(), "name": "",
+        rec: dict[str, Any] = {"id": rid, "email": email.strip().lower(), "name": "",
                "fields": dict(fields or {}), "mobile_number": "", "mobile_prefix": "",
                "lists": {}, "deleted": False}
         self.recipients[rid] = rec
@@ -214,7 +214,8 @@ class MailUpEmulator(Emulator):
         return rec
 
     def _membership(self, rec: dict[str, Any], list_id: str) -> dict[str, Any]:
-        return rec["lists"].setdefault(list_id, {
+        lists: dict[str, dict[str, Any]] = rec["lists"]
+        return lists.setdefault(list_id, {
             "status": None, "groups": set(), "optin_date": None, "optout_date": None,
             "optout_type": None, "optout_subtype": None, "optin_request_date": None,
             "optout_nl": None})

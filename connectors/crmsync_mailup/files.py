@@ -86,10 +86,10 @@ class MailUpFiles:
         s = self.settings
         ids = sorted(s.field_ids.values())
         by_id = {ident: name for name, ident in s.field_ids.items()}
-        quoting = csv.QUOTE_ALL if s.file_quoting == "all" else csv.QUOTE_MINIMAL
         buffer = io.StringIO()
         writer = csv.writer(buffer, delimiter=s.file_separator, quotechar=s.file_quotechar,
-                            quoting=quoting, lineterminator="\r\n")
+                            quoting=csv.QUOTE_ALL if s.file_quoting == "all"
+                            else csv.QUOTE_MINIMAL, lineterminator="\r\n")
         encoding = "utf-8" if s.file_encoding == "utf-8-sig" else s.file_encoding
         if s.file_encoding == "utf-8-sig":
             out.write(_BOM)

@@ -211,7 +211,7 @@ def test_empty_body_is_none(monkeypatch):
 
 
 def test_settings_validation(monkeypatch):
-    with pytest.raises(ValueError, match="1..39"):
+    with pytest.raises(ValueError, match=r"1\.\.39"):
         MailUpSettings(field_ids={"name": 40})
     with pytest.raises(ValueError, match="same MailUp field id"):
         MailUpSettings(field_ids={"a": 1, "b": 1})
