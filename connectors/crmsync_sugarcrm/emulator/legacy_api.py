@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .sql import Node, SqlError, evaluate, id_candidates, lower_bound, parse_where
+from .sql import Node, SqlError, evaluate, id_candidates, lower_bound, parse_where, pins
 from .store import PERSON_MODULES, Address, Person, TableError, TargetList, stamp
 
 if TYPE_CHECKING:
@@ -206,24 +206,47 @@ class LegacyApi:
         values.update({f"prospect_lists.{k}": v for k, v in list(values.items())})
         return values
 
-    def _tables(self) -> dict[str, Callable[[], Iterable[dict[str, Any]]]]:
+    def _tables(self) -> dict[str, Callable[[Mapping[str, set[str]]], Iterable[dict[str, Any]]]]:
         store = self.store
 
-        def bean_rel() -> Iterable[dict[str, Any]]:
-            for module, table in store.people.items():
+        def link_rows(person: Person) -> Iterable[dict[str, Any]]:
+            for link in person.links:
+                yield {"id": link.id, "email_address_id": link.address_id,
+                       "bean_id": person.id, "bean_module": person.module,
+                       "primary_address": _bit(link.primary),
+                       "reply_to_address": _bit(link.reply_to), "deleted": _bit(link.deleted)}
+
+        def bean_rel(pins: Mapping[str, set[str]]) -> Iterable[dict[str, Any]]:
+            if "bean_id" in pins:
+                for table in store.people.values():
+                    for bean_id in pins["bean_id"]:
+                        if bean_id in table:
+                            yield from link_rows(table[bean_id])
+                return
+            if "email_address_id" in pins and pins.get("deleted") == {"0"}:
+                seen: set[tuple[str, str]] = set()
+                for address_id in pins["email_address_id"]:
+                    for person in store.holders_of(address_id):
+                        if (person.module, person.id) not in seen:
+                            seen.add((person.module, person.id))
+                            yield from link_rows(person)
+                return
+            for table in store.people.values():
                 for person in table.values():
-                    for link in person.links:
-                        yield {"id": link.id, "email_address_id": link.address_id,
-                               "bean_id": person.id, "bean_module": module,
-                               "primary_address": _bit(link.primary),
-                               "reply_to_address": _bit(link.reply_to),
-                               "deleted": _bit(link.deleted)}
+                    yield from link_rows(person)
 
-        def addresses() -> Iterable[dict[str, Any]]:
-            for row in store.addresses.values():
-                yield {k: v for k, v in self._address_row(row).items() if "." not in k}
+        def addresses(pins: Mapping[str, set[str]]) -> Iterable[dict[str, Any]]:
+            if "email_address_caps" in pins:
+                ids = {store.by_caps[c] for c in pins["email_address_caps"] if c in store.by_caps}
+            elif "id" in pins:
+                ids = {i for i in pins["id"] if i in store.addresses}
+            else:
+                ids = set(store.addresses)
+            for address_id in ids:
+                row = self._address_row(store.addresses[address_id])
+                yield {k: v for k, v in row.items() if "." not in k}
 
-        def members() -> Iterable[dict[str, Any]]:
+        def members(pins: Mapping[str, set[str]]) -> Iterable[dict[str, Any]]:
             for target in store.lists.values():
                 for module, rows in target.members.items():
                     for related_id, row in rows.items():
@@ -259,7 +282,11 @@ class LegacyApi:
                         for key in self.store.ordered_from(module, start))
             rows = [(p, self._person_row(p)) for p in people.values()]
         elif module == "EmailAddresses":
-            rows = [(a, self._address_row(a)) for a in self.store.addresses.values()]
+            pinned_caps = pins(query, "email_addresses").get("email_address_caps")
+            chosen_a = [self.store.addresses[self.store.by_caps[c]] for c in pinned_caps
+                        if c in self.store.by_caps] if pinned_caps is not None \
+                else list(self.store.addresses.values())
+            rows = [(a, self._address_row(a)) for a in chosen_a]
         elif module == "ProspectLists":
             rows = [(t, self._list_row(t)) for t in self.store.lists.values()]
         else:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Node", "SqlError", "id_candidates", "lower_bound", "parse_where"]
+__all__ = ["Node", "SqlError", "id_candidates", "lower_bound", "parse_where", "pins"]
 
 
 class SqlError(ValueError):
@@ -31,7 +31,9 @@ _KEYWORDS = {"AND", "OR", "NOT", "IN", "IS", "NULL", "LIKE", "SELECT", "FROM", "
              "WHERE", "INNER", "LEFT"}
 
 Row = Mapping[str, Any]
-Tables = Mapping[str, Callable[[], Iterable[Row]]]
+# A table gives its rows; ``pins`` (column -> allowed values) lets it use an index. It
+# may return more rows than pinned: the WHERE clause is still applied to each.
+Tables = Mapping[str, Callable[[Mapping[str, set[str]]], Iterable[Row]]]
 
 
 @dataclass
@@ -203,19 +205,38 @@ def _compare(op: str, left: Any, right: Any) -> bool:
             ">": a > b, ">=": a >= b}[op]
 
 
+def pins(where: Node | None, alias: str) -> dict[str, set[str]]:
+    """Columns of ``alias`` that the top-level AND pins to literal values."""
+    parts = where.args if where is not None and where.kind == "and" else (where,)
+    pins: dict[str, set[str]] = {}
+    for part in parts:
+        if part is None:
+            continue
+        if part.kind == "in" and part.args[1].kind == "list":
+            column, values = part.args[0], {str(v.args[0]) for v in part.args[1].args}
+        elif part.kind == "cmp" and part.args[0] == "=" and part.args[2].kind == "lit":
+            column, values = part.args[1], {str(part.args[2].args[0])}
+        else:
+            continue
+        if column.kind == "col" and column.args[0].startswith(alias + "."):
+            pins[column.args[0].split(".", 1)[1]] = values
+    return pins
+
+
 def _rows(select: Node, tables: Tables) -> Iterable[Row]:
-    _, sources, join, _ = select.args
+    _, sources, join, where = select.args
     (first, first_alias), *rest = sources
 
     def prefixed(alias: str, row: Row) -> dict[str, Any]:
         return {f"{alias}.{key}": value for key, value in row.items()}
 
     if not rest:
-        for row in tables[first]():
+        for row in tables[first](pins(where, first_alias)):
             yield prefixed(first_alias, row)
         return
     second, second_alias = rest[0]
-    right_rows = [prefixed(second_alias, row) for row in tables[second]()]
+    right_rows = [prefixed(second_alias, row)
+                  for row in tables[second](pins(where, second_alias))]
     left_key, _, right_key = join
     if left_key.split(".")[0] == second_alias:
         left_key, right_key = right_key, left_key
@@ -224,7 +245,9 @@ def _rows(select: Node, tables: Tables) -> Iterable[Row]:
         if right_key not in row:
             raise SqlError(f"unknown column {right_key}")
         index.setdefault(row[right_key], []).append(row)
-    for row in tables[first]():
+    left_pins = pins(where, first_alias)
+    left_pins[left_key.split(".", 1)[1]] = {str(key) for key in index}
+    for row in tables[first](left_pins):
         left = prefixed(first_alias, row)
         if left_key not in left:
             raise SqlError(f"unknown column {left_key}")
