@@ -20,19 +20,15 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "connectors"))
-
-from crmsync.emulator import EmulatorServer  # noqa: E402
-from crmsync.model import Change  # noqa: E402
-from crmsync_sugarcrm import SugarConnector  # noqa: E402
-from crmsync_sugarcrm.emulator import SugarEmulator  # noqa: E402
+from crmsync.emulator import EmulatorServer
+from crmsync.model import Change
+from crmsync_sugarcrm import SugarConnector
+from crmsync_sugarcrm.emulator import SugarEmulator
 
 
 def calls(server: EmulatorServer) -> int:
