@@ -79,14 +79,26 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         started = datetime.now(UTC)
         try:
             lists = self.api.lists()
+            known = self.api.dynamic_fields() if self.settings.field_ids else {}
         except CrmsyncError as exc:
             return Health(ok=False, detail=str(exc))
+        missing = {name: ident for name, ident in self.settings.field_ids.items()
+                   if ident not in known}
+        if missing:
+            listed = ", ".join(f"{i} {d}" for i, d in sorted(known.items()))
+            return Health(ok=False, detail=(
+                f"field_ids {missing} are not fields of this MailUp console: pick ids from "
+                f"its dynamic fields ({listed})"))
         elapsed = (datetime.now(UTC) - started).total_seconds() * 1000
         return Health(ok=True, detail=f"MailUp user {self.settings.username}: "
                       f"{len(lists)} list(s)", latency_ms=round(elapsed, 1))
 
     def lists(self) -> list[MailingList]:
         return self.directory.lists()
+
+    def dynamic_fields(self) -> dict[int, str]:
+        """MailUp's recipient fields, id -> description, to fill ``field_ids`` from."""
+        return self.api.dynamic_fields()
 
     def list_ids(self) -> list[str]:
         if self.settings.lists is not None:

@@ -309,3 +309,12 @@ def test_changed_at_in_utc(connector, emulator, control):
     pages = list(connector.read(list(connector.read(None))[-1].cursor))
     [record] = [r for p in pages for r in p.records if r.email == "utc@example.com"]
     assert abs((record.subscriptions["1"].changed_at - before).total_seconds()) < 5
+
+
+def test_dynamic_fields_and_check_of_field_ids(make_connector):
+    connector = make_connector()
+    fields = connector.dynamic_fields()
+    assert fields[1] == "name" and fields[2] == "surname" and len(fields) == 11
+    bad = make_connector(field_ids={"name": 1, "loyalty": 30})
+    health = bad.check()
+    assert not health.ok and "'loyalty': 30" in health.detail and "1 name" in health.detail
