@@ -154,7 +154,6 @@ class SalesforceEmulator(Emulator):
                     and m[("ContactId" if obj == "Contact" else "LeadId")] == record["Id"]}
                 people.append({
                     "email": str(record["Email"]).lower(), "ids": {"salesforce": record["Id"]},
-                    "object": obj,
                     "fields": {name: _csv_value(record.get(name)) or None for name in (
                         "FirstName", "LastName", "HasOptedOutOfEmail", "Interests__c")},
                     "lists": lists, "opted_out": bool(record["HasOptedOutOfEmail"]),

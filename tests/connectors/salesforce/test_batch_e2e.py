@@ -1,0 +1,107 @@
+"""A batch run end to end: the Salesforce emulator (HTTPS) against the in-memory ESP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crmsync.config import load_config
+from crmsync.runtime import build_batch, open_side, open_store
+from crmsync.testing.memory import store
+from crmsync_salesforce.emulator import SalesforceEmulator
+
+
+@pytest.fixture
+def run(tmp_path: Path, emulator: SalesforceEmulator, monkeypatch: pytest.MonkeyPatch) -> Any:
+    profile = emulator.demo_profile()
+    for key, value in profile["secrets"].items():
+        monkeypatch.setenv(key, value)
+    settings = "\n".join(f"{key} = {json.dumps(value)}"
+                         for key, value in profile["settings"].items())
+    lists = ""
+    for mapping in profile["lists"]:
+        lists += "\n[[lists]]\n" + "\n".join(
+            f"{key} = {json.dumps(value) if not isinstance(value, dict) else _inline(value)}"
+            for key, value in mapping.items()) + "\n"
+    fields = "\n".join(f"{crm} = {json.dumps(esp)}" for crm, esp in profile["fields"].items())
+    path = tmp_path / "crmsync.toml"
+    path.write_text(f"""
+[state]
+url = "sqlite:///state.db"
+
+[crm]
+connector = "salesforce"
+[crm.settings]
+{settings}
+query_batch_size = 200
+
+[esp]
+connector = "memory-esp"
+mode = "api"
+[esp.settings]
+path = "{tmp_path / 'esp.json'}"
+
+[fields]
+{fields}
+{lists}
+""")
+    config = load_config(path)
+
+    def sync() -> Any:
+        state = open_store(config)
+        try:
+            with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
+                return build_batch(config, crm, esp, state).run()
+        finally:
+            state.close()
+
+    sync.esp = store(path=tmp_path / "esp.json")  # type: ignore[attr-defined]
+    sync.config = config  # type: ignore[attr-defined]
+    return sync
+
+
+def _inline(value: dict[str, Any]) -> str:
+    return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items()) + " }"
+
+
+def esp_lists(run: Any, email: str) -> dict[str, Any]:
+    esp = run.esp
+    esp._load()
+    record_id = esp.by_email(email)
+    return {} if record_id is None else esp.records[record_id]["lists"]
+
+
+def test_crm_to_esp_and_unsubscribe_back(run: Any, emulator: SalesforceEmulator) -> None:
+    with emulator.lock:
+        emulator.seed(9, 0)
+    people = {c["email"]: c for c in emulator.state()["contacts"]}
+    stats = run()
+    assert stats.status == "succeeded", stats.stopped_reason
+    assert stats.crm_read == 9
+    for email, entry in people.items():
+        lists = esp_lists(run, email)
+        expected = "unsubscribed" if entry["opted_out"] else "subscribed"
+        assert lists["1"]["status"] == expected, email
+    # contact 3 is "Responded" in the Events campaign, contact 0 "Sent", contact 6 "Opted Out"
+    assert esp_lists(run, "contact0-3@example.com")["2"]["status"] == "subscribed"
+    assert esp_lists(run, "contact0-0@example.com")["2"]["status"] == "pending"
+    assert esp_lists(run, "contact0-6@example.com")["2"]["status"] == "unsubscribed"
+    assert "2" not in esp_lists(run, "contact0-1@example.com")
+
+    target = next(e for e, c in people.items() if not c["opted_out"])
+    with open_side(run.config, "esp") as esp:
+        esp.unsubscribe(target, "1")
+    stats = run()
+    assert stats.status == "succeeded", stats.stopped_reason
+    assert stats.crm_written == 1
+    after = {c["email"]: c for c in emulator.state()["contacts"]}
+    assert after[target]["opted_out"] is True
+    assert sum(c["opted_out"] for c in after.values()) == \
+        sum(c["opted_out"] for c in people.values()) + 1
+
+    emulator.update_contact("contact0-1@example.com", {"LastName": "Renamed"})
+    stats = run()
+    assert stats.status == "succeeded" and stats.esp_written == 1
