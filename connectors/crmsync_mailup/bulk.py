@@ -3,8 +3,9 @@
 Rows go to ``POST /List/{id}/Recipients`` (one import per list and target status:
 plain, ``ConfirmEmail=true`` for pending, ``importType=asOptout`` for unsubscribes),
 then group memberships to ``POST /Group/{id}/Recipients``; each import is polled at
-``GET /Import/{idImport}`` until ``Completed``. A default import never changes an
-existing status, so it cannot lift an unsubscribe.
+``GET /Import/{idImport}`` until ``Completed``. Memberships outside a recipient's desired
+group set are then removed one by one (an import cannot remove them). A default import
+never changes an existing status, so it cannot lift an unsubscribe.
 """
 
 from __future__ import annotations
@@ -43,19 +44,27 @@ class BulkImporter:
         failures: dict[int, WriteResult] = {}
         batches: dict[tuple[str, Status], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
         members: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+        desired: dict[str, dict[str, tuple[int, set[str]]]] = defaultdict(dict)
         for index, change in items:
             body = recipient_body(change.email, change.fields, self.settings.field_ids)
             for list_id, sub in change.subscriptions.items():
                 batches[(list_id, sub.status)].append((index, body))
-                if sub.status is Status.UNSUBSCRIBED or not sub.groups:
+                if not sub.groups and not self.settings.empty_groups_clear:
                     continue
                 try:
-                    resolved = self.groups.resolve(list_id, sorted(sub.groups))
+                    if sub.status is Status.UNSUBSCRIBED:
+                        # Adding to a group subscribes to its list: only removals here.
+                        known = {n: g for g, n in self.groups.groups(list_id).items()}
+                        wanted = {known.get(g, g) for g in sub.groups}
+                    else:
+                        wanted = set(self.groups.resolve(list_id, sorted(sub.groups)).values())
                 except CrmsyncError as exc:
                     failures[index] = _failed(exc)
                     continue
-                for gid in resolved.values():
-                    members[(list_id, gid)].append((index, body))
+                desired[list_id][change.email] = (index, wanted)
+                if sub.status is not Status.UNSUBSCRIBED:
+                    for gid in sorted(wanted):
+                        members[(list_id, gid)].append((index, body))
         started: list[tuple[str, list[int]]] = []
         for (list_id, status), rows in batches.items():
             self._start(f"List/{list_id}/Recipients", rows, _PARAMS[status], started, failures)
@@ -67,7 +76,35 @@ class BulkImporter:
             except CrmsyncError as exc:
                 for index in indices:
                     failures.setdefault(index, _failed(exc))
+        for list_id, targets in desired.items():
+            self._prune(list_id, targets, failures)
         return {index: failures.get(index, WriteResult(ok=True)) for index, _ in items}
+
+    def _prune(self, list_id: str, targets: dict[str, tuple[int, set[str]]],
+               failures: dict[int, WriteResult]) -> None:
+        """Remove memberships outside each recipient's desired set: one listing per group
+        of the list, then one removal per extra membership (imports cannot remove)."""
+        try:
+            groups = list(self.groups.groups(list_id))
+        except CrmsyncError as exc:
+            for index, _ in targets.values():
+                failures.setdefault(index, _failed(exc))
+            return
+        for gid in groups:
+            try:
+                extra = [(str(item["idRecipient"]), targets[email][0])
+                         for page in self.api.group_members(gid) for item in page
+                         if (email := str(item.get("Email", "")).lower()) in targets
+                         and gid not in targets[email][1]]
+            except CrmsyncError as exc:
+                for index, _ in targets.values():
+                    failures.setdefault(index, _failed(exc))
+                continue
+            for rid, index in extra:
+                try:
+                    self.api.remove_from_group(gid, rid)
+                except CrmsyncError as exc:
+                    failures.setdefault(index, _failed(exc))
 
     def _start(self, path: str, rows: list[tuple[int, dict[str, Any]]], params: dict[str, str],
                started: list[tuple[str, list[int]]], failures: dict[int, WriteResult]) -> None:

@@ -40,6 +40,7 @@ import shutil
 import threading
 import time
 import uuid
+import zipfile
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -1123,6 +1124,14 @@ class MailUpEmulator(Emulator):
                 report["skipped"].append({"file": name, "why": "no manifest yet"})
                 continue
             data = path.read_bytes()
+            if name.endswith(".zip"):
+                # crmsync zips on request; the manifest's hash is the CSV's inside.
+                try:
+                    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                        data = archive.read(archive.namelist()[0])
+                except (zipfile.BadZipFile, IndexError):
+                    report["skipped"].append({"file": name, "why": "not a readable zip"})
+                    continue
             try:
                 manifest = json.loads(manifest_path.read_text())
                 complete = (manifest.get("file") == name and manifest.get("sha256")

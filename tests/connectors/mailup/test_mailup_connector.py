@@ -318,3 +318,19 @@ def test_dynamic_fields_and_check_of_field_ids(make_connector):
     bad = make_connector(field_ids={"name": 1, "loyalty": 30})
     health = bad.check()
     assert not health.ok and "'loyalty': 30" in health.detail and "1 name" in health.detail
+
+
+def test_bulk_replaces_group_sets(make_connector, emulator, control):
+    connector = make_connector(bulk_threshold=2)
+    connector.write([change("bg1@example.com", sub("1", Status.SUBSCRIBED, "news", "offers")),
+                     change("bg2@example.com", sub("1", Status.SUBSCRIBED, "news"))])
+    results = connector.write([
+        change("bg1@example.com", sub("1", Status.SUBSCRIBED, "offers")),
+        change("bg2@example.com", sub("1", Status.UNSUBSCRIBED, "offers")),
+        change("bg3@example.com", sub("1", Status.SUBSCRIBED, "news"))])
+    assert all(r.ok for r in results)
+    assert contact(emulator, "bg1@example.com")["lists"]["1"] == {
+        "status": "subscribed", "groups": ["offers"]}
+    assert contact(emulator, "bg2@example.com")["lists"]["1"] == {
+        "status": "unsubscribed", "groups": []}
+    assert contact(emulator, "bg3@example.com")["lists"]["1"]["groups"] == ["news"]
