@@ -1,0 +1,106 @@
+"""A batch run end to end: the vTiger emulator against the in-memory ESP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crmsync.config import load_config
+from crmsync.runtime import build_batch, open_side, open_store
+from crmsync.testing.memory import store
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+@pytest.fixture
+def run(tmp_path: Path, vtiger_server, monkeypatch: pytest.MonkeyPatch) -> Any:
+    server = vtiger_server(contacts=0)
+    emulator = server.emulator
+    profile = emulator.demo_profile()
+    for key, value in profile["secrets"].items():
+        monkeypatch.setenv(key, value)
+    settings = "\n".join(f"{k} = {_toml(v)}" for k, v in profile["settings"].items())
+    lists = "".join("\n[[lists]]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in m.items())
+                    + "\n" for m in profile["lists"])
+    fields = "\n".join(f"{crm} = {json.dumps(esp)}" for crm, esp in profile["fields"].items())
+    path = tmp_path / "crmsync.toml"
+    path.write_text(f"""
+[state]
+url = "sqlite:///state.db"
+
+[crm]
+connector = "vtiger"
+[crm.settings]
+{settings}
+
+[esp]
+connector = "memory-esp"
+mode = "api"
+[esp.settings]
+path = "{tmp_path / 'esp.json'}"
+
+[fields]
+{fields}
+{lists}
+""")
+    config = load_config(path)
+
+    def sync() -> Any:
+        state = open_store(config)
+        try:
+            with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
+                return build_batch(config, crm, esp, state).run()
+        finally:
+            state.close()
+
+    sync.esp = store(path=tmp_path / "esp.json")
+    sync.config = config
+    sync.emulator = emulator
+    return sync
+
+
+def esp_lists(run: Any, email: str) -> dict[str, Any]:
+    run.esp._load()
+    record_id = run.esp.by_email(email)
+    return {} if record_id is None else run.esp.records[record_id]["lists"]
+
+
+def test_crm_to_esp_and_unsubscribe_back(run: Any) -> None:
+    emulator = run.emulator
+    with emulator.lock:
+        emulator.seed(14, 0)
+    people = {c["email"].lower(): c for c in emulator.state()["contacts"]}
+    stats = run()
+    assert stats.status == "succeeded", stats.stopped_reason
+    assert stats.crm_read == 14
+    for email, entry in people.items():
+        expected = "unsubscribed" if entry["opted_out"] else "subscribed"
+        assert esp_lists(run, email)["1"]["status"] == expected, email
+    campaign = f"campaign:1x{emulator.campaign_id}"
+    for email, entry in people.items():
+        assert ("2" in esp_lists(run, email)) == (campaign in entry["lists"]), email
+
+    target = next(e for e, c in people.items() if not c["opted_out"])
+    with open_side(run.config, "esp") as esp:
+        esp.unsubscribe(target, "1")
+    emulator.calls.clear()
+    stats = run()
+    assert stats.status == "succeeded", stats.stopped_reason
+    assert stats.crm_written == 1
+    after = {c["email"].lower(): c for c in emulator.state()["contacts"]}
+    assert after[target]["opted_out"] is True
+    assert after[target]["fields"]["firstname"] == people[target]["fields"]["firstname"]
+    assert "update" not in [c["operation"] for c in emulator.calls]
+
+    emulator.advance(2)
+    emulator.update_contact("contact0-1@example.com", {"lastname": "Renamed"})
+    stats = run()
+    assert stats.status == "succeeded", stats.stopped_reason
+    assert stats.esp_written == 1
