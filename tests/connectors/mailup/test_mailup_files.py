@@ -243,3 +243,21 @@ def test_bad_rows_in_an_import_are_reported_by_the_emulator(emulator, control):
     [imported] = control.post("/import").json()["imported"]
     assert imported["applied"] == 1
     assert [e.split(":")[0] for e in imported["errors"]] == ["line 3", "line 4", "line 5"]
+
+
+def test_zipped_upload_is_imported(emulator, control):
+    import zipfile
+
+    data = b"111|idList|Status\r\nzip@example.com|1|OPTIN\r\n"
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w") as archive:
+        archive.writestr("z.csv", data)
+    inbox = emulator.files_dir / "in"
+    inbox.mkdir(parents=True)
+    (inbox / "z.csv.zip").write_bytes(packed.getvalue())
+    (inbox / "z.csv.zip.manifest.json").write_text(json.dumps(
+        {"file": "z.csv.zip", "rows": 1, "sha256": hashlib.sha256(data).hexdigest(),
+         "run_id": "r1"}))
+    [imported] = control.post("/import").json()["imported"]
+    assert imported["applied"] == 1
+    assert contact(emulator, "zip@example.com")["lists"]["1"]["status"] == "subscribed"
