@@ -53,7 +53,7 @@ class VtigerConnector(Connector):
             http = build_client(rate=self.settings.rate, timeout=self.settings.timeout,
                                 verify=self.settings.ca_path or True,
                                 policy=RetryPolicy(attempts=3, backoff=0.5))
-        self._http = http
+        self._client: httpx.Client = http
         api_class: type[VtigerApi] = CloudApi if self.settings.flavour == "cloud" \
             else WebserviceApi
         self.api = api_class(http, base_url=self.settings.base_url,
@@ -133,7 +133,7 @@ class VtigerConnector(Connector):
     def close(self) -> None:
         self.api.close()
         if self._owns_http:
-            self._http.close()
+            self._client.close()
 
 
 class _Lazy:

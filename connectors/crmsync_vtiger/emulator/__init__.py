@@ -639,9 +639,9 @@ class VtigerEmulator(Emulator):
         for group in live:
             for condition in group:
                 if condition.column == "email" and condition.op in ("=", "in"):
-                    ids = set().union(*(self.by_email.get(v.lower(), set())
-                                        for v in condition.values))
-                    rows = [self.records[i] for i in ids]
+                    found: set[int] = set().union(*(self.by_email.get(v.lower(), set())
+                                                    for v in condition.values))
+                    rows = [self.records[i] for i in found]
                     return self._sort(rows, query)
         if query.order_by is None:
             return [r for r in self.records.values() if r.module == query.module and not r.deleted]

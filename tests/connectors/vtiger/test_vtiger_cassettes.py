@@ -34,7 +34,7 @@ def connect():
     yield make
     for connector in made:
         connector.api._session = None  # no logout: it is not in the cassettes
-        connector._http.close()
+        connector._client.close()
 
 
 def test_full_read(connect):
