@@ -69,8 +69,17 @@ class SalesforceConnector(Connector):
         started = time.monotonic()
         try:
             self.api.json("GET", "limits/")
+            missing = []
+            for obj in self.settings.objects:
+                described = self.api.json("GET", f"sobjects/{obj}/describe/")
+                known = {str(f.get("name")) for f in described.get("fields", [])}
+                missing += [f"{obj}.{name}" for name in self.settings.fields if name not in known]
         except CrmsyncError as exc:
             return Health(ok=False, detail=str(exc))
+        if missing:
+            return Health(ok=False, detail=f"the org has no field {', '.join(missing)}: fix "
+                          "settings.fields (or settings.objects), or check the integration "
+                          "user's field-level security")
         return Health(ok=True, latency_ms=(time.monotonic() - started) * 1000,
                       detail=f"{self.api.flow.name} login to {self.api.session().instance_url}; "
                              f"{self.quota.describe()}")

@@ -37,7 +37,7 @@ class SalesforceSettings(ConnectorSettings):
     timeout: float = 60.0
     rate: float | None = None
 
-    objects: list[str] = ["Contact", "Lead"]
+    objects: list[Literal["Contact", "Lead"]] = ["Contact", "Lead"]
     fields: list[str] = ["FirstName", "LastName", "HasOptedOutOfEmail", "Interests__c"]
     boolean_fields: list[str] = ["HasOptedOutOfEmail", "DoNotCall", "HasOptedOutOfFax",
                                  "IsEmailBounced"]

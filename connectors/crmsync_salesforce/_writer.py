@@ -28,6 +28,7 @@ __all__ = ["Writer"]
 _OBJECT_OF = {"003": "Contact", "00Q": "Lead"}
 _CHUNK = 200
 _EMAILS_PER_QUERY = 100
+_UPLOAD_LIMIT = 100_000_000  # bytes per Bulk 2.0 upload (simple-salesforce's figure)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class Writer:
             if record_id:
                 task.record_id = record_id
                 task.obj = _OBJECT_OF.get(record_id[:3], self.settings.create_object)
+        self._follow_conversions([t for t in tasks if t.obj == "Lead" and t.record_id])
         wanted: dict[str, list[_Task]] = {}
         for task in tasks:
             if task.record_id is None:
@@ -144,6 +146,25 @@ class Writer:
                     for task in wanted.get(str(row.get("Email") or "").lower(), []):
                         if task.record_id is None:
                             task.record_id, task.obj = str(row["Id"]), obj
+
+    def _follow_conversions(self, tasks: list[_Task]) -> None:
+        """A converted Lead is read-only: its changes go to the Contact it became."""
+        ids = sorted({str(t.record_id) for t in tasks})
+        converted: dict[str, str] = {}
+        for start in range(0, len(ids), _CHUNK):
+            soql = format_soql("SELECT Id, ConvertedContactId FROM Lead WHERE Id IN {} "
+                               "AND IsConverted = true", ids[start:start + _CHUNK])
+            try:
+                for row in self.api.query(soql):
+                    if row.get("ConvertedContactId"):
+                        converted[str(row["Id"])] = str(row["ConvertedContactId"])
+            except RemoteError as exc:
+                for task in tasks:
+                    if task.record_id in ids[start:start + _CHUNK]:
+                        task.fail(_from_exception(exc))
+        for task in tasks:
+            if task.record_id in converted:
+                task.record_id, task.obj = converted[str(task.record_id)], "Contact"
 
     def _create(self, tasks: list[_Task]) -> None:
         items = []
@@ -182,25 +203,44 @@ class Writer:
         per_object: dict[str, list[str]] = {}
         for record_id in merged:
             per_object.setdefault(by_record[record_id][0].obj, []).append(record_id)
-        for obj, ids in per_object.items():
-            columns = sorted({name for rid in ids for name in merged[rid]})
-            rows = [[rid, *(self._csv_value(merged[rid], name) for name in columns)]
-                    for rid in ids]
-            try:
-                results = bulk_ingest(self.api, obj, "update", ["Id", *columns], rows)
-            except (BulkJobFailed, RemoteError) as exc:
-                for rid in ids:
-                    for task in by_record[rid]:
-                        task.fail(_from_exception(exc))
-                continue
+        for obj, all_ids in per_object.items():
+            for ids in self._upload_chunks(all_ids, merged):
+                self._update_job(obj, ids, by_record, merged)
+
+    @staticmethod
+    def _upload_chunks(ids: list[str], merged: dict[str, dict[str, Any]]) -> list[list[str]]:
+        """Split so that no upload exceeds the documented 100 MB (one job each)."""
+        chunks: list[list[str]] = [[]]
+        size = 0
+        for rid in ids:
+            row = len(rid) + sum(len(str(v)) + 3 for v in merged[rid].values()) + 1
+            if chunks[-1] and size + row > _UPLOAD_LIMIT:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(rid)
+            size += row
+        return chunks
+
+    def _update_job(self, obj: str, ids: list[str], by_record: dict[str, list[_Task]],
+                    merged: dict[str, dict[str, Any]]) -> None:
+        columns = sorted({name for rid in ids for name in merged[rid]})
+        rows = [[rid, *(self._csv_value(merged[rid], name) for name in columns)]
+                for rid in ids]
+        try:
+            results = bulk_ingest(self.api, obj, "update", ["Id", *columns], rows)
+        except (BulkJobFailed, RemoteError) as exc:
             for rid in ids:
                 for task in by_record[rid]:
-                    if rid in results.failed:
-                        error = results.failed[rid]
-                        task.fail(_failure(error.split(":", 1)[0] or "BULK_ROW_FAILED", error))
-                    elif rid not in results.ok:
-                        task.fail(_failure("BULK_UNPROCESSED", "the Bulk job did not process "
-                                           "this record; it will be retried", retryable=True))
+                    task.fail(_from_exception(exc))
+            return
+        for rid in ids:
+            for task in by_record[rid]:
+                if rid in results.failed:
+                    error = results.failed[rid]
+                    task.fail(_failure(error.split(":", 1)[0] or "BULK_ROW_FAILED", error))
+                elif rid not in results.ok:
+                    task.fail(_failure("BULK_UNPROCESSED", "the Bulk job did not process "
+                                       "this record; it will be retried", retryable=True))
 
     @staticmethod
     def _csv_value(values: dict[str, Any], name: str) -> str:

@@ -110,3 +110,9 @@ def test_soap_login_refused_from_api_65(connect: Any) -> None:
 def test_certificate_is_checked(emulator: SalesforceEmulator, connect: Any) -> None:
     health = connect(ca_bundle=None).check()  # the system CAs do not know the emulator's
     assert not health.ok
+
+
+def test_check_names_fields_the_org_does_not_have(connect: Any) -> None:
+    health = connect(fields=["LastName", "Shoe_Size__c"]).check()
+    assert not health.ok
+    assert "Contact.Shoe_Size__c" in health.detail and "Lead.Shoe_Size__c" in health.detail

@@ -65,11 +65,15 @@ def test_invalid_session_is_refreshed_and_the_call_retried(monkeypatch) -> None:
         if request.headers["Authorization"] == "Bearer token-1":
             return httpx.Response(401, json=[{"message": "Session expired or invalid",
                                               "errorCode": "INVALID_SESSION_ID"}])
+        if request.url.path.endswith("/describe/"):
+            return httpx.Response(200, json={"name": "Contact", "fields": [
+                {"name": n} for n in ("FirstName", "LastName", "HasOptedOutOfEmail",
+                                      "Interests__c")]}, headers=limit(4))
         return httpx.Response(200, json={"DailyApiRequests": {}}, headers=limit(3))
 
     connector = build(monkeypatch, handler)
     assert connector.check().ok
-    assert seen == ["Bearer token-1", "Bearer token-2"]
+    assert seen == ["Bearer token-1", "Bearer token-2", "Bearer token-2"]
 
 
 def test_query_restarts_after_the_last_key_when_the_locator_dies(monkeypatch) -> None:

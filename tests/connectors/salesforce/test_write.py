@@ -167,3 +167,22 @@ def test_session_expiry_mid_bulk_ingest(emulator: SalesforceEmulator, connect: A
     assert emulator.login.logins["jwt"] == 2
     assert emulator.requests["POST /services/data/{version}/jobs/ingest"] == 1
     assert all(c["opted_out"] for c in emulator.state()["contacts"])
+
+
+def test_changes_for_a_converted_lead_go_to_its_contact(emulator: SalesforceEmulator,
+                                                         connect: Any) -> None:
+    lead = emulator.add_lead("convert@example.com")
+    contact_id = emulator.convert_lead(lead)
+    [result] = connect().write([Change(email="convert@example.com", ids={"salesforce": lead},
+                                       fields={"HasOptedOutOfEmail": "true"})])
+    assert result.ok and result.record_id == contact_id
+    assert person(emulator, "convert@example.com")["opted_out"] is True
+
+
+def test_bulk_uploads_are_split_below_the_size_limit(monkeypatch: Any) -> None:
+    from crmsync_salesforce import _writer
+
+    monkeypatch.setattr(_writer, "_UPLOAD_LIMIT", 60)  # two 26-byte rows
+    merged = {f"003{n:015d}": {"HasOptedOutOfEmail": True} for n in range(10)}
+    chunks = _writer.Writer._upload_chunks(list(merged), merged)
+    assert [len(c) for c in chunks] == [2, 2, 2, 2, 2]
