@@ -183,8 +183,8 @@ class LegacyFlavour(SugarFlavour):
         with self._lock:
             if self._session == session:
                 self._session = self._login()
-            session = self._session
-        return self._post(method, {"session": session, **arguments})
+            fresh = self._session or self._login()
+        return self._post(method, {"session": fresh, **arguments})
 
     def close(self) -> None:
         if self._session is not None:

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .sql import Node, SqlError, evaluate, id_candidates, lower_bound, parse_where, pins
-from .store import PERSON_MODULES, Address, Person, TableError, TargetList, stamp
+from .store import PERSON_MODULES, Address, Person, SugarStore, TableError, TargetList, stamp
 
 if TYPE_CHECKING:
     from . import SugarEmulator
@@ -97,7 +97,7 @@ class LegacyApi:
         self.logins = 0
 
     @property
-    def store(self) -> Any:
+    def store(self) -> SugarStore:
         return self.emulator.store
 
     def routes(self) -> list[Route]:
@@ -280,7 +280,8 @@ class LegacyApi:
                     start = datetime.fromisoformat(bound.replace(" ", "T") + "+00:00")
                 return ((people[key[1]], self._person_row(people[key[1]]))
                         for key in self.store.ordered_from(module, start))
-            rows = [(p, self._person_row(p)) for p in people.values()]
+            rows: list[tuple[Any, dict[str, Any]]] = [
+                (p, self._person_row(p)) for p in people.values()]
         elif module == "EmailAddresses":
             pinned_caps = pins(query, "email_addresses").get("email_address_caps")
             chosen_a = [self.store.addresses[self.store.by_caps[c]] for c in pinned_caps
@@ -301,8 +302,9 @@ class LegacyApi:
             column = bits[0].lower()
             if rows and column not in rows[0][1]:
                 raise SqlError(f"unknown column {column}")
-            rows.sort(key=lambda pair, c=column: str(pair[1].get(c) or ""),
-                      reverse=len(bits) > 1 and bits[1].upper() == "DESC")
+            def key(pair: tuple[Any, dict[str, Any]], field: str = column) -> str:
+                return str(pair[1].get(field) or "")
+            rows.sort(key=key, reverse=len(bits) > 1 and bits[1].upper() == "DESC")
         return rows
 
     def _select(self, row: dict[str, Any], select: list[str]) -> dict[str, Any]:
@@ -407,9 +409,10 @@ class LegacyApi:
                       if i in table]
             return self._entries(related, picked, list(args.get("related_fields") or []), [])
         if module in PERSON_MODULES and link == "prospect_lists":
-            picked = [(self.store.lists[i], self._list_row(self.store.lists[i]))
-                      for i in self.store.memberships(module, record_id)]
-            return self._entries("ProspectLists", picked,
+            lists: list[tuple[Any, dict[str, Any]]] = [
+                (self.store.lists[i], self._list_row(self.store.lists[i]))
+                for i in self.store.memberships(module, record_id)]
+            return self._entries("ProspectLists", lists,
                                  list(args.get("related_fields") or []), [])
         return {"entry_list": [], "relationship_list": []}
 
@@ -417,9 +420,10 @@ class LegacyApi:
     def _save(self, module: str, values: dict[str, Any]) -> str:
         record_id = str(values.get("id") or "")
         if module == "EmailAddresses":
-            row = self.store.addresses.get(record_id)
+            row = self.store.addresses.get(record_id) \
+                or self.store.address(str(values.get("email_address") or ""))
             if row is None:
-                row = self.store.address(str(values.get("email_address") or ""))
+                raise TableError("no such EmailAddresses row")
             if "opt_out" in values:
                 self.store.set_opt_out(row, _bit(values["opt_out"]) == "1")
             if "invalid_email" in values:

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from .store import PERSON_MODULES, Address, Person, TableError, TargetList
+from .store import PERSON_MODULES, Address, Person, SugarStore, TableError, TargetList
 
 if TYPE_CHECKING:
     from . import SugarEmulator
@@ -143,7 +143,7 @@ class Filter:
             hit = any(v in wanted for v in values)
             return hit if op == "$in" else not hit
         target = convert(expected)
-        checks = {
+        checks: dict[str, Callable[[Any], bool]] = {
             "$equals": lambda v: v == target, "$not_equals": lambda v: v != target,
             "$starts": lambda v: str(v).startswith(str(target)),
             "$ends": lambda v: str(v).endswith(str(target)),
@@ -214,7 +214,7 @@ class RestApi:
         self._routes = self._build()
 
     @property
-    def store(self) -> Any:
+    def store(self) -> SugarStore:
         return self.emulator.store
 
     # -- routing -----------------------------------------------------------------------
@@ -450,8 +450,9 @@ class RestApi:
     def _sorted(rows: list[Person], order: str) -> list[Person]:
         for part in reversed([p for p in order.split(",") if p.strip()]):
             name, _, direction = part.strip().partition(":")
-            rows.sort(key=lambda p, n=name: str(getattr(p, n, None) or p.fields.get(n) or ""),
-                      reverse=direction.upper() == "DESC")
+            def key(person: Person, field: str = name) -> str:
+                return str(getattr(person, field, None) or person.fields.get(field) or "")
+            rows.sort(key=key, reverse=direction.upper() == "DESC")
         return rows
 
     @staticmethod

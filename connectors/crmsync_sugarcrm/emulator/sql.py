@@ -311,8 +311,9 @@ def lower_bound(node: Node | None, column: str) -> str | None:
         bounds = [b for b in (lower_bound(part, column) for part in node.args) if b]
         return max(bounds) if bounds else None
     if node.kind == "or":
-        bounds = [lower_bound(part, column) for part in node.args]
-        return None if any(b is None for b in bounds) else min(b for b in bounds if b)
+        found = [lower_bound(part, column) for part in node.args]
+        known = [b for b in found if b is not None]
+        return min(known) if known and len(known) == len(found) else None
     return None
 
 
