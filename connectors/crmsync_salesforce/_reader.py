@@ -221,8 +221,10 @@ class Reader:
     def window_missed(self, start: datetime) -> bool:
         """True when deleted records since ``start`` may have left the recycle bin."""
         now = datetime.now(UTC)
-        if now - start < timedelta(minutes=1):
-            return False  # Get Deleted needs a window of more than a minute
+        if now - start < timedelta(seconds=max(60.0, self.settings.deleted_check_after_s)):
+            # Get Deleted needs more than a minute; a recent cursor (a short poll) cannot
+            # have outlived the recycle bin, so the calls are saved.
+            return False
         for obj in self.settings.objects:
             try:
                 body = self.api.json("GET", f"sobjects/{obj}/deleted/", params={

@@ -46,6 +46,8 @@ class SalesforceSettings(ConnectorSettings):
     overlap_seconds: float = Field(300.0, ge=0)
     query_batch_size: int = Field(2000, ge=200, le=2000)
     check_deleted_window: bool = True
+    deleted_check_after_s: float = Field(3600.0, ge=0)
+    """Ask Get Deleted only when the cursor is older than this (short polls skip it)."""
 
     bulk_read_threshold: int = Field(10_000, ge=0)
     bulk_write_threshold: int = Field(2_000, ge=0)

@@ -194,8 +194,10 @@ class Writer:
         if len(merged) > self.settings.bulk_write_threshold:
             self._update_bulk(by_record, merged)
             return
+        # One object after the other: a mixed call is split into chunks per type (10 max).
+        order = sorted(merged, key=lambda rid: by_record[rid][0].obj)
         items = [(by_record[rid], {"attributes": {"type": by_record[rid][0].obj}, "id": rid,
-                                   **values}) for rid, values in merged.items()]
+                                   **merged[rid]}) for rid in order]
         self._batched("PATCH", items)
 
     def _update_bulk(self, by_record: dict[str, list[_Task]],

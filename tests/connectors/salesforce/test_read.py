@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from crmsync.model import Cursor
 from crmsync_salesforce.emulator import SalesforceEmulator
 
@@ -149,3 +151,28 @@ def test_session_expiry_mid_bulk_query_continues_the_job(emulator: SalesforceEmu
     assert sorted(seen) == sorted(f"contact0-{i}@example.com" for i in range(300))
     assert emulator.requests["POST /services/data/{version}/jobs/query"] == 1  # same job
     assert emulator.login.logins["jwt"] == 2
+
+
+def test_failed_bulk_query_job_stops_the_read_before_any_page(emulator: SalesforceEmulator,
+                                                               connect: Any) -> None:
+    from crmsync.errors import RemoteError
+
+    with emulator.lock:
+        emulator.seed(50, 0)
+        emulator.next_bulk_failure = "InternalServerError : query timed out"
+    connector = connect(bulk_read_threshold=10, objects=["Contact"], memberships=False)
+    pages = connector.read(None)
+    with pytest.raises(RemoteError) as failed:
+        next(pages)
+    assert failed.value.code == "BULK_JOB_FAILED" and failed.value.retryable
+    assert "query timed out" in str(failed.value)
+    assert len(emails(list(connector.read(None)))) == 50  # the next run reads everything
+
+
+def test_injected_server_errors_are_retried(emulator: SalesforceEmulator, connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(5, 0)
+    connector = connect()
+    connector.check()
+    emulator.faults.update({"error_count": 1, "error_status": 503})
+    assert len(emails(list(connector.read(None)))) == 5
