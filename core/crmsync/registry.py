@@ -120,6 +120,7 @@ def available(group: str = CONNECTORS) -> list[PluginInfo]:
         failures[ep.name] = explain(ep, exc)
 
     allowed = _allowed()
+    _forget_cached(group)
     manager = ExtensionManager(
         namespace=group,
         invoke_on_load=False,
@@ -138,6 +139,11 @@ def available(group: str = CONNECTORS) -> list[PluginInfo]:
                 plugin = None
         found.append(PluginInfo(ep.name, ep.value, distribution, version, plugin, error))
     return found
+
+
+def _forget_cached(group: str) -> None:
+    # stevedore keeps entry points per process; a plugin installed since must be seen
+    ExtensionManager.ENTRY_POINT_CACHE.pop(group, None)
 
 
 def _check_plugin(group: str, name: str, plugin: Any) -> str | None:
@@ -163,6 +169,7 @@ def _load(group: str, name: str) -> Any:
             f"run `crmsync connectors` to list them, or install the package that provides it",
             name=name,
         )
+    _forget_cached(group)
     try:
         driver = DriverManager(namespace=group, name=name, invoke_on_load=False,
                                on_load_failure_callback=_raise)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from crmsync.config import Config
 from crmsync.runtime import build_batch, open_side, open_store
@@ -13,11 +17,11 @@ from crmsync.testing.memory import store
 
 
 def write_config(tmp: Path, *, mode: str = "files", extra: str = "", resubscribe: str = "never",
-                 space: str | None = None) -> Path:
+                 space: str | None = None, state: str = "sqlite:///state.db") -> Path:
     path = tmp / "crmsync.toml"
     path.write_text(f"""
 [state]
-url = "sqlite:///state.db"
+url = "{state}"
 
 [crm]
 connector = "memory"
@@ -121,9 +125,53 @@ class Pair:
             state.close()
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Pair:
-    path = write_config(tmp_path)
+def _postgres_url() -> str | None:
+    url = os.environ.get("CRMSYNC_TEST_POSTGRES_URL")
+    if not url and os.environ.get("CI"):
+        pytest.fail("CI=true but CRMSYNC_TEST_POSTGRES_URL is not set: the PostgreSQL "
+                    "tests must run in CI (.ci/run starts the server)")
+    return url
+
+
+@contextlib.contextmanager
+def fresh_postgres():
+    """A new, empty PostgreSQL database for one test; dropped afterwards."""
+    url = _postgres_url()
+    if not url:
+        pytest.skip("set CRMSYNC_TEST_POSTGRES_URL to run the PostgreSQL tests")
+    name = f"crmsync_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base, _, _ = url.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    with fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def pair(request, tmp_path: Path):
+    with contextlib.ExitStack() as stack:
+        state = "sqlite:///state.db"
+        if request.param == "postgresql":
+            state = stack.enter_context(fresh_postgres())
+        yield _seeded_pair(tmp_path, state)
+
+
+def _seeded_pair(tmp_path: Path, state: str) -> Pair:
+    path = write_config(tmp_path, state=state)
     pair = Pair(tmp_path, path)
     pair.crm.add("ann@example.com", fields={"FirstName": "Ann", "LastName": "A",
                                             "OptOut": "false", "Interests": "news;tech"},

@@ -3,11 +3,12 @@ running it under uvicorn with a graceful shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,13 +138,31 @@ def serve(service: RealtimeService, host: str, port: int) -> None:
     """Run until SIGINT / SIGTERM: then stop accepting connections, finish the requests
     in progress, let the worker finish the events in hand and leave the rest in the
     inbox (a restart resumes them)."""
-    server = uvicorn.Server(_uvicorn_config(service, host, port))
+    server = _GracefulServer(_uvicorn_config(service, host, port), service)
     service.start()
     log.warning("crmsync serve listening on http://%s:%d", host, port)
     try:
         server.run()
     finally:
         service.stop()
+
+
+class _GracefulServer(uvicorn.Server):
+    """Stops the worker once the HTTP side has shut down, before uvicorn re-raises the
+    signal that stopped it (which would end the process before the worker finished)."""
+
+    def __init__(self, config: uvicorn.Config, service: RealtimeService) -> None:
+        super().__init__(config)
+        self._service = service
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            clean = self._service.stop()
+            if clean:
+                # a clean, requested stop: exit 0 rather than die of the signal
+                self._captured_signals.clear()
 
 
 class ServerThread:

@@ -482,15 +482,21 @@ class StateStore:
         A contact whose first event waits for a retry blocks its later events, so a
         contact's events are applied in the order they were received.
         """
-        now = now or _now()
-        earlier = t.inbox.alias("earlier")
-        blocked = select(earlier.c.id).where(and_(
-            earlier.c.contact == t.inbox.c.contact, earlier.c.status == "pending",
-            earlier.c.id < t.inbox.c.id)).exists()
+        # The worker runs this query many times a second: it is built once per store.
+        query = getattr(self, "_inbox_heads_query", None)
+        if query is None:
+            from sqlalchemy import bindparam
+
+            earlier = t.inbox.alias("earlier")
+            blocked = select(earlier.c.id).where(and_(
+                earlier.c.contact == t.inbox.c.contact, earlier.c.status == "pending",
+                earlier.c.id < t.inbox.c.id)).exists()
+            query = (select(t.inbox).where(and_(
+                t.inbox.c.status == "pending", t.inbox.c.next_attempt_at <= bindparam("now"),
+                ~blocked)).order_by(t.inbox.c.id).limit(bindparam("limit")))
+            self._inbox_heads_query = query
         with self.begin() as conn:
-            rows = conn.execute(select(t.inbox).where(and_(
-                t.inbox.c.status == "pending", t.inbox.c.next_attempt_at <= now, ~blocked))
-                .order_by(t.inbox.c.id).limit(limit)).all()
+            rows = conn.execute(query, {"now": now or _now(), "limit": limit}).all()
         return [dict(row._mapping) for row in rows]
 
     def inbox_next_due(self) -> datetime | None:

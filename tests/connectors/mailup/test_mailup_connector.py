@@ -334,3 +334,13 @@ def test_bulk_replaces_group_sets(make_connector, emulator, control):
     assert contact(emulator, "bg2@example.com")["lists"]["1"] == {
         "status": "unsubscribed", "groups": []}
     assert contact(emulator, "bg3@example.com")["lists"]["1"]["groups"] == ["news"]
+
+
+def test_unsubscribe_of_an_unknown_address_is_recorded_as_opt_out(connector, emulator, control):
+    control.delete("/requests")
+    [result] = connector.write([change("never@example.com", sub("1", Status.UNSUBSCRIBED))])
+    assert result.ok
+    assert status_of(emulator, "never@example.com") == "unsubscribed"
+    assert requests_of(control)[f"POST {PREFIX}/List/{{id}}/Recipients"] == 1
+    [again] = connector.write([change("never@example.com", sub("1", Status.SUBSCRIBED))])
+    assert again.ok and status_of(emulator, "never@example.com") == "unsubscribed"

@@ -176,3 +176,17 @@ def test_an_address_change_keeps_the_record(vtiger_server, vtiger_connector):
                                        previous_email="contact0-1@example.com")])
     assert result.ok and result.record_id == "12x3"
     assert state_of(server, "renamed@example.com")["ids"] == {"vtiger": "12x3"}
+
+
+def test_unknown_and_read_only_fields_are_refused_before_any_write(vtiger_server,
+                                                                   vtiger_connector):
+    server = vtiger_server(contacts=3)
+    connector = vtiger_connector(server)
+    results = connector.write([
+        Change(email="contact0-1@example.com", fields={"HasOptedOutOfEmail": "true"}),
+        Change(email="contact0-1@example.com", fields={"modifiedtime": "2020-01-01T00:00:00Z"}),
+    ])
+    assert [(r.ok, r.code) for r in results] == [(False, "UNKNOWN_FIELD"),
+                                                 (False, "READ_ONLY_FIELD")]
+    assert "describe" in results[0].error
+    assert "revise" not in operations(server)

@@ -1,0 +1,5 @@
+"""``python -m crmsync`` is the ``crmsync`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,36 @@
+"""Development sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pass pytest arguments after --)."""
+    session.install("-e", ".[test]", "-e", "docs/examples/crmsync-example-connector")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff on the whole tree."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "core", "connectors", "tests", *session.posargs)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict) on the vendor-neutral core."""
+    session.install("-e", ".[test]", "mypy>=1.10")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmarks: each prints one table."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/batch.py", *session.posargs)

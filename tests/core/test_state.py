@@ -1,0 +1,152 @@
+"""The state store, the same tests on SQLite and on a real PostgreSQL.
+
+PostgreSQL comes from CRMSYNC_TEST_POSTGRES_URL (``.ci/run`` starts one). Outside CI
+its absence skips those tests; in CI (CI=true) it fails the run, so they can never
+be skipped silently.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from crmsync.errors import StateError
+from crmsync.model import Change, Cursor, Status, Subscription
+from crmsync.state import JournalEntry, Snapshot, StateStore
+from crmsync.state.migrations import MIGRATIONS
+
+
+@pytest.fixture
+def store(db_url):
+    store = StateStore(db_url)
+    yield store
+    store.close()
+
+
+def test_migrates_once_and_records_version(db_url) -> None:
+    first = StateStore(db_url)
+    assert first.version == len(MIGRATIONS)
+    first.close()
+    again = StateStore(db_url)  # idempotent
+    assert again.version == len(MIGRATIONS)
+    again.close()
+
+
+def test_refuses_a_newer_schema(db_url) -> None:
+    store = StateStore(db_url)
+    with store.begin() as conn:
+        conn.execute(text("UPDATE crmsync_schema_version SET version = 99"))
+    store.close()
+    with pytest.raises(StateError, match="newer than this crmsync"):
+        StateStore(db_url)
+
+
+def test_cursor_round_trip_in_utc(store) -> None:
+    assert store.get_cursor("crm") is None
+    at = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    with store.begin() as conn:
+        store.set_cursor(conn, "crm", Cursor(at=at, tie_id="003A", data={"locator": "x"}))
+    cursor = store.get_cursor("crm")
+    assert cursor.at == at and cursor.at.tzinfo is not None
+    assert cursor.tie_id == "003A" and cursor.data == {"locator": "x"}
+    with store.begin() as conn:
+        store.set_cursor(conn, "crm", Cursor(at=at + timedelta(hours=1), tie_id="003B"))
+    assert store.get_cursor("crm").tie_id == "003B"
+
+
+def test_identity_by_id_then_email_and_email_change_keeps_key(store) -> None:
+    with store.begin() as conn:
+        [(key, created, _)] = store.resolve(conn, [("sf", "003A", "ann@example.com")])
+        assert created
+        # the ESP knows her only by email: same person
+        [(same, created, _)] = store.resolve(conn, [("mailup", None, "ann@example.com")])
+        assert same == key and not created
+        # her email changes in the CRM: same key, previous email reported
+        [(moved, created, previous)] = store.resolve(conn, [("sf", "003A", "ann@new.example")])
+        assert moved == key and not created and previous == "ann@example.com"
+        assert store.emails(conn, [key]) == {key: "ann@new.example"}
+        assert store.record_ids(conn, "sf", [key]) == {key: "003A"}
+
+
+def test_snapshots_upsert(store) -> None:
+    now = datetime.now(UTC)
+    snap = Snapshot("k1", "1", Status.SUBSCRIBED, frozenset({"a"}), Status.SUBSCRIBED, "h1",
+                    now, "crm:x")
+    with store.begin() as conn:
+        store.put_snapshots(conn, [snap])
+        store.put_snapshots(conn, [Snapshot("k1", "1", Status.UNSUBSCRIBED, frozenset({"a"}),
+                                            Status.SUBSCRIBED, "h2", now, "esp:y")])
+        found = store.snapshots(conn, ["k1"])
+    assert found[("k1", "1")].status == Status.UNSUBSCRIBED
+    assert found[("k1", "1")].groups == frozenset({"a"})
+    assert store.status_counts() == {"1": {"unsubscribed": 1}}
+
+
+def test_journal_is_append_only_and_searchable(store) -> None:
+    with store.begin() as conn:
+        store.append_journal(conn, [JournalEntry("k1", "ann@example.com", "1", "subscribed",
+                                                 "unsubscribed", "crm", "esp:mailup", "link")])
+        store.append_journal(conn, [JournalEntry("k2", "bob@example.com", "1", None,
+                                                 "subscribed", "esp", "crm:sf")])
+    entries = store.journal(email="ann@example.com")
+    assert [(e["new_status"], e["source"]) for e in entries] == [("unsubscribed", "esp:mailup")]
+    assert len(store.journal()) == 2
+
+
+def test_runs_history(store) -> None:
+    run = store.start_run("batch", full=True, dry_run=False)
+    store.finish_run(run, "succeeded", {"crm_read": 3})
+    [last] = store.runs(1)
+    assert last["id"] == run and last["status"] == "succeeded" and last["stats"]["crm_read"] == 3
+
+
+def test_outbox_stage_pending_done(store) -> None:
+    with store.begin() as conn:
+        store.stage(conn, "crm", [{"payload": {"n": i}} for i in range(5)], batch="b1")
+    rows = store.pending("crm", limit=3)
+    assert [r["payload"]["n"] for r in rows] == [0, 1, 2]
+    with store.begin() as conn:
+        store.outbox_done(conn, [r["id"] for r in rows])
+    assert [r["payload"]["n"] for r in store.pending("crm")] == [3, 4]
+    assert store.count_pending() == {"crm": 2}
+    assert store.pending_batches("crm") == ["b1"]
+
+
+def test_inbox_dedupes_retries_and_dead_letters(store) -> None:
+    change = Change(email="ann@example.com", subscriptions={"1": Subscription(
+        list_id="1", status=Status.UNSUBSCRIBED)}, event_id="ev1")
+    assert store.inbox_put("esp", "ev1", [change]) is True
+    assert store.inbox_put("esp", "ev1", [change]) is False  # redelivery stored once
+    [event] = store.inbox_due()
+    assert event["contact"] == "ann@example.com"
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    store.inbox_retry(event["id"], "ESP down", later)
+    assert store.inbox_due() == []
+    assert store.inbox_blocked_contacts() == {"ann@example.com"}
+    [event] = store.inbox_due(now=later + timedelta(seconds=1))
+    store.inbox_dead(event, "gave up")
+    assert store.inbox_counts() == {"dead": 1}
+    [dead] = store.dead_letters()
+    assert dead["error"] == "gave up" and dead["attempts"] == 2
+    assert store.replay_dead_letters() == 1
+    assert store.inbox_counts() == {"pending": 1}
+    assert store.dead_letters() == []
+
+
+def test_files_progress(store) -> None:
+    with store.begin() as conn:
+        store.set_file(conn, "a.csv", direction="out", run_id="r1", status="staged", rows=3,
+                       sha256="abc", info={"cursor": None})
+    assert store.file("a.csv")["status"] == "staged"
+    assert [f["name"] for f in store.files_in("out", ["staged"])] == ["a.csv"]
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    with pytest.raises(StateError, match="cannot open the state store at postgresql"):
+        StateStore("postgresql+psycopg://user:secret@127.0.0.1:9/db")
+    try:
+        StateStore("postgresql+psycopg://user:secret@127.0.0.1:9/db")
+    except StateError as exc:
+        assert "secret" not in str(exc)
