@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import httpx
 
@@ -61,8 +61,8 @@ class VtigerConnector(Connector):
                              access_key=self.settings.access_key.get_secret_value())
         self._codecs: dict[str, FieldCodec] = {}
         self._codec_lock = threading.Lock()
-        self.reader = ContactReader(self.api, _Lazy(self, "Contacts"),  # type: ignore[arg-type]
-                                    self.settings, self.name, self._memberships)
+        self.reader = ContactReader(self.api, self.codec, self.settings, self.name,
+                                    self._memberships)
 
     # -- schema ---------------------------------------------------------------------------
     def codec(self, module: str = "Contacts") -> FieldCodec:
@@ -135,13 +135,3 @@ class VtigerConnector(Connector):
         if self._owns_http:
             self._client.close()
 
-
-class _Lazy:
-    """A codec fetched on first use, so building a connector makes no call."""
-
-    def __init__(self, connector: VtigerConnector, module: str) -> None:
-        self._connector = connector
-        self._module = module
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._connector.codec(self._module), name)

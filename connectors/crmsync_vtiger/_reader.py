@@ -93,15 +93,21 @@ class Memberships:
 class ContactReader:
     """Yields pages of contacts for one read; see the module docstring for the how."""
 
-    def __init__(self, api: VtigerApi, codec: FieldCodec, settings: VtigerSettings,
-                 name: str, memberships: Callable[[], Memberships]) -> None:
+    def __init__(self, api: VtigerApi, codec: Callable[[], FieldCodec],
+                 settings: VtigerSettings, name: str,
+                 memberships: Callable[[], Memberships]) -> None:
         self.api = api
-        self.codec = codec
+        self._codec = codec
         self.settings = settings
         self.name = name
         self._memberships = memberships
         self.warned_owner_scope = False
         self.skipped_without_email = 0
+
+    @property
+    def codec(self) -> FieldCodec:
+        """The Contacts codec, described on first use (building a reader makes no call)."""
+        return self._codec()
 
     # -- entry points -------------------------------------------------------------------
     def full(self) -> Iterator[Page]:

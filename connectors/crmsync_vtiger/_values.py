@@ -83,6 +83,8 @@ class FieldCodec:
         }
         self.mandatory = [str(f["name"]) for f in describe.get("fields", [])
                           if f.get("mandatory")]
+        self.editable = frozenset(str(f["name"]) for f in describe.get("fields", [])
+                                  if f.get("editable", True))
         self.tz = ZoneInfo(timezone)
 
     def parse_time(self, raw: str) -> datetime:

@@ -129,6 +129,14 @@ class ContactWriter:
         for field, value in change.fields.items():
             if field == "id":
                 continue
+            if field not in self.codec.types:
+                raise RemoteError(f"vTiger {self.codec.module} has no field {field!r}: check "
+                                  "the field names in [fields] and [[lists]] against "
+                                  "`describe` (custom fields are named cf_<n>)",
+                                  code="UNKNOWN_FIELD")
+            if field not in self.codec.editable:
+                raise RemoteError(f"vTiger field {field!r} is read-only: remove it from the "
+                                  "fields crmsync writes", code="READ_ONLY_FIELD")
             try:
                 values[field] = self.codec.to_vtiger(field, value)
             except ValueError as exc:
