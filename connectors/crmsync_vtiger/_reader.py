@@ -31,6 +31,8 @@ __all__ = ["ContactReader", "Memberships", "deleted_email"]
 
 log = logging.getLogger("crmsync_vtiger")
 PAGE_SIZE = ROW_CAP
+# what reading needs whatever the settings ask for
+REQUIRED_COLUMNS = ("id", "email", "emailoptout", "modifiedtime", "assigned_user_id")
 
 
 def deleted_email(ws_id: str) -> str:
@@ -138,6 +140,12 @@ class ContactReader:
         yield from self._pages(stream, members, data)
 
     # -- the three sources --------------------------------------------------------------
+    def _columns(self) -> str:
+        if self.settings.fields is None:
+            return "*"
+        wanted = dict.fromkeys([*REQUIRED_COLUMNS, *self.settings.fields])
+        return ",".join(wanted)
+
     def _query(self, statement: str) -> list[Mapping[str, Any]]:
         return list(self.api.call("query", {"query": statement}) or [])
 
@@ -145,7 +153,8 @@ class ContactReader:
         bound, strict, seen = start, False, set[str]()
         while True:
             where = f"modifiedtime {'>' if strict else '>='} {literal(bound)}" if bound else ""
-            rows = self._query(select("Contacts", where=where, order_by="modifiedtime"))
+            rows = self._query(select("Contacts", columns=self._columns(), where=where,
+                                      order_by="modifiedtime"))
             if len(rows) >= ROW_CAP and rows[0]["modifiedtime"] == rows[-1]["modifiedtime"]:
                 stamp = str(rows[0]["modifiedtime"])
                 yield from self._drain(stamp, seen if stamp == bound else set())
@@ -165,7 +174,8 @@ class ContactReader:
         """Every record stamped ``stamp``, paged by id (ties need a stable order)."""
         offset = 0
         while True:
-            rows = self._query(select("Contacts", where=f"modifiedtime = {literal(stamp)}",
+            rows = self._query(select("Contacts", columns=self._columns(),
+                                      where=f"modifiedtime = {literal(stamp)}",
                                       order_by="id", offset=offset))
             for row in rows:
                 if row["id"] not in skip:

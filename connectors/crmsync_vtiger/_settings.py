@@ -28,6 +28,9 @@ class VtigerSettings(ConnectorSettings):
                                  "returns datetimes in ($default_timezone in config.inc.php)")
     campaigns: list[str] | None = Field(None, description="campaign ids whose membership "
                                         "is read (12 or 1x12); unset = every campaign, [] = none")
+    fields: list[str] | None = Field(None, description="columns read with VTQL (id, email, "
+                                     "emailoptout, modifiedtime and assigned_user_id are "
+                                     "always read); unset = every field")
     incremental: Literal["auto", "sync", "query"] = Field(
         "auto", description="auto = sync for the API user's records plus VTQL for records "
         "other users own; sync = trust sync alone (a server patched to honour sync_type); "

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+import pytest
+
+from crmsync.errors import RemoteError
 from crmsync.model import Change, Cursor
 
 
@@ -153,3 +156,17 @@ def test_contacts_without_an_address_are_skipped(vtiger_server, vtiger_connector
     connector = vtiger_connector(server)
     assert len(contacts(connector.read(None))) == 3
     assert connector.reader.skipped_without_email == 1
+
+
+def test_fields_setting_narrows_the_columns_read(vtiger_server, vtiger_connector):
+    server = vtiger_server(contacts=5)
+    connector = vtiger_connector(server, fields=["firstname", "cf_901"], campaigns=[])
+    [first, *_] = contacts(connector.read(None))
+    assert set(first.fields) == {"email", "emailoptout", "modifiedtime", "assigned_user_id",
+                                 "firstname", "cf_901"}
+    queries = [c["query"]["query"] for c in server.emulator.calls if c["operation"] == "query"]
+    assert queries[0].startswith(
+        "select id,email,emailoptout,modifiedtime,assigned_user_id,firstname,cf_901 from")
+    wrong = vtiger_connector(server, fields=["nosuchfield"], campaigns=[])
+    with pytest.raises(RemoteError, match="misspelt"):
+        list(wrong.read(None))
