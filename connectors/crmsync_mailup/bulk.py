@@ -72,7 +72,7 @@ class BulkImporter:
             self._start(f"Group/{gid}/Recipients", rows, {}, started, failures)
         for import_id, indices in started:
             try:
-                self._wait(import_id)
+                self.wait(import_id)
             except CrmsyncError as exc:
                 for index in indices:
                     failures.setdefault(index, _failed(exc))
@@ -119,7 +119,8 @@ class BulkImporter:
                 continue
             started.append((import_id, indices))
 
-    def _wait(self, import_id: str) -> dict[str, Any]:
+    def wait(self, import_id: str) -> dict[str, Any]:
+        """Poll ``GET /Import/{idImport}`` until ``Completed`` (or ``import_timeout_s``)."""
         deadline = self._clock() + self.settings.import_timeout_s
         while True:
             status = self.api.import_status(import_id)

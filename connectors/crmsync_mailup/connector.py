@@ -274,7 +274,8 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
                     found = api.find(change.email, [list_id])
                     target = found[0] if found else None
                 if target is None:
-                    continue  # MailUp cannot hold a recipient who never subscribed
+                    self._import_opt_out(list_id, body)
+                    continue
                 api.unsubscribe(list_id, target)
                 rid = target
             else:
@@ -291,6 +292,14 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
             api.update(recipient_body(change.email, change.fields, self.settings.field_ids,
                                       recipient_id=rid))
         return WriteResult(ok=True, record_id=rid)
+
+    def _import_opt_out(self, list_id: str, body: dict[str, Any]) -> None:
+        # Not found by the (case-sensitive) filter: let MailUp match the address itself
+        # with a one-row opt-out import. An address it does not know is recorded as
+        # "imported as opt-out", so no later default import can subscribe it.
+        import_id = self.api.start_import(f"List/{list_id}/Recipients", [body],
+                                          {"importType": "asOptout"})
+        self.bulk.wait(import_id)
 
     def _subscribe(self, list_id: str, sub: Subscription, body: dict[str, Any]) -> str:
         if (sub.explicit and sub.status is Status.SUBSCRIBED

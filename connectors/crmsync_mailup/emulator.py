@@ -29,6 +29,7 @@ Control routes added to the harness's (all under ``/_emulator/``)::
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import hashlib
 import io
@@ -339,7 +340,10 @@ class MailUpEmulator(Emulator):
             self._schedule(hook, delivery)
 
     def _schedule(self, hook: dict[str, Any], delivery: dict[str, Any]) -> None:
-        loop = self._loop
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = self._loop  # called from another thread: hand over to the server's loop
         if loop is not None and loop.is_running():
             def start() -> None:
                 task = loop.create_task(self._deliver_async(hook, delivery))
@@ -832,6 +836,13 @@ class MailUpEmulator(Emulator):
     async def _token(self, request: Request) -> Response:
         raw = (await request.body()).decode("utf-8", errors="replace")
         form = dict(parse_qsl(raw, keep_blank_values=True))
+        basic = request.headers.get("authorization", "")
+        if basic.lower().startswith("basic ") and "client_id" not in form:
+            try:
+                pair = base64.b64decode(basic[6:].strip()).decode()
+            except (ValueError, UnicodeDecodeError):
+                pair = ""
+            form["client_id"], _, form["client_secret"] = pair.partition(":")
         client_id, client_secret, username, password = self.credentials
         if form.get("client_id") != client_id or form.get("client_secret") != client_secret:
             return JSONResponse({"error": "invalid_client",
