@@ -4,7 +4,7 @@
 
 Runs the real connector against the emulator (both flavours serve one store) and counts
 the HTTP requests the emulator received. The naive client is also run for real, on a
-smaller store (``--naive-contacts``, default 10k) because its offset paging is slow to
+smaller store (``--naive-contacts``, default 2k) because its offset paging is slow to
 emulate, and its count is scaled linearly (its calls grow as N / page + per record):
 
 - naive read: offset paging at the API's default page size (REST ``max_num`` 20,
@@ -149,7 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=100_000)
     parser.add_argument("--writes", type=int, default=10_000)
-    parser.add_argument("--naive-contacts", type=int, default=10_000)
+    parser.add_argument("--naive-contacts", type=int, default=2_000)
     args = parser.parse_args()
     scale = args.contacts / args.naive_contacts
     naive_writes = max(1, args.writes // round(scale))
