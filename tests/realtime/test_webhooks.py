@@ -11,11 +11,11 @@ def test_esp_unsubscribe_webhook_opts_the_contact_out_in_the_crm(serve_pair) -> 
     response = rt.post_esp(esp_unsubscribe("ann@example.com", event_id="u-1"))
     assert response.status_code == 200 and response.text == "OK"
     eventually(lambda: rt.crm_record("ann@example.com")["fields"]["OptOut"] == "true")
+    eventually(rt.idle)
     entries = [e for e in rt.journal("ann@example.com") if e["list_id"] == "1"
                and e["new_status"] == "unsubscribed"]
     assert len(entries) == 1 and entries[0]["applied_to"] == "crm"
     assert entries[0]["event_id"] == "u-1" and entries[0]["source"] == "esp:memory-esp"
-    eventually(rt.idle)
     assert rt.state.inbox_counts() == {"done": 1}
 
 
