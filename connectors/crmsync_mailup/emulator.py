@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -46,7 +47,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import parse_qsl, quote, urlencode
 
 import httpx
@@ -112,6 +113,19 @@ def _num(value: Any, default: float | None) -> float | None:
         return default
     number = float(value)
     return number or None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """Run under the emulator's (re-entrant) lock: tests and the demo call these directly
+    while the server thread serves requests."""
+    @functools.wraps(method)
+    def wrapper(self: MailUpEmulator, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return cast(F, wrapper)
 
 
 class _Call:
@@ -393,6 +407,7 @@ class MailUpEmulator(Emulator):
             return bool(delivery["delivered"])
 
     # -- harness hooks -----------------------------------------------------------------------
+    @_locked
     def unsubscribe(self, email: str, list_id: str) -> dict[str, Any]:
         """A recipient clicks "unsubscribe" in a message (type 2, subtype 21)."""
         rec = self.find(email)
@@ -1013,6 +1028,7 @@ class MailUpEmulator(Emulator):
             raise KeyError(email)
         return rec
 
+    @_locked
     def confirm(self, body: dict[str, Any]) -> dict[str, Any]:
         rec, list_id = self._known(body["email"]), str(body["list"])
         if rec["lists"].get(list_id, {}).get("status") != "pending":
@@ -1021,6 +1037,7 @@ class MailUpEmulator(Emulator):
         self._fire("SUBSCRIBE", rec, list_id, "RECIPIENT")
         return {"email": rec["email"], "list": list_id, "status": "subscribed"}
 
+    @_locked
     def form_subscribe(self, body: dict[str, Any]) -> dict[str, Any]:
         list_id = str(body["list"])
         self._list(list_id)
@@ -1046,6 +1063,7 @@ class MailUpEmulator(Emulator):
             wanted.add(match[0])
         rec["lists"][list_id]["groups"] = wanted
 
+    @_locked
     def change_profile(self, body: dict[str, Any]) -> dict[str, Any]:
         rec, list_id = self._known(body["email"]), str(body["list"])
         names = {v: k for k, v in self.fields.items()}
@@ -1056,6 +1074,7 @@ class MailUpEmulator(Emulator):
         self._fire("CHANGEPROFILE", rec, list_id, "RECIPIENT")
         return {"email": rec["email"]}
 
+    @_locked
     def change_email(self, body: dict[str, Any]) -> dict[str, Any]:
         rec = self._known(body["email"])
         new = str(body["new_email"]).strip().lower()
@@ -1072,6 +1091,7 @@ class MailUpEmulator(Emulator):
             self._fire("SUBSCRIBE", rec, list_id, "CONSOLE")
         return {"email": new, "previous_email": old}
 
+    @_locked
     def bounce(self, body: dict[str, Any]) -> dict[str, Any]:
         rec = self._known(body["email"])
         kind = body.get("kind", "hard")
@@ -1086,6 +1106,7 @@ class MailUpEmulator(Emulator):
                 self._fire("UNSUBSCRIBE", rec, list_id, "RECIPIENT", reason=str(code))
         return {"email": rec["email"], "lists": targets}
 
+    @_locked
     def console_delete(self, body: dict[str, Any]) -> dict[str, Any]:
         rec = self._known(body["email"])
         lists = list(rec["lists"]) or [None]
@@ -1096,6 +1117,7 @@ class MailUpEmulator(Emulator):
         self.by_email.pop(rec["email"], None)
         return {"email": rec["email"], "deleted": True}
 
+    @_locked
     def configure(self, body: dict[str, Any]) -> dict[str, Any]:
         unknown = set(body) - {"rate_limit", "token_ttl", "import_polls",
                                "webhook_retry_delays"}
@@ -1120,6 +1142,7 @@ class MailUpEmulator(Emulator):
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    @_locked
     def import_files(self) -> dict[str, Any]:
         """Import every complete file in ``in/`` (its manifest present and matching)."""
         inbox = self._space("in")
@@ -1230,6 +1253,7 @@ class MailUpEmulator(Emulator):
                 wanted.add(gid)
         rec["lists"][list_id]["groups"] = wanted
 
+    @_locked
     def export_unsubscribers(self) -> dict[str, Any]:
         """Write the unsubscribers since the last export to ``out/`` (atomically)."""
         out = self._space("out")

@@ -33,11 +33,12 @@ class MailUpSettings(ConnectorSettings):
     base_url: str = CONSOLE_URL
     auth_url: str = AUTH_URL
     transactional_url: str = TRANSACTIONAL_URL
-    client_id: str = ""
+    client_id: str = Field("", description="the OAuth client id of your MailUp console")
     client_secret: SecretStr = SecretStr("")
-    username: str = ""
+    username: str = Field("", description="the console user, e.g. m12345")
     password: SecretStr = SecretStr("")
-    transactional_username: str | None = None  # an SMTP+ user, sNNNNN_NN
+    transactional_username: str | None = Field(
+        None, description="an SMTP+ user (sNNNNN_NN) for the Transactional API")
     transactional_secret: SecretStr | None = None
     ca_path: str | None = None  # a CA bundle to trust (an emulator's throw-away CA)
     timeout_s: float = 30.0
@@ -45,25 +46,35 @@ class MailUpSettings(ConnectorSettings):
     # -- pacing and paging -----------------------------------------------------------------
     rate: float | None = Field(5.0, description="calls per second; MailUp allows 5")
     retries: int = Field(5, ge=1, le=20)
-    page_size: int = Field(20, ge=1, le=1000)
-    lists: list[str] | None = None  # the lists read() covers; None = every list
+    page_size: int = Field(20, ge=1, le=1000,
+        description="pageSize of listings (20 is MailUp's default)")
+    lists: list[str] | None = Field(None, description="the lists read() covers; unset = every list")
     read_overlap_s: float = 300.0
     api_timezone: str = "UTC"  # the zone of EmailOptins dates (UNCONFIRMED)
 
     # -- recipients ------------------------------------------------------------------------
-    field_ids: dict[str, int] = Field(default_factory=dict)
-    resubscribe: Literal["confirm", "force", "never"] = "confirm"
+    field_ids: dict[str, int] = Field(
+        default_factory=dict,
+        description="ESP field name -> MailUp field id 1..39, e.g. { name = 1 }")
+    resubscribe: Literal["confirm", "force", "never"] = Field(
+        "confirm",
+        description="an explicit opt-in of an unsubscribed recipient: confirm | force | never")
     create_groups: bool = True
     empty_groups_clear: bool = False  # an empty group set removes every group
 
     # -- bulk import -----------------------------------------------------------------------
-    bulk_threshold: int = Field(50, ge=0)
+    bulk_threshold: int = Field(50, ge=0,
+        description="more changes than this in one write -> async import")
     import_poll_s: float = 1.0
     import_timeout_s: float = 1800.0
 
     # -- webhooks --------------------------------------------------------------------------
-    webhook_params: dict[str, str] = Field(default_factory=dict)
-    webhook_events: dict[str, str] = Field(default_factory=dict)  # callback path -> event
+    webhook_params: dict[str, str] = Field(
+        default_factory=dict,
+        description="webhook parameter name -> placeholder, e.g. { eml = \"[Email]\" }")
+    webhook_events: dict[str, str] = Field(
+        default_factory=dict,
+        description="callback path -> SUBSCRIBE | UNSUBSCRIBE | CHANGEPROFILE | DELETE")
     webhook_default_event: str | None = None
     webhook_key: SecretStr | None = None
     webhook_timezone: str = "Europe/Rome"
@@ -73,7 +84,8 @@ class MailUpSettings(ConnectorSettings):
     file_quotechar: Literal['"', "'"] = '"'
     file_quoting: Literal["minimal", "all"] = "minimal"
     file_encoding: Literal["utf-8", "utf-8-sig", "cp1252"] = "utf-8"
-    file_status_column: str = "Status"
+    file_status_column: str = Field("Status",
+        description="the import column carrying OPTIN / PENDING / OPTOUT")
     file_status_values: dict[str, str] = Field(
         default_factory=lambda: {"subscribed": "OPTIN", "pending": "PENDING",
                                  "unsubscribed": "OPTOUT"})
