@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,5 +69,3 @@ def connect(emulator: SalesforceEmulator, monkeypatch: pytest.MonkeyPatch
 def connector(connect: Any) -> SalesforceConnector:
     return connect()
 
-
-os.environ.setdefault("CRMSYNC_CONNECTORS", "")
