@@ -42,9 +42,10 @@ class VtigerSettings(ConnectorSettings):
                                  "creates (19x5); unset = the API user")
     default_lastname: str = Field("", description="lastname of a contact created without "
                                   "one (vTiger requires it); empty = the address's local part")
-    webhook_secret: SecretStr | None = Field(None, description="shared secret the vTiger "
-                                             "Cloud Webhook action sends (header "
-                                             "X-Crmsync-Secret or parameter crmsync_secret)")
+    webhook_secret: SecretStr | None = Field(None, description="an extra secret the vTiger "
+                                             "Cloud Webhook action must send (parameter "
+                                             "crmsync_secret or header X-Vtiger-Secret), on "
+                                             "top of crmsync serve's endpoint secret")
     ca_path: str | None = Field(None, description="a CA bundle to trust (a private CA)")
     rate: float | None = Field(None, description="at most this many API calls per second")
     timeout: float = Field(30.0, description="seconds before an API call times out")

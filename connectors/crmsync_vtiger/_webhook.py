@@ -3,8 +3,13 @@
 Open-source vTiger has no webhook task (poll with ``sync`` instead); vTiger Cloud's
 workflow action POSTs (or GETs / PUTs) the fields the admin maps, as a form, JSON or
 query parameters. Name the parameters after the vTiger fields (``id``, ``email``,
-``emailoptout``, ``modifiedtime``...) and add the shared secret as a header
-``X-Crmsync-Secret`` or a parameter ``crmsync_secret``: a delivery without it is refused.
+``emailoptout``, ``modifiedtime``...).
+
+``crmsync serve`` authenticates the endpoint before the connector sees anything (its
+secret in the URL ``/hooks/crm/<secret>`` or the ``X-Crmsync-Secret`` header). When
+``webhook_secret`` is set, the connector also wants it in the delivery (a parameter
+``crmsync_secret`` or a header ``X-Vtiger-Secret``), for set-ups that put another proxy
+in front.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ._values import FieldCodec, WsId
 
 __all__ = ["SECRET_HEADER", "SECRET_PARAM", "decode_webhook"]
 
-SECRET_HEADER = "X-Crmsync-Secret"  # noqa: S105 - a header name
+SECRET_HEADER = "X-Vtiger-Secret"  # noqa: S105 - a header name
 SECRET_PARAM = "crmsync_secret"  # noqa: S105 - a parameter name
 _ID_KEYS = ("id", "record_id", "recordId", "crmid")
 
@@ -62,15 +67,13 @@ def _params(request: InboundRequest) -> dict[str, str]:
 def decode_webhook(request: InboundRequest, *, secret: SecretStr | None, name: str,
                    codec: Callable[[], FieldCodec]) -> list[Change]:
     """One delivery -> one change, or :class:`EventRejected` (401 forged, 400 garbled)."""
-    if secret is None or not secret.get_secret_value():
-        raise EventRejected("vTiger webhooks are refused until webhook_secret is set "
-                            "(CRMSYNC_VTIGER_WEBHOOK_SECRET) and sent by the workflow as "
-                            f"header {SECRET_HEADER}", status=401)
     params = _params(request)
-    given = request.header(SECRET_HEADER) or params.pop(SECRET_PARAM, "")
+    given = request.header(SECRET_HEADER) or params.get(SECRET_PARAM, "")
     params.pop(SECRET_PARAM, None)
-    if not hmac.compare_digest(given.encode(), secret.get_secret_value().encode()):
-        raise EventRejected(f"vTiger webhook without the right {SECRET_HEADER}", status=401)
+    if secret is not None and secret.get_secret_value() and not hmac.compare_digest(
+            given.encode(), secret.get_secret_value().encode()):
+        raise EventRejected(f"vTiger webhook without the right {SECRET_PARAM} parameter or "
+                            f"{SECRET_HEADER} header (webhook_secret)", status=401)
     raw_id = next((params.pop(k) for k in _ID_KEYS if params.get(k)), "")
     email = params.get("email", "").strip()
     if not raw_id or not email:

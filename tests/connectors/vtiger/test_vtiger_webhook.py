@@ -29,7 +29,7 @@ def form(values, **headers):
 def test_a_form_delivery_with_the_secret_header(connector):
     [change] = connector.decode_event(form(
         {"id": "12x3", "email": "Contact0-1@Example.com", "emailoptout": "1",
-         "modifiedtime": "2026-11-28 05:58:29"}, **{"X-Crmsync-Secret": SECRET}))
+         "modifiedtime": "2026-11-28 05:58:29"}, **{"X-Vtiger-Secret": SECRET}))
     assert change.email == "contact0-1@example.com"
     assert change.ids == {"vtiger": "12x3"}
     assert change.fields["emailoptout"] == "true"
@@ -58,13 +58,13 @@ def test_a_get_delivery_in_the_query_string(connector):
 
 @pytest.mark.parametrize(("request_", "status"), [
     (form({"id": "12x3", "email": "a@example.com"}), 401),
-    (form({"id": "12x3", "email": "a@example.com"}, **{"X-Crmsync-Secret": "guess"}), 401),
-    (form({"email": "a@example.com"}, **{"X-Crmsync-Secret": SECRET}), 400),
-    (form({"id": "9x3", "email": "a@example.com"}, **{"X-Crmsync-Secret": SECRET}), 400),
-    (form({"id": "12x3", "email": "nope"}, **{"X-Crmsync-Secret": SECRET}), 400),
+    (form({"id": "12x3", "email": "a@example.com"}, **{"X-Vtiger-Secret": "guess"}), 401),
+    (form({"email": "a@example.com"}, **{"X-Vtiger-Secret": SECRET}), 400),
+    (form({"id": "9x3", "email": "a@example.com"}, **{"X-Vtiger-Secret": SECRET}), 400),
+    (form({"id": "12x3", "email": "nope"}, **{"X-Vtiger-Secret": SECRET}), 400),
     (InboundRequest(method="POST", path="/", body=b"{not json",
                     headers={"content-type": "application/json",
-                             "X-Crmsync-Secret": SECRET}), 400),
+                             "X-Vtiger-Secret": SECRET}), 400),
 ])
 def test_forged_and_garbled_deliveries_are_refused(connector, request_, status):
     with pytest.raises(EventRejected) as caught:
@@ -72,8 +72,11 @@ def test_forged_and_garbled_deliveries_are_refused(connector, request_, status):
     assert caught.value.status == status
 
 
-def test_without_a_configured_secret_every_delivery_is_refused(vtiger_server, vtiger_connector):
+def test_without_webhook_secret_the_servers_endpoint_secret_is_enough(vtiger_server,
+                                                                      vtiger_connector):
     connector = vtiger_connector(vtiger_server())
-    with pytest.raises(EventRejected, match="webhook_secret") as caught:
-        connector.decode_event(form({"id": "12x3", "email": "a@example.com"}))
-    assert caught.value.status == 401
+    [change] = connector.decode_event(form({"id": "12x3", "email": "a@example.com"}))
+    assert change.ids == {"vtiger": "12x3"}
+    with pytest.raises(EventRejected) as caught:
+        connector.decode_event(form({"id": "12x3"}))
+    assert caught.value.status == 400
