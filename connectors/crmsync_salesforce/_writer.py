@@ -167,11 +167,17 @@ class Writer:
                 task.record_id, task.obj = converted[str(task.record_id)], "Contact"
 
     def _create(self, tasks: list[_Task]) -> None:
-        items = []
+        # Several changes for one new address make one record, not duplicates.
+        by_email: dict[str, list[_Task]] = {}
         for task in tasks:
             task.obj = self.settings.create_object
-            record = {"attributes": {"type": task.obj}, **self._values(task, create=True)}
-            items.append(([task], record))
+            by_email.setdefault(task.change.email, []).append(task)
+        items = []
+        for group in by_email.values():
+            values: dict[str, Any] = {}
+            for task in group:
+                values.update(self._values(task, create=True))
+            items.append((group, {"attributes": {"type": group[0].obj}, **values}))
 
         def created(task: _Task, result: dict[str, Any]) -> None:
             task.record_id = str(result["id"])

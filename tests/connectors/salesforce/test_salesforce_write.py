@@ -186,3 +186,13 @@ def test_bulk_uploads_are_split_below_the_size_limit(monkeypatch: Any) -> None:
     merged = {f"003{n:015d}": {"HasOptedOutOfEmail": True} for n in range(10)}
     chunks = _writer.Writer._upload_chunks(list(merged), merged)
     assert [len(c) for c in chunks] == [2, 2, 2, 2, 2]
+
+
+def test_two_changes_for_one_new_address_create_one_record(emulator: SalesforceEmulator,
+                                                           connect: Any) -> None:
+    results = connect().write([
+        Change(email="twin@example.com", fields={"FirstName": "One"}),
+        Change(email="Twin@Example.com", fields={"LastName": "Two"})])
+    assert results[0].ok and results[1].ok and results[0].record_id == results[1].record_id
+    [entry] = [c for c in emulator.state()["contacts"] if c["email"] == "twin@example.com"]
+    assert entry["fields"]["FirstName"] == "One" and entry["fields"]["LastName"] == "Two"
