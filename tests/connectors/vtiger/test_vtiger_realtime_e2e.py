@@ -1,0 +1,136 @@
+"""Real time end to end: vTiger Cloud webhook deliveries and polling with sync, served by
+``crmsync serve`` (RealtimeService over real HTTP) between the vTiger emulator and the
+in-memory ESP."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from crmsync.config import load_config
+from crmsync.runtime import build_hooks, open_side, open_store
+from crmsync.server import RealtimeService, ServerThread
+from crmsync.testing.memory import store
+
+CRM_SECRET = "crm-secret-456"
+ESP_SECRET = "esp-secret-123"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def eventually(check, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not met within {timeout}s (last: {value!r})")
+        time.sleep(0.02)
+    return value
+
+
+@pytest.fixture
+def served(tmp_path: Path, vtiger_server, monkeypatch: pytest.MonkeyPatch):
+    server = vtiger_server(contacts=9)
+    emulator = server.emulator
+    profile = emulator.demo_profile()
+    for key, value in profile["secrets"].items():
+        monkeypatch.setenv(key, value)
+    settings = "\n".join(f"{k} = {_toml(v)}" for k, v in profile["settings"].items())
+    lists = "".join("\n[[lists]]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in m.items())
+                    + "\n" for m in profile["lists"])
+    fields = "\n".join(f"{crm} = {json.dumps(esp)}" for crm, esp in profile["fields"].items())
+    path = tmp_path / "crmsync.toml"
+    path.write_text(f"""
+[state]
+url = "sqlite:///state.db"
+
+[crm]
+connector = "vtiger"
+[crm.settings]
+{settings}
+
+[esp]
+connector = "memory-esp"
+[esp.settings]
+path = "{tmp_path / 'esp.json'}"
+
+[fields]
+{fields}
+{lists}
+[server]
+poll = "never"
+retry_base_s = 0.05
+retry_max_s = 0.5
+poll_interval_s = 0.2
+""")
+    config = load_config(path)
+    state = open_store(config)
+    service = RealtimeService(
+        config, open_side(config, "crm"), open_side(config, "esp"), state,
+        hooks=build_hooks(config),
+        environ={"CRMSYNC_HOOK_SECRET_CRM": CRM_SECRET, "CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET})
+    service.worker.poll_once()  # the first full read fills the ESP and the id map
+    http_server = ServerThread(service).start()
+    http = httpx.Client(base_url=http_server.url, timeout=10)
+    esp = store(path=tmp_path / "esp.json")
+
+    def esp_status(email: str, list_id: str = "1") -> str | None:
+        with esp.lock:
+            record_id = esp.by_email(email)
+            value = esp.records[record_id]["lists"].get(list_id) if record_id else None
+            return value["status"] if value else None
+
+    yield type("Served", (), {"http": http, "emulator": emulator, "service": service,
+                              "esp_status": staticmethod(esp_status)})
+    http.close()
+    http_server.stop()
+    service.close()
+    state.close()
+
+
+def test_a_vtiger_cloud_webhook_reaches_the_esp(served) -> None:
+    assert served.esp_status("contact0-1@example.com") == "subscribed"
+    served.emulator.update_contact("contact0-1@example.com", {"emailoptout": "true"})
+    record = served.emulator.contact("contact0-1@example.com")
+    response = served.http.post(
+        f"/hooks/crm/{CRM_SECRET}",
+        content=urlencode({"id": served.emulator.ws_id(record), "email": "contact0-1@example.com",
+                           "emailoptout": "1", "modifiedtime": record.fields["modifiedtime"],
+                           "firstname": "First1", "lastname": "Last1"}),
+        headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200
+    eventually(lambda: served.esp_status("contact0-1@example.com") == "unsubscribed")
+    forged = served.http.post("/hooks/crm/wrong-secret", content=b"id=12x3&email=a@b.co",
+                              headers={"content-type": "application/x-www-form-urlencoded"})
+    assert forged.status_code == 401
+
+
+def test_an_esp_unsubscribe_is_written_to_vtiger_with_revise(served) -> None:
+    served.emulator.calls.clear()
+    change = {"email": "contact0-2@example.com", "source": "memory-esp", "event_id": "u-1",
+              "subscriptions": {"1": {"list_id": "1", "status": "unsubscribed",
+                                      "reason": "unsubscribe link"}}}
+    response = served.http.post(f"/hooks/esp/{ESP_SECRET}", json={"changes": [change]})
+    assert response.status_code == 200
+    eventually(lambda: served.emulator.contact("contact0-2@example.com").fields.get(
+        "emailoptout") == "1")
+    operations = [c["operation"] for c in served.emulator.calls]
+    assert "revise" in operations and "update" not in operations
+    assert served.emulator.contact("contact0-2@example.com").fields["firstname"] == "First2"
+
+
+def test_polling_with_sync_sees_an_opt_out_made_in_vtiger(served) -> None:
+    served.emulator.advance(2)
+    served.emulator.update_contact("contact0-3@example.com", {"emailoptout": "true"})
+    served.service.worker.poll_once()
+    eventually(lambda: served.esp_status("contact0-3@example.com") == "unsubscribed")
+    assert any(c["operation"] == "sync" for c in served.emulator.calls)
