@@ -165,6 +165,10 @@ class SalesforceEmulator(Emulator):
         self.login.expire()
 
     def update_contact(self, email: str, fields: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:  # re-entrant: the control route already holds it
+            return self._update_contact(email, fields)
+
+    def _update_contact(self, email: str, fields: dict[str, Any]) -> dict[str, Any]:
         record_id = self._find_person(email)
         obj = self.org.object_of(record_id) or "Contact"
         values, errors = self.org.coerce(obj, fields)
