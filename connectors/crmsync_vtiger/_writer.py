@@ -47,7 +47,7 @@ class ContactWriter:
         self._members = {}
         wanted: set[str] = set()
         for change in changes:
-            if self._given_id(change) is None or change.op == Op.DELETE:
+            if self._given_id(change) is None:
                 wanted.update(e for e in (change.email, change.previous_email) if e)
         try:
             by_email = self._lookup(sorted(wanted))
@@ -71,9 +71,9 @@ class ContactWriter:
         except ValueError:
             return None
 
-    def _lookup(self, emails: list[str]) -> dict[str, list[Mapping[str, Any]]]:
-        """Live contacts by lower-cased address, 100 addresses per query."""
-        found: dict[str, list[Mapping[str, Any]]] = {}
+    def _lookup(self, emails: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Live contacts by lower-cased address, 99 addresses per query."""
+        found: dict[str, list[dict[str, Any]]] = {}
         for start in range(0, len(emails), LOOKUP_CHUNK):
             chunk = emails[start:start + LOOKUP_CHUNK]
             offset = 0
@@ -82,7 +82,8 @@ class ContactWriter:
                     "Contacts", where=f"email in {in_list(chunk)}", order_by="id",
                     offset=offset)}) or []
                 for row in rows:
-                    found.setdefault(str(row.get("email", "")).strip().lower(), []).append(row)
+                    found.setdefault(str(row.get("email", "")).strip().lower(),
+                                     []).append(dict(row))
                 if len(rows) < ROW_CAP:
                     break
                 offset += ROW_CAP  # duplicates pushed the answer past the row cap
@@ -91,15 +92,14 @@ class ContactWriter:
         return found
 
     def _targets(self, change: Change,
-                 by_email: Mapping[str, list[Mapping[str, Any]]]) -> list[Mapping[str, Any]]:
+                 by_email: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         for email in (change.previous_email, change.email):
             if email and by_email.get(email):
                 return by_email[email]
         return []
 
     # -- applying -----------------------------------------------------------------------
-    def _apply(self, change: Change,
-               by_email: Mapping[str, list[Mapping[str, Any]]]) -> WriteResult:
+    def _apply(self, change: Change, by_email: dict[str, list[dict[str, Any]]]) -> WriteResult:
         given = self._given_id(change)
         if change.op == Op.DELETE:
             ids = [given] if given else [str(r["id"]) for r in self._targets(change, by_email)]
@@ -118,10 +118,10 @@ class ContactWriter:
                 if not is_denied(exc):
                     raise
                 # a stale id (deleted or merged record): fall back to the address
-                rows = self._targets(change, self._lookup([change.email]))
-                record_id = self._upsert(change, values, rows)
+                found = self._lookup([change.email])
+                record_id = self._upsert(change, values, self._targets(change, found), found)
         else:
-            record_id = self._upsert(change, values, self._targets(change, by_email))
+            record_id = self._upsert(change, values, self._targets(change, by_email), by_email)
         return self._memberships(change, record_id)
 
     def _values(self, change: Change) -> dict[str, str]:
@@ -145,13 +145,19 @@ class ContactWriter:
             values["email"] = change.email
         return values
 
-    def _upsert(self, change: Change, values: dict[str, str],
-                rows: list[Mapping[str, Any]]) -> str:
+    def _upsert(self, change: Change, values: dict[str, str], rows: list[dict[str, Any]],
+                by_email: dict[str, list[dict[str, Any]]]) -> str:
+        """Revise the rows found, or create; keep ``by_email`` true for later changes."""
         if not rows:
-            return self._create(change, values)
+            created = self._create(change, values)
+            by_email[change.email] = [created]
+            return str(created["id"])
         wanted = {**values, "email": change.email} if change.previous_email else values
         for row in rows:
             self._revise(str(row["id"]), wanted, row)
+            row.update(wanted)
+        if change.previous_email:
+            by_email[change.email] = by_email.pop(change.previous_email, rows)
         return str(rows[0]["id"])
 
     def _revise(self, ws_id: str, values: dict[str, str],
@@ -164,7 +170,7 @@ class ContactWriter:
             return
         self.api.call("revise", {"element": _json({"id": ws_id, **values})})
 
-    def _create(self, change: Change, values: dict[str, str]) -> str:
+    def _create(self, change: Change, values: dict[str, str]) -> dict[str, Any]:
         element = {"email": change.email, **values}
         if not element.get("lastname"):
             element["lastname"] = (self.settings.default_lastname
@@ -173,7 +179,7 @@ class ContactWriter:
         element.setdefault("assigned_user_id", owner)
         created = self.api.call("create", {"elementType": "Contacts",
                                            "element": _json(element)})
-        return str(created["id"])
+        return dict(created)
 
     def _memberships(self, change: Change, record_id: str) -> WriteResult:
         refused = []

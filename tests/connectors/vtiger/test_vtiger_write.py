@@ -190,3 +190,19 @@ def test_unknown_and_read_only_fields_are_refused_before_any_write(vtiger_server
                                                  (False, "READ_ONLY_FIELD")]
     assert "describe" in results[0].error
     assert "revise" not in operations(server)
+
+
+def test_two_changes_for_a_new_address_in_one_batch_make_one_contact(vtiger_server,
+                                                                     vtiger_connector):
+    server = vtiger_server()
+    connector = vtiger_connector(server)
+    results = connector.write([
+        Change(email="once@example.com", fields={"firstname": "Once"}),
+        Change(email="once@example.com", fields={"emailoptout": "true"}),
+        Change(email="once@example.com", fields={"emailoptout": "true"}),  # nothing left to do
+    ])
+    assert [r.ok for r in results] == [True, True, True]
+    assert len({r.record_id for r in results}) == 1
+    made = [c for c in server.emulator.state()["contacts"] if c["email"] == "once@example.com"]
+    assert len(made) == 1 and made[0]["opted_out"] and made[0]["fields"]["firstname"] == "Once"
+    assert operations(server).count("revise") == 1
