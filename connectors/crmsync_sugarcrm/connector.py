@@ -94,6 +94,8 @@ class SugarConnector(Connector):
                                           for module in self.settings.modules]
         if start is not None:
             streams.append(self._address_fanout(start))
+            streams.extend(self._membership_changes(module, start)
+                           for module in self.settings.modules)
         page: list[Contact] = []
         last: tuple[datetime, str] | None = None
         for key, record, stamp in heapq.merge(*streams, key=lambda item: item[0]):
@@ -175,6 +177,14 @@ class SugarConnector(Connector):
 
         for key, record in in_key_order(items()):
             yield key, record, key[0]
+
+    def _membership_changes(self, module: str, start: datetime) -> Iterator[_Item]:
+        # The link table's stamp is not returned, so these records sort at the start of
+        # the read: the cursor then moves on with the rest of the changes.
+        found = [record for page in self.flavour.membership_changes(module, start)
+                 for record in page]
+        for record in sorted(found, key=lambda item: item.id):
+            yield (start, record.id), record, None
 
     def _fetch(self, module: str, record_id: str) -> SugarRecord | None:
         found = self.flavour.find(module, ids=[record_id])

@@ -56,6 +56,14 @@ class SugarFlavour(ABC):
     def address_changes(self, since: datetime) -> Iterator[list[AddressChange]]:
         """Pages of EmailAddresses rows modified at or after ``since``, in order."""
 
+    def membership_changes(self, module: str, since: datetime) -> Iterator[list[SugarRecord]]:
+        """Live records of ``module`` whose target-list links changed since ``since``.
+
+        A link change does not touch the record's ``date_modified``. Flavours that
+        cannot ask (REST: use the relationship web logic hooks) return nothing.
+        """
+        return iter(())
+
     @abstractmethod
     def find(self, module: str, *, ids: Sequence[str] = (),
              emails: Sequence[str] = ()) -> list[SugarRecord]:

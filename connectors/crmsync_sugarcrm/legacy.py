@@ -339,6 +339,25 @@ class LegacyFlavour(SugarFlavour):
                 return
             after = (rows[-1].date_modified, rows[-1].id)
 
+    def membership_changes(self, module: str, since: datetime) -> Iterator[list[SugarRecord]]:
+        # SuiteCRM has no web hooks, and a target-list link does not move the record's
+        # date_modified: the link table's own stamp says which records to read again.
+        table = module.lower()
+        query = (f"{table}.id IN (SELECT plp.related_id FROM prospect_lists_prospects plp "
+                 f"WHERE plp.related_type = {sql_text(module)} "
+                 f"AND plp.date_modified >= {sql_text(_stamp(since))})")
+        links = [{"name": "email_addresses", "value": _ADDRESS_FIELDS}]
+        offset = 0
+        while True:
+            data = self._entry_list(module, query, f"{table}.id ASC", offset, self._select(),
+                                    links, 0)
+            records = self._records(module, data)
+            if records:
+                yield records
+            if len(records) < self.settings.page_size:
+                return
+            offset += len(records)
+
     @staticmethod
     def _by_address(table: str, module: str, emails: Sequence[str]) -> str:
         caps = ", ".join(sql_text(email.upper()) for email in emails)

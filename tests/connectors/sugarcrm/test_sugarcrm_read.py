@@ -174,3 +174,24 @@ def test_cursor_inside_a_second_starts_at_that_second(serve, connect):
     cursor = last_cursor(connector)
     shifted = Cursor(at=cursor.at + timedelta(microseconds=500), tie_id=cursor.tie_id)
     assert cursor.tie_id in {r.ids["sugarcrm"] for r in read_all(connector, shifted)}
+
+
+def test_v4_1_polling_sees_target_list_changes_that_touch_no_record(serve, connect):
+    """SuiteCRM has no web hooks; a link added or removed on a target list does not move
+    the contact's date_modified, so the link table's stamp is read too."""
+    server = serve("v4_1", contacts=6)
+    connector = connect(server)
+    cursor = last_cursor(connector)
+    people = state(server)
+    outside = next(e for e, s in people.items() if LIST_KEY not in s["lists"])
+    inside = next(e for e, s in people.items() if LIST_KEY in s["lists"])
+    time.sleep(1.05)
+    with server.emulator.lock:
+        store = server.emulator.store
+        target = store.lists[EVENTS_LIST_ID]
+        store.add_member(target, "Contacts", people[outside]["ids"]["sugarcrm"])
+        store.remove_member(target, "Contacts", people[inside]["ids"]["sugarcrm"])
+    assert state(server)[outside]["date_modified"] == people[outside]["date_modified"]
+    changed = {r.email: dict(r.memberships) for r in read_all(connector, cursor)}
+    assert changed[outside] == {LIST_KEY: ""}
+    assert changed[inside] == {}
