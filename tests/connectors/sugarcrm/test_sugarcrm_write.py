@@ -162,3 +162,14 @@ def test_rest_maintenance_on_write_is_a_retryable_result(serve, connect):
                                        fields={"last_name": "Never"})])
     assert not result.ok and result.retryable and result.code == "maintenance"
     assert state(server)["contact0-1@example.com"]["fields"]["last_name"] == "AfterMaintenance"
+
+
+def test_rest_injected_409_on_the_whole_request_is_retried(serve, connect):
+    server = serve("rest", contacts=2)
+    connector = connect(server)
+    assert connector.check().ok
+    control(server, "faults", {"error_status": 409, "error_count": 1})
+    [result] = connector.write([Change(email="contact0-1@example.com",
+                                       fields={"last_name": "AfterConflict"})])
+    assert result.ok, result.error
+    assert state(server)["contact0-1@example.com"]["fields"]["last_name"] == "AfterConflict"
