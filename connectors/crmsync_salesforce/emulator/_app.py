@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crmsync.emulator import Emulator
 
-from ._auth import CONSUMER_KEY, ORG_ID, USERNAME, LoginServer, private_key_pem
+from ._auth import CONSUMER_KEY, ORG_ID, USER_ID, USERNAME, LoginServer, private_key_pem
 from ._soql import Query, SoqlError, parse
 from ._store import SCHEMA, Org, RecordError, format_datetime
 
@@ -358,7 +358,7 @@ class SalesforceEmulator(Emulator):
 
     def _userinfo(self, request: Request, body: bytes, token: str) -> Response:
         return JSONResponse({"organization_id": ORG_ID, "preferred_username": USERNAME,
-                             "user_id": "005000000000000001"})
+                             "user_id": USER_ID})
 
     def _limits(self, request: Request, body: bytes, token: str) -> Response:
         return JSONResponse({"DailyApiRequests": {"Max": self.daily_limit,
@@ -600,7 +600,7 @@ class SalesforceEmulator(Emulator):
         job_id = f"750{next(self._ids):015d}"
         job: dict[str, Any] = {
                "id": job_id, "operation": spec.get("operation"), "object": spec.get("object"),
-               "createdById": "005000000000000001", "state": state,
+               "createdById": USER_ID, "state": state,
                "concurrencyMode": "Parallel", "contentType": "CSV",
                "apiVersion": float(version.lstrip("v")), "lineEnding": "LF",
                "columnDelimiter": "COMMA", "jobType": "V2Ingest" if kind == "ingest"

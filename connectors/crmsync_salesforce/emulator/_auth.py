@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 __all__ = ["LoginServer", "private_key_pem"]
 
-ORG_ID = "00D000000000000001"
-USER_ID = "005000000000000001"
+ORG_ID = "00D5g000004XyZ1EAK"
+USER_ID = "0055g000003AbCdAAK"
 CONSUMER_KEY = "3MVG9.emulator.consumer.key"
 USERNAME = "integration@example.com"
 _AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")

@@ -76,7 +76,7 @@ def test_another_org_is_refused_and_not_acked(emulator: SalesforceEmulator, conn
         emulator.outbound_url = f"{server.url}/salesforce/outbound"
     body = emulator._outbound_xml([("04l000000000000099", emulator.org.records["Contact"][
         next(iter(emulator.org.records["Contact"]))])])
-    forged = body.replace(b"00D000000000000001", b"00D999999999999999")
+    forged = body.replace(b"00D5g000004XyZ1EAK", b"00D5g000009QwErEAK")
     with pytest.raises(EventRejected) as refused:
         connect().decode_event(InboundRequest(method="POST", path="/", body=forged))
     assert refused.value.status == 401
