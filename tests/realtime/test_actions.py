@@ -1,0 +1,128 @@
+"""Subscribing and sending from an application (library, CLI, POST /send), and the
+health, readiness and metrics endpoints."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from crmsync.actions import send, subscribe
+from crmsync.cli import cli
+from crmsync.config import load_config
+from crmsync.errors import ConfigError, DataError
+from crmsync.runtime import open_side
+from crmsync.testing.memory import MemoryStore
+
+from .conftest import esp_unsubscribe, eventually, write_config
+
+ENV = {"CRMSYNC_CONNECTORS": "memory,memory-esp"}
+
+
+def test_subscribe_command_to_several_lists_at_once(tmp_path) -> None:
+    config = write_config(tmp_path)
+    result = CliRunner().invoke(cli, ["--config", str(config), "--json", "subscribe",
+                                      "Eve@Example.com", "--list", "1", "--list", "2",
+                                      "--group", "news", "--no-confirm"], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert [row["ok"] for row in json.loads(result.output)["results"]] == [True, True]
+    esp = MemoryStore(tmp_path / "esp.json")
+    [record] = esp.records.values()
+    assert record["email"] == "eve@example.com"
+    assert {k: (v["status"], v["groups"]) for k, v in record["lists"].items()} == {
+        "1": ("subscribed", ["news"]), "2": ("subscribed", ["news"])}
+    refused = CliRunner().invoke(cli, ["--config", str(config), "subscribe", "eve@example.com",
+                                       "--list", "9"], env=ENV)
+    assert refused.exit_code == 2 and "not configured" in refused.output
+
+
+def test_subscribe_library_call_validates_and_confirms_by_default(tmp_path) -> None:
+    config = load_config(write_config(tmp_path))
+    with open_side(config, "esp") as esp:
+        assert [r.ok for r in subscribe(esp, "fay@example.com", ["1"], config=config)] == [True]
+        with pytest.raises(DataError, match="not an email address"):
+            subscribe(esp, "fay@", ["1"])
+        with pytest.raises(ConfigError, match="which list"):
+            subscribe(esp, "fay@example.com", [])
+        with pytest.raises(ConfigError, match="exactly one of"):
+            send(esp, "5")
+        with pytest.raises(ConfigError, match="needs --list"):
+            send(esp, "5", to="fay@example.com", group_id="g")
+    esp_store = MemoryStore(tmp_path / "esp.json")
+    [record] = esp_store.records.values()
+    assert record["lists"]["1"]["status"] == "pending"
+
+
+def test_send_command_to_one_address_and_to_a_list(tmp_path) -> None:
+    config = write_config(tmp_path)
+    esp = MemoryStore(tmp_path / "esp.json")
+    esp.add("a@example.com", lists={"1": "subscribed"})
+    esp.add("b@example.com", lists={"1": "unsubscribed"})
+    one = CliRunner().invoke(cli, ["--config", str(config), "--json", "send", "--message", "42",
+                                   "--to", "C@example.com"], env=ENV)
+    assert one.exit_code == 0, one.output
+    assert json.loads(one.output)["recipients"] == 1
+    many = CliRunner().invoke(cli, ["--config", str(config), "send", "-m", "43", "--list", "1"],
+                              env=ENV)
+    assert many.exit_code == 0 and "1 recipient" in many.output
+    sent = MemoryStore(tmp_path / "esp.json").sent
+    assert sent == [{"message": "42", "to": ["c@example.com"]},
+                    {"message": "43", "to": ["a@example.com"]}]
+    both = CliRunner().invoke(cli, ["--config", str(config), "send", "-m", "1", "--to",
+                                    "c@example.com", "--list", "1"], env=ENV)
+    assert both.exit_code == 2 and "exactly one of" in both.output
+
+
+def test_post_send_needs_the_bearer_token(serve_pair) -> None:
+    rt = serve_pair(env={"CRMSYNC_SEND_TOKEN": "tok-789"})
+    body = {"message": "77", "to": "ann@example.com"}
+    assert rt.http.post("/send", json=body).status_code == 401
+    assert rt.http.post("/send", json=body, headers={"Authorization": "Bearer nope"}
+                        ).status_code == 401
+    assert rt.esp.sent == []
+    ok = rt.http.post("/send", json=body, headers={"Authorization": "Bearer tok-789"})
+    assert ok.status_code == 200 and ok.json()["recipients"] == 1
+    bad = rt.http.post("/send", json={"to": "x@example.com"},
+                       headers={"Authorization": "Bearer tok-789"})
+    assert bad.status_code == 400
+    listed = rt.http.post("/send", json={"message": "78", "list": "1"},
+                          headers={"Authorization": "Bearer tok-789"})
+    assert listed.json()["recipients"] == 2
+    assert [s["message"] for s in rt.esp.sent] == ["77", "78"]
+
+
+def test_post_send_is_off_without_a_token(serve_pair) -> None:
+    rt = serve_pair()
+    response = rt.http.post("/send", json={"message": "1", "to": "ann@example.com"})
+    assert response.status_code == 404 and "CRMSYNC_SEND_TOKEN" in response.text
+
+
+def test_health_readiness_and_metrics(serve_pair) -> None:
+    rt = serve_pair()
+    assert rt.http.get("/healthz").text == "ok\n"
+    ready = rt.http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    rt.post_esp(esp_unsubscribe("ann@example.com", event_id="m-1"))
+    eventually(rt.idle)
+    metrics = rt.http.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert 'crmsync_events_received_total{endpoint="esp"} 1.0' in text
+    assert 'crmsync_events_applied_total{endpoint="esp"} 1.0' in text
+    assert 'crmsync_event_apply_latency_seconds_count{endpoint="esp"} 1.0' in text
+    assert "crmsync_inbox_queue_depth 0.0" in text
+    rt.service.stop()  # what a SIGTERM does first
+    assert rt.http.get("/readyz").status_code == 503
+    refused = rt.post_esp(esp_unsubscribe("bob@example.com", event_id="late"))
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+
+
+def test_queue_depth_counts_what_waits(serve_pair) -> None:
+    rt = serve_pair(worker=False)
+    for n in range(3):
+        rt.post_esp(esp_unsubscribe("ann@example.com", event_id=f"q-{n}"))
+    assert "crmsync_inbox_queue_depth 3.0" in rt.http.get("/metrics").text
+    # a receive-only process (another one applies) is ready to receive
+    assert httpx.get(rt.url + "/readyz").status_code == 200
