@@ -45,6 +45,14 @@ class SalesforceSession:
     access_token: str = field(repr=False)
 
 
+def network_hint(exc: Exception) -> str:
+    """What a transport failure most likely means, and what to do."""
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return ("its TLS certificate is not trusted: set ca_bundle to the CA that signed it "
+                "(certificate checks stay on)")
+    return f"{type(exc).__name__}; check the URL and the network, then try again"
+
+
 def _secret(settings: SalesforceSettings, name: str) -> str:
     value = getattr(settings, name)
     if value is None or not value.get_secret_value():
@@ -80,9 +88,8 @@ class AuthFlow(ABC):
         try:
             response = http.post(url, data=data, headers=headers or {})
         except httpx.HTTPError as exc:
-            raise RemoteError(f"cannot reach the Salesforce login server {url} "
-                              f"({type(exc).__name__}): check login_url and the network",
-                              retryable=True) from None
+            raise RemoteError(f"cannot reach the Salesforce login server {url}: "
+                              f"{network_hint(exc)}", retryable=True) from None
         try:
             body: dict[str, Any] = response.json()
         except ValueError:

@@ -17,7 +17,7 @@ import httpx
 from crmsync.errors import AuthError, QuotaExhausted, RateLimited, RemoteError
 from crmsync.http import retry_after_seconds
 
-from ._auth import AuthFlow, SalesforceSession
+from ._auth import AuthFlow, SalesforceSession, network_hint
 from ._quota import QuotaTracker
 from ._settings import SalesforceSettings
 
@@ -94,9 +94,8 @@ class SalesforceApi:
             try:
                 response = self.http.send(request, stream=stream)
             except httpx.HTTPError as exc:
-                raise RemoteError(f"Salesforce did not answer {method} {path} "
-                                  f"({type(exc).__name__}): check the network and try again",
-                                  retryable=True) from None
+                raise RemoteError(f"Salesforce did not answer {method} {path.split('?')[0]}: "
+                                  f"{network_hint(exc)}", retryable=True) from None
             self.quota.observe(response.headers)
             if response.status_code < 400:
                 return response
