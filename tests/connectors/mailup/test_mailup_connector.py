@@ -194,7 +194,7 @@ def test_rate_limit_429_is_honoured(make_connector, emulator, control):
 
 def test_pacing_keeps_under_the_limit(make_connector, emulator, control):
     control.post("/config", json={"rate_limit": 5})
-    connector = make_connector(rate=4.5, retries=1)  # one attempt: a 429 would fail
+    connector = make_connector(rate=4, retries=1)  # one attempt: a 429 would fail
     results = connector.write([change(f"pc{n}@example.com", sub("1", Status.SUBSCRIBED))
                                for n in range(6)])
     assert all(r.ok for r in results), [r.error for r in results]
