@@ -11,7 +11,7 @@ from crmsync.errors import TransportError
 from crmsync.files import FileSpace
 
 from ..core.conftest import Pair, write_config
-from .servers import ftp_server, sftp_server
+from crmsync.testing.servers import ftp_server, sftp_server
 
 
 @pytest.fixture

@@ -69,8 +69,18 @@ def _run(steps, policy: str, monkeypatch_write) -> None:
                     assert policy == "explicit_newer", f"{email} resubscribed by stale data"
                     assert status == Status.PENDING, "a re-opt-in must go through confirmation"
             del opted_in_since
-            unsubscribed_ever = any(
-                a in ("esp_unsubscribe", "crm_opt_out") and e == email for a, e in history)
+            # an ESP unsubscribe always counts; a CRM opt-out once a sync has seen it
+            unsubscribed_ever = False
+            crm_opted_out = False
+            for action, who in history:
+                if action == "esp_unsubscribe" and who == email:
+                    unsubscribed_ever = True
+                elif action == "crm_opt_out" and who == email:
+                    crm_opted_out = True
+                elif action == "crm_opt_in" and who == email:
+                    crm_opted_out = False
+                elif action == "sync" and crm_opted_out:
+                    unsubscribed_ever = True
             if policy == "never" and unsubscribed_ever:
                 assert pair.esp_status(email, "1") == "unsubscribed", (email, history)
 

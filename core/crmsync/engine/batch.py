@@ -415,8 +415,10 @@ class BatchSync:
         self.stats.files_archived.append(name)
 
     def _inbound_decide(self, changes: Sequence[Change], rows: Sequence[dict[str, Any] | None],
-                        *, dry_run: bool, follow_up: bool = False) -> None:
-        """Decide ESP-side status changes, write the CRM, commit; then post-operations."""
+                        *, dry_run: bool, follow_up: bool = False) -> list[Change]:
+        """Decide ESP-side status changes, write the CRM, commit; then post-operations.
+
+        Returns the changes as applied (only the lists whose status changed)."""
         with self._tx() as conn:
             keys = self.store.resolve(conn, [(self.esp.name, c.ids.get(self.esp.name), c.email)
                                              for c in changes])
@@ -445,6 +447,8 @@ class BatchSync:
                         f"esp_list = \"{list_id}\" or ignore this list", where.get("where", "")))
                     continue
                 snap = snaps.get((key, list_id))
+                if snap is None and origin == "post_operation":
+                    continue  # a cascade only reaches lists the contact is on
                 at = sub.changed_at or change.occurred_at
                 decision = decide(snap.status if snap else None, snap.changed_at if snap else None,
                                   sub.status, at, explicit=sub.explicit, from_side="esp",
@@ -509,7 +513,7 @@ class BatchSync:
                 pending.change = Change(email=change.email)  # nothing to send to the CRM
         if dry_run:
             self._dry_follow_ups(applied_subs)
-            return
+            return []
         to_write = [p for p in pendings if p.change.fields or p.change.memberships]
         results = self._write_crm([p.change for p in to_write])
         outcome = {id(p): r for p, r in zip(to_write, results, strict=True)}
@@ -535,8 +539,10 @@ class BatchSync:
             self.store.put_snapshots(conn, [s for p in commits for s in p.snapshots])
             self.store.append_journal(conn, [j for p in commits for j in p.journal])
             self.store.outbox_done(conn, done_ids)
+        done = [p.applied for p in commits if p.applied is not None]
         if not follow_up:
-            self._post_operations([p.applied for p in commits if p.applied is not None])
+            self._post_operations(done)
+        return [change.model_copy(update={"subscriptions": subs}) for change, subs in done]
 
     def _write_failed(self, conn: Connection, pending: _Pending, row: dict[str, Any] | None,
                       result: WriteResult, *, side: str) -> None:
@@ -596,12 +602,13 @@ class BatchSync:
             self.stats.post_operations += len(calls)
         if not follow_ups:
             return
-        self.stats.post_operations += len(follow_ups)
-        self._inbound_decide(follow_ups, [None] * len(follow_ups), dry_run=False, follow_up=True)
+        applied = self._inbound_decide(follow_ups, [None] * len(follow_ups), dry_run=False,
+                                       follow_up=True)
+        self.stats.post_operations += len(applied)
         # The ESP did not make these changes: it must hear of them too.
         with self._tx() as conn:
             self.store.stage(conn, "esp", [{"payload": c.model_dump(mode="json")}
-                                           for c in follow_ups],
+                                           for c in applied],
                              run_id=self.stats.run_id, batch="followups")
 
     def _dry_follow_ups(self, applied: list[tuple[Change, dict[str, Subscription]]]) -> None:

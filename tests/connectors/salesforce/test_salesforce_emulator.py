@@ -140,3 +140,22 @@ def test_bulk_results_before_completion_and_with_another_version(
     assert done.headers["Sforce-Locator"] == "null"
     assert done.headers["Sforce-NumberOfRecords"] == "0"
     assert done.text == '"Id"\n'
+
+
+def test_get_updated_and_get_deleted_windows(http: httpx.Client, server: EmulatorServer,
+                                             emulator: SalesforceEmulator) -> None:
+    with emulator.lock:
+        emulator.seed(3, 0)
+    auth = token(http, server)
+    gone = emulator.state()["contacts"][0]["ids"]["salesforce"]
+    emulator.delete_record(gone)
+    window = {"start": "2020-01-01T00:00:00+00:00", "end": "2099-01-01T00:00:00+00:00"}
+    updated = http.get(f"{DATA}/sobjects/Contact/updated/", params=window, headers=auth).json()
+    assert len(updated["ids"]) == 2 and gone not in updated["ids"]
+    deleted = http.get(f"{DATA}/sobjects/Contact/deleted/", params=window, headers=auth).json()
+    assert [d["id"] for d in deleted["deletedRecords"]] == [gone]
+    assert {"earliestDateAvailable", "latestDateCovered"} <= set(deleted)
+    short = http.get(f"{DATA}/sobjects/Contact/deleted/", headers=auth, params={
+        "start": "2024-01-01T00:00:00+00:00", "end": "2024-01-01T00:00:30+00:00"})
+    assert short.status_code == 400
+    assert short.json()[0]["errorCode"] == "INVALID_REPLICATION_DATE"

@@ -173,3 +173,20 @@ def test_rest_injected_409_on_the_whole_request_is_retried(serve, connect):
                                        fields={"last_name": "AfterConflict"})])
     assert result.ok, result.error
     assert state(server)["contact0-1@example.com"]["fields"]["last_name"] == "AfterConflict"
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_new_record_on_an_opted_out_address_does_not_opt_it_back_in(serve, connect, flavour):
+    server = serve(flavour)
+    with server.emulator.lock:
+        lead = server.emulator.store.create("Leads", {"last_name": "Lead"})
+        server.emulator.store.set_email1(lead, "shared@example.com")
+        server.emulator.store.address("shared@example.com").opt_out = True
+    connector = connect(server)  # Contacts only: the Lead is not found, a Contact is made
+    [result] = connector.write([Change(email="shared@example.com",
+                                       fields={"last_name": "Contact"})])
+    assert result.ok
+    holders = [c for c in server.emulator.state()["contacts"]
+               if c["email"] == "shared@example.com"]
+    assert sorted(c["module"] for c in holders) == ["Contacts", "Leads"]
+    assert all(c["opted_out"] for c in holders)

@@ -1,4 +1,4 @@
-"""Real file servers on 127.0.0.1 for the tests: FTP, FTPS (explicit TLS) and SFTP."""
+"""Real file servers on 127.0.0.1 for tests and the demo: FTP, FTPS (explicit TLS), SFTP."""
 
 from __future__ import annotations
 
