@@ -411,8 +411,10 @@ class LegacyFlavour(SugarFlavour):
             values: dict[str, Any] = {}
             if write.record is None:
                 # On create SuiteCRM honours email_opt_out (it is ignored on updates).
-                values = {**write.fields, "email1": write.email,
-                          "email_opt_out": 1 if write.opt_out else 0}
+                # Sent only when meant: the address row may be shared and opted out.
+                values = {**write.fields, "email1": write.email}
+                if write.opt_out is not None:
+                    values["email_opt_out"] = 1 if write.opt_out else 0
             elif write.delete:
                 values = {"id": write.record.id, "deleted": 1}
             else:

@@ -308,10 +308,13 @@ class RestFlavour(SugarFlavour):
     # -- writing -----------------------------------------------------------------------
     def _email_array(self, write: RecordWrite) -> list[dict[str, Any]] | None:
         record = write.record
+        # An address row is shared: a flag we do not mean to set is left out, so Sugar
+        # keeps the stored one (or its default for a new address) instead of ours.
+        fresh: dict[str, Any] = {"email_address": write.email}
+        if write.opt_out is not None:
+            fresh["opt_out"] = write.opt_out
         if record is None:
-            return [{"email_address": write.email, "primary_address": True,
-                     "opt_out": bool(write.opt_out), "invalid_email": False,
-                     "reply_to_address": False}]
+            return [{**fresh, "primary_address": True}]
         target = record.address(write.email)
         renamed = target is None
         if not renamed and write.opt_out is None:
@@ -328,15 +331,13 @@ class RestFlavour(SugarFlavour):
                      "opt_out": item.opt_out, "invalid_email": item.invalid,
                      "reply_to_address": item.reply_to}
             if item is old:
-                entry["email_address"] = write.email
-                entry["invalid_email"] = False
-            if (item is target or item is old) and write.opt_out is not None:
+                entry = {**fresh, "primary_address": item.primary,
+                         "reply_to_address": item.reply_to}
+            elif item is target and write.opt_out is not None:
                 entry["opt_out"] = write.opt_out
             out.append(entry)
         if renamed and old is None:
-            out.append({"email_address": write.email, "primary_address": not out,
-                        "opt_out": bool(write.opt_out), "invalid_email": False,
-                        "reply_to_address": False})
+            out.append({**fresh, "primary_address": not out})
         return out
 
     def _record_request(self, write: RecordWrite) -> dict[str, Any] | None:
