@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from crmsync.emulator import Emulator
 
 from ._auth import CONSUMER_KEY, ORG_ID, USER_ID, USERNAME, LoginServer, private_key_pem
-from ._soql import Query, SoqlError, parse
+from ._soql import Query, SoqlError, parse, parse_datetime
 from ._store import SCHEMA, Org, RecordError, format_datetime
 
 __all__ = ["EVENTS_STATUSES", "SalesforceEmulator"]
@@ -279,6 +279,7 @@ class SalesforceEmulator(Emulator):
             (f"{data}/limits", self._limits, ["GET"]),
             (f"{data}/sobjects/{{object}}/describe", self._describe, ["GET"]),
             (f"{data}/sobjects/{{object}}/deleted", self._get_deleted, ["GET"]),
+            (f"{data}/sobjects/{{object}}/updated", self._get_updated, ["GET"]),
             (f"{data}/sobjects/{{object}}", self._create, ["POST"]),
             (f"{data}/sobjects/{{object}}/{{id}}", self._record, ["GET", "PATCH", "DELETE"]),
             (f"{data}/composite/sobjects", self._collections, ["POST", "PATCH", "DELETE"]),
@@ -463,14 +464,37 @@ class SalesforceEmulator(Emulator):
             {"name": n, "type": t, "updateable": n not in spec["readonly"]}
             for n, t in spec["fields"].items()]})
 
+    def _window(self, request: Request) -> tuple[datetime, datetime]:
+        try:
+            start = parse_datetime(request.query_params["start"])
+            end = parse_datetime(request.query_params["end"])
+        except (KeyError, ValueError):
+            raise _ApiError(400, "INVALID_REPLICATION_DATE", "start and end must be "
+                            "ISO-8601 dates with a time zone") from None
+        if end - start < timedelta(minutes=1):
+            raise _ApiError(400, "INVALID_REPLICATION_DATE", "end must be more than one "
+                            "minute after start")
+        return start, end
+
     def _get_deleted(self, request: Request, body: bytes, token: str) -> Response:
         obj = self._object(request)
-        now = self.org.now()
+        start, end = self._window(request)
         deleted = [{"id": r["Id"], "deletedDate": format_datetime(r["SystemModstamp"])}
-                   for r in self.org.records[obj].values() if r["IsDeleted"]]
+                   for r in self.org.records[obj].values()
+                   if r["IsDeleted"] and start <= r["SystemModstamp"] < end]
         return JSONResponse({"deletedRecords": deleted,
                              "earliestDateAvailable": format_datetime(self.org.recycle_bin_start),
-                             "latestDateCovered": format_datetime(now)})
+                             "latestDateCovered": format_datetime(min(end, self.org.now()))})
+
+    def _get_updated(self, request: Request, body: bytes, token: str) -> Response:
+        obj = self._object(request)
+        start, end = self._window(request)
+        ids = [r["Id"] for r in self.org.records[obj].values()
+               if not r["IsDeleted"] and start <= r["SystemModstamp"] < end]
+        if len(ids) > 600_000:
+            raise _ApiError(400, "EXCEEDED_ID_LIMIT", "too many ids: use a smaller window")
+        return JSONResponse({"ids": ids,
+                             "latestDateCovered": format_datetime(min(end, self.org.now()))})
 
     def _write_one(self, obj: str, values: dict[str, Any], record_id: str | None, *,
                    from_csv: bool = False) -> tuple[str | None, list[RecordError]]:
