@@ -232,9 +232,14 @@ class ContactReader:
             return Contact(email=deleted_email(item.ws_id), ids={self.name: item.ws_id},
                            modified_at=item.at, deleted=True)
         email = str(item.row.get("email") or "").strip()
+        row = item.row
+        if self.settings.fields is not None:
+            # sync returns whole records: keep the fields a VTQL page would have
+            wanted = {*REQUIRED_COLUMNS, *self.settings.fields}
+            row = {k: v for k, v in row.items() if k in wanted}
         try:
             return Contact(email=email, ids={self.name: item.ws_id},
-                           fields=self.codec.neutral_fields(item.row),
+                           fields=self.codec.neutral_fields(row),
                            memberships=members.of(item.crmid), modified_at=item.at)
         except ValueError:
             # vTiger does not require an address; a contact without one cannot be mailed

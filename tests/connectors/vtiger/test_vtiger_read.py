@@ -170,3 +170,13 @@ def test_fields_setting_narrows_the_columns_read(vtiger_server, vtiger_connector
     wrong = vtiger_connector(server, fields=["nosuchfield"], campaigns=[])
     with pytest.raises(RemoteError, match="misspelt"):
         list(wrong.read(None))
+
+
+def test_fields_setting_also_cuts_what_sync_returns(vtiger_server, vtiger_connector):
+    server = vtiger_server(contacts=5)
+    connector = vtiger_connector(server, fields=["firstname"], campaigns=[],
+                                 incremental="sync")
+    records = contacts(connector.read(Cursor(at=datetime(2000, 1, 1, tzinfo=UTC))))
+    assert records
+    assert all(set(r.fields) == {"email", "emailoptout", "modifiedtime", "assigned_user_id",
+                                 "firstname"} for r in records)
