@@ -572,13 +572,7 @@ class SalesforceEmulator(Emulator):
         for record_id, record in items:
             if request.method == "DELETE":
                 obj = self.org.object_of(record_id or "")
-                errors = [] if obj and (r := self.org.records[obj].get(record_id or "")) and \
-                    not r["IsDeleted"] else [RecordError("ENTITY_IS_DELETED" if obj and
-                                                         record_id in self.org.records[obj]
-                                                         else "MALFORMED_ID",
-                                                         "entity is deleted" if obj else
-                                                         f"malformed id {record_id}", [])]
-                checked.append((obj or "", record_id, {}, errors))
+                checked.append((obj or "", record_id, {}, self._check_delete(obj, record_id)))
                 continue
             assert record is not None
             obj = str((record.get("attributes") or {}).get("type") or "")
@@ -618,6 +612,16 @@ class SalesforceEmulator(Emulator):
                 self.org.update(record_id, typed)
                 results.append({"id": record_id, "success": True, "errors": []})
         return JSONResponse(results)
+
+    def _check_delete(self, obj: str | None, record_id: str | None) -> list[RecordError]:
+        if obj is None or record_id is None:
+            return [RecordError("MALFORMED_ID", f"malformed id {record_id}", [])]
+        record = self.org.records[obj].get(record_id)
+        if record is None:
+            return [RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", [])]
+        if record["IsDeleted"]:
+            return [RecordError("ENTITY_IS_DELETED", "entity is deleted", [])]
+        return []
 
     # -- Bulk API 2.0 ------------------------------------------------------------------
     def _new_job(self, kind: str, spec: dict[str, Any], version: str, state: str) -> dict[str, Any]:
