@@ -89,9 +89,9 @@ def backoff_delay(attempts: int, *, base: float, cap: float,
                   retry_after: float | None = None) -> float:
     """Seconds before attempt ``attempts + 1``: ``base * 2**(attempts-1)`` up to ``cap``,
     and never sooner than the vendor's ``retry_after``."""
-    delay = min(cap, base * 2 ** max(0, attempts - 1))
+    delay = float(min(cap, base * 2.0 ** max(0, attempts - 1)))
     if retry_after is not None and retry_after > delay:
-        delay = retry_after
+        delay = float(retry_after)
     return delay
 
 

@@ -19,6 +19,7 @@ is acknowledged again but stored once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -286,15 +287,17 @@ def build_app(service: RealtimeService) -> Starlette:
             data = json.loads(body)
             if not isinstance(data, dict):
                 raise ValueError("not an object")
-            args = {"message_id": str(data["message"]), "to": data.get("to"),
-                    "list_id": None if data.get("list") is None else str(data["list"]),
-                    "group_id": None if data.get("group") is None else str(data["group"])}
+            args: dict[str, Any] = {
+                "message_id": str(data["message"]),
+                "to": None if data.get("to") is None else str(data["to"]),
+                "list_id": None if data.get("list") is None else str(data["list"]),
+                "group_id": None if data.get("group") is None else str(data["group"])}
         except (ValueError, KeyError) as exc:
             return JSONResponse({"error": f'expected JSON {{"message": ID, "to": EMAIL}} or '
                                           f'{{"message": ID, "list": ID, "group": ID}}: {exc}'},
                                 status_code=400)
         try:
-            result = await run_in_threadpool(service.send, **args)
+            result = await run_in_threadpool(functools.partial(service.send, **args))
         except (ConfigError, DataError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except CrmsyncError as exc:
