@@ -89,8 +89,13 @@ poll_interval_s = 0.2
             value = esp.records[record_id]["lists"].get(list_id) if record_id else None
             return value["status"] if value else None
 
+    def esp_fields(email: str) -> dict[str, Any]:
+        with esp.lock:
+            return dict(esp.records[esp.by_email(email)]["fields"])
+
     yield type("Served", (), {"http": http, "emulator": emulator, "service": service,
-                              "esp_status": staticmethod(esp_status)})
+                              "esp_status": staticmethod(esp_status),
+                              "esp_fields": staticmethod(esp_fields)})
     http.close()
     http_server.stop()
     service.close()
@@ -134,3 +139,18 @@ def test_polling_with_sync_sees_an_opt_out_made_in_vtiger(served) -> None:
     served.service.worker.poll_once()
     eventually(lambda: served.esp_status("contact0-3@example.com") == "unsubscribed")
     assert any(c["operation"] == "sync" for c in served.emulator.calls)
+
+
+def test_a_webhook_for_a_campaign_member_keeps_its_campaign_list(served) -> None:
+    assert served.esp_status("contact0-3@example.com", "2") == "subscribed"
+    record = served.emulator.contact("contact0-3@example.com")
+    response = served.http.post(
+        f"/hooks/crm/{CRM_SECRET}",
+        content=urlencode({"id": served.emulator.ws_id(record), "email": "contact0-3@example.com",
+                           "emailoptout": "0", "firstname": "Renamed", "lastname": "Last3",
+                           "cf_901": "", "modifiedtime": record.fields["modifiedtime"]}),
+        headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200
+    eventually(lambda: served.esp_fields("contact0-3@example.com").get("name") == "Renamed")
+    assert served.esp_status("contact0-3@example.com", "2") == "subscribed"
+    assert served.esp_status("contact0-3@example.com", "1") == "subscribed"
