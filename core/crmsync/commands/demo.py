@@ -157,8 +157,9 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None)
         imported = esp_emulator.import_files()
         say(f"   the ESP imported the file: {imported}\n")
 
-        people = [c for c in _crm_contacts(crm_name, crm_emulator, folder)
-                  if not c.get("opted_out") and not c.get("deleted")]
+        people = [c | {"email": c["email"].strip().lower()}
+                  for c in _crm_contacts(crm_name, crm_emulator, folder)
+                  if not c.get("opted_out") and not c.get("deleted") and c.get("email")]
         rng = random.Random(7)  # noqa: S311 - the demo's choice of people, not security
         rng.shuffle(people)
         unsubscribers = [p["email"] for p in people[:3]]
@@ -186,8 +187,9 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None)
                                   "ESP", full=False)
         esp_emulator.import_files()
 
-        crm_state = {c["email"]: c for c in _crm_contacts(crm_name, crm_emulator, folder)}
-        esp_state = {c["email"]: c for c in esp_emulator.state()["contacts"]}
+        crm_state = {c["email"].strip().lower(): c
+                     for c in _crm_contacts(crm_name, crm_emulator, folder) if c.get("email")}
+        esp_state = {c["email"].strip().lower(): c for c in esp_emulator.state()["contacts"]}
         rows = []
         for email in unsubscribers + edited + opted_out_in_crm:
             crm_side = crm_state.get(email, {})

@@ -190,3 +190,27 @@ def test_a_new_record_on_an_opted_out_address_does_not_opt_it_back_in(serve, con
                if c["email"] == "shared@example.com"]
     assert sorted(c["module"] for c in holders) == ["Contacts", "Leads"]
     assert all(c["opted_out"] for c in holders)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_two_changes_to_one_record_in_a_batch_apply_in_order(serve, connect, flavour):
+    server = serve(flavour, contacts=1)
+    connector = connect(server)
+    record_id = state(server)["contact0-0@example.com"]["ids"]["sugarcrm"]
+    results = connector.write([
+        Change(email="twice@example.com", fields={"first_name": "Ann"}),
+        Change(email="twice@example.com", fields={"email_opt_out": "true"}),
+        Change(email="renamed0@example.com", previous_email="contact0-0@example.com",
+               ids={"sugarcrm": record_id}, fields={"last_name": "R"}),
+        Change(email="renamed0@example.com", ids={"sugarcrm": record_id},
+               fields={"email_opt_out": "true"}),
+    ])
+    assert all(r.ok for r in results), [r.error for r in results]
+    holders = [c for c in server.emulator.state()["contacts"]
+               if c["email"] == "twice@example.com"]
+    assert len(holders) == 1 and holders[0]["opted_out"]
+    assert holders[0]["fields"]["first_name"] == "Ann"
+    renamed = state(server)["renamed0@example.com"]
+    assert renamed["opted_out"] and renamed["fields"]["last_name"] == "R"
+    assert {a["email"] for a in renamed["addresses"]} == {
+        "renamed0@example.com", "contact0-0@work.example.org"}

@@ -1,0 +1,39 @@
+"""The batch end to end with every CRM connector: `crmsync demo --json` drives the CRM's
+emulator, the MailUp emulator and a real FTP server, and reports what a user would see."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("crm", ["memory", "salesforce", "sugarcrm", "vtiger"])
+def test_two_way_batch_sync(crm, tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "crmsync", "--json", "demo", "--connector", crm, "--contacts",
+         "30", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    full, diff = report["full_sync"], report["diff_sync"]
+    assert full["status"] == "succeeded" and full["full"] and full["crm_read"] >= 30
+    assert diff["status"] == "succeeded" and not diff["full"] and diff["failed"] == 0
+    rows = {row["email"]: row for row in report["contacts"]}
+    assert len(rows) == 6
+    for row in rows.values():
+        if row["what happened"] == "unsubscribed at the ESP":
+            assert row["crm_opted_out"], f"{row['email']}: the ESP unsubscribe did not reach {crm}"
+            assert row["esp_list_1"] == "unsubscribed"
+            assert any("1: subscribed → unsubscribed (esp:mailup)" in j for j in row["journal"])
+        elif row["what happened"] == "opted out in the CRM":
+            assert row["esp_list_1"] == "unsubscribed", "the CRM opt-out did not reach the ESP"
+            assert any(f"(crm:{crm})" in j for j in row["journal"])
+        else:
+            assert row["esp_list_1"] == "subscribed" and not row["crm_opted_out"]
+    # a renamed contact was re-sent, the untouched ones were not
+    assert diff["skipped_unchanged"] >= full["crm_read"] - 10
+    uploads = sorted((tmp_path / "space" / "in" / "done").glob("crmsync-import-*.csv"))
+    assert len(uploads) == 2
+    assert "Renamed" in uploads[-1].read_text(encoding="utf-8", errors="replace")
