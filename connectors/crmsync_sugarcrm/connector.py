@@ -209,17 +209,28 @@ class SugarConnector(Connector):
         except CrmsyncError as exc:
             return {i: _failed(exc) for i, _ in chunk}
         writes: list[RecordWrite] = []
+        later: list[tuple[int, Change]] = []
+        touched: set[str] = set()
         for position, change in chunk:
             planned = self._plan(position, change, index)
             if isinstance(planned, WriteResult):
                 results[position] = planned
-            else:
-                writes.append(planned)
+                continue
+            # A second change to the same record waits for the first: it must be planned
+            # from the record as the first left it (its address set, or its very id).
+            key = planned.record.id if planned.record else f"new:{planned.email}"
+            if key in touched:
+                later.append((position, change))
+                continue
+            touched.add(key)
+            writes.append(planned)
         if writes:
             try:
                 results.update(self.flavour.apply(writes))
             except CrmsyncError as exc:
                 results.update({w.index: _failed(exc) for w in writes})
+        if later:
+            results.update(self._write_chunk(later))
         return results
 
     def _plan(self, position: int, change: Change, index: dict[str, SugarRecord]
