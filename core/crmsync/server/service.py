@@ -90,8 +90,11 @@ class RealtimeService:
     def store_event(self, side: str, key: str, changes: list[Change]) -> bool:
         stored = self.inbox.put(side, key, changes)
         if stored:
-            self.hooks.event_received(side, changes)
             self.worker.wake()
+            try:
+                self.hooks.event_received(side, changes)
+            except Exception:  # the event is stored: a plugin's failure must not refuse it
+                log.exception("a crmsync_event_received plugin failed")
         return stored
 
     def subscribe(self, email: str, lists: Sequence[str], confirm: bool = True,
