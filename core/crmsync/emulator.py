@@ -310,7 +310,9 @@ class EmulatorServer:
     def start(self) -> EmulatorServer:
         extra: dict[str, Any] = self._tls_files() if self.tls else {}
         config = uvicorn.Config(self._asgi, host=self.host, port=self.port, log_level="warning",
-                                lifespan="off", access_log=False, **extra)
+                                lifespan="off", access_log=False,
+                                # a bound method looks like ASGI2 to uvicorn's sniffing
+                                interface="asgi3", **extra)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True,
                                         name=f"emulator-{self.port}")

@@ -42,7 +42,10 @@ def _settings_table(connector: type[Connector]) -> list[str]:
             lines.append(f"{name} = \"\"  # required")
         else:
             default = field.get_default(call_default_factory=True)
-            lines.append(f"# {name} = {_toml_value(default)}")
+            if default is None:
+                lines.append(f"# {name} =   (unset by default)")
+            else:
+                lines.append(f"# {name} = {_toml_value(default)}")
     return lines
 
 
