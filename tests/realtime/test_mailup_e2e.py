@@ -1,0 +1,120 @@
+"""Both ways against the MailUp emulator over real HTTP: its webhook reaches `serve`
+and the CRM shows the contact opted out; a CRM change reaches MailUp."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crmsync.config import load_config
+from crmsync.runtime import build_hooks, open_side, open_store
+from crmsync.server import RealtimeService, ServerThread
+from crmsync.testing.memory import store
+
+from .conftest import CRM_SECRET, ESP_SECRET, FIELDS, crm_event, eventually
+
+mailup = pytest.importorskip("crmsync_mailup.emulator")
+
+PARAMS = {"email": "Email", "list": "IdList", "date": "EventDate", "type": "EventType",
+          "reason": "Reason", "groups": "Groups"}
+
+
+@pytest.fixture
+def mailup_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from crmsync.emulator import EmulatorServer
+
+    emulator = mailup.MailUpEmulator(rate_limit=None, webhook_retry_delays=[0.2, 0.5])
+    esp_server = EmulatorServer(emulator).start()
+    profile = emulator.demo_profile()
+    for key, value in profile["secrets"].items():
+        monkeypatch.setenv(key, value)
+    settings = "\n".join(f"{k} = {_toml(v)}" for k, v in
+                         {**profile["settings"], "rate": 0, "webhook_params": PARAMS}.items())
+    path = tmp_path / "crmsync.toml"
+    path.write_text(f"""
+[state]
+url = "sqlite:///state.db"
+[crm]
+connector = "memory"
+[crm.settings]
+path = "{tmp_path / 'crm.json'}"
+[esp]
+connector = "mailup"
+[esp.settings]
+{settings}
+[fields]
+FirstName = "name"
+LastName = "surname"
+[[lists]]
+name = "Newsletter"
+esp_list = 1
+members = "all"
+opt_out = "OptOut"
+[server]
+poll = "never"
+retry_base_s = 0.05
+""")
+    config = load_config(path)
+    crm = store(path=tmp_path / "crm.json")
+    crm.add("ann@example.com", fields=dict(FIELDS))
+    crm.add("bob@example.com", fields=dict(FIELDS, FirstName="Bob"))
+    state = open_store(config)
+    service = RealtimeService(config, open_side(config, "crm"), open_side(config, "esp"), state,
+                              hooks=build_hooks(config),
+                              environ={"CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET,
+                                       "CRMSYNC_HOOK_SECRET_CRM": CRM_SECRET})
+    service.worker.poll_once()  # everyone reaches MailUp; the id map is filled
+    server = ServerThread(service).start()
+    emulator.add_webhook(url=f"{server.url}/hooks/esp/{ESP_SECRET}/unsubscribe",
+                         event="UNSUBSCRIBE", method="POST", params={
+                             "email": "[Email]", "list": "[IdList]", "date": "[EventDate]",
+                             "type": "[EventType]", "reason": "[Reason]",
+                             "groups": "[Groups]"})
+    try:
+        yield emulator, server, crm, state
+    finally:
+        server.stop()
+        service.close()
+        state.close()
+        esp_server.stop()
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f'{k} = {_toml(v)}' for k, v in value.items()) + " }"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _mailup_status(emulator, email: str, list_id: str = "1") -> str | None:
+    for contact in emulator.state()["contacts"]:
+        if contact["email"] == email:
+            return contact["lists"].get(list_id, {}).get("status")
+    return None
+
+
+def test_mailup_unsubscribe_webhook_opts_out_in_the_crm(mailup_pair) -> None:
+    emulator, _server, crm, state = mailup_pair
+    assert _mailup_status(emulator, "ann@example.com") == "subscribed"
+    emulator.unsubscribe("ann@example.com", "1")  # the recipient clicks the link
+    eventually(lambda: crm.records[crm.by_email("ann@example.com")]["fields"]["OptOut"]
+               == "true")
+    delivery = eventually(lambda: [d for d in emulator.deliveries if d["delivered"]])
+    assert delivery[0]["status"] == 200
+    eventually(lambda: state.inbox_pending_count() == 0)
+    [entry] = [e for e in state.journal(email="ann@example.com") if e["applied_to"] == "crm"]
+    assert entry["new_status"] == "unsubscribed" and entry["source"] == "esp:mailup"
+
+
+def test_crm_change_reaches_mailup(mailup_pair) -> None:
+    emulator, server, crm, _state = mailup_pair
+    import httpx
+
+    bob = crm.by_email("bob@example.com")
+    response = httpx.post(f"{server.url}/hooks/crm", headers={"X-Crmsync-Secret": CRM_SECRET},
+                          json=crm_event("bob@example.com", ids={"memory": bob},
+                                         fields=dict(FIELDS, FirstName="Bob", OptOut="true")))
+    assert response.status_code == 200
+    eventually(lambda: _mailup_status(emulator, "bob@example.com") == "unsubscribed")
