@@ -27,10 +27,12 @@ class PasswordGrant:
     """The one auth strategy MailUp needs for unattended use (resource owner password)."""
 
     def __init__(self, settings: MailUpSettings, http: httpx.Client, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self._http = http
         self._clock = clock
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._access: str | None = None
         self._refresh: str | None = None
@@ -78,18 +80,28 @@ class PasswordGrant:
     def _token(self, form: dict[str, str]) -> None:
         secret = self.settings.client_secret.get_secret_value()
         data = {**form, "client_id": self.settings.client_id, "client_secret": secret}
-        try:
-            response = self._http.post(
-                self.settings.auth_url, data=data,
-                auth=httpx.BasicAuth(self.settings.client_id, secret))
-        except httpx.HTTPError as exc:
-            raise RemoteError(f"MailUp token endpoint {self.settings.auth_url} unreachable "
-                              f"({type(exc).__name__}): check auth_url and the network",
-                              retryable=True) from None
+        # A grant is safe to repeat (a spent refresh token falls back to the password
+        # grant), so a 5xx or a dropped connection is retried, unlike other POSTs.
+        for attempt in range(self.settings.retries):
+            if attempt:
+                self._sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
+            try:
+                response = self._http.post(
+                    self.settings.auth_url, data=data,
+                    auth=httpx.BasicAuth(self.settings.client_id, secret))
+            except httpx.HTTPError as exc:
+                error = RemoteError(f"MailUp token endpoint {self.settings.auth_url} "
+                                    f"unreachable ({type(exc).__name__}): check auth_url and "
+                                    "the network", retryable=True)
+                continue
+            if response.status_code < 500:
+                break
+            error = RemoteError(f"MailUp token endpoint answered {response.status_code}: "
+                                "try again later", status=response.status_code,
+                                code=str(response.status_code), retryable=True)
+        else:
+            raise error
         grant = form["grant_type"]
-        if response.status_code >= 500:
-            raise RemoteError(f"MailUp token endpoint answered {response.status_code}: "
-                              "try again later", status=response.status_code, retryable=True)
         body = _json(response)
         token = body.get("access_token") if isinstance(body, dict) else None
         if response.status_code != 200 or not isinstance(token, str):

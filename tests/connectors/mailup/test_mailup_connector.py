@@ -344,3 +344,36 @@ def test_unsubscribe_of_an_unknown_address_is_recorded_as_opt_out(connector, emu
     assert requests_of(control)[f"POST {PREFIX}/List/{{id}}/Recipients"] == 1
     [again] = connector.write([change("never@example.com", sub("1", Status.SUBSCRIBED))])
     assert again.ok and status_of(emulator, "never@example.com") == "unsubscribed"
+
+
+def test_5xx_is_retried_for_reads_and_reported_retryable_for_writes(make_connector, emulator,
+                                                                    control):
+    connector = make_connector(retries=3)
+    assert connector.check().ok
+    control.post("/faults", json={"error_count": 1, "error_status": 503})
+    assert connector.check().ok  # the GET was retried
+    control.post("/faults", json={"error_count": 2, "error_status": 500})
+    assert make_connector(retries=3).check().ok  # so was the token request
+    control.post("/faults", json={"error_count": 3, "error_status": 503})
+    [result] = connector.write([change("five@example.com", sub("1", Status.SUBSCRIBED))])
+    assert not result.ok and result.retryable and result.code == "503"
+    control.delete("/faults")
+    [again] = connector.write([change("five@example.com", sub("1", Status.SUBSCRIBED))])
+    assert again.ok and status_of(emulator, "five@example.com") == "subscribed"
+
+
+def test_over_tls_with_the_emulator_ca(tmp_path, monkeypatch):
+    from mailup_testbed import settings_for
+
+    from crmsync.emulator import EmulatorServer
+    from crmsync_mailup.emulator import MailUpEmulator
+
+    emu = MailUpEmulator(rate_limit=0)
+    with EmulatorServer(emu, tls=True, workdir=tmp_path) as server:
+        assert server.url.startswith("https://")
+        settings = settings_for(emu, monkeypatch)
+        assert settings.ca_path == server.ca_path
+        with MailUpConnector(settings) as connector:
+            assert connector.check().ok
+            [result] = connector.write([change("tls@example.com", sub("1", Status.SUBSCRIBED))])
+        assert result.ok
