@@ -219,6 +219,8 @@ class ServerConfig(_Strict):
     form_title: str = "Subscribe"
     form_confirm: bool = True  # the ESP's confirmation email (double opt-in)
     shutdown_timeout_s: float = Field(30.0, ge=0)
+    # Applied events are kept this long, so that a late redelivery is still recognised.
+    inbox_keep_days: float = Field(7.0, gt=0)
 
     @field_validator("allow_ips", "trusted_proxies")
     @classmethod

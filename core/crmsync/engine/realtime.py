@@ -211,6 +211,7 @@ class RealtimeWorker:
         self._next_poll = 0.0
         self._next_flush = 0.0
         self._pause_until: dict[str, float] = {}
+        self._next_prune = 0.0
         self._held = False
         self.run_id = ""
         self.counts = {"applied": 0, "retried": 0, "dead": 0, "polled": 0, "catch_up": 0}
@@ -391,6 +392,11 @@ class RealtimeWorker:
             with self.lock:
                 self._engine().apply_esp_changes([])
 
+    def prune(self) -> int:
+        """Forget applied events older than ``[server] inbox_keep_days``."""
+        before = datetime.now(UTC) - timedelta(days=self.server.inbox_keep_days)
+        return self.store.inbox_prune(before)
+
     # -- the thread -----------------------------------------------------------------------
     def wake(self) -> None:
         """A new event is in the inbox: look now rather than at the next tick."""
@@ -444,6 +450,9 @@ class RealtimeWorker:
                 if now >= self._next_flush and not self._stop.is_set():
                     self._next_flush = now + max(1.0, self.server.retry_base_s)
                     self.flush_followups()
+                if now >= self._next_prune and not self._stop.is_set():
+                    self._next_prune = now + 3600.0
+                    self.prune()
             except Exception:
                 log.exception("the real-time worker hit an error; it goes on")
                 self._stop.wait(min(5.0, self.server.retry_base_s))
