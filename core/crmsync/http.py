@@ -128,6 +128,8 @@ class RetryTransport(httpx.BaseTransport):
                 response = self.inner.handle_request(request)
             except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError,
                     httpx.ReadTimeout, httpx.ConnectTimeout, httpx.WriteError) as exc:
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                    raise  # a certificate that fails now fails on every retry
                 # ConnectError means the request never left: always safe to retry.
                 safe = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 if attempt + 1 >= self.policy.attempts or not (

@@ -25,13 +25,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import Connection
 
@@ -146,6 +148,27 @@ def _journal_from(d: dict[str, Any]) -> JournalEntry:
     data = dict(d)
     data["at"] = datetime.fromisoformat(d["at"]) if d.get("at") else None
     return JournalEntry(**data)
+
+
+_COMMITTED = Change.model_construct(email="committed@crmsync.invalid")
+
+
+def _subscription(**values: Any) -> Subscription:
+    """A Subscription from values the engine already holds validated (hot path)."""
+    values.setdefault("groups", frozenset())
+    for name in ("changed_at", "reason", "source"):
+        values.setdefault(name, None)
+    values.setdefault("explicit", False)
+    return Subscription.model_construct(**values)
+
+
+def _change(**values: Any) -> Change:
+    """A Change from a validated contact's values (hot path): email already normal."""
+    defaults: dict[str, Any] = {"op": Op.UPSERT, "ids": {}, "previous_email": None,
+                                "fields": {}, "memberships": {}, "subscriptions": {},
+                                "occurred_at": datetime.now(UTC), "source": "",
+                                "reason": None, "event_id": None}
+    return Change.model_construct(**(defaults | values))
 
 
 def _snap_hash(status: Status, groups: frozenset[str]) -> str:
@@ -280,13 +303,14 @@ class BatchSync:
                 self.store.drop_batch(conn, record["name"])
                 self.store.set_file(conn, record["name"], direction="out",
                                     run_id=record["run_id"], status="abandoned")
-            with contextlib.suppress(FileNotFoundError):
-                (self.spool_dir / record["name"]).unlink()
+            for path in (self.spool_dir / record["name"], self._commit_file(record["name"])):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         for record in self.store.files_in("out", ["staged", "uploaded"]):
             name = record["name"]
             if record["status"] == "staged":
                 spool = self.spool_dir / name
-                if not spool.exists():
+                if not spool.exists() or not self._commit_file(name).exists():
                     with self._tx() as conn:
                         self.store.drop_batch(conn, name)
                         self.store.set_file(conn, name, direction="out", run_id=record["run_id"],
@@ -700,7 +724,7 @@ class BatchSync:
                 changed_at=changed_at, source=source if status_changed else snap.source  # type: ignore[union-attr]
             ))
             if status_changed or groups_changed or previous:
-                subs[list_id] = Subscription(
+                subs[list_id] = _subscription(
                     list_id=list_id, status=status, groups=want.groups, changed_at=changed_at,
                     source=source, explicit=explicit,
                     reason="opt-in in the CRM" if explicit else None)
@@ -724,15 +748,15 @@ class BatchSync:
                 snap = next((s for s in new_snaps if s.list_id == list_id),
                             snaps.get((key, list_id)))
                 if snap is not None:
-                    subs[list_id] = Subscription(list_id=list_id, status=snap.status,
+                    subs[list_id] = _subscription(list_id=list_id, status=snap.status,
                                                  groups=snap.groups, changed_at=snap.changed_at,
                                                  source=source)
                     self.stats.count(list_id, "esp", "update")
-        change = Change(email=record.email, ids=record.ids, previous_email=previous,
+        change = _change(email=record.email, ids=record.ids, previous_email=previous,
                         fields=fields if (fields_changed or previous) else {},
                         subscriptions=subs, source=source, occurred_at=at)
         if not change.subscriptions and not change.fields:
-            return _Pending(Change(email=record.email), key, new_snaps, journal, fields_hash)
+            return _Pending(_change(email=record.email), key, new_snaps, journal, fields_hash)
         return _Pending(change, key, new_snaps, journal, fields_hash)
 
     def _outbound_delete(self, record: Contact, key: str,
@@ -876,16 +900,19 @@ class BatchSync:
         followup_ids: list[int] = []
         sent = [0]
 
-        def changes() -> Iterator[Change]:
+        # What to commit once the file is up is spooled beside it, one JSON line per
+        # contact: a local append is far cheaper than a row in the state store, and
+        # the files table says how far the export got.
+        commit_file = self._commit_file(name)
+
+        def changes(commits: IO[str]) -> Iterator[Change]:
             for row in self.store.pending("esp", batch="followups", limit=1_000_000):
                 followup_ids.append(row["id"])
                 sent[0] += 1
                 yield Change.model_validate(row["payload"])
             for pendings, cursor in self._pages(full):
-                with self._tx() as conn:
-                    self.store.stage(conn, "esp", [
-                        {"contact_key": p.key, "payload": {}, "snapshot": p.to_json()}
-                        for p in pendings], run_id=self.stats.run_id, batch=name)
+                commits.writelines(json.dumps(p.to_json(), separators=(",", ":")) + "\n"
+                                   for p in pendings)
                 if cursor is not None:
                     last_cursor[0] = cursor
                 for pending in pendings:
@@ -894,9 +921,13 @@ class BatchSync:
                         yield pending.change
 
         hasher = hashlib.sha256()
-        with spool.open("wb") as raw:
+        with spool.open("wb") as raw, commit_file.open("w", encoding="utf-8") as commits:
             writer = _HashingWriter(raw, hasher)
-            rows = self.esp.write_import_file(writer, changes())  # type: ignore[arg-type]
+            rows = self.esp.write_import_file(writer, changes(commits))  # type: ignore[arg-type]
+            commits.flush()
+            os.fsync(commits.fileno())
+            raw.flush()
+            os.fsync(raw.fileno())
         info: dict[str, Any] = {
             "cursor": last_cursor[0].model_dump(mode="json") if last_cursor[0] else None,
             "followups": followup_ids, "changes": sent[0]}
@@ -929,21 +960,29 @@ class BatchSync:
             spool.unlink()
             spool.with_suffix(spool.suffix + ".zip").unlink()
 
+    def _commit_file(self, name: str) -> Path:
+        return self.spool_dir / f"{name}.commit.jsonl"
+
     def _commit_export(self, name: str, cursor: Cursor | None, followup_ids: list[int]) -> None:
+        commit_file = self._commit_file(name)
+        if not commit_file.exists():
+            log.warning("the commit spool of %s is gone: its contacts will be diffed and sent "
+                        "again by the next run", name)
+            cursor = None
         with self._tx() as conn:
-            after = 0
-            while True:
-                rows = self.store.pending("esp", batch=name, limit=2000, after_id=after,
-                                          conn=conn)
-                if not rows:
-                    break
-                after = rows[-1]["id"]
-                self._commit_pendings(conn, [_Pending(
-                    Change(email="commit@crmsync.invalid"), row["snapshot"]["key"],
-                    [_snapshot_from(s) for s in row["snapshot"]["snapshots"]],
-                    [_journal_from(j) for j in row["snapshot"]["journal"]],
-                    row["snapshot"]["fields_hash"]) for row in rows])
-                self.store.outbox_done(conn, [row["id"] for row in rows])
+            if commit_file.exists():
+                with commit_file.open(encoding="utf-8") as lines:
+                    chunk: list[_Pending] = []
+                    for line in lines:
+                        data = json.loads(line)
+                        chunk.append(_Pending(
+                            _COMMITTED, data["key"],
+                            [_snapshot_from(s) for s in data["snapshots"]],
+                            [_journal_from(j) for j in data["journal"]], data["fields_hash"]))
+                        if len(chunk) == 2000:
+                            self._commit_pendings(conn, chunk)
+                            chunk = []
+                    self._commit_pendings(conn, chunk)
             self.store.outbox_done(conn, followup_ids)
             if cursor is not None:
                 self.store.set_cursor(conn, "crm", cursor)
@@ -952,6 +991,8 @@ class BatchSync:
                                 status="committed", rows=record["rows"] if record else 0,
                                 sha256=record["sha256"] if record else "",
                                 info=record["info"] if record else {})
+        with contextlib.suppress(FileNotFoundError):
+            commit_file.unlink()
 
     # -- the report -----------------------------------------------------------------------
     def _write_report(self, run_id: str) -> Path:
