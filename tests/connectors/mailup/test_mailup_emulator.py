@@ -162,7 +162,7 @@ def test_options_given_as_strings():
     emulator = MailUpEmulator(token_ttl="60", rate_limit="0", import_polls="2",
                               webhook_retry_delays="0.1,0.2")
     assert (emulator.token_ttl, emulator.rate_limit, emulator.import_polls,
-            emulator.retry_delays) == (60.0, None, 2, [0.1, 0.2])
+            emulator.dispatcher.retry_delays) == (60.0, None, 2, [0.1, 0.2])
 
 
 def test_crmsync_emulate_serves_it():
