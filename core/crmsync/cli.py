@@ -1,6 +1,6 @@
 """The ``crmsync`` command.
 
-Global options come before the command: ``crmsync --connector salesforce --config
+Global options come before the command: ``crmsync --connector NAME --config
 crmsync.toml --json sync``. ``crmsync --connector NAME`` alone runs ``sync``. Exit codes:
 0 all went well, 1 some records failed, 2 usage or configuration error, 3 another
 crmsync error (the message says what to do).
@@ -212,7 +212,9 @@ def emulate(obj: Context, name: str, port: int, contacts: int, seed: int, tls: b
 
 @cli.command()
 @click.option("--connector", "-c", "name", metavar="NAME", help="Template for this CRM.")
-@click.option("--esp", default="mailup", show_default=True, help="The ESP connector.")
+@click.option("--esp", default=None,
+              help="The ESP connector (default: the first installed ESP connector that is "
+                   "not a test double).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.pass_obj
 def init(obj: Context, name: str | None, esp: str, force: bool) -> None:
@@ -223,6 +225,14 @@ def init(obj: Context, name: str | None, esp: str, force: bool) -> None:
     if not name:
         raise ConfigError("say which CRM: crmsync init --connector NAME (see `crmsync connectors`)")
     crm_class = load(name)
+    if esp is None:
+        esps = [info.name for info in available(CONNECTORS) if info.error is None
+                and info.plugin.capabilities.kind == "esp"
+                and not info.plugin.__module__.startswith("crmsync.")]
+        if not esps:
+            raise ConfigError("no ESP connector is installed: pass --esp NAME "
+                              "(see `crmsync connectors`)")
+        esp = esps[0]
     esp_class = load(esp)
     if obj.config_path.exists() and not force:
         raise ConfigError(f"{obj.config_path} exists: pass --force to overwrite it")

@@ -122,8 +122,8 @@ class ConnectorSettings(BaseSettings):
             )
         try:
             return cls(
-                _env_prefix=f"CRMSYNC_{connector.upper()}_",  # type: ignore[call-arg]
-                _env_file=str(secrets_file) if secrets_file else None,  # type: ignore[call-arg]
+                _env_prefix=f"CRMSYNC_{connector.upper()}_",
+                _env_file=str(secrets_file) if secrets_file else None,
                 **values,
             )
         except ValidationError as exc:

@@ -52,7 +52,7 @@ class Faults:
         self.error_status = 503
         self.error_count = 0  # errors still to give, whatever the rate
         self.rate_limit: float | None = None
-        self._rng = random.Random(0)  # noqa: S311 - reproducible fault pattern, not security
+        self._rng = random.Random(0)
         self._window: list[float] = []
         self._lock = threading.Lock()
 
@@ -131,6 +131,14 @@ class Emulator(ABC):
         """Change a contact's fields as a user of the vendor's UI would (CRM emulators:
         ``{"HasOptedOutOfEmail": "true"}`` opts out; the modification stamp moves)."""
         raise NotImplementedError(f"{self.name} cannot update contacts from the control API")
+
+    def import_files(self) -> dict[str, Any]:
+        """ESP emulators with a file space: import every complete file dropped in it."""
+        raise NotImplementedError(f"{self.name} imports no files")
+
+    def export_unsubscribers(self) -> dict[str, Any]:
+        """ESP emulators with a file space: write the unsubscription export to it."""
+        raise NotImplementedError(f"{self.name} exports no files")
 
     def demo_profile(self) -> dict[str, Any]:
         """How to point the connector at this (running) emulator, for tests and the demo.

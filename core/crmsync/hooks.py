@@ -129,7 +129,7 @@ class Hooks:
     def transform_contact(self, contact: Contact, direction: Direction) -> Contact:
         for impl in reversed(self.pm.hook.crmsync_transform_contact.get_hookimpls()):
             replaced = impl.function(contact=contact, direction=direction)
-            if replaced is not None:
+            if isinstance(replaced, Contact):
                 contact = replaced
         return contact
 

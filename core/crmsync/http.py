@@ -90,7 +90,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.max_backoff)
-        base = min(self.max_backoff, self.backoff * (2 ** attempt))
+        base = float(min(self.max_backoff, self.backoff * (2 ** attempt)))
         return base / 2 + random.random() * base / 2  # jitter, so clients do not march in step
 
 

@@ -70,7 +70,7 @@ class Status(StrEnum):
 
 
 class Group(_Frozen):
-    """A group inside a list (MailUp group, a CRM interest value...)."""
+    """A group inside a list (an ESP group, a CRM interest value...)."""
 
     id: str
     name: str
@@ -109,7 +109,7 @@ class Subscription(_Frozen):
 class Contact(_Frozen):
     """One person as one system knows them.
 
-    ``ids`` holds record ids per system (``{"salesforce": "003..."}``). ``fields`` are
+    ``ids`` holds record ids per system (``{"<connector>": "<record id>"}``). ``fields`` are
     in that system's vocabulary. ``memberships`` are the CRM constructs the record
     belongs to (``"campaign:701..." -> "Responded"``, ``"target_list:abc" -> ""``);
     the engine maps them, with ``fields``, to per-list subscriptions. An ESP fills
@@ -199,7 +199,7 @@ class Cursor(_Frozen):
     """Where an incremental read resumes: a UTC timestamp, a tie-break id, vendor data.
 
     Cursors order by ``(at, tie_id)``; ``data`` is opaque to the engine (a Bulk job
-    locator, a vTiger ``lastModifiedTime``...).
+    locator, a server's own sync token...).
     """
 
     at: datetime

@@ -9,9 +9,9 @@ import trustme
 
 from crmsync.errors import TransportError
 from crmsync.files import FileSpace
+from crmsync.testing.servers import ftp_server, sftp_server
 
 from ..core.conftest import Pair, write_config
-from crmsync.testing.servers import ftp_server, sftp_server
 
 
 @pytest.fixture
@@ -104,9 +104,8 @@ def test_wrong_password_is_a_clear_error_without_the_secret(tmp_path) -> None:
     root.mkdir()
     from pydantic import SecretStr
 
-    with ftp_server(root) as port:
-        with pytest.raises(TransportError) as info:
-            FileSpace(f"ftp://crm@127.0.0.1:{port}/", password=SecretStr("wrong-pass")).list("in")
+    with ftp_server(root) as port, pytest.raises(TransportError) as info:
+        FileSpace(f"ftp://crm@127.0.0.1:{port}/", password=SecretStr("wrong-pass")).list("in")
     assert "wrong-pass" not in str(info.value)
     assert "CRMSYNC_FILES_PASSWORD" in str(info.value) or "530" in str(info.value)
 

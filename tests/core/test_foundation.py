@@ -15,7 +15,7 @@ import crmsync
 from crmsync.cli import cli
 from crmsync.config import load_config
 from crmsync.errors import ConfigError, PluginError
-from crmsync.hooks import HookSpecs, Hooks, build_plugin_manager, hookimpl
+from crmsync.hooks import Hooks, HookSpecs, build_plugin_manager, hookimpl
 from crmsync.registry import available, load
 
 PUBLIC_API = [
@@ -86,8 +86,10 @@ def test_connectors_json_lists_builtin_and_example(broken_plugin) -> None:
     result = CliRunner().invoke(cli, ["--json", "connectors"])
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.output)}
-    assert rows["memory"]["kind"] == "crm" and "incremental_read" in rows["memory"]["capabilities"]
-    assert rows["memory-esp"]["kind"] == "esp" and "file_exchange" in rows["memory-esp"]["capabilities"]
+    assert rows["memory"]["kind"] == "crm"
+    assert "incremental_read" in rows["memory"]["capabilities"]
+    assert rows["memory-esp"]["kind"] == "esp"
+    assert "file_exchange" in rows["memory-esp"]["capabilities"]
     assert rows["example-csv"]["distribution"] == "crmsync-example-connector"
     assert rows["broken"]["error"]
 
@@ -129,8 +131,9 @@ def test_config_errors_name_the_key(tmp_path) -> None:
 
 
 def test_secret_inline_is_refused(monkeypatch) -> None:
-    from crmsync.contract import ConnectorSettings
     from pydantic import SecretStr
+
+    from crmsync.contract import ConnectorSettings
 
     class S(ConnectorSettings):
         user: str

@@ -25,12 +25,18 @@ from ..cli import Context, cli
 from ..config import load_config
 from ..emulator import Emulator, EmulatorServer
 from ..errors import ConfigError, PluginError
-from ..registry import load_emulator
+from ..registry import CONNECTORS, EMULATORS, available, load_emulator
 from ..runtime import build_batch, open_side, open_store
 from .sync import render_stats
 
-ESP = "mailup"
-DEFAULT_CRM = "salesforce"
+
+def _emulated(kind: str) -> list[str]:
+    """Installed connectors of ``kind`` that ship an emulator, by name."""
+    emulators = {info.name for info in available(EMULATORS) if info.error is None}
+    return sorted(info.name for info in available(CONNECTORS)
+                  if info.error is None and info.name in emulators
+                  and info.plugin.capabilities.kind == kind
+                  and (kind == "crm" or info.plugin.capabilities.file_exchange))
 
 
 def _memory_profile(folder: Path, contacts: int) -> dict[str, Any]:
@@ -78,7 +84,8 @@ def _crm_update(emulator: Emulator | None, folder: Path, email: str,
 
 @cli.command()
 @click.option("--connector", "-c", "crm_name", default=None,
-              help=f"The CRM to emulate (default {DEFAULT_CRM}; also sugarcrm, vtiger, memory).")
+              help="The CRM to emulate (default: the first installed CRM connector with an "
+                   "emulator; `memory` needs none).")
 @click.option("--contacts", "-n", default=40, show_default=True, help="CRM contacts to start with.")
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep everything in this folder (default: a temporary one, removed after).")
@@ -87,7 +94,12 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None)
     """Run a two-way sync on emulators: no account, no set-up."""
     from ..testing.servers import ftp_server
 
-    crm_name = crm_name or obj.connector or DEFAULT_CRM
+    crm_name = crm_name or obj.connector or next(iter(_emulated("crm")), "memory")
+    esps = _emulated("esp")
+    if not esps:
+        raise ConfigError("the demo needs an ESP connector with an emulator and file exchange; "
+                          "none is installed (see `crmsync connectors`)")
+    esp_name = esps[0]
     console = obj.console
     say = (lambda *a, **k: None) if obj.as_json else console.print
     with contextlib.ExitStack() as stack:
@@ -98,7 +110,7 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None)
         space.mkdir(exist_ok=True)
         password = secrets.token_urlsafe(12)
         port = stack.enter_context(ftp_server(space, user="demo", password=password))
-        say(f"[bold]crmsync demo[/bold] — {crm_name} ⇄ {ESP}, working in {folder}")
+        say(f"[bold]crmsync demo[/bold] — {crm_name} ⇄ {esp_name}, working in {folder}")
         say(f"  FTP space   ftp://127.0.0.1:{port}/  (the ESP's file space)")
 
         crm_emulator: Emulator | None = None
@@ -115,11 +127,12 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None)
             stack.callback(server.stop)
             profile = crm_emulator.demo_profile()
             say(f"  CRM         {crm_name} emulator on {server.url} ({contacts} contacts)")
-        esp_emulator = load_emulator(ESP)(files_dir=str(space))
+        esp_options: dict[str, Any] = {"files_dir": str(space)}
+        esp_emulator = load_emulator(esp_name)(**esp_options)
         esp_server = EmulatorServer(esp_emulator).start()
         stack.callback(esp_server.stop)
         esp_profile = esp_emulator.demo_profile()
-        say(f"  ESP         {ESP} emulator on {esp_server.url}")
+        say(f"  ESP         {esp_name} emulator on {esp_server.url}")
 
         secrets_env = {**profile["secrets"], **esp_profile["secrets"],
                        "CRMSYNC_FILES_PASSWORD": password}
@@ -131,7 +144,7 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None)
         config_path.write_text(tomli_w.dumps({
             "state": {"url": "sqlite:///state.db"},
             "crm": {"connector": crm_name, "settings": _clean(profile["settings"])},
-            "esp": {"connector": ESP, "mode": "files", "settings": _clean(esp_profile["settings"])},
+            "esp": {"connector": esp_name, "mode": "files", "settings": _clean(esp_profile["settings"])},
             "files": {"url": f"ftp://demo@127.0.0.1:{port}/"},
             "fields": profile["fields"],
             "lists": profile["lists"],
@@ -160,7 +173,7 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None)
         people = [c | {"email": c["email"].strip().lower()}
                   for c in _crm_contacts(crm_name, crm_emulator, folder)
                   if not c.get("opted_out") and not c.get("deleted") and c.get("email")]
-        rng = random.Random(7)  # noqa: S311 - the demo's choice of people, not security
+        rng = random.Random(7)
         rng.shuffle(people)
         unsubscribers = [p["email"] for p in people[:3]]
         opt_out_field = next((item.get("opt_out") for item in profile["lists"]

@@ -30,7 +30,8 @@ def render_stats(obj: Context, stats: dict[str, Any]) -> None:
             plan.add_column(column)
         for list_id, sides in sorted(stats["plan"].items()):
             for side, counts in sorted(sides.items()):
-                plan.add_row(list_id, side, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+                changes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                plan.add_row(list_id, side, changes)
         obj.console.print(plan)
     for name in stats["files_uploaded"]:
         obj.console.print(f"uploaded {name}")
@@ -81,7 +82,7 @@ def status(obj: Context, runs: int) -> None:
     """Show the last runs, the cursors, pending work and dead letters."""
     config = obj.config()
     store = open_store(config)
-    data = {
+    data: dict[str, Any] = {
         "runs": [{k: r[k] for k in ("id", "mode", "full", "dry_run", "status", "started_at",
                                     "finished_at")}
                  | {"stats": {k: r["stats"].get(k) for k in ("crm_read", "esp_written",

@@ -429,10 +429,8 @@ class BatchSync:
 
     def _archive(self, name: str) -> None:
         assert self.files is not None
-        try:
+        with contextlib.suppress(FileNotFoundError):  # already moved by an interrupted run
             self.files.archive(self.config.files.export_dir, name, self.config.files.archive_dir)
-        except FileNotFoundError:
-            pass  # already moved by an earlier, interrupted run
         with self._tx() as conn:
             self.store.set_file(conn, f"in:{name}", direction="in", run_id=self.stats.run_id,
                                 status="archived")
@@ -626,13 +624,13 @@ class BatchSync:
             self.stats.post_operations += len(calls)
         if not follow_ups:
             return
-        applied = self._inbound_decide(follow_ups, [None] * len(follow_ups), dry_run=False,
-                                       follow_up=True)
-        self.stats.post_operations += len(applied)
+        cascaded = self._inbound_decide(follow_ups, [None] * len(follow_ups), dry_run=False,
+                                        follow_up=True)
+        self.stats.post_operations += len(cascaded)
         # The ESP did not make these changes: it must hear of them too.
         with self._tx() as conn:
             self.store.stage(conn, "esp", [{"payload": c.model_dump(mode="json")}
-                                           for c in applied],
+                                           for c in cascaded],
                              run_id=self.stats.run_id, batch="followups")
 
     def _dry_follow_ups(self, applied: list[tuple[Change, dict[str, Subscription]]]) -> None:
@@ -744,7 +742,7 @@ class BatchSync:
             return None
         if fields_changed and not subs and desired:
             # a field update travels with the contact's current lists
-            for list_id, want in desired.items():
+            for list_id in desired:
                 snap = next((s for s in new_snaps if s.list_id == list_id),
                             snaps.get((key, list_id)))
                 if snap is not None:

@@ -96,7 +96,8 @@ class PostOperationRules:
             for attempt in range(rule.retries + 1):
                 try:
                     if rule.method == "GET":
-                        response = client.get(rule.call_url, params=payload | {"fields": ""},
+                        query = {k: str(v or "") for k, v in payload.items() if k != "fields"}
+                        response = client.get(rule.call_url, params=query,
                                               headers=headers, timeout=rule.timeout_s)
                     else:
                         response = client.post(rule.call_url, content=body, headers=headers,

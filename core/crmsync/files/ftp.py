@@ -27,7 +27,7 @@ class _SecureFTPFileSystem(FTPFileSystem):  # type: ignore[misc]
         if not self.tls:
             super()._connect()
             return
-        self.ftp = ftplib.FTP_TLS(timeout=self.timeout, encoding=self.encoding,
+        self.ftp = ftplib.FTP_TLS(  # noqa: S321 - explicit TLS on both channels (PROT P)timeout=self.timeout, encoding=self.encoding,
                                   context=self._ssl_context or ssl.create_default_context())
         self.ftp.connect(self.host, self.port)
         self.ftp.login(*self.cred)

@@ -9,6 +9,7 @@ the archive folder, never deleted.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import io
@@ -216,7 +217,5 @@ class FileSpace:
         closer = getattr(self.fs, "close", None) or getattr(getattr(self.fs, "ftp", None),
                                                             "close", None)
         if self.scheme != "file" and callable(closer):
-            try:
+            with contextlib.suppress(Exception):  # best effort on shutdown
                 closer()
-            except Exception:  # noqa: S110 - best effort on shutdown
-                pass

@@ -118,7 +118,7 @@ class StateStore:
             row = conn.execute(select(t.cursors).where(t.cursors.c.name == name)).first()
         if row is None:
             return None
-        return Cursor(at=_aware(row.at), tie_id=row.tie_id, data=row.data or {})  # type: ignore[arg-type]
+        return Cursor(at=_aware(row.at), tie_id=row.tie_id, data=row.data or {})
 
     def set_cursor(self, conn: Connection, name: str, cursor: Cursor) -> None:
         stmt = self._insert(t.cursors).values(
@@ -135,7 +135,7 @@ class StateStore:
     def cursors(self) -> dict[str, Cursor]:
         with self.begin() as conn:
             rows = conn.execute(select(t.cursors)).all()
-        return {row.name: Cursor(at=_aware(row.at), tie_id=row.tie_id, data=row.data or {})  # type: ignore[arg-type]
+        return {row.name: Cursor(at=_aware(row.at), tie_id=row.tie_id, data=row.data or {})
                 for row in rows}
 
     # -- identities -----------------------------------------------------------------------
@@ -300,8 +300,9 @@ class StateStore:
 
     def finish_run(self, run_id: str, status: str, stats: dict[str, Any]) -> None:
         with self.begin() as conn:
+            plain = json.loads(json.dumps(stats, default=str))
             conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(
-                finished_at=_now(), status=status, stats=json.loads(json.dumps(stats, default=str))))
+                finished_at=_now(), status=status, stats=plain))
 
     def runs(self, limit: int = 10) -> list[dict[str, Any]]:
         with self.begin() as conn:

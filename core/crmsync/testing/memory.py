@@ -15,13 +15,12 @@ import csv
 import io
 import itertools
 import json
-import os
 import random
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, ClassVar, Literal
+from typing import IO, Any, ClassVar
 
 from ..contract import (
     Capabilities,
@@ -97,7 +96,7 @@ class MemoryStore:
             "records": self.records, "lists": self.lists, "sent": self.sent,
             "imports": self.imports, "last": self._last.isoformat(), "next_id": next_id,
         }))
-        os.replace(tmp, self.path)
+        tmp.replace(self.path)
 
     # -- clock and ids -----------------------------------------------------------------
     def now(self) -> datetime:
@@ -125,7 +124,8 @@ class MemoryStore:
             self.records[record_id] = {
                 "email": normalize_email(email), "fields": dict(fields or {}),
                 "memberships": dict(memberships or {}),
-                "lists": {k: {"status": v, "groups": [], "at": None} for k, v in (lists or {}).items()},
+                "lists": {k: {"status": v, "groups": [], "at": None}
+                          for k, v in (lists or {}).items()},
                 "modified": self.now().isoformat(), "deleted": False, "previous_email": None,
             }
             self.save()
@@ -145,7 +145,7 @@ class MemoryStore:
             self.save()
 
     def seed(self, contacts: int, seed: int = 0, *, lists: Sequence[str] = ("1",)) -> None:
-        rng = random.Random(seed)  # noqa: S311 - test data
+        rng = random.Random(seed)
         interests = ["news", "events", "offers", "tech"]
         with self.lock:
             for number in range(contacts):

@@ -95,7 +95,7 @@ def vcr_config() -> dict[str, Any]:
 
 @pytest.fixture
 def crmsync_emulator() -> Iterator[Callable[..., EmulatorServer]]:
-    """``server = crmsync_emulator("mailup", contacts=10, tls=False)``: served until teardown."""
+    """``server = crmsync_emulator("name", contacts=10, tls=False)``: served until teardown."""
     servers: list[EmulatorServer] = []
 
     def start(name: str, *, contacts: int = 0, seed: int = 0, tls: bool = False,

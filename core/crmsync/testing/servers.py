@@ -13,8 +13,8 @@ from crmsync.emulator import free_port
 
 @contextlib.contextmanager
 def ftp_server(root: Path, *, tls: bool = False, user: str = "crm",
-               password: str = "s3cret", certfile: str | None = None,
-               keyfile: str | None = None) -> Iterator[int]:
+               password: str = "s3cret",  # noqa: S107 - a throw-away test server
+               certfile: str | None = None, keyfile: str | None = None) -> Iterator[int]:
     """pyftpdlib serving ``root``; with ``tls`` explicit FTPS that requires TLS on both
     channels (so a client that forgets PROT P fails)."""
     from pyftpdlib.authorizers import DummyAuthorizer
@@ -25,7 +25,7 @@ def ftp_server(root: Path, *, tls: bool = False, user: str = "crm",
     authorizer.add_user(user, password, str(root), perm="elradfmwMT")
     handler: type[FTPHandler]
     if tls:
-        class Handler(TLS_FTPHandler):
+        class Handler(TLS_FTPHandler):  # type: ignore[misc]
             pass
 
         Handler.certfile = certfile
@@ -34,7 +34,7 @@ def ftp_server(root: Path, *, tls: bool = False, user: str = "crm",
         Handler.tls_data_required = True
         handler = Handler
     else:
-        class Plain(FTPHandler):
+        class Plain(FTPHandler):  # type: ignore[misc]
             pass
 
         handler = Plain
@@ -54,7 +54,8 @@ def ftp_server(root: Path, *, tls: bool = False, user: str = "crm",
 
 
 @contextlib.contextmanager
-def sftp_server(root: Path, *, user: str = "crm", password: str = "s3cret") -> Iterator[int]:
+def sftp_server(root: Path, *, user: str = "crm",
+                password: str = "s3cret") -> Iterator[int]:  # noqa: S107 - test server
     """An asyncssh SFTP server chrooted to ``root``, password authentication."""
     import asyncssh
 
@@ -74,8 +75,8 @@ def sftp_server(root: Path, *, user: str = "crm", password: str = "s3cret") -> I
         def validate_password(self, username: str, candidate: str) -> bool:
             return username == user and candidate == password
 
-    def sftp_factory(chan):
-        return asyncssh.SFTPServer(chan, chroot=str(root))
+    def sftp_factory(chan: asyncssh.SSHServerChannel[bytes]) -> asyncssh.SFTPServer:
+        return asyncssh.SFTPServer(chan, chroot=str(root).encode())
 
     async def start() -> None:
         holder["server"] = await asyncssh.listen(
