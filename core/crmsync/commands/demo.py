@@ -144,7 +144,8 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None)
         config_path.write_text(tomli_w.dumps({
             "state": {"url": "sqlite:///state.db"},
             "crm": {"connector": crm_name, "settings": _clean(profile["settings"])},
-            "esp": {"connector": esp_name, "mode": "files", "settings": _clean(esp_profile["settings"])},
+            "esp": {"connector": esp_name, "mode": "files",
+                    "settings": _clean(esp_profile["settings"])},
             "files": {"url": f"ftp://demo@127.0.0.1:{port}/"},
             "fields": profile["fields"],
             "lists": profile["lists"],
