@@ -105,7 +105,8 @@ def test_health_readiness_and_metrics(serve_pair) -> None:
     ready = rt.http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
     rt.post_esp(esp_unsubscribe("ann@example.com", event_id="m-1"))
-    eventually(rt.idle)
+    eventually(lambda: 'crmsync_events_applied_total{endpoint="esp"} 1.0'
+               in rt.http.get("/metrics").text)
     metrics = rt.http.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text

@@ -84,9 +84,9 @@ def test_esp_outage_events_wait_and_none_is_lost(serve_pair, tmp_path) -> None:
     calls = [at for at, _ in esp.calls[before:]]
     assert len(calls) >= 5  # four refused calls, then the ones that went through
     assert calls[4] - calls[3] >= 0.4  # the vendor's Retry-After was honoured
-    metrics = rt.http.get("/metrics").text
-    assert 'crmsync_events_applied_total{endpoint="crm"} 3.0' in metrics
-    assert 'crmsync_events_failed_total{endpoint="crm"}' in metrics
+    eventually(lambda: 'crmsync_events_applied_total{endpoint="crm"} 3.0'
+               in rt.http.get("/metrics").text)
+    assert 'crmsync_events_failed_total{endpoint="crm"}' in rt.http.get("/metrics").text
 
 
 def test_a_contact_waiting_for_a_retry_blocks_only_its_own_later_events(serve_pair,
@@ -129,7 +129,8 @@ def test_retry_cap_then_dead_letter_then_replay(serve_pair, tmp_path) -> None:
     config = str(rt.tmp / "crmsync.toml")
     status = CliRunner().invoke(cli, ["--config", config, "--json", "status"])
     assert status.exit_code == 0 and json.loads(status.output)["dead_letters"] == 1
-    assert 'crmsync_events_dead_total{endpoint="crm"} 1.0' in rt.http.get("/metrics").text
+    eventually(lambda: 'crmsync_events_dead_total{endpoint="crm"} 1.0'
+               in rt.http.get("/metrics").text)
     # the outage is over: the running server applies what `replay --queue-only` put back
     esp.down_for = set()
     result = CliRunner().invoke(cli, ["--config", config, "--json", "replay", "--dead-letters",
