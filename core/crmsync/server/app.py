@@ -38,7 +38,6 @@ from ..errors import (
     DataError,
     EventRejected,
     RemoteError,
-    StateError,
 )
 from ..model import Change, InboundRequest
 from ..state import StateStore
@@ -116,10 +115,29 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
+class _NotStored(Exception):
+    """The state store could not take a decoded event (the cause says why)."""
+
+
+def _accept_with(service: RealtimeService, side: str, connector: Any,
+                 inbound: InboundRequest) -> str:
+    changes = connector.decode_event(inbound)
+    if not changes:
+        return "ignored"
+    try:
+        stored = service.store_event(side, dedupe_key(inbound, changes), changes)
+    except CrmsyncError as exc:
+        raise _NotStored() from exc
+    return "stored" if stored else "duplicate"
+
+
 def build_app(service: RealtimeService) -> Starlette:
     """The app for one configured CRM / ESP pair (see the module docstring)."""
     config = service.config.server
     limit = config.max_body_bytes
+
+    def _accept(side: str, connector: Any, inbound: InboundRequest) -> str:
+        return _accept_with(service, side, connector, inbound)
 
     async def hook(request: Request) -> Response:
         side = request.path_params["side"]
@@ -170,7 +188,9 @@ def build_app(service: RealtimeService) -> Starlette:
             query=request.query_params.multi_items(), body=body, client=client)
         connector = endpoint.connector
         try:
-            changes = await run_in_threadpool(connector.decode_event, inbound)
+            # decoding may call the vendor (a record read back): off the event loop, and
+            # in the same hop as storing
+            outcome = await run_in_threadpool(_accept, side, connector, inbound)
         except EventRejected as exc:
             status = exc.status if exc.status in (400, 401, 403, 413, 422) else 400
             return _reject(service, side, status, str(exc))
@@ -178,21 +198,15 @@ def build_app(service: RealtimeService) -> Starlette:
             log.warning("decoding a %s event needed the vendor, which failed: %s", side, exc)
             return PlainTextResponse("cannot decode the event now: send again later\n",
                                      status_code=503, headers={"Retry-After": "30"})
+        except _NotStored as exc:
+            log.error("could not store a %s event: %s", side, exc.__cause__)
+            return PlainTextResponse("cannot store the event now: send again later\n",
+                                     status_code=503, headers={"Retry-After": "30"})
         except Exception:
             log.exception("the %s connector failed to decode an event", side)
             return PlainTextResponse("internal error decoding the event\n", status_code=500)
-        if changes:
-            key = dedupe_key(inbound, changes)
-            try:
-                stored = await run_in_threadpool(service.store_event, side, key, changes)
-            except (StateError, CrmsyncError) as exc:
-                log.error("could not store a %s event: %s", side, exc)
-                return PlainTextResponse("cannot store the event now: send again later\n",
-                                         status_code=503, headers={"Retry-After": "30"})
-            (service.metrics.received if stored else service.metrics.duplicates).labels(
-                side).inc()
-        else:
-            service.metrics.ignored.labels(side).inc()
+        {"stored": service.metrics.received, "duplicate": service.metrics.duplicates,
+         "ignored": service.metrics.ignored}[outcome].labels(side).inc()
         status, content_type, ack = connector.event_ack(inbound)
         return Response(ack, status_code=status, media_type=content_type)
 
