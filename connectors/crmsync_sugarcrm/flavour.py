@@ -73,7 +73,7 @@ class SugarFlavour(ABC):
     def apply(self, writes: Sequence[RecordWrite]) -> dict[int, WriteResult]:
         """Apply resolved writes in batches; one result per ``RecordWrite.index``."""
 
-    def close(self) -> None:  # noqa: B027 - most flavours have nothing to end
+    def close(self) -> None:
         """Log out when the API has a session worth ending."""
 
 

@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crmsync.emulator import Emulator
 
@@ -56,16 +55,6 @@ class SugarEmulator(Emulator):
         super().__init__(contacts=contacts, seed=seed)
 
     # -- harness hooks -----------------------------------------------------------------
-    def app(self) -> ASGIApp:
-        # uvicorn's interface detection takes the harness's bound-method app for an
-        # ASGI2 app and fails every request; a plain coroutine function is seen as ASGI3.
-        inner = super().app()
-
-        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-            await inner(scope, receive, send)
-
-        return asgi
-
     def routes(self) -> list[BaseRoute]:
         return [*self.rest.routes(), *self.legacy.routes()]
 
