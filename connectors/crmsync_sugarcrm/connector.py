@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -33,6 +34,8 @@ from .rest import RestFlavour
 from .settings import SugarSettings
 
 __all__ = ["FLAVOURS", "SugarConnector"]
+
+log = logging.getLogger(__name__)
 
 FLAVOURS: dict[str, type[SugarFlavour]] = {"rest": RestFlavour, "v4_1": LegacyFlavour}
 OPT_OUT = "email_opt_out"
@@ -104,6 +107,11 @@ class SugarConnector(Connector):
             contact = record.to_contact(self.name, memberships.get(record.id, {}),
                                         modified_at=stamp)
             if contact is None:
+                # Nothing to sync without an address; a deletion we cannot tie to one is
+                # logged as a warning so that someone can act on it.
+                (log.warning if record.deleted else log.debug)(
+                    "%s %s %s has no usable email address: skipped", record.module,
+                    "deleted record" if record.deleted else "record", record.id)
                 continue
             page.append(contact)
             last = key
