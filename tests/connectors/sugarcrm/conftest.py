@@ -16,9 +16,10 @@ from crmsync_sugarcrm.emulator import SugarEmulator
 def serve() -> Iterator[Callable[..., EmulatorServer]]:
     servers: list[EmulatorServer] = []
 
-    def start(flavour: str = "rest", contacts: int = 0, seed: int = 0) -> EmulatorServer:
-        server = EmulatorServer(SugarEmulator(contacts=contacts, seed=seed,
-                                              flavour=flavour)).start()
+    def start(flavour: str = "rest", contacts: int = 0, seed: int = 0,
+              tls: bool = False) -> EmulatorServer:
+        server = EmulatorServer(SugarEmulator(contacts=contacts, seed=seed, flavour=flavour),
+                                tls=tls).start()
         servers.append(server)
         return server
 

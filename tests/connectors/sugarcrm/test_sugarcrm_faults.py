@@ -206,3 +206,13 @@ def test_v4_1_read_retries_a_503(serve, connect):
     assert connector.check().ok
     control(server, "faults", {"error_status": 503, "error_count": 2})
     assert len(read_emails(connector)) == 3
+
+
+@pytest.mark.parametrize("flavour", ["rest", "v4_1"])
+def test_tls_with_the_emulators_ca_and_refused_without_it(serve, connect, flavour):
+    server = serve(flavour, contacts=2, tls=True)
+    assert server.url.startswith("https://")
+    assert len(read_emails(connect(server))) == 2  # the profile trusts the throw-away CA
+    untrusted = connect(server, verify=True, retries=1)
+    health = untrusted.check()
+    assert not health.ok and "CERTIFICATE" in health.detail.upper()
