@@ -204,9 +204,8 @@ class WebhookDecoder:
         return parsed.astimezone(UTC)
 
     def _group(self, list_id: str, group_id: str) -> str:
+        # A failed lookup raises (RemoteError): crmsync serve then answers 503 and MailUp
+        # delivers again later, rather than storing ids where names are expected.
         if self.group_name is None or not list_id:
             return group_id
-        try:
-            return self.group_name(list_id, group_id)
-        except Exception:  # a lookup failure must not lose the event
-            return group_id
+        return self.group_name(list_id, group_id)

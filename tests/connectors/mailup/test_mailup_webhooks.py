@@ -291,3 +291,16 @@ def test_emulator_email_change_and_profile_and_delete(emulator, control, receive
     assert ("moved@example.com", "delete") in summary
     [profile] = [c for c in changes if c.fields.get("name") == "Mo"]
     assert profile.subscriptions["1"].groups == frozenset({"offers"})
+
+
+def test_group_ids_that_cannot_be_named_now_are_retried_later():
+    from crmsync.errors import RemoteError
+
+    def unreachable(list_id: str, group_id: str) -> str:
+        raise RemoteError("MailUp unreachable", retryable=True)
+
+    d = WebhookDecoder(MailUpSettings(), group_name=unreachable)
+    with pytest.raises(RemoteError):
+        d.decode(get("evt=SUBSCRIBE&eml=a%40example.com&idl=1&gru=3"))
+    [plain] = d.decode(get("evt=SUBSCRIBE&eml=a%40example.com&idl=1"))
+    assert plain.subscriptions["1"].groups == frozenset()
