@@ -219,6 +219,7 @@ class ServerConfig(_Strict):
     retry_base_s: float = Field(1.0, gt=0)
     retry_max_s: float = Field(300.0, gt=0)
     batch_size: int = Field(50, ge=1, le=1000)
+    intake_threads: int = Field(8, ge=1, le=256)  # threads decoding and storing events
     signature_header: str = "X-Crmsync-Signature"
     # Proxies whose X-Forwarded-For is believed when checking allow_ips.
     trusted_proxies: list[str] = Field(default_factory=list)

@@ -219,3 +219,18 @@ def test_crash_between_upload_and_commit_resumes_without_resending(pair: Pair, c
     assert pair.esp_status("ann@example.com") == "subscribed"
     journal = [e for e in pair.journal() if e["applied_to"] == "esp"]
     assert len(journal) == len({(e["email"], e["list_id"]) for e in journal})
+
+
+def test_first_run_applies_unsubscriptions_of_contacts_not_yet_read(pair: Pair) -> None:
+    """The ESP's export arrives before crmsync ever read the CRM: the opt-out still lands."""
+    (pair.space / "out").mkdir(parents=True)
+    (pair.space / "out" / "unsubscribed-0.csv").write_text(
+        "email;list;date;reason\nbob@example.com;1;2026-01-01T00:00:00+00:00;link\n")
+    stats = pair.sync()
+    assert stats.status == "succeeded"
+    assert pair.crm_record("bob@example.com")["fields"]["OptOut"] == "true"
+    pair.esp_import()
+    assert pair.esp_status("bob@example.com", "1") == "unsubscribed"
+    entries = [(e["applied_to"], e["new_status"]) for e in pair.journal("bob@example.com")
+               if e["list_id"] == "1"]
+    assert entries == [("state", "unsubscribed"), ("crm", "unsubscribed")]

@@ -214,6 +214,7 @@ class BatchSync:
         self.stats = RunStats()
         self.failures: list[Failure] = []
         self._dry_conn: Connection | None = None
+        self._repairs: list[tuple[Contact, str, str, Status, Snapshot]] = []
 
     # -- transactions (a dry run shares one that is rolled back) --------------------------
     @contextlib.contextmanager
@@ -294,6 +295,7 @@ class BatchSync:
                     self.stats.esp_written += 1
                 commits.append(pending)
             self._commit_pendings(conn, commits)
+        self._flush_crm_repairs()
         return self.failures[before:]
 
     # -- recovery -------------------------------------------------------------------------
@@ -710,6 +712,11 @@ class BatchSync:
                     if not decision.apply and decision.why != "unchanged":
                         self.stats.consent_kept += 1
                     status = decision.status
+            if (status == Status.UNSUBSCRIBED and want.status != Status.UNSUBSCRIBED
+                    and snap is not None and self.crm.name in record.ids):
+                # crmsync knows of an unsubscribe the CRM does not show (an ESP unsubscribe
+                # of a contact not yet read from the CRM, or a write-back that failed)
+                self._repairs.append((record, key, list_id, want.status, snap))
             status_changed = snap is None or status != snap.status
             groups_changed = snap is None or want.groups != snap.groups
             crm_changed = snap is None or want.status != snap.crm_status
@@ -804,10 +811,64 @@ class BatchSync:
                                source=source, reason="deleted in the CRM", occurred_at=at),
                         key, new_snaps, journal)
 
+    def _flush_crm_repairs(self, *, dry_run: bool = False) -> None:
+        """Write to the CRM the unsubscribes it does not show yet; journal each once."""
+        repairs, self._repairs = self._repairs, []
+        by_contact: dict[str, list[tuple[Contact, str, str, Status, Snapshot]]] = {}
+        for item in repairs:
+            if self.mapper.to_crm(item[2], Status.UNSUBSCRIBED) is not None:
+                by_contact.setdefault(item[1], []).append(item)
+        if dry_run:
+            for items in by_contact.values():
+                for _, _, list_id, _, _ in items:
+                    self.stats.count(list_id, "crm", "unsubscribed")
+            return
+        groups = list(by_contact.values())
+        size = self.config.sync.batch_size
+        for start in range(0, len(groups), size):
+            chunk = groups[start:start + size]
+            changes = []
+            for items in chunk:
+                record = items[0][0]
+                fields: dict[str, str | None] = {}
+                memberships: dict[str, str | None] = {}
+                for _, _, list_id, _, _ in items:
+                    target = self.mapper.to_crm(list_id, Status.UNSUBSCRIBED)
+                    assert target is not None
+                    fields.update(target[0])
+                    memberships.update(target[1])
+                changes.append(Change(email=record.email,
+                                      ids={self.crm.name: record.ids[self.crm.name]},
+                                      fields=fields, memberships=memberships,
+                                      source="crmsync", reason="the CRM was behind"))
+            results = self._write_crm(changes)
+            with self._tx() as conn:
+                for items, change, result in zip(chunk, changes, results, strict=True):
+                    if not result.ok:
+                        self.failures.append(Failure(
+                            "crm", change.email, ",".join(i[2] for i in items),
+                            f"{result.error} (an earlier unsubscribe; retried next run)",
+                            code=result.code or "", retryable=result.retryable))
+                        continue
+                    self.stats.crm_written += 1
+                    self.store.put_snapshots(conn, [replace(
+                        snap, crm_status=Status.UNSUBSCRIBED, status=Status.UNSUBSCRIBED)
+                        for _, _, _, _, snap in items])
+                    self.store.append_journal(conn, [JournalEntry(
+                        contact_key=key, email=record.email, list_id=list_id,
+                        old_status=crm_view.value, new_status=Status.UNSUBSCRIBED.value,
+                        applied_to="crm", source=snap.source or "crmsync",
+                        reason="the CRM did not show an earlier unsubscribe",
+                        run_id=self.stats.run_id) for record, key, list_id, crm_view, snap
+                        in items])
+                    for _, _, list_id, _, _ in items:
+                        self.stats.count(list_id, "crm", "unsubscribed")
+
     def _outbound(self, *, full: bool, dry_run: bool) -> None:
         if dry_run:
             for _pendings, _cursor in self._pages(full):
                 pass
+            self._flush_crm_repairs(dry_run=True)
             for row in self.store.pending("esp", batch="followups", limit=1_000_000):
                 change = Change.model_validate(row["payload"])
                 for list_id, sub in change.subscriptions.items():
@@ -817,6 +878,7 @@ class BatchSync:
             self._outbound_file(full)
         else:
             self._outbound_api(full)
+        self._flush_crm_repairs()
 
     def _sendable(self, pending: _Pending) -> bool:
         return bool(pending.change.subscriptions or pending.change.fields

@@ -23,9 +23,12 @@ import functools
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -65,14 +68,58 @@ class Inbox(Protocol):
         ...
 
 
+class _Put:
+    def __init__(self, endpoint: str, key: str, changes: Sequence[Change]) -> None:
+        self.item = (endpoint, key, changes)
+        self.done = threading.Event()
+        self.stored = False
+        self.error: BaseException | None = None
+
+
 class StoreInbox:
-    """The state store's inbox table (durable: SQLite or PostgreSQL)."""
+    """The state store's inbox table (durable: SQLite or PostgreSQL), with group commit.
+
+    Concurrent ``put`` calls share transactions: the first caller commits what is
+    waiting, in one transaction, while later callers queue behind it; each returns only
+    once its own event is committed. One event alone costs one transaction, as before.
+    """
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
+        self._lock = threading.Lock()
+        self._waiting: list[_Put] = []
+        self._writing = False
 
     def put(self, endpoint: str, dedupe_key: str, changes: Sequence[Change]) -> bool:
-        return self.store.inbox_put(endpoint, dedupe_key, changes)
+        mine = _Put(endpoint, dedupe_key, changes)
+        with self._lock:
+            self._waiting.append(mine)
+            leader = not self._writing
+            self._writing = True
+        if leader:
+            self._commit_waiting()
+        mine.done.wait()
+        if mine.error is not None:
+            raise mine.error
+        return mine.stored
+
+    def _commit_waiting(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._waiting = self._waiting, []
+                if not batch:
+                    self._writing = False
+                    return
+            try:
+                results = self.store.inbox_put_many([put.item for put in batch])
+            except BaseException as exc:  # every waiting caller hears of it
+                for put in batch:
+                    put.error = exc
+                    put.done.set()
+                continue
+            for put, stored in zip(batch, results, strict=True):
+                put.stored = stored
+                put.done.set()
 
 
 class NullInbox:
@@ -136,6 +183,9 @@ def build_app(service: RealtimeService) -> Starlette:
     config = service.config.server
     limit = config.max_body_bytes
 
+    # A few threads take events in; many more only thrash on the GIL and the database.
+    intake_limiter = anyio.CapacityLimiter(config.intake_threads)
+
     def _accept(side: str, connector: Any, inbound: InboundRequest) -> str:
         return _accept_with(service, side, connector, inbound)
 
@@ -190,7 +240,8 @@ def build_app(service: RealtimeService) -> Starlette:
         try:
             # decoding may call the vendor (a record read back): off the event loop, and
             # in the same hop as storing
-            outcome = await run_in_threadpool(_accept, side, connector, inbound)
+            outcome = await anyio.to_thread.run_sync(_accept, side, connector, inbound,
+                                                    limiter=intake_limiter)
         except EventRejected as exc:
             status = exc.status if exc.status in (400, 401, 403, 413, 422) else 400
             return _reject(service, side, status, str(exc))

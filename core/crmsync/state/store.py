@@ -531,6 +531,44 @@ class StateStore:
                 t.inbox.c.status == "done", t.inbox.c.received_at < before)))
         return int(result.rowcount or 0)
 
+    def inbox_put_many(self, items: Sequence[tuple[str, str, Sequence[Change]]]
+                       ) -> list[bool]:
+        """Store several events in one transaction (group commit); per event, ``False``
+        when it was stored before (or earlier in ``items``)."""
+        if not items:
+            return []
+        now = _now()
+        wanted = {(endpoint, key) for endpoint, key, _ in items}
+        try:
+            with self.engine.begin() as conn:
+                known = set()
+                for endpoint in {endpoint for endpoint, _ in wanted}:
+                    keys = [key for e, key in wanted if e == endpoint]
+                    for chunk in _chunks(keys):
+                        known |= {(endpoint, row[0]) for row in conn.execute(
+                            select(t.inbox.c.dedupe_key).where(and_(
+                                t.inbox.c.endpoint == endpoint,
+                                t.inbox.c.dedupe_key.in_(chunk))))}
+                rows, stored = [], []
+                for endpoint, key, changes in items:
+                    fresh = (endpoint, key) not in known
+                    stored.append(fresh)
+                    if fresh:
+                        known.add((endpoint, key))
+                        rows.append({"endpoint": endpoint, "dedupe_key": key,
+                                     "contact": changes[0].email if changes else "",
+                                     "payload": [c.model_dump(mode="json") for c in changes],
+                                     "received_at": now, "status": "pending", "attempts": 0,
+                                     "next_attempt_at": now})
+                if rows:
+                    conn.execute(t.inbox.insert(), rows)
+        except IntegrityError:
+            # another process stored one of them meanwhile: one at a time then
+            return [self.inbox_put(endpoint, key, changes) for endpoint, key, changes in items]
+        except OperationalError as exc:
+            raise StateError(f"the inbox could not store the events: {exc}") from None
+        return stored
+
 
 def _snapshot(row: Any) -> Snapshot:
     return Snapshot(
