@@ -234,3 +234,61 @@ def test_first_run_applies_unsubscriptions_of_contacts_not_yet_read(pair: Pair) 
     entries = [(e["applied_to"], e["new_status"]) for e in pair.journal("bob@example.com")
                if e["list_id"] == "1"]
     assert entries == [("state", "unsubscribed"), ("crm", "unsubscribed")]
+
+
+def test_post_operation_calls_the_customer_url_signed(tmp_path, monkeypatch) -> None:
+    """A real HTTP server receives the call; the signature verifies with the shared key."""
+    import hashlib
+    import hmac
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from crmsync.emulator import EmulatorServer
+
+    received = []
+
+    async def hook(request):
+        received.append((dict(request.headers), await request.body()))
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/unsubscribed", hook, methods=["POST"])])
+    monkeypatch.setenv("CRMSYNC_HOOK_SECRET", "shared-key")
+    with EmulatorServer(app) as server:
+        pair = Pair(tmp_path, write_config(tmp_path, extra=f"""
+[[post_operations]]
+on = "unsubscribe"
+call_url = "{server.url}/unsubscribed"
+secret_env = "CRMSYNC_HOOK_SECRET"
+"""))
+        pair.crm.add("ann@example.com", fields={"OptOut": "false", "FirstName": "Ann"})
+        pair.sync()
+        pair.esp_import()
+        with pair.esp_connector() as esp:
+            esp.unsubscribe("ann@example.com", "1")
+        pair.esp_export()
+        stats = pair.sync()
+    assert stats.post_operations == 1 and len(received) == 1
+    headers, body = received[0]
+    expected = "sha256=" + hmac.new(b"shared-key", body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["x-crmsync-signature"], expected)
+    payload = json.loads(body)
+    assert payload["email"] == "ann@example.com" and payload["list"] == "1"
+    assert payload["status"] == "unsubscribed"
+    [entry] = [e for e in pair.journal("ann@example.com") if e["applied_to"] == "url"]
+    assert entry["source"] == "post_operation" and "200" in entry["reason"]
+
+
+def test_post_operation_without_its_secret_is_a_config_error(tmp_path, monkeypatch) -> None:
+    from crmsync.errors import ConfigError
+
+    monkeypatch.delenv("CRMSYNC_HOOK_SECRET", raising=False)
+    pair = Pair(tmp_path, write_config(tmp_path, extra="""
+[[post_operations]]
+on = "unsubscribe"
+call_url = "https://crm.example.com/hook"
+secret_env = "CRMSYNC_HOOK_SECRET"
+"""))
+    with pytest.raises(ConfigError, match="CRMSYNC_HOOK_SECRET"):
+        pair.sync()
