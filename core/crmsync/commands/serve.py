@@ -39,8 +39,14 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
     crm = open_side(config, "crm")
     esp = open_side(config, "esp")
     service = RealtimeService(config, crm, esp, store, hooks=build_hooks(config))
+    where = (host or default_host, default_port if port is None else port)
+    endpoints = ", ".join(f"/hooks/{side}" for side in service.endpoints) or "none"
+    polling = f"polling {crm.name} every {config.server.poll_interval_s:g}s" \
+        if service.worker.poll_enabled else "not polling"
+    click.echo(f"crmsync serve: http://{where[0]}:{where[1]} (endpoints: {endpoints}; "
+               f"{polling}); SIGTERM or Ctrl-C stops it", err=True)
     try:
-        run(service, host or default_host, default_port if port is None else port)
+        run(service, *where)
     finally:
         service.close()
         store.close()

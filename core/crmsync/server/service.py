@@ -143,7 +143,7 @@ def serve(service: RealtimeService, host: str, port: int) -> None:
     inbox (a restart resumes them)."""
     server = _GracefulServer(_uvicorn_config(service, host, port), service)
     service.start()
-    log.warning("crmsync serve listening on http://%s:%d", host, port)
+    log.info("crmsync serve listening on http://%s:%d", host, port)
     try:
         server.run()
     finally:
