@@ -22,11 +22,12 @@ CRM_SECRET = "crm-secret-456"
 FIELDS = {"FirstName": "Ann", "LastName": "A", "OptOut": "false", "Interests": ""}
 
 
-def write_config(tmp: Path, *, server: str = "", extra: str = "") -> Path:
+def write_config(tmp: Path, *, server: str = "", extra: str = "",
+                 state: str = "sqlite:///state.db") -> Path:
     path = tmp / "crmsync.toml"
     path.write_text(f"""
 [state]
-url = "sqlite:///state.db"
+url = "{state}"
 
 [crm]
 connector = "memory"
@@ -159,8 +160,9 @@ def serve_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
 
     def start(*, server: str = "", extra: str = "", esp: Connector | None = None,
               crm: Connector | None = None, env: dict[str, str] | None = None,
-              prime: bool = True, worker: bool = True) -> Running:
-        config = load_config(write_config(tmp_path, server=server, extra=extra))
+              prime: bool = True, worker: bool = True,
+              state: str = "sqlite:///state.db") -> Running:
+        config = load_config(write_config(tmp_path, server=server, extra=extra, state=state))
         crm_store = store(path=tmp_path / "crm.json")
         if prime and not crm_store.records:
             crm_store.add("ann@example.com", fields=dict(FIELDS, Interests="news"),
@@ -186,3 +188,30 @@ def serve_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
         running.server.stop()
         running.service.close()
         state.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> Iterator[str]:
+    """A fresh state store URL: SQLite, and PostgreSQL when CRMSYNC_TEST_POSTGRES_URL
+    names a server (a new database per test, dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    import os
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    url = os.environ.get("CRMSYNC_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("set CRMSYNC_TEST_POSTGRES_URL to run the PostgreSQL tests")
+    name = f"crmsync_rt_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{url.rpartition('/')[0]}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -92,3 +92,15 @@ def test_an_event_for_an_unmapped_list_is_acknowledged_and_ignored(serve_pair) -
     eventually(rt.idle)
     assert rt.crm_record("ann@example.com")["fields"]["OptOut"] == "false"
     assert rt.state.inbox_counts() == {"done": 1}
+
+
+def test_both_ways_on_each_state_store(db_url, serve_pair) -> None:
+    rt = serve_pair(state=db_url)
+    rt.post_esp(esp_unsubscribe("ann@example.com", event_id="pg-1"))
+    bob = rt.crm.by_email("bob@example.com")
+    rt.post_crm(crm_event("bob@example.com", ids={"memory": bob}, event_id="pg-2",
+                          fields=dict(FIELDS, FirstName="Bob", OptOut="true")))
+    eventually(lambda: rt.crm_record("ann@example.com")["fields"]["OptOut"] == "true")
+    eventually(lambda: rt.esp_list("bob@example.com") == "unsubscribed")
+    eventually(rt.idle)
+    assert rt.state.inbox_counts() == {"done": 2}
