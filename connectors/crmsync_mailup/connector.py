@@ -37,6 +37,7 @@ from crmsync.model import (
 from .bulk import BulkImporter
 from .client import MailUpClient, make_http
 from .files import MailUpFiles, optout_reason
+from .frontend import FrontendSubscriber
 from .recipients import OPTIN_STATUS, GroupDirectory, RecipientApi, recipient_body
 from .sending import MailUpSender, TransactionalMessage
 from .settings import MailUpSettings
@@ -72,6 +73,8 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         self.webhooks = WebhookDecoder(self.settings, group_name=self.directory.name)
         self.sender = MailUpSender(self.settings, self.client)
         self.bulk = BulkImporter(self.settings, self.api, self.directory)
+        self.frontend = (FrontendSubscriber(self.settings.frontend_url, self.http)
+                         if self.settings.frontend_url else None)
         self._list_ids: list[str] | None = None
 
     # -- health and lists -------------------------------------------------------------------
@@ -365,12 +368,29 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         """Subscribe to each list; ``groups`` are names or ids, ``"<list>:<group>"`` to pin one.
 
         A plain group is added in every target list that has it; a group found in none
-        of them fails every result before anything is written.
+        of them fails every result before anything is written. With ``frontend_url`` set
+        it is one ``xmlSubscribe.aspx`` call (no record ids come back); otherwise one
+        REST subscribe per list.
         """
         try:
             plan = self._plan_groups(lists, groups)
         except CrmsyncError as exc:
             return [WriteResult(ok=False, error=str(exc), code="404") for _ in lists]
+        if self.frontend is not None:
+            fields = {self.settings.field_ids[name]: "" if value is None else str(value)
+                      for name, value in contact.fields.items()
+                      if name in self.settings.field_ids}
+            try:
+                self.frontend.subscribe(contact.email, lists,
+                                        [gid for gids in plan.values() for gid in gids],
+                                        fields, confirm=confirm)
+                return [WriteResult(ok=True) for _ in lists]
+            except DataError:
+                pass  # a value the legacy page cannot carry: one REST call per list
+            except CrmsyncError as exc:
+                return [WriteResult(ok=False, error=str(exc), code=getattr(exc, "code", None),
+                                    retryable=bool(getattr(exc, "retryable", False)))
+                        for _ in lists]
         body = recipient_body(contact.email, contact.fields, self.settings.field_ids)
         results = []
         for list_id in lists:

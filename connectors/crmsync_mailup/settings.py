@@ -40,6 +40,8 @@ class MailUpSettings(ConnectorSettings):
     transactional_username: str | None = Field(
         None, description="an SMTP+ user (sNNNNN_NN) for the Transactional API")
     transactional_secret: SecretStr | None = None
+    frontend_url: str | None = Field(
+        None, description="https://<console host>/frontend: one-call multi-list subscribe")
     ca_path: str | None = None  # a CA bundle to trust (an emulator's throw-away CA)
     timeout_s: float = 30.0
 

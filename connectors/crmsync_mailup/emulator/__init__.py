@@ -32,6 +32,7 @@ import asyncio
 import base64
 import functools
 import json
+import re
 import secrets
 import threading
 import time
@@ -42,7 +43,7 @@ from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -53,11 +54,13 @@ from .rest import Call, ConsoleApi, envelope
 from .store import MailUpError, MailUpStore
 from .webhooks import WebhookDispatcher
 
-__all__ = ["CONSOLE", "OAUTH", "TRANSACTIONAL", "MailUpEmulator"]
+__all__ = ["CONSOLE", "FRONTEND", "OAUTH", "TRANSACTIONAL", "MailUpEmulator"]
 
 CONSOLE = "/API/v1.1/Rest/ConsoleService.svc/Console"
 OAUTH = "/Authorization/OAuth/Token"
 TRANSACTIONAL = "/API/v2.0/messages/sendmessage"
+FRONTEND = "/frontend"
+_CAMPO = re.compile(r"campo(\d+)", re.IGNORECASE)
 # The emulator's well-known demo credentials: client id, client secret, user, password,
 # SMTP+ user, SMTP+ secret.
 _DEMO = ("crmsync-demo", "demo-secret", "m12345", "demo-password", "s12345_1", "tx-secret")
@@ -96,7 +99,8 @@ class MailUpEmulator(Emulator):
             transactional_username: str = _DEMO[4], transactional_secret: str = _DEMO[5],
             import_polls: int | str = 1, webhook_retry_delays: list[float] | str | None = None,
             export_separator: str = ";", export_encoding: str = "utf-8",
-            file_status_column: str = "Status") -> None:
+            file_status_column: str = "Status",
+            frontend_ips: list[str] | str = "127.0.0.1") -> None:
         self.token_ttl = float(token_ttl)
         self.rate_limit = _num(rate_limit, None)
         self.files_dir = Path(files_dir) if files_dir else None
@@ -105,6 +109,9 @@ class MailUpEmulator(Emulator):
         self.import_polls = int(import_polls)
         if isinstance(webhook_retry_delays, str):
             webhook_retry_delays = [float(x) for x in webhook_retry_delays.split(",") if x]
+        if isinstance(frontend_ips, str):
+            frontend_ips = [ip.strip() for ip in frontend_ips.split(",") if ip.strip()]
+        self.frontend_ips = set(frontend_ips)
         self._file_options = {"status_column": file_status_column,
                               "separator": export_separator, "encoding": export_encoding}
         self._calls: deque[float] = deque()
@@ -309,6 +316,56 @@ class MailUpEmulator(Emulator):
             number = len(self.store.sent)
         return JSONResponse({"Status": "done", "Code": "0", "Message": f"Message {number}"})
 
+    # -- the legacy HTTP API (no credentials: registered IP addresses only, no rate limit) --
+    async def _xml_subscribe(self, request: Request) -> Response:
+        self.dispatcher.loop = asyncio.get_running_loop()
+        raw = (await request.body()).decode("utf-8", errors="replace")
+        params = {k.lower(): v for k, v in [*request.query_params.multi_items(),
+                                             *parse_qsl(raw, keep_blank_values=True)]}
+        client = request.client.host if request.client else ""
+        code = "-1011" if client not in self.frontend_ips else self.xml_subscribe(params)
+        return PlainTextResponse(code if params.get("retcode") == "1" else "")
+
+    @_locked
+    def xml_subscribe(self, params: dict[str, str]) -> str:
+        """``xmlSubscribe.aspx``: one address, several lists and groups; a return code."""
+        store = self.store
+        lists = [x.strip() for x in params.get("list", "").split(",") if x.strip()]
+        groups = [x.strip() for x in params.get("group", "").split(",") if x.strip()]
+        email = params.get("email", "").strip().lower()
+        if not lists or any(x not in store.lists for x in lists):
+            return "1"
+        if not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", email):
+            return "2"
+        if any(g not in store.groups for g in groups):
+            return "1"
+        names = [n for n in params.get("csvfldnames", "").split(";") if n]
+        values = params.get("csvfldvalues", "").split(";") if names else []
+        if len(names) != len(values) or any("--" in v for v in values):
+            return "1"
+        fields = []
+        for name, value in zip(names, values, strict=True):
+            match = _CAMPO.fullmatch(name.strip())
+            if not match or int(match.group(1)) not in store.fields:
+                return "1"
+            fields.append({"Id": int(match.group(1)), "Value": value})
+        confirm = params.get("confirm", "1").lower() not in ("0", "false")
+        before = store.find(email)
+        already = before is not None and all(
+            before["lists"].get(x, {}).get("status") == "subscribed" for x in lists)
+        for list_id in lists:
+            previous = before["lists"].get(list_id, {}).get("status") if before else None
+            if previous == "subscribed":
+                rec = store.upsert({"Email": email, "Fields": fields}, list_id)
+            else:
+                rec = store.upsert({"Email": email, "Fields": fields}, list_id, confirm=confirm)
+            member = rec["lists"][list_id]
+            member["groups"] |= {g for g in groups if store.groups[g]["list"] == list_id}
+            if member["status"] == "subscribed" and previous != "subscribed":
+                self.dispatcher.fire("SUBSCRIBE", rec, list_id, "API")
+        return "3" if already else "0"
+
+    # -- routes ------------------------------------------------------------------------------
     def app(self) -> ASGIApp:
         # uvicorn reads a bound method as an ASGI2 app (its __call__ is no coroutine
         # function), so the harness's app is handed over inside a plain function.
@@ -322,6 +379,8 @@ class MailUpEmulator(Emulator):
     def routes(self) -> list[BaseRoute]:
         return [Route(OAUTH, self._token, methods=["POST"]),
                 Route(TRANSACTIONAL, self._transactional, methods=["POST"]),
+                Route(FRONTEND + "/xmlSubscribe.aspx", self._xml_subscribe,
+                      methods=["GET", "POST"]),
                 *(Route(CONSOLE + path, self._console(handler), methods=methods)
                   for path, handler, methods in self.console.table())]
 

@@ -377,3 +377,47 @@ def test_over_tls_with_the_emulator_ca(tmp_path, monkeypatch):
             assert connector.check().ok
             [result] = connector.write([change("tls@example.com", sub("1", Status.SUBSCRIBED))])
         assert result.ok
+
+
+def test_multi_list_subscribe_in_one_frontend_call(make_connector, emulator, control):
+    connector = make_connector(frontend_url=emulator.base_url + "/frontend")
+    control.post("/webhooks", json={"url": "http://127.0.0.1:9/closed", "event": "SUBSCRIBE"})
+    control.delete("/requests")
+    person = Contact(email="front@example.com", fields={"name": "Fro"})
+    results = connector.subscribe(person, ["1", "2"], groups=["news", "vip"], confirm=False)
+    assert [r.ok for r in results] == [True, True]
+    counts = requests_of(control)
+    assert counts["POST /frontend/xmlSubscribe.aspx"] == 1
+    assert not any("Recipient" in key for key in counts), counts
+    found = contact(emulator, "front@example.com")
+    assert found["lists"] == {"1": {"status": "subscribed", "groups": ["news"]},
+                              "2": {"status": "subscribed", "groups": ["vip"]}}
+    assert found["fields"]["name"] == "Fro"
+    hooks = control.get("/webhooks").json()["deliveries"]
+    assert sorted(d["list"] for d in hooks) == ["1", "2"]  # the HTTP API fires webhooks
+    again = connector.subscribe(person, ["1", "2"], confirm=False)  # code 3: nothing to do
+    assert all(r.ok for r in again)
+    pending = connector.subscribe(Contact(email="front2@example.com"), ["2"], confirm=True)
+    assert pending[0].ok and status_of(emulator, "front2@example.com", "2") == "pending"
+
+
+def test_frontend_falls_back_to_rest_for_values_it_cannot_carry(make_connector, emulator,
+                                                                 control):
+    connector = make_connector(frontend_url=emulator.base_url + "/frontend")
+    control.delete("/requests")
+    [result] = connector.subscribe(Contact(email="semi@example.com", fields={"name": "a;b"}),
+                                   ["1"], confirm=False)
+    assert result.ok and result.record_id
+    counts = requests_of(control)
+    assert "POST /frontend/xmlSubscribe.aspx" not in counts
+    assert counts[f"POST {PREFIX}/List/{{id}}/Recipient"] == 1
+    assert contact(emulator, "semi@example.com")["fields"]["name"] == "a;b"
+
+
+def test_frontend_refuses_an_unregistered_ip(make_connector, emulator):
+    emulator.frontend_ips = {"10.9.8.7"}
+    connector = make_connector(frontend_url=emulator.base_url + "/frontend")
+    results = connector.subscribe(Contact(email="ip@example.com"), ["1", "2"])
+    assert [r.ok for r in results] == [False, False]
+    assert results[0].code == "-1011" and "FrontEnd" in results[0].error
+    assert contact(emulator, "ip@example.com") is None

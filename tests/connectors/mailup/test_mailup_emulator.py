@@ -182,3 +182,21 @@ def test_crmsync_emulate_serves_it():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_xml_subscribe_return_codes(emulator):
+    url = emulator.base_url + "/frontend/xmlSubscribe.aspx"
+
+    def code(**params: str) -> str:
+        return httpx.get(url, params={"retCode": "1", **params}).text
+
+    assert code(Email="x@example.com", List="1,2", Confirm="0") == "0"
+    assert code(Email="x@example.com", List="1,2", Confirm="0") == "3"
+    assert code(Email="not-an-address", List="1") == "2"
+    assert code(Email="y@example.com", List="99") == "1"
+    assert code(Email="y@example.com", List="1", csvFldNames="campo1",
+                csvFldValues="a--b") == "1"
+    assert code(Email="y@example.com", List="1", Group="3") == "0"  # group 3 is list 2's
+    assert contact(emulator, "y@example.com")["lists"]["1"] == {"status": "pending",
+                                                                "groups": []}
+    assert httpx.get(url, params={"Email": "z@example.com", "List": "1"}).text == ""
