@@ -6,8 +6,9 @@ configured ``1..39`` field ids -- then ``idList``, ``IdGroup`` (group ids),
 ``OPTIN`` / ``PENDING`` / ``OPTOUT``), one row per contact and list. Unsubscribes are
 rows with ``OPTOUT``, which MailUp records as "imported as opt-out" (type 4); an
 ``OPTIN`` row never lifts an existing unsubscribe (MailUp's default import keeps an
-existing status). A cell starting with ``= + - @``, a tab or a CR is prefixed with
-``'`` so a spreadsheet never runs it as a formula.
+existing status). A delete cannot travel in an import: it becomes ``OPTOUT`` rows for
+its lists (or the configured ``lists``). A cell starting with ``= + - @``, a tab or a CR
+is prefixed with ``'`` so a spreadsheet never runs it as a formula.
 
 Export (read): ``email`` first, ``idList``, ``OptOut_Date`` (``20210122T111244``),
 ``optout_nl``, ``optout_type``, ``optout_subtype`` and optional extra columns;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -28,7 +30,7 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 from crmsync.errors import ConfigError, DataError
-from crmsync.model import Change, Status, Subscription, normalize_email
+from crmsync.model import Change, Op, Status, Subscription, normalize_email
 
 from .settings import MailUpSettings
 
@@ -46,6 +48,7 @@ EXPORT_COLUMNS = ("email", "idList", "OptOut_Date", "optout_nl", "optout_type",
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 _BOM = b"\xef\xbb\xbf"
 _SAFE_RUN = re.compile(r"[^A-Za-z0-9_.-]+")
+log = logging.getLogger(__name__)
 
 
 def neutralise(value: str) -> str:
@@ -114,7 +117,17 @@ class MailUpFiles:
                 raise ConfigError(f"ESP field(s) {', '.join(unknown)} have no MailUp field id: "
                                   "add them to field_ids in [esp.settings]")
             values = [neutralise(str(change.fields.get(by_id[i]) or "")) for i in ids]
-            for list_id, sub in change.subscriptions.items():
+            subscriptions = dict(change.subscriptions)
+            if change.op is Op.DELETE:
+                # An import cannot delete: the closest it can do is opt the address out
+                # of every list (those named, else the configured ones).
+                for list_id in list(subscriptions) or (s.lists or []):
+                    subscriptions[list_id] = Subscription(list_id=list_id,
+                                                          status=Status.UNSUBSCRIBED)
+                if not subscriptions:
+                    log.warning("delete of %s cannot travel in an import file: set `lists` "
+                                "to opt it out of them instead", change.email)
+            for list_id, sub in subscriptions.items():
                 if not list_id.isdigit():
                     raise DataError(f"{change.email}: MailUp list ids are numbers, got "
                                     f"{list_id!r}", line=rows + 2)

@@ -77,6 +77,17 @@ def test_separator_quoting_and_encodings():
     assert bom.startswith(b"\xef\xbb\xbf111|")
 
 
+def test_a_delete_becomes_opt_out_rows_on_the_configured_lists():
+    from crmsync.model import Op
+
+    rows, data = written(files(lists=["1", "2"]),
+                         [Change(email="gone@example.com", op=Op.DELETE)])
+    assert rows == 2
+    assert data.decode().splitlines()[1:] == ["gone@example.com|||1|||OPTOUT",
+                                              "gone@example.com|||2|||OPTOUT"]
+    assert written(files(), [Change(email="gone@example.com", op=Op.DELETE)])[0] == 0
+
+
 def test_unencodable_value_reports_its_line():
     with pytest.raises(DataError) as info:
         written(files(file_encoding="cp1252"), [
