@@ -4,6 +4,8 @@ the CRM (read by the poller) reaches the ESP."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from crmsync.runtime import build_hooks, open_side, open_store
 from crmsync.server import RealtimeService, ServerThread
 from crmsync.testing.memory import store
 
-from .conftest import ESP_SECRET, esp_unsubscribe, eventually
+from .conftest import CRM_SECRET, ESP_SECRET, esp_unsubscribe, eventually
 
 tomli_w = pytest.importorskip("tomli_w")
 
@@ -28,33 +30,36 @@ def _crm_contact(emulator_url: str, email: str) -> dict[str, Any]:
     return next(c for c in contacts if c["email"] == email)
 
 
-@pytest.fixture(params=["salesforce", "sugarcrm", "vtiger"])
-def crm_pair(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@contextlib.contextmanager
+def _served(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, poll: str,
+            crm_secret: bool = False) -> Iterator[tuple[Any, ...]]:
     try:
-        emulator = load_emulator(request.param)(contacts=3, seed=1)
+        emulator = load_emulator(name)(contacts=3, seed=1)
     except PluginError as exc:
-        pytest.skip(f"no {request.param} emulator: {exc}")
+        pytest.skip(f"no {name} emulator: {exc}")
     crm_server = EmulatorServer(emulator).start()
     profile = emulator.demo_profile()
     for key, value in profile["secrets"].items():
         monkeypatch.setenv(key, value)
     config = {
         "state": {"url": "sqlite:///state.db"},
-        "crm": {"connector": request.param,
+        "crm": {"connector": name,
                 "settings": {k: v for k, v in profile["settings"].items() if v is not None}},
         "esp": {"connector": "memory-esp", "settings": {"path": str(tmp_path / "esp.json")}},
         "fields": profile["fields"],
         "lists": profile["lists"],
-        "server": {"poll": "always", "poll_interval_s": 0.2, "retry_base_s": 0.1},
+        "server": {"poll": poll, "poll_interval_s": 0.2, "retry_base_s": 0.1},
         "sync": {"overlap_s": 0},
     }
     path = tmp_path / "crmsync.toml"
     path.write_text(tomli_w.dumps(config))
     loaded = load_config(path)
     state = open_store(loaded)
+    environ = {"CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET}
+    if crm_secret:
+        environ["CRMSYNC_HOOK_SECRET_CRM"] = CRM_SECRET
     service = RealtimeService(loaded, open_side(loaded, "crm"), open_side(loaded, "esp"), state,
-                              hooks=build_hooks(loaded),
-                              environ={"CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET})
+                              hooks=build_hooks(loaded), environ=environ)
     service.worker.poll_once()  # the first full read: the ESP and the id map know everyone
     server = ServerThread(service).start()
     opt_out = next(item["opt_out"] for item in profile["lists"] if item["esp_list"] == "1")
@@ -65,6 +70,12 @@ def crm_pair(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         service.close()
         state.close()
         crm_server.stop()
+
+
+@pytest.fixture(params=["salesforce", "sugarcrm", "vtiger"])
+def crm_pair(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    with _served(request.param, tmp_path, monkeypatch, poll="always") as served:
+        yield served
 
 
 def _esp_status(esp, email: str, list_id: str = "1") -> str | None:
@@ -93,3 +104,20 @@ def test_esp_unsubscribe_reaches_the_crm_and_a_crm_change_reaches_the_esp(crm_pa
     to_esp = [e for e in state.journal(email=first) if e["applied_to"] == "esp"
               and e["list_id"] == "1" and e["new_status"] == "unsubscribed"]
     assert to_esp == []
+
+
+def test_salesforce_outbound_message_reaches_the_esp_without_polling(tmp_path,
+                                                                     monkeypatch) -> None:
+    with _served("salesforce", tmp_path, monkeypatch, poll="never",
+                 crm_secret=True) as (crm_url, serve_url, esp, opt_out, state):
+        email = "contact1-2@example.com"
+        assert _esp_status(esp, email) == "subscribed"
+        httpx.post(f"{crm_url}/_emulator/salesforce/outbound", json={
+            "url": f"{serve_url}/hooks/crm/{CRM_SECRET}"}).raise_for_status()
+        httpx.post(f"{crm_url}/_emulator/update",
+                   json={"email": email, "fields": {opt_out: "true"}}).raise_for_status()
+        eventually(lambda: _esp_status(esp, email) == "unsubscribed", timeout=20)
+        eventually(lambda: state.inbox_pending_count() == 0)
+        assert state.inbox_counts().get("done", 0) >= 1
+        log = httpx.get(f"{crm_url}/_emulator/salesforce/outbound").json()
+        assert log and all(entry.get("acked") for entry in log)
