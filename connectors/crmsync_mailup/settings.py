@@ -97,6 +97,15 @@ class MailUpSettings(ConnectorSettings):
     export_encoding: Literal["auto", "utf-8", "cp1252"] = "auto"
     export_timezone: str = "UTC"
 
+    @field_validator("lists", mode="before")
+    @classmethod
+    def _list_ids(cls, value: object) -> object:
+        # MailUp list ids are numbers; TOML users write them as numbers too.
+        if isinstance(value, list):
+            return [str(item) if isinstance(item, int) and not isinstance(item, bool)
+                    else item for item in value]
+        return value
+
     @field_validator("field_ids")
     @classmethod
     def _field_ids(cls, value: dict[str, int]) -> dict[str, int]:

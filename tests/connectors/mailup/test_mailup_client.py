@@ -217,8 +217,9 @@ def test_settings_validation(monkeypatch):
         MailUpSettings(field_ids={"a": 1, "b": 1})
     with pytest.raises(ConfigError, match="CRMSYNC_MAILUP_PASSWORD"):
         MailUpSettings.load("mailup", {"password": "inline"})
-    s = settings(monkeypatch)
+    s = settings(monkeypatch, lists=[1, "2"])
     assert "pw-456" not in repr(s) and s.password.get_secret_value() == "pw-456"
+    assert s.lists == ["1", "2"]
 
 
 def test_connector_write_via_mock_transport(monkeypatch):
