@@ -49,7 +49,7 @@ class BulkImporter:
             body = recipient_body(change.email, change.fields, self.settings.field_ids)
             for list_id, sub in change.subscriptions.items():
                 batches[(list_id, sub.status)].append((index, body))
-                if not sub.groups and not self.settings.empty_groups_clear:
+                if not sub.groups and not self.settings.clears_empty_groups(list_id):
                     continue
                 try:
                     if sub.status is Status.UNSUBSCRIBED:

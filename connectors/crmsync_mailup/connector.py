@@ -318,7 +318,7 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
 
     def _sync_groups(self, list_id: str, sub: Subscription, rid: str | None,
                      body: dict[str, Any]) -> None:
-        if rid is None or (not sub.groups and not self.settings.empty_groups_clear):
+        if rid is None or (not sub.groups and not self.settings.clears_empty_groups(list_id)):
             return
         current = self.api.recipient_groups(list_id, rid)
         if sub.status is Status.UNSUBSCRIBED:

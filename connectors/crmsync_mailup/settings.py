@@ -62,7 +62,9 @@ class MailUpSettings(ConnectorSettings):
         "confirm",
         description="an explicit opt-in of an unsubscribed recipient: confirm | force | never")
     create_groups: bool = True
-    empty_groups_clear: bool = False  # an empty group set removes every group
+    empty_groups_clear: bool | list[str] = Field(
+        False, description="an empty group set removes every group: true, or the list ids "
+        "whose groups crmsync manages")
 
     # -- bulk import -----------------------------------------------------------------------
     bulk_threshold: int = Field(50, ge=0,
@@ -97,7 +99,7 @@ class MailUpSettings(ConnectorSettings):
     export_encoding: Literal["auto", "utf-8", "cp1252"] = "auto"
     export_timezone: str = "UTC"
 
-    @field_validator("lists", mode="before")
+    @field_validator("lists", "empty_groups_clear", mode="before")
     @classmethod
     def _list_ids(cls, value: object) -> object:
         # MailUp list ids are numbers; TOML users write them as numbers too.
@@ -141,6 +143,11 @@ class MailUpSettings(ConnectorSettings):
     @classmethod
     def _no_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    def clears_empty_groups(self, list_id: str) -> bool:
+        """Whether an empty group set on ``list_id`` means "no groups" (else: leave them)."""
+        value = self.empty_groups_clear
+        return value if isinstance(value, bool) else list_id in value
 
     def field_names(self) -> dict[int, str]:
         """MailUp field id -> ESP field name."""

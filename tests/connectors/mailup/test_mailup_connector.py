@@ -421,3 +421,16 @@ def test_frontend_refuses_an_unregistered_ip(make_connector, emulator):
     assert [r.ok for r in results] == [False, False]
     assert results[0].code == "-1011" and "FrontEnd" in results[0].error
     assert contact(emulator, "ip@example.com") is None
+
+
+def test_empty_group_set_clears_only_where_configured(make_connector, emulator):
+    keep = make_connector()
+    clear = make_connector(empty_groups_clear=[1])
+    keep.write([change("eg@example.com", sub("1", Status.SUBSCRIBED, "news")),
+                change("eg@example.com", sub("2", Status.SUBSCRIBED, "vip"))])
+    keep.write([change("eg@example.com", sub("1", Status.SUBSCRIBED))])
+    assert contact(emulator, "eg@example.com")["lists"]["1"]["groups"] == ["news"]
+    clear.write([change("eg@example.com", sub("1", Status.SUBSCRIBED),
+                        sub("2", Status.SUBSCRIBED))])
+    lists = contact(emulator, "eg@example.com")["lists"]
+    assert (lists["1"]["groups"], lists["2"]["groups"]) == ([], ["vip"])
