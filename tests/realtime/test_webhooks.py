@@ -104,3 +104,38 @@ def test_both_ways_on_each_state_store(db_url, serve_pair) -> None:
     eventually(lambda: rt.esp_list("bob@example.com") == "unsubscribed")
     eventually(rt.idle)
     assert rt.state.inbox_counts() == {"done": 2}
+
+
+def test_event_received_hook_sees_stored_events_and_cannot_refuse_them(tmp_path) -> None:
+    from crmsync.config import load_config
+    from crmsync.hooks import Hooks, build_plugin_manager, hookimpl
+    from crmsync.runtime import open_side, open_store
+    from crmsync.server import RealtimeService, ServerThread
+
+    from .conftest import ESP_SECRET, write_config
+
+    seen: list[tuple[str, list[str]]] = []
+
+    class Recorder:
+        @hookimpl
+        def crmsync_event_received(self, endpoint, changes):
+            seen.append((endpoint, [c.email for c in changes]))
+            raise RuntimeError("a broken plugin")
+
+    config = load_config(write_config(tmp_path))
+    state = open_store(config)
+    service = RealtimeService(config, open_side(config, "crm"), open_side(config, "esp"), state,
+                              hooks=Hooks(build_plugin_manager([Recorder()],
+                                                               load_entry_points=False)),
+                              environ={"CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET}, worker=False)
+    import httpx
+
+    with ServerThread(service) as server:
+        url = f"{server.url}/hooks/esp/{ESP_SECRET}"
+        body = esp_unsubscribe("ann@example.com", event_id="hooked")
+        assert httpx.post(url, json=body).status_code == 200
+        assert httpx.post(url, json=body).status_code == 200  # a duplicate: no second call
+    service.close()
+    assert seen == [("esp", ["ann@example.com"])]
+    assert len(state.inbox_events()) == 1
+    state.close()
