@@ -231,7 +231,7 @@ def build_app(service: RealtimeService) -> Starlette:
             if not signature_ok(endpoint.keys.signing_key, body, signature):
                 return _reject(service, side, 401,
                                f"missing or wrong {config.signature_header} signature")
-        hidden = {SECRET_HEADER.lower(), "cookie", "authorization"}
+        hidden = {SECRET_HEADER.lower(), "cookie"}
         inbound = InboundRequest(
             method=cast(Any, request.method), path=path,
             headers={k: v for k, v in request.headers.items() if k.lower() not in hidden},
