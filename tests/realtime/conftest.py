@@ -130,9 +130,11 @@ class Running:
     def post_esp(self, payload: Any, **kwargs: Any) -> httpx.Response:
         return self.http.post(f"/hooks/esp/{ESP_SECRET}", json=payload, **kwargs)
 
-    def post_crm(self, payload: Any, **kwargs: Any) -> httpx.Response:
+    def post_crm(self, payload: Any, *, headers: dict[str, str] | None = None,
+                 **kwargs: Any) -> httpx.Response:
         return self.http.post("/hooks/crm", json=payload,
-                              headers={"X-Crmsync-Secret": CRM_SECRET}, **kwargs)
+                              headers={"X-Crmsync-Secret": CRM_SECRET, **(headers or {})},
+                              **kwargs)
 
     def crm_record(self, email: str) -> dict[str, Any]:
         with self.crm.lock:

@@ -131,3 +131,25 @@ def test_unsupported_method_and_malformed_length(serve_pair) -> None:
     rt = serve_pair()
     assert rt.http.put(f"/hooks/esp/{ESP_SECRET}", content=b"{}").status_code == 405
     _nothing_happened(rt)
+
+
+def test_the_connectors_own_check_refuses_with_its_status(serve_pair, tmp_path) -> None:
+    from crmsync.errors import EventRejected
+    from crmsync.testing.memory import MemoryConnector, MemorySettings
+
+    class SigningCrm(MemoryConnector):
+        """A CRM whose notifications carry the organisation they come from."""
+
+        def decode_event(self, request):
+            if request.header("X-Org") != "00D-ours":
+                raise EventRejected("notification from another organisation", status=401)
+            return super().decode_event(request)
+
+    rt = serve_pair(crm=SigningCrm(MemorySettings(path=tmp_path / "crm.json")))
+    event = {"changes": [{"email": "bob@example.com", "event_id": "org-1",
+                          "fields": {"OptOut": "true"}}]}
+    refused = rt.post_crm(event, headers={"X-Org": "00D-theirs"})
+    assert refused.status_code == 401 and "another organisation" in refused.text
+    assert rt.state.inbox_events() == []
+    assert rt.post_crm(event, headers={"X-Org": "00D-ours"}).status_code == 200
+    assert len(rt.state.inbox_events()) == 1
