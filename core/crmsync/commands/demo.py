@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import tomli_w
 from rich.table import Table
 
 from ..cli import Context, cli
@@ -92,6 +91,8 @@ def _crm_update(emulator: Emulator | None, folder: Path, email: str,
 @click.pass_obj
 def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None) -> None:
     """Run a two-way sync on emulators: no account, no set-up."""
+    import tomli_w
+
     from ..testing.servers import ftp_server
 
     crm_name = crm_name or obj.connector or next(iter(_emulated("crm")), "memory")
