@@ -280,21 +280,7 @@ class BatchSync:
         """Send CRM records (a notification, a poll) to the ESP API now: mapping, diff,
         consent, write, commit. Returns what failed."""
         before = len(self.failures)
-        pendings = self._outbound_page(list(records))
-        sendable = [p for p in pendings if self._sendable(p)]
-        results = self._write_esp([p.change for p in sendable])
-        outcome = {id(p): r for p, r in zip(sendable, results, strict=True)}
-        with self._tx() as conn:
-            commits = []
-            for pending in pendings:
-                result = outcome.get(id(pending))
-                if result is not None and not result.ok:
-                    self._write_failed(conn, pending, None, result, side="esp")
-                    continue
-                if result is not None:
-                    self.stats.esp_written += 1
-                commits.append(pending)
-            self._commit_pendings(conn, commits)
+        self._send_and_commit(self._outbound_page(list(records)))
         self._flush_crm_repairs()
         return self.failures[before:]
 
@@ -884,28 +870,33 @@ class BatchSync:
         return bool(pending.change.subscriptions or pending.change.fields
                     or pending.change.op == Op.DELETE)
 
+    def _send_and_commit(self, chunk: Sequence[_Pending]) -> int:
+        """Write a chunk through the ESP API; commit what it acknowledged. Returns how
+        many changes were sent."""
+        sendable = [p for p in chunk if self._sendable(p)]
+        results = self._write_esp([p.change for p in sendable])
+        outcome = {id(p): r for p, r in zip(sendable, results, strict=True)}
+        with self._tx() as conn:
+            commits = []
+            for pending in chunk:
+                result = outcome.get(id(pending))
+                if result is not None and not result.ok:
+                    self._write_failed(conn, pending, None, result, side="esp")
+                    continue
+                if result is not None:
+                    self.stats.esp_written += 1
+                commits.append(pending)
+            self._commit_pendings(conn, commits)
+        return len(sendable)
+
     # API mode: write in batches, commit each acknowledged batch, cursor per page.
     def _outbound_api(self, full: bool) -> None:
         self._flush_followups_api()
         size = self.config.sync.batch_size
         for pendings, cursor in self._pages(full):
             for start in range(0, len(pendings), size):
-                chunk = pendings[start:start + size]
-                sendable = [p for p in chunk if self._sendable(p)]
-                results = self._write_esp([p.change for p in sendable])
-                outcome = {id(p): r for p, r in zip(sendable, results, strict=True)}
-                with self._tx() as conn:
-                    commits = []
-                    for pending in chunk:
-                        result = outcome.get(id(pending))
-                        if result is not None and not result.ok:
-                            self._write_failed(conn, pending, None, result, side="esp")
-                            continue
-                        if result is not None:
-                            self.stats.esp_written += 1
-                        commits.append(pending)
-                    self._commit_pendings(conn, commits)
-                self.progress("esp written", len(sendable))
+                sent = self._send_and_commit(pendings[start:start + size])
+                self.progress("esp written", sent)
             if cursor is not None:
                 with self._tx() as conn:
                     self.store.set_cursor(conn, "crm", cursor)
