@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mailup_testbed import contact
 
 from crmsync.errors import ConfigError, DataError
@@ -272,3 +274,40 @@ def test_zipped_upload_is_imported(emulator, control):
     [imported] = control.post("/import").json()["imported"]
     assert imported["applied"] == 1
     assert contact(emulator, "zip@example.com")["lists"]["1"]["status"] == "subscribed"
+
+
+# -- properties: whatever the values, a row reads back as written -------------------------------
+_values = st.text(alphabet=st.characters(blacklist_categories=("Cs",),
+                                         blacklist_characters="\x00"), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=_values, surname=_values, separator=st.sampled_from([";", ",", "|", "\t"]),
+       quotechar=st.sampled_from(['"', "'"]), quoting=st.sampled_from(["minimal", "all"]))
+def test_import_rows_read_back_as_written(name, surname, separator, quotechar, quoting):
+    import csv
+
+    exchange = files(file_separator=separator, file_quotechar=quotechar, file_quoting=quoting)
+    _, data = written(exchange, [change("p@example.com", "1", Status.SUBSCRIBED, ["g"],
+                                        name=name, surname=surname)])
+    reader = csv.reader(io.StringIO(data.decode(), newline=""), delimiter=separator,
+                        quotechar=quotechar)
+    header, row = list(reader)
+    assert header == exchange.header()
+    assert row == ["p@example.com", neutralise(name), neutralise(surname), "1", "", "g",
+                   "OPTIN"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(locals_=st.lists(st.from_regex(r"[a-z0-9._%+-]{1,12}", fullmatch=True), min_size=1,
+                        max_size=8, unique=True),
+       separator=st.sampled_from([";", ",", "|"]),
+       encoding=st.sampled_from(["utf-8", "utf-8-sig", "cp1252"]))
+def test_export_rows_all_come_back(locals_, separator, encoding):
+    lines = [separator.join(["email", "idList", "OptOut_Date", "optout_type"])]
+    lines += [separator.join([f"{local}@example.com", "1", "20210122T111244", "2"])
+              for local in locals_]
+    data = ("\r\n".join(lines) + "\r\n").encode(encoding)
+    results = list(files().read_export_file(io.BytesIO(data), "p.csv"))
+    assert [r.email for r in results if isinstance(r, Change)] == [
+        f"{local}@example.com" for local in locals_]
