@@ -18,7 +18,7 @@ from crmsync.contract import (
     MessageSender,
     MultiListSubscriber,
 )
-from crmsync.errors import CrmsyncError, DataError
+from crmsync.errors import CrmsyncError, DataError, RemoteError
 from crmsync.model import (
     Change,
     Contact,
@@ -262,14 +262,14 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
             api.delete(rid)
             return WriteResult(ok=True, record_id=rid)
         body = recipient_body(change.email, change.fields, self.settings.field_ids)
-        if change.previous_email:
-            if rid is None:
-                found = api.find(change.previous_email, self._lookup_lists(change))
-                rid = found[0] if found else None
-            if rid is not None:
-                api.update(recipient_body(change.email, change.fields, self.settings.field_ids,
-                                          recipient_id=rid))
+        if change.previous_email and rid is None:
+            found = api.find(change.previous_email, self._lookup_lists(change))
+            rid = found[0] if found else None
         fields_written = False
+        if change.previous_email and rid is not None:
+            api.update(recipient_body(change.email, change.fields, self.settings.field_ids,
+                                      recipient_id=rid))
+            fields_written = True
         for list_id, sub in change.subscriptions.items():
             if sub.status is Status.UNSUBSCRIBED:
                 target = rid
@@ -279,7 +279,12 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
                 if target is None:
                     self._import_opt_out(list_id, body)
                     continue
-                api.unsubscribe(list_id, target)
+                try:
+                    api.unsubscribe(list_id, target)
+                except RemoteError as exc:
+                    if exc.status != 404:
+                        raise
+                    self._import_opt_out(list_id, body)  # known, but not on this list
                 rid = target
             else:
                 rid = self._subscribe(list_id, sub, body)

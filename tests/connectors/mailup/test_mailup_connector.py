@@ -434,3 +434,13 @@ def test_empty_group_set_clears_only_where_configured(make_connector, emulator):
                         sub("2", Status.SUBSCRIBED))])
     lists = contact(emulator, "eg@example.com")["lists"]
     assert (lists["1"]["groups"], lists["2"]["groups"]) == ([], ["vip"])
+
+
+def test_unsubscribe_on_a_list_the_recipient_is_not_on(connector, emulator):
+    [first] = connector.write([change("one@example.com", sub("1", Status.SUBSCRIBED))])
+    [result] = connector.write([Change(email="one@example.com", ids={"mailup": first.record_id},
+                                       subscriptions={"2": sub("2", Status.UNSUBSCRIBED)})])
+    assert result.ok
+    assert contact(emulator, "one@example.com")["lists"] == {
+        "1": {"status": "subscribed", "groups": []},
+        "2": {"status": "unsubscribed", "groups": []}}
