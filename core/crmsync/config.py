@@ -226,6 +226,7 @@ class ServerConfig(_Strict):
     form: bool = True
     form_title: str = "Subscribe"
     form_confirm: bool = True  # the ESP's confirmation email (double opt-in)
+    form_rate_per_minute: int = Field(10, ge=0)  # form posts per client address; 0 = no limit
     shutdown_timeout_s: float = Field(30.0, ge=0)
     # Applied events are kept this long, so that a late redelivery is still recognised.
     inbox_keep_days: float = Field(7.0, gt=0)

@@ -127,3 +127,28 @@ def test_queue_depth_counts_what_waits(serve_pair) -> None:
     assert "crmsync_inbox_queue_depth 3.0" in rt.http.get("/metrics").text
     # a receive-only process (another one applies) is ready to receive
     assert httpx.get(rt.url + "/readyz").status_code == 200
+
+
+def _token(html: str) -> str:
+    import re
+
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def test_form_posts_are_limited_per_address_and_checked_without_a_browser(serve_pair) -> None:
+    rt = serve_pair(server="form_rate_per_minute = 2")
+    page = rt.http.get("/subscribe")
+    assert page.status_code == 200 and "Newsletter" in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    token = _token(page.text)
+    # a cross-site POST: the right field, but not the cookie
+    forged = httpx.post(rt.url + "/subscribe",
+                        data={"email": "x@example.com", "list": "1", "csrf_token": token})
+    assert forged.status_code == 403
+    unknown = rt.http.post("/subscribe", data={"email": "x@example.com", "list": "9",
+                                               "csrf_token": token})
+    assert unknown.status_code == 400 and "choose among the lists shown" in unknown.text
+    third = rt.http.post("/subscribe", data={"email": "x@example.com", "list": "1",
+                                             "csrf_token": _token(unknown.text)})
+    assert third.status_code == 429 and "Too many attempts" in third.text
+    assert rt.esp_list("x@example.com") is None

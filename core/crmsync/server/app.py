@@ -45,7 +45,7 @@ from ..errors import (
 from ..model import Change, InboundRequest
 from ..state import StateStore
 from .form import FORM_HEADERS, parse_form, render_done, render_form
-from .security import constant_equal, signature_ok
+from .security import RateWindow, constant_equal, signature_ok
 
 if TYPE_CHECKING:
     from .service import RealtimeService
@@ -183,6 +183,7 @@ def build_app(service: RealtimeService) -> Starlette:
     config = service.config.server
     limit = config.max_body_bytes
 
+    form_rate = RateWindow(config.form_rate_per_minute)
     # A few threads take events in; many more only thrash on the GIL and the database.
     intake_limiter = anyio.CapacityLimiter(config.intake_threads)
 
@@ -308,6 +309,13 @@ def build_app(service: RealtimeService) -> Starlette:
             return PlainTextResponse("form too large\n", status_code=413)
         data = parse_form(body, [item.esp_list for item in lists])
         fresh = service.csrf.issue()
+        peer = request.client.host if request.client else ""
+        client = service.ip_guard.client(peer, request.headers.get("x-forwarded-for", ""))
+        if not form_rate.allow(client):
+            return _form_page(request, render_form(
+                title, lists, fresh, email=data.email, checked=data.lists,
+                errors=["Too many attempts from your address. Please try again in a "
+                        "minute."]), status=429, token=fresh)
         if not service.csrf.valid(request.cookies.get(CSRF_COOKIE, ""), data.token):
             return _form_page(request, render_form(
                 title, lists, fresh, email=data.email, checked=data.lists,

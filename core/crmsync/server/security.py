@@ -20,6 +20,7 @@ __all__ = [
     "CsrfTokens",
     "EndpointKeys",
     "IpGuard",
+    "RateWindow",
     "constant_equal",
     "signature_ok",
 ]
@@ -114,3 +115,27 @@ class CsrfTokens:
             return False
         age = (now if now is not None else time.time()) - int(stamp)
         return 0 <= age <= self.max_age_s
+
+
+class RateWindow:
+    """At most ``limit`` events per key in any ``window_s`` seconds (the form's
+    per-address limit, so that nobody floods strangers with confirmation emails)."""
+
+    def __init__(self, limit: int, window_s: float = 60.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._seen: dict[str, list[float]] = {}
+
+    def allow(self, key: str, now: float | None = None) -> bool:
+        if self.limit <= 0:
+            return True
+        now = time.monotonic() if now is None else now
+        recent = [t for t in self._seen.get(key, []) if now - t < self.window_s]
+        if len(self._seen) > 10_000:  # forget idle addresses rather than grow forever
+            self._seen = {k: v for k, v in self._seen.items() if v and now - v[-1] < self.window_s}
+        if len(recent) >= self.limit:
+            self._seen[key] = recent
+            return False
+        recent.append(now)
+        self._seen[key] = recent
+        return True
