@@ -11,7 +11,9 @@ consent, the write, the journal and the post-operations are the batch ones.
 A failed event is retried with exponential backoff (``retry_base_s`` doubling up to
 ``retry_max_s``, never sooner than the vendor's ``Retry-After``) until
 ``max_attempts``, then moved to the dead letters (``crmsync replay --dead-letters``
-puts it back). An event refused for good (a validation error) goes there at once.
+puts it back). An event refused for good (a validation error) goes there at once. A
+``Retry-After`` also holds back every event bound for that vendor (and the poller, for
+the ESP) until it has passed: it is about the caller, not the one record.
 
 Applying an event twice has no effect the second time (the snapshots say it is
 already there, so nothing is written or journaled again): that is what makes a crash
