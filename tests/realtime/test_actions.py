@@ -152,3 +152,12 @@ def test_form_posts_are_limited_per_address_and_checked_without_a_browser(serve_
                                              "csrf_token": _token(unknown.text)})
     assert third.status_code == 429 and "Too many attempts" in third.text
     assert rt.esp_list("x@example.com") is None
+
+
+def test_serve_and_replay_refuse_an_incomplete_configuration(tmp_path) -> None:
+    config = tmp_path / "crmsync.toml"
+    config.write_text('[crm]\nconnector = "memory"\n[[lists]]\nname = "N"\nesp_list = 1\n')
+    result = CliRunner().invoke(cli, ["--config", str(config), "serve"], env=ENV)
+    assert result.exit_code == 2 and "needs both [crm] and [esp]" in result.output
+    usage = CliRunner().invoke(cli, ["--config", str(config), "replay"], env=ENV)
+    assert usage.exit_code == 2 and "--dead-letters" in usage.output
