@@ -57,20 +57,27 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
               help="Put every dead event back in the inbox and apply it again.")
 @click.option("--queue-only", is_flag=True,
               help="Only put them back: a running `crmsync serve` applies them.")
+@click.option("--apply", "force_apply", is_flag=True,
+              help="Apply them here even though a `crmsync serve` seems to be running.")
 @click.pass_obj
-def replay(obj: Context, dead_letters: bool, queue_only: bool) -> None:
+def replay(obj: Context, dead_letters: bool, queue_only: bool, force_apply: bool) -> None:
     """Re-run the dead letters (events that failed every attempt).
 
-    Without --queue-only they are applied here and now; use --queue-only while
-    `crmsync serve` runs, so that one process applies events.
+    They are put back in the inbox and applied here and now, unless --queue-only or a
+    `crmsync serve` is running (it applies them: one process applies events).
     """
     from ..engine.realtime import RealtimeWorker
 
     config = obj.config()
     store = open_store(config)
     try:
+        serving = [run for run in store.runs(50)
+                   if run["mode"] == "realtime" and run["status"] == "running"]
         count = store.replay_dead_letters()
         result: dict[str, object] = {"requeued": count}
+        if serving and not queue_only and not force_apply:
+            queue_only = True
+            result["left_to"] = f"crmsync serve (run {serving[0]['id']})"
         if not queue_only and count:
             _both_sides(config, obj, "replay")
             with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
@@ -86,6 +93,9 @@ def replay(obj: Context, dead_letters: bool, queue_only: bool) -> None:
 
     def render() -> None:
         obj.console.print(f"put {count} dead letter(s) back in the inbox")
+        if "left_to" in result:
+            obj.console.print(f"a {result['left_to']} seems to be running: it applies them "
+                              "(if it is not, pass --apply)")
         if "applied" in result:
             obj.console.print(f"applied {result['applied']}, waiting for a retry "
                               f"{result['retrying']}, dead again {result['dead']}")
