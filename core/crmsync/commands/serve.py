@@ -71,8 +71,10 @@ def replay(obj: Context, dead_letters: bool, queue_only: bool, force_apply: bool
     config = obj.config()
     store = open_store(config)
     try:
-        serving = [run for run in store.runs(50)
-                   if run["mode"] == "realtime" and run["status"] == "running"]
+        # the latest real-time run tells whether a server runs (one killed with SIGKILL
+        # stays "running" until the next start replaces it)
+        latest = next((run for run in store.runs(50) if run["mode"] == "realtime"), None)
+        serving = [latest] if latest is not None and latest["status"] == "running" else []
         count = store.replay_dead_letters()
         result: dict[str, object] = {"requeued": count}
         if serving and not queue_only and not force_apply:
