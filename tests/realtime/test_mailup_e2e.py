@@ -119,3 +119,24 @@ def test_crm_change_reaches_mailup(mailup_pair) -> None:
                                          fields=dict(FIELDS, FirstName="Bob", OptOut="true")))
     assert response.status_code == 200
     eventually(lambda: _mailup_status(esp_server, "bob@example.com") == "unsubscribed")
+
+
+def test_mailup_outage_events_wait_and_none_is_lost(mailup_pair) -> None:
+    esp_server, server, crm, state = mailup_pair
+    # MailUp answers 503 to the next six calls (the connector's own retries and then the
+    # worker's have to ride it out), then recovers
+    httpx.post(f"{esp_server.url}/_emulator/faults",
+               json={"error_count": 6, "error_status": 503}).raise_for_status()
+    for email in ("ann@example.com", "bob@example.com"):
+        record = crm.by_email(email)
+        response = httpx.post(
+            f"{server.url}/hooks/crm", headers={"X-Crmsync-Secret": CRM_SECRET},
+            json=crm_event(email, ids={"memory": record}, event_id=f"outage-{email}",
+                           fields=dict(FIELDS, OptOut="true")))
+        assert response.status_code == 200
+    eventually(lambda: _mailup_status(esp_server, "ann@example.com") == "unsubscribed"
+               and _mailup_status(esp_server, "bob@example.com") == "unsubscribed",
+               timeout=30)
+    eventually(lambda: state.inbox_pending_count() == 0)
+    assert state.inbox_counts() == {"done": 2} and state.dead_letters() == []
+    assert max(e["attempts"] for e in state.inbox_events()) >= 2  # the worker retried
