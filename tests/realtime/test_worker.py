@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import httpx
 from click.testing import CliRunner
@@ -161,3 +162,20 @@ def test_replay_applies_dead_letters_itself_when_no_server_runs(serve_pair, tmp_
     assert rt.crm_record("ann@example.com")["fields"]["OptOut"] == "true"
     written = [e for e in rt.journal("ann@example.com") if e["applied_to"] == "crm"]
     assert len(written) == 1 and written[0]["reason"] == "written again after an earlier failure"
+
+
+def test_an_unreadable_stored_event_is_set_aside_and_the_rest_go_on(serve_pair) -> None:
+    rt = serve_pair(worker=False)
+    from crmsync.state import schema
+
+    now = datetime.now(UTC)
+    with rt.state.begin() as conn:  # as an older or newer crmsync might have stored it
+        conn.execute(schema.inbox.insert().values(
+            endpoint="esp", dedupe_key="broken", contact="ann@example.com",
+            payload=[{"email": "not an address"}], received_at=now, status="pending",
+            attempts=0, next_attempt_at=now))
+    rt.post_esp(esp_unsubscribe("ann@example.com", event_id="after-broken"))
+    rt.service.worker.drain(timeout=10)
+    [dead] = rt.state.dead_letters()
+    assert "unreadable stored event" in dead["error"]
+    assert rt.crm_record("ann@example.com")["fields"]["OptOut"] == "true"

@@ -254,8 +254,14 @@ class RealtimeWorker:
             self._pause_until[endpoint] = max(until, self._pause_until.get(endpoint, 0.0))
 
     def _apply_rows(self, endpoint: str, rows: list[dict[str, Any]]) -> None:
-        events = [(row, [Change.model_validate(item) for item in row["payload"]])
-                  for row in rows]
+        events = []
+        for row in rows:
+            try:
+                events.append((row, [Change.model_validate(item) for item in row["payload"]]))
+            except (ValueError, TypeError) as exc:  # a stored payload this code cannot read
+                self._give_up(row, f"unreadable stored event: {exc}")
+        if not events:
+            return
         changes = [change for _, items in events for change in items]
         self._retry_after.clear()
         try:
