@@ -64,3 +64,16 @@ def test_old_applied_events_are_pruned(serve_pair) -> None:
     assert rt.state.inbox_prune(datetime.now(UTC) - timedelta(days=1)) == 0
     assert rt.state.inbox_prune(datetime.now(UTC) + timedelta(seconds=1)) == 1
     assert rt.state.inbox_events() == []
+
+
+def test_a_crm_whose_endpoint_is_off_is_polled(serve_pair) -> None:
+    rt = serve_pair(server='poll = "auto"\npoll_interval_s = 0.1',
+                    env={"CRMSYNC_HOOK_SECRET_CRM": ""})
+    assert rt.service.worker.poll_enabled  # the memory CRM could push, but nothing listens
+    rt.crm.update(rt.crm.by_email("bob@example.com"), fields={"OptOut": "true"})
+    eventually(lambda: rt.esp_list("bob@example.com") == "unsubscribed")
+
+
+def test_a_crm_that_pushes_to_an_open_endpoint_is_not_polled(serve_pair) -> None:
+    rt = serve_pair(server='poll = "auto"')
+    assert not rt.service.worker.poll_enabled

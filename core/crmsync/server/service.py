@@ -80,6 +80,11 @@ class RealtimeService:
             elif connector.capabilities.push_events:
                 log.warning("no CRMSYNC_HOOK_SECRET_%s: the %s endpoint is off (set it to "
                             "receive %s events)", side.upper(), side, connector.name)
+        caps = crm.capabilities
+        if (config.server.poll == "auto" and "crm" not in self.endpoints
+                and not self.worker.poll_enabled and (caps.incremental_read or caps.polling)):
+            # the CRM could push, but its endpoint is off: its changes come by polling
+            self.worker.poll_enabled = True
         self.ip_guard = IpGuard(config.server.allow_ips, config.server.trusted_proxies)
         self.csrf = CsrfTokens(env.get(FORM_SECRET_ENV) or None)
         self.send_token = env.get(SEND_TOKEN_ENV) or None
