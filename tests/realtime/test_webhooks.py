@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from crmsync.model import Change
+from crmsync.testing.memory import store
+
 from .conftest import FIELDS, crm_event, esp_unsubscribe, eventually
 
 
@@ -139,3 +142,44 @@ def test_event_received_hook_sees_stored_events_and_cannot_refuse_them(tmp_path)
     assert seen == [("esp", ["ann@example.com"])]
     assert len(state.inbox_events()) == 1
     state.close()
+
+
+def test_post_operation_plugins_are_told_it_is_real_time(tmp_path) -> None:
+    from crmsync.config import load_config
+    from crmsync.engine.postops import PostOperationRules
+    from crmsync.hooks import Hooks, build_plugin_manager, hookimpl
+    from crmsync.runtime import open_side, open_store
+    from crmsync.server import RealtimeService
+
+    from .conftest import write_config
+
+    modes: list[str] = []
+
+    class Watcher:
+        @hookimpl
+        def crmsync_post_operation(self, change, context):
+            modes.append(context.mode)
+            return []
+
+    config = load_config(write_config(tmp_path, extra="""
+[[post_operations]]
+on = "unsubscribe"
+from_list = 1
+unsubscribe_from = ["2"]
+"""))
+    crm_store = store(path=tmp_path / "crm.json")
+    crm_store.add("ann@example.com", fields=dict(FIELDS), memberships={"campaign:7": "Responded"})
+    state = open_store(config)
+    hooks = Hooks(build_plugin_manager([PostOperationRules(config.post_operations), Watcher()],
+                                       load_entry_points=False))
+    service = RealtimeService(config, open_side(config, "crm"), open_side(config, "esp"), state,
+                              hooks=hooks, environ={})
+    service.worker.poll_once()
+    state.inbox_put("esp", "k", [Change.model_validate(
+        esp_unsubscribe("ann@example.com")["changes"][0])])
+    service.worker.drain(timeout=10)
+    service.close()
+    state.close()
+    assert modes and set(modes) == {"realtime"}
+    assert crm_store.records[crm_store.by_email("ann@example.com")]["memberships"] == {
+        "campaign:7": "Opted Out"}
