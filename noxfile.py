@@ -33,4 +33,6 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The benchmarks: each prints one table."""
     session.install("-e", ".[test]")
-    session.run("python", "benchmarks/batch.py", *session.posargs)
+    for script in ("batch", "realtime", "mailup_calls", "salesforce_calls", "sugarcrm_calls",
+                   "vtiger_calls"):
+        session.run("python", f"benchmarks/{script}.py", *session.posargs)

@@ -193,6 +193,7 @@ class WriteResult(_Frozen):
     error: str | None = None
     code: str | None = None
     retryable: bool = False
+    retry_after: float | None = None  # seconds, when the vendor said when to come back
 
 
 class Cursor(_Frozen):

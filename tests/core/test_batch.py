@@ -292,3 +292,43 @@ secret_env = "CRMSYNC_HOOK_SECRET"
 """))
     with pytest.raises(ConfigError, match="CRMSYNC_HOOK_SECRET"):
         pair.sync()
+
+
+def test_crash_before_post_operations_still_cascades(tmp_path, monkeypatch) -> None:
+    """The cascade is queued in the same transaction as the unsubscribe it follows."""
+    from crmsync.engine.batch import BatchSync
+
+    pair = Pair(tmp_path, write_config(tmp_path, extra="""
+[[post_operations]]
+on = "unsubscribe"
+from_list = 1
+unsubscribe_from = [2]
+"""))
+    pair.crm.add("ann@example.com", fields={"OptOut": "false"},
+                 memberships={"campaign:7": "Responded"})
+    pair.sync()
+    pair.esp_import()
+    with pair.esp_connector() as esp:
+        esp.unsubscribe("ann@example.com", "1")
+    pair.esp_export()
+    original = BatchSync._run_post_operations
+    calls = {"n": 0}
+
+    def killed(self):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first call is the run's own start-up check
+            raise KeyboardInterrupt("killed after the unsubscribe was committed")
+        return original(self)
+
+    monkeypatch.setattr(BatchSync, "_run_post_operations", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pair.sync()
+    monkeypatch.setattr(BatchSync, "_run_post_operations", original)
+    assert pair.crm_record("ann@example.com")["fields"]["OptOut"] == "true"
+    assert pair.crm_record("ann@example.com")["memberships"]["campaign:7"] == "Responded"
+    pair.sync()
+    assert pair.crm_record("ann@example.com")["memberships"]["campaign:7"] == "Opted Out"
+    pair.esp_import()
+    assert pair.esp_status("ann@example.com", "2") == "unsubscribed"
+    cascades = [e for e in pair.journal("ann@example.com") if e["source"] == "post_operation"]
+    assert len(cascades) == 1

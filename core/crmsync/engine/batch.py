@@ -33,13 +33,21 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from sqlalchemy import Connection
 
 from ..config import Config
 from ..contract import Connector, FileExchange
-from ..errors import AuthError, ConfigError, CrmsyncError, DataError, QuotaExhausted, RemoteError
+from ..errors import (
+    AuthError,
+    ConfigError,
+    CrmsyncError,
+    DataError,
+    QuotaExhausted,
+    RateLimited,
+    RemoteError,
+)
 from ..files import FileSpace, Manifest
 from ..hooks import Hooks, PostOpContext
 from ..model import Change, Contact, Cursor, Op, Status, Subscription, WriteResult
@@ -247,6 +255,7 @@ class BatchSync:
                         transaction.rollback()
             else:
                 self._recover()
+                self._run_post_operations()
                 self._inbound(dry_run=False)
                 self._outbound(full=stats.full, dry_run=False)
             stats.status = "partial" if self.failures else "succeeded"
@@ -549,10 +558,17 @@ class BatchSync:
             self.store.put_snapshots(conn, [s for p in commits for s in p.snapshots])
             self.store.append_journal(conn, [j for p in commits for j in p.journal])
             self.store.outbox_done(conn, done_ids)
-        done = [p.applied for p in commits if p.applied is not None]
+            done = [change.model_copy(update={"subscriptions": subs})
+                    for change, subs in (p.applied for p in commits if p.applied is not None)]
+            # In the same transaction as the change itself: what must follow it. A crash
+            # right after the commit cannot lose a cascade or the ESP's copy of one.
+            queue = "esp" if follow_up else "postop"
+            self.store.stage(conn, queue, [{"payload": c.model_dump(mode="json")} for c in done],
+                             run_id=self.stats.run_id,
+                             batch="followups" if follow_up else "postop")
         if not follow_up:
-            self._post_operations(done)
-        return [change.model_copy(update={"subscriptions": subs}) for change, subs in done]
+            self._run_post_operations()
+        return done
 
     def _write_failed(self, conn: Connection, pending: _Pending, row: dict[str, Any] | None,
                       result: WriteResult, *, side: str) -> None:
@@ -578,26 +594,27 @@ class BatchSync:
                                      retryable=result.retryable and row is None))
 
     def _write_crm(self, changes: list[Change]) -> list[WriteResult]:
-        if not changes:
-            return []
-        try:
-            return self.crm.write(changes)
-        except (AuthError, QuotaExhausted):
-            raise
-        except RemoteError as exc:
-            return [WriteResult(ok=False, error=str(exc), code=exc.code,
-                                retryable=exc.retryable) for _ in changes]
+        return _write_all(self.crm, changes)
 
-    def _post_operations(self, applied: list[tuple[Change, dict[str, Subscription]]]) -> None:
+    def _run_post_operations(self) -> None:
+        """Run the post-operations queued with the changes they follow (durably)."""
+        while True:
+            rows = self.store.pending("postop", limit=self.config.sync.batch_size)
+            if not rows:
+                return
+            self._post_operations([Change.model_validate(row["payload"]) for row in rows])
+            with self._tx() as conn:
+                self.store.outbox_done(conn, [row["id"] for row in rows])
+
+    def _post_operations(self, applied: list[Change]) -> None:
         follow_ups: list[Change] = []
         calls: list[tuple[Change, dict[str, Any]]] = []
-        for change, subs in applied:
-            context = PostOpContext(applied_to="crm", mode="batch", run_id=self.stats.run_id,
+        mode: Literal["batch", "realtime"] = (
+            "realtime" if self.stats.mode == "realtime" else "batch")
+        for change in applied:
+            context = PostOpContext(applied_to="crm", mode=mode, run_id=self.stats.run_id,
                                     all_lists=self.config.list_ids())
-            done = Change(email=change.email, ids=change.ids, subscriptions=subs,
-                          source=change.source, reason=change.reason,
-                          occurred_at=change.occurred_at)
-            follow_ups.extend(self.hooks.post_operation(done, context))
+            follow_ups.extend(self.hooks.post_operation(change, context))
             calls.extend((change, call) for call in context.extra.get("calls", []))
         if calls:
             with self._tx() as conn:
@@ -612,14 +629,10 @@ class BatchSync:
             self.stats.post_operations += len(calls)
         if not follow_ups:
             return
+        # applied, journaled and queued for the ESP (which did not make them) at once
         cascaded = self._inbound_decide(follow_ups, [None] * len(follow_ups), dry_run=False,
                                         follow_up=True)
         self.stats.post_operations += len(cascaded)
-        # The ESP did not make these changes: it must hear of them too.
-        with self._tx() as conn:
-            self.store.stage(conn, "esp", [{"payload": c.model_dump(mode="json")}
-                                           for c in cascaded],
-                             run_id=self.stats.run_id, batch="followups")
 
     def _dry_follow_ups(self, applied: list[tuple[Change, dict[str, Subscription]]]) -> None:
         for change, subs in applied:
@@ -921,15 +934,7 @@ class BatchSync:
                 return
 
     def _write_esp(self, changes: list[Change]) -> list[WriteResult]:
-        if not changes:
-            return []
-        try:
-            return self.esp.write(changes)
-        except (AuthError, QuotaExhausted):
-            raise
-        except RemoteError as exc:
-            return [WriteResult(ok=False, error=str(exc), code=exc.code,
-                                retryable=exc.retryable) for _ in changes]
+        return _write_all(self.esp, changes)
 
     def _commit_pendings(self, conn: Connection, commits: Iterable[_Pending]) -> None:
         commits = list(commits)
@@ -1057,6 +1062,21 @@ class BatchSync:
                 writer.writerow([failure.side, failure.email, failure.list_id, failure.code,
                                  failure.reason, failure.where])
         return path
+
+
+def _write_all(connector: Connector, changes: list[Change]) -> list[WriteResult]:
+    """``connector.write``, with a whole-batch vendor error turned into one failed result
+    per change (kept retryable, with the vendor's Retry-After when it gave one)."""
+    if not changes:
+        return []
+    try:
+        return connector.write(changes)
+    except (AuthError, QuotaExhausted):
+        raise
+    except RemoteError as exc:
+        after = exc.retry_after if isinstance(exc, RateLimited) else None
+        return [WriteResult(ok=False, error=str(exc), code=exc.code, retryable=exc.retryable,
+                            retry_after=after) for _ in changes]
 
 
 class _HashingWriter:

@@ -69,6 +69,9 @@ class PostOperationRules:
                                 changed_at=sub.changed_at or datetime.now(UTC),
                                 reason=f"post-operation: unsubscribed from list {list_id}",
                                 source="post_operation")
+                elif rule.call_url and context.extra.get("dry_run"):
+                    context.extra.setdefault("calls", []).append(
+                        {"url": rule.call_url, "list": list_id, "ok": True, "dry_run": True})
                 elif rule.call_url:
                     context.extra.setdefault("calls", []).append(
                         self._call(rule, change, list_id, sub))
@@ -90,29 +93,27 @@ class PostOperationRules:
         secret = rule.secret()
         if secret is not None:
             headers["X-Crmsync-Signature"] = sign(secret.get_secret_value(), body)
-        client = self._http or httpx.Client(timeout=rule.timeout_s)
+        if self._http is None:
+            self._http = httpx.Client(timeout=rule.timeout_s)  # one, shared by every call
+        client = self._http
         outcome: dict[str, Any] = {"url": rule.call_url, "list": list_id, "ok": False}
-        try:
-            for attempt in range(rule.retries + 1):
-                try:
-                    if rule.method == "GET":
-                        query = {k: str(v or "") for k, v in payload.items() if k != "fields"}
-                        response = client.get(rule.call_url, params=query,
-                                              headers=headers, timeout=rule.timeout_s)
-                    else:
-                        response = client.post(rule.call_url, content=body, headers=headers,
-                                               timeout=rule.timeout_s)
-                    outcome["status"] = response.status_code
-                    if response.status_code < 500 and response.status_code != 429:
-                        outcome["ok"] = response.is_success
-                        break
-                except httpx.HTTPError as exc:
-                    outcome["error"] = f"{type(exc).__name__}: {exc}"
-                if attempt < rule.retries:
-                    self._sleep(min(30.0, 0.5 * 2 ** attempt))
-        finally:
-            if self._http is None:
-                client.close()
+        for attempt in range(rule.retries + 1):
+            try:
+                if rule.method == "GET":
+                    query = {k: str(v or "") for k, v in payload.items() if k != "fields"}
+                    response = client.get(rule.call_url, params=query,
+                                          headers=headers, timeout=rule.timeout_s)
+                else:
+                    response = client.post(rule.call_url, content=body, headers=headers,
+                                           timeout=rule.timeout_s)
+                outcome["status"] = response.status_code
+                if response.status_code < 500 and response.status_code != 429:
+                    outcome["ok"] = response.is_success
+                    break
+            except httpx.HTTPError as exc:
+                outcome["error"] = f"{type(exc).__name__}: {exc}"
+            if attempt < rule.retries:
+                self._sleep(min(30.0, 0.5 * 2 ** attempt))
         if not outcome["ok"]:
             log.warning("post-operation call to %s for %s failed: %s", rule.call_url,
                         change.email, outcome.get("error") or outcome.get("status"))

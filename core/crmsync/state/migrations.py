@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import Connection, Engine, inspect, select, text
 
 from ..errors import StateError
-from .schema import metadata, schema_version
+from .schema import inbox, metadata, schema_version
 
 __all__ = ["MIGRATIONS", "current_version", "migrate"]
 
@@ -21,7 +21,14 @@ def _v1_initial(conn: Connection) -> None:
     metadata.create_all(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
+def _v2_inbox_heads_index(conn: Connection) -> None:
+    # the worker looks up each contact's oldest pending event (schema.py declares the
+    # index, so a database created at v1 by this code already has it)
+    conn.execute(text(f"CREATE INDEX IF NOT EXISTS ix_crmsync_inbox_contact "
+                      f"ON {inbox.name} (contact, status, id)"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_inbox_heads_index]
 
 
 def current_version(conn: Connection) -> int:

@@ -117,6 +117,7 @@ inbox = Table(
     Column("last_error", Text),
     UniqueConstraint("endpoint", "dedupe_key", name="uq_crmsync_inbox_dedupe"),
     Index("ix_crmsync_inbox_status", "status", "next_attempt_at"),
+    Index("ix_crmsync_inbox_contact", "contact", "status", "id"),
 )
 
 # Writes staged for a side, applied and marked done once that side acknowledged.
