@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import click
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -156,7 +157,7 @@ def connectors(obj: Context) -> None:
         obj.console.print(table)
         for row in rows:
             if row["error"]:
-                obj.console.print(f"[red]broken:[/red] {row['error']}", markup=True,
+                obj.console.print(f"[red]broken:[/red] {escape(row['error'])}", markup=True,
                                   highlight=False)
 
     obj.emit(rows, render)
@@ -265,7 +266,8 @@ def check(obj: Context) -> None:
     def render() -> None:
         for side, result in results.items():
             mark = "[green]ok[/green]" if result["ok"] else "[red]FAILED[/red]"
-            obj.console.print(f"{side} ({result['connector']}): {mark} {result['detail']}")
+            obj.console.print(f"{side} ({result['connector']}): {mark} "
+                              f"{escape(str(result['detail']))}")
 
     obj.emit(results, render)
     if not all(result["ok"] for result in results.values()):

@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -36,9 +37,10 @@ def render_stats(obj: Context, stats: dict[str, Any]) -> None:
     for name in stats["files_uploaded"]:
         obj.console.print(f"uploaded {name}")
     if stats["report"]:
-        obj.console.print(f"[yellow]failed records:[/yellow] {stats['report']}")
+        obj.console.print(f"[yellow]failed records:[/yellow] {escape(stats['report'])}")
     if stats["status"] == "stopped":
-        obj.console.print(f"[yellow]stopped, resumable:[/yellow] {stats['stopped_reason']}")
+        obj.console.print(f"[yellow]stopped, resumable:[/yellow] "
+                          f"{escape(str(stats['stopped_reason']))}")
 
 
 @cli.command()
