@@ -332,3 +332,14 @@ unsubscribe_from = [2]
     assert pair.esp_status("ann@example.com", "2") == "unsubscribed"
     cascades = [e for e in pair.journal("ann@example.com") if e["source"] == "post_operation"]
     assert len(cascades) == 1
+
+
+def test_api_mode_first_run_learns_existing_esp_unsubscribes(tmp_path) -> None:
+    """Unsubscribes older than crmsync are read on the first run, before anything is sent."""
+    pair = Pair(tmp_path, write_config(tmp_path, mode="api"))
+    pair.crm.add("old@example.com", fields={"OptOut": "false"})
+    pair.esp.add("old@example.com", lists={"1": "unsubscribed"})
+    stats = pair.sync()
+    assert stats.esp_unsubscribes_read == 1
+    assert pair.crm_record("old@example.com")["fields"]["OptOut"] == "true"
+    assert pair.esp_status("old@example.com") == "unsubscribed"

@@ -341,43 +341,48 @@ class BatchSync:
             if known and known["status"] == "archived":
                 continue
             batch = f"file:{name}"
-            rows: list[dict[str, Any]] = []
             count = 0
-            with self.files.open_read(folder, name) as handle:
+            # One transaction stages the whole file (all of it or none), streamed in
+            # chunks so a large export does not have to fit in memory.
+            with self._tx() as conn, self.files.open_read(folder, name) as handle:
+                chunk: list[Change] = []
                 for item in self.esp.read_export_file(handle, name):
                     if isinstance(item, DataError):
                         self.failures.append(Failure("esp", "", "", item.reason,
-                                                      f"{name}:{item.line or ''}"))
+                                                     f"{name}:{item.line or ''}"))
                         continue
                     count += 1
-                    rows.append({"payload": item.model_dump(mode="json"),
-                                 "snapshot": {"where": f"{name}"}})
+                    chunk.append(item)
+                    if len(chunk) >= 2000:
+                        self._stage_inbound(conn, chunk, batch, name, dry_run=dry_run)
+                        chunk = []
+                self._stage_inbound(conn, chunk, batch, name, dry_run=dry_run)
+                if not dry_run:
+                    self.store.set_file(conn, f"in:{name}", direction="in",
+                                        run_id=self.stats.run_id, status="staged", rows=count)
             self.stats.esp_unsubscribes_read += count
             self.progress("esp unsubscriptions", count)
-            if dry_run:
-                self._inbound_decide([Change.model_validate(r["payload"]) for r in rows],
-                                     [None] * len(rows), dry_run=True)
-                continue
-            with self._tx() as conn:
-                self.store.stage(conn, "crm", rows, run_id=self.stats.run_id, batch=batch)
-                self.store.set_file(conn, f"in:{name}", direction="in",
-                                    run_id=self.stats.run_id, status="staged", rows=count)
+
+    def _stage_inbound(self, conn: Connection, changes: list[Change], batch: str, where: str,
+                       *, dry_run: bool) -> None:
+        if dry_run:
+            self._inbound_decide(changes, [None] * len(changes), dry_run=True)
+            return
+        self.store.stage(conn, "crm", [{"payload": c.model_dump(mode="json"),
+                                        "snapshot": {"where": where}} for c in changes],
+                         run_id=self.stats.run_id, batch=batch)
 
     def _inbound_api(self, *, dry_run: bool) -> None:
         cursor = self.store.get_cursor("esp")
         if cursor is None and not self.esp.capabilities.incremental_read:
             return
-        since = cursor
-        if cursor is None:
-            # The first run starts the ESP cursor now: the full picture comes from the
-            # outbound side; later runs read what changed at the ESP since then.
-            if not dry_run:
-                with self._tx() as conn:
-                    self.store.set_cursor(conn, "esp", Cursor(at=datetime.now(UTC)))
-            return
-        since = Cursor(at=cursor.at - timedelta(seconds=self.config.sync.overlap_s),
-                       tie_id="", data=cursor.data)
-        last = cursor
+        # The first run reads every recipient, so unsubscribes older than crmsync are
+        # known before anything is sent; later runs read what changed since the cursor.
+        started = Cursor(at=datetime.now(UTC))
+        since = None if cursor is None else Cursor(
+            at=cursor.at - timedelta(seconds=self.config.sync.overlap_s),
+            tie_id="", data=cursor.data)
+        last = cursor or Cursor(at=datetime(1970, 1, 1, tzinfo=UTC))
         for page in self.esp.read(since):
             changes = [c for c in (self._unsubscriptions_of(r) for r in page.records) if c]
             self.stats.esp_unsubscribes_read += len(changes)
@@ -395,6 +400,9 @@ class BatchSync:
                     last = page.cursor
                     with self._tx() as conn:
                         self.store.set_cursor(conn, "esp", last)
+        if cursor is None and not dry_run and last.key() < started.key():
+            with self._tx() as conn:  # an ESP without cursors: start from this run
+                self.store.set_cursor(conn, "esp", started)
 
     def _unsubscriptions_of(self, record: Contact) -> Change | None:
         subs = {list_id: sub for list_id, sub in record.subscriptions.items()
