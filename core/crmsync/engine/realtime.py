@@ -27,7 +27,6 @@ partial record would blank the missing fields on the ESP.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -38,7 +37,7 @@ from typing import Any, Protocol
 from ..config import Config
 from ..contract import Connector
 from ..errors import ConfigError, RateLimited
-from ..hooks import Hooks, PostOpContext
+from ..hooks import Hooks
 from ..model import Change, Contact, Cursor, Op, WriteResult
 from ..state import StateStore
 from .batch import BatchSync, Failure
@@ -176,18 +175,6 @@ class _Observed:
             raise
 
 
-class _RealtimeHooks(Hooks):
-    """The same plugins, told that the post-operation happens in real time (the batch
-    engine names its own mode)."""
-
-    def __init__(self, hooks: Hooks) -> None:
-        super().__init__(hooks.pm)
-
-    def post_operation(self, change: Change, context: PostOpContext) -> list[Change]:
-        # ``extra`` stays the same dict: the engine reads the calls recorded in it
-        return super().post_operation(change, dataclasses.replace(context, mode="realtime"))
-
-
 class RealtimeWorker:
     """Applies inbox events and polls the CRM, in one background thread.
 
@@ -209,7 +196,7 @@ class RealtimeWorker:
         self.server = config.server
         self.store = store
         self.hooks = hooks or Hooks()
-        self._engine_hooks = _RealtimeHooks(self.hooks)
+        self._engine_hooks = self.hooks  # the engine tells post-operations its mode
         self.observer: WorkerObserver = observer or NullObserver()
         self.lock = lock or threading.RLock()
         self._clock = clock
