@@ -343,3 +343,27 @@ def test_api_mode_first_run_learns_existing_esp_unsubscribes(tmp_path) -> None:
     assert stats.esp_unsubscribes_read == 1
     assert pair.crm_record("old@example.com")["fields"]["OptOut"] == "true"
     assert pair.esp_status("old@example.com") == "unsubscribed"
+
+
+def test_esp_profile_change_reaches_the_crm_without_an_echo(tmp_path) -> None:
+    """A recipient edits their name at the ESP: the CRM gets it; the next sync sends
+    nothing back (the values are the ones the ESP already has)."""
+    from crmsync.model import Change
+    from crmsync.runtime import build_batch, open_side, open_store
+
+    pair = Pair(tmp_path, write_config(tmp_path, mode="api"))
+    pair.crm.add("ann@example.com", fields={"FirstName": "Ann", "LastName": "Old",
+                                            "OptOut": "false"})
+    pair.sync()
+    state = open_store(pair.config)
+    try:
+        with open_side(pair.config, "crm") as crm, open_side(pair.config, "esp") as esp:
+            failures = build_batch(pair.config, crm, esp, state).apply_esp_changes(
+                [Change(email="ann@example.com", fields={"surname": "New"},
+                        source="esp:memory-esp")])
+    finally:
+        state.close()
+    assert failures == []
+    assert pair.crm_record("ann@example.com")["fields"]["LastName"] == "New"
+    stats = pair.sync()
+    assert stats.crm_read == 1 and stats.esp_written == 0, "the CRM's copy was echoed back"

@@ -150,3 +150,19 @@ def test_unreachable_database_is_a_clear_error() -> None:
         StateStore("postgresql+psycopg://user:secret@127.0.0.1:9/db")
     except StateError as exc:
         assert "secret" not in str(exc)
+
+
+def test_upgrades_a_version_1_database(db_url) -> None:
+    store = StateStore(db_url)
+    with store.begin() as conn:  # make it look like a database written by schema v1
+        conn.execute(text("DROP INDEX IF EXISTS ix_crmsync_inbox_contact"))
+        conn.execute(text("ALTER TABLE crmsync_contacts DROP COLUMN fields_json"))
+        conn.execute(text("UPDATE crmsync_schema_version SET version = 1"))
+    store.close()
+    upgraded = StateStore(db_url)
+    assert upgraded.version == len(MIGRATIONS) == 3
+    with upgraded.begin() as conn:
+        [(key, _, _)] = upgraded.resolve(conn, [("x", "1", "a@example.com")])
+        upgraded.set_fields_hashes(conn, {key: "h"}, {key: {"name": "A"}})
+        assert upgraded.fields_views(conn, [key]) == {key: {"name": "A"}}
+    upgraded.close()

@@ -118,6 +118,7 @@ class _Pending:
     snapshots: list[Snapshot]
     journal: list[JournalEntry]
     fields_hash: str | None = None
+    fields_view: dict[str, str | None] | None = None
     outbox_id: int | None = None
     applied: tuple[Change, dict[str, Subscription]] | None = None
     # What to commit when the write fails: the consent decision stands, but the
@@ -126,7 +127,7 @@ class _Pending:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "key": self.key, "fields_hash": self.fields_hash,
+            "key": self.key, "fields_hash": self.fields_hash, "fields_view": self.fields_view,
             "snapshots": [_snapshot_json(s) for s in self.snapshots],
             "journal": [_journal_json(j) for j in self.journal],
         }
@@ -452,6 +453,8 @@ class BatchSync:
             key_list = [k for k, _, _ in keys]
             snaps = self.store.snapshots(conn, key_list)
             crm_ids = self.store.record_ids(conn, self.crm.name, key_list)
+            views = (self.store.fields_views(conn, key_list)
+                     if any(c.fields for c in changes) else {})
         pendings: list[_Pending] = []
         origin_rows: list[dict[str, Any] | None] = []
         applied_subs: list[tuple[Change, dict[str, Subscription]]] = []
@@ -520,6 +523,17 @@ class BatchSync:
                 if not behind:
                     applied[list_id] = sub.model_copy(update={"status": decision.status})
                 snaps[(key, list_id)] = new_snaps[-1]
+            # A profile change at the ESP (mapped fields) goes to the CRM too, for a
+            # contact the CRM is known to hold; the fields view is updated with it so the
+            # CRM's next read does not echo the same values back to the ESP.
+            mapped = self.mapper.fields.values()
+            esp_fields = {name: value for name, value in change.fields.items()
+                          if name in mapped}
+            new_view: dict[str, str | None] | None = None
+            if esp_fields and key in crm_ids and origin != "post_operation":
+                fields.update(self.mapper.crm_fields(esp_fields))
+                if key in views:
+                    new_view = views[key] | esp_fields
             crm_change = None
             if fields or memberships:
                 ids = {self.crm.name: crm_ids[key]} if key in crm_ids else dict(change.ids)
@@ -529,8 +543,11 @@ class BatchSync:
                                     event_id=change.event_id)
             pending = _Pending(crm_change or change, key, new_snaps, journal,
                                snapshots_if_failed=failed_snaps)
+            if new_view is not None:
+                pending.fields_view = new_view
+                pending.fields_hash = content_hash(new_view)
             pending.outbox_id = row["id"] if row else None
-            if new_snaps or row:
+            if new_snaps or row or crm_change is not None:
                 pendings.append(pending)
                 origin_rows.append(row)
             if applied:
@@ -565,6 +582,7 @@ class BatchSync:
                     and j.reason != "written again after an earlier failure"])
             self.store.put_snapshots(conn, [s for p in commits for s in p.snapshots])
             self.store.append_journal(conn, [j for p in commits for j in p.journal])
+            self._record_fields(conn, [p for p in commits if outcome.get(id(p)) is not None])
             self.store.outbox_done(conn, done_ids)
             done = [change.model_copy(update={"subscriptions": subs})
                     for change, subs in (p.applied for p in commits if p.applied is not None)]
@@ -768,8 +786,9 @@ class BatchSync:
                         fields=fields if (fields_changed or previous) else {},
                         subscriptions=subs, source=source, occurred_at=at)
         if not change.subscriptions and not change.fields:
-            return _Pending(_change(email=record.email), key, new_snaps, journal, fields_hash)
-        return _Pending(change, key, new_snaps, journal, fields_hash)
+            return _Pending(_change(email=record.email), key, new_snaps, journal, fields_hash,
+                            fields)
+        return _Pending(change, key, new_snaps, journal, fields_hash, fields)
 
     def _outbound_delete(self, record: Contact, key: str,
                          snaps: dict[tuple[str, str], Snapshot], at: datetime) -> _Pending | None:
@@ -948,8 +967,12 @@ class BatchSync:
         commits = list(commits)
         self.store.put_snapshots(conn, [s for p in commits for s in p.snapshots])
         self.store.append_journal(conn, [j for p in commits for j in p.journal])
-        self.store.set_fields_hashes(conn, {p.key: p.fields_hash for p in commits
-                                            if p.fields_hash is not None})
+        self._record_fields(conn, commits)
+
+    def _record_fields(self, conn: Connection, commits: Sequence[_Pending]) -> None:
+        self.store.set_fields_hashes(
+            conn, {p.key: p.fields_hash for p in commits if p.fields_hash is not None},
+            {p.key: p.fields_view for p in commits if p.fields_view is not None})
 
     # File mode: stream the import file, stage the commit, upload, then commit.
     def _outbound_file(self, full: bool) -> None:
@@ -1042,7 +1065,8 @@ class BatchSync:
                         chunk.append(_Pending(
                             _COMMITTED, data["key"],
                             [_snapshot_from(s) for s in data["snapshots"]],
-                            [_journal_from(j) for j in data["journal"]], data["fields_hash"]))
+                            [_journal_from(j) for j in data["journal"]], data["fields_hash"],
+                            data.get("fields_view")))
                         if len(chunk) == 2000:
                             self._commit_pendings(conn, chunk)
                             chunk = []

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Engine, inspect, select, text
 
 from ..errors import StateError
-from .schema import inbox, metadata, schema_version
+from .schema import contacts, inbox, metadata, schema_version
 
 __all__ = ["MIGRATIONS", "current_version", "migrate"]
 
@@ -28,7 +28,16 @@ def _v2_inbox_heads_index(conn: Connection) -> None:
                       f"ON {inbox.name} (contact, status, id)"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_inbox_heads_index]
+def _v3_contact_fields(conn: Connection) -> None:
+    # the mapped fields as last sent, so a field change coming back from the ESP can be
+    # written to the CRM without being echoed to the ESP again
+    if "fields_json" not in {c["name"] for c in inspect(conn).get_columns(contacts.name)}:
+        kind = "JSONB" if conn.dialect.name == "postgresql" else "JSON"
+        conn.execute(text(f"ALTER TABLE {contacts.name} ADD COLUMN fields_json {kind}"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1_initial, _v2_inbox_heads_index, _v3_contact_fields]
 
 
 def current_version(conn: Connection) -> int:

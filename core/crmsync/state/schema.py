@@ -43,6 +43,7 @@ contacts = Table(
     Column("key", String(64), primary_key=True),
     Column("email", String(320), nullable=False),
     Column("fields_hash", String(64)),
+    Column("fields_json", JSON),  # the mapped fields as last sent, to recognise echoes
     Column("deleted", Boolean, nullable=False, default=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_crmsync_contacts_email", "email"),

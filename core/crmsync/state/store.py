@@ -227,15 +227,29 @@ class StateStore:
                 found[row.key] = row.fields_hash
         return found
 
-    def set_fields_hashes(self, conn: Connection, hashes: dict[str, str]) -> None:
+    def set_fields_hashes(self, conn: Connection, hashes: dict[str, str],
+                          views: dict[str, dict[str, str | None]] | None = None) -> None:
+        """Record the mapped fields last sent per contact: their hash, and the values."""
         if not hashes:
             return
         now = _now()
         from sqlalchemy import bindparam
 
+        views = views or {}
         stmt = (update(t.contacts).where(t.contacts.c.key == bindparam("k"))
-                .values(fields_hash=bindparam("h"), updated_at=now))
-        conn.execute(stmt, [{"k": k, "h": h} for k, h in hashes.items()])
+                .values(fields_hash=bindparam("h"), fields_json=bindparam("v"), updated_at=now))
+        conn.execute(stmt, [{"k": k, "h": h, "v": views.get(k)} for k, h in hashes.items()])
+
+    def fields_views(self, conn: Connection, keys: Sequence[str]
+                     ) -> dict[str, dict[str, str | None]]:
+        """The mapped fields last sent per contact (only where they were recorded)."""
+        found: dict[str, dict[str, str | None]] = {}
+        for chunk in _chunks(list(keys)):
+            for row in conn.execute(select(t.contacts.c.key, t.contacts.c.fields_json)
+                                    .where(t.contacts.c.key.in_(chunk))):
+                if row.fields_json is not None:
+                    found[row.key] = dict(row.fields_json)
+        return found
 
     # -- snapshots ------------------------------------------------------------------------
     def snapshots(self, conn: Connection, keys: Sequence[str]) -> dict[tuple[str, str], Snapshot]:
