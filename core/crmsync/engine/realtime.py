@@ -303,11 +303,12 @@ class RealtimeWorker:
             self.counts["applied"] += len(done)
 
     def _esp_changes(self, changes: list[Change]) -> list[Change]:
-        # Like a batch read of the ESP: only the configured lists are this sync's business.
+        # Like a batch read of the ESP: only the configured lists are this sync's business
+        # (a profile change still carries its fields to the CRM).
         kept = []
         for change in changes:
             subs = {k: v for k, v in change.subscriptions.items() if k in self._lists}
-            if subs:
+            if subs or change.fields:
                 kept.append(change.model_copy(update={"subscriptions": subs}))
         return kept
 
