@@ -14,6 +14,7 @@ message says what is wrong and what to do about it::
     ├── DataError            a record or a file row is malformed (line number when known)
     ├── EventRejected        an inbound webhook is forged, garbled or not for us
     └── StateError           the state store is unreachable or its schema is newer than this code
+        └── StateBusy        another crmsync process holds the state store's run lock
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "QuotaExhausted",
     "RateLimited",
     "RemoteError",
+    "StateBusy",
     "StateError",
     "TransportError",
 ]
@@ -124,3 +126,7 @@ class EventRejected(CrmsyncError):
 
 class StateError(CrmsyncError):
     """The state store cannot be used as it is."""
+
+
+class StateBusy(StateError):
+    """Another crmsync process holds the lock this one needs: wait, or try later."""

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from crmsync.errors import StateError
+from crmsync.errors import StateBusy, StateError
 from crmsync.model import Change, Cursor, Status, Subscription
 from crmsync.state import JournalEntry, Snapshot, StateStore
 from crmsync.state.migrations import MIGRATIONS
@@ -166,3 +166,16 @@ def test_upgrades_a_version_1_database(db_url) -> None:
         upgraded.set_fields_hashes(conn, {key: "h"}, {key: {"name": "A"}})
         assert upgraded.fields_views(conn, [key]) == {key: {"name": "A"}}
     upgraded.close()
+
+
+def test_exclusive_lock_refuses_a_second_holder(db_url) -> None:
+    first, second = StateStore(db_url), StateStore(db_url)
+    try:
+        with (first.exclusive("batch"), pytest.raises(StateBusy, match="another crmsync"),
+              second.exclusive("batch")):
+            pass
+        with second.exclusive("batch"):  # released: free again
+            pass
+    finally:
+        first.close()
+        second.close()

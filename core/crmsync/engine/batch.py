@@ -255,10 +255,12 @@ class BatchSync:
                         self._dry_conn = None
                         transaction.rollback()
             else:
-                self._recover()
-                self._run_post_operations()
-                self._inbound(dry_run=False)
-                self._outbound(full=stats.full, dry_run=False)
+                # one writer of snapshots at a time: a real-time worker pauses meanwhile
+                with self.store.exclusive("batch", wait_s=120):
+                    self._recover()
+                    self._run_post_operations()
+                    self._inbound(dry_run=False)
+                    self._outbound(full=stats.full, dry_run=False)
             stats.status = "partial" if self.failures else "succeeded"
         except QuotaExhausted as exc:
             stats.status = "stopped"

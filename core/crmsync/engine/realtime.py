@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from ..config import Config
 from ..contract import Connector
-from ..errors import ConfigError, RateLimited
+from ..errors import ConfigError, RateLimited, StateBusy
 from ..hooks import Hooks
 from ..model import Change, Contact, Cursor, Op, WriteResult
 from ..state import StateStore
@@ -229,7 +229,18 @@ class RealtimeWorker:
 
     # -- events ---------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Apply the due events (at most ``batch_size``); return how many were tried."""
+        """Apply the due events (at most ``batch_size``); return how many were tried.
+
+        While a batch run holds the state store, events wait in the inbox: two writers
+        of the same snapshots could let stale data overwrite an unsubscribe."""
+        try:
+            with self.store.exclusive("batch"):
+                return self._run_once()
+        except StateBusy:
+            self._held = True
+            return 0
+
+    def _run_once(self) -> int:
         heads = self.store.inbox_heads(limit=self.server.batch_size)
         tried = 0
         self._held = False
@@ -363,8 +374,10 @@ class RealtimeWorker:
         """Read the CRM since the ``crm`` cursor and apply what changed; return the count."""
         self._retry_after.clear()
         try:
-            with self.lock:
+            with self.lock, self.store.exclusive("batch"):
                 return self._poll(self._engine())
+        except StateBusy:
+            return 0  # a batch run is reading the CRM; the next poll catches up
         finally:
             self._pause("crm")
 

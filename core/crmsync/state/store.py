@@ -16,12 +16,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from ..errors import StateError
+from ..errors import StateBusy, StateError
 from ..model import Change, Cursor, Status, utc
 from . import schema as t
 from .migrations import migrate
@@ -100,6 +111,58 @@ class StateStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str, *, wait_s: float = 0.0) -> Iterator[None]:
+        """Hold the named lock for the block, or raise ``StateError`` if another process
+        holds it: two batch runs on one state store would send the same changes twice.
+
+        PostgreSQL: a session advisory lock. SQLite: an exclusive lock on a file beside
+        the database. Either is released when the holder dies, so a killed run never
+        leaves a stale lock behind. ``wait_s``: how long to keep trying for it.
+        """
+        import time
+
+        deadline = time.monotonic() + wait_s
+        busy = (f"another crmsync process holds the {name!r} lock on this state store "
+                f"({_safe_url(self.url)}): wait for it to finish, or check `crmsync status`")
+        if self.dialect == "postgresql":
+            key = int(hashlib.sha256(f"crmsync:{name}".encode()).hexdigest()[:15], 16)
+            with self.engine.connect() as conn:
+                while True:
+                    got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                       {"k": key}).scalar()
+                    conn.commit()
+                    if got:
+                        break
+                    if time.monotonic() >= deadline:
+                        raise StateBusy(busy)
+                    time.sleep(0.2)
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+            return
+        import fcntl
+
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.{name}.lock", "a+") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StateBusy(busy) from None
+                    time.sleep(0.2)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Connection]:
