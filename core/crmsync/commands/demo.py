@@ -91,8 +91,7 @@ def _crm_update(emulator: Emulator | None, folder: Path, email: str,
 @click.pass_obj
 def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None) -> None:
     """Run a two-way sync on emulators: no account, no set-up."""
-    import tomli_w
-
+    from ..testing.pairs import write_profile_config
     from ..testing.servers import ftp_server
 
     crm_name = crm_name or obj.connector or next(iter(_emulated("crm")), "memory")
@@ -142,17 +141,13 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None)
         stack.callback(_restore, previous)
 
         config_path = folder / "crmsync.toml"
-        config_path.write_text(tomli_w.dumps({
-            "state": {"url": "sqlite:///state.db"},
-            "crm": {"connector": crm_name, "settings": _clean(profile["settings"])},
-            "esp": {"connector": esp_name, "mode": "files",
-                    "settings": _clean(esp_profile["settings"])},
-            "files": {"url": f"ftp://demo@127.0.0.1:{port}/"},
-            "fields": profile["fields"],
-            "lists": profile["lists"],
-            "post_operations": [{"on": "unsubscribe", "from_list": "1",
-                                 "unsubscribe_from": ["2"]}],
-        }))
+        write_profile_config(
+            config_path, crm=crm_name, profile=profile,
+            esp={"connector": esp_name, "mode": "files",
+                 "settings": _clean(esp_profile["settings"])},
+            files={"url": f"ftp://demo@127.0.0.1:{port}/"},
+            post_operations=[{"on": "unsubscribe", "from_list": "1",
+                              "unsubscribe_from": ["2"]}])
         say(f"  config      {config_path} (secrets in the environment only)\n")
         config = load_config(config_path)
         store = open_store(config)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from crmsync.config import load_config
-from crmsync.runtime import build_batch, open_side, open_store
+from crmsync.runtime import open_side
 from crmsync.testing.memory import store
+from crmsync.testing.pairs import sync_once, write_profile_config
 from crmsync_salesforce.emulator import SalesforceEmulator
 
 
@@ -19,52 +19,18 @@ def run(tmp_path: Path, emulator: SalesforceEmulator, monkeypatch: pytest.Monkey
     profile = emulator.demo_profile()
     for key, value in profile["secrets"].items():
         monkeypatch.setenv(key, value)
-    settings = "\n".join(f"{key} = {json.dumps(value)}"
-                         for key, value in profile["settings"].items())
-    lists = ""
-    for mapping in profile["lists"]:
-        lists += "\n[[lists]]\n" + "\n".join(
-            f"{key} = {json.dumps(value) if not isinstance(value, dict) else _inline(value)}"
-            for key, value in mapping.items()) + "\n"
-    fields = "\n".join(f"{crm} = {json.dumps(esp)}" for crm, esp in profile["fields"].items())
-    path = tmp_path / "crmsync.toml"
-    path.write_text(f"""
-[state]
-url = "sqlite:///state.db"
-
-[crm]
-connector = "salesforce"
-[crm.settings]
-{settings}
-query_batch_size = 200
-
-[esp]
-connector = "memory-esp"
-mode = "api"
-[esp.settings]
-path = "{tmp_path / 'esp.json'}"
-
-[fields]
-{fields}
-{lists}
-""")
-    config = load_config(path)
+    config = load_config(write_profile_config(
+        tmp_path / "crmsync.toml", crm="salesforce", profile=profile,
+        crm_settings={"query_batch_size": 200},
+        esp={"connector": "memory-esp", "mode": "api",
+             "settings": {"path": str(tmp_path / "esp.json")}}))
 
     def sync() -> Any:
-        state = open_store(config)
-        try:
-            with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
-                return build_batch(config, crm, esp, state).run()
-        finally:
-            state.close()
+        return sync_once(config)
 
     sync.esp = store(path=tmp_path / "esp.json")  # type: ignore[attr-defined]
     sync.config = config  # type: ignore[attr-defined]
     return sync
-
-
-def _inline(value: dict[str, Any]) -> str:
-    return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items()) + " }"
 
 
 def esp_lists(run: Any, email: str) -> dict[str, Any]:

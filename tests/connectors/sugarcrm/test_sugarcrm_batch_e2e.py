@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -11,15 +10,10 @@ import pytest
 from sugarcrm_support import FLAVOURS, control, requests_made, reset_requests, state
 
 from crmsync.config import load_config
-from crmsync.runtime import build_batch, open_side, open_store
+from crmsync.runtime import open_side
 from crmsync.testing.memory import store
+from crmsync.testing.pairs import sync_once, write_profile_config
 from crmsync_sugarcrm.emulator import EVENTS_LIST_ID
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value)
 
 
 @pytest.fixture(params=FLAVOURS)
@@ -28,39 +22,13 @@ def run(request, tmp_path: Path, serve, monkeypatch: pytest.MonkeyPatch) -> Any:
     profile = server.emulator.demo_profile()
     for key, value in profile["secrets"].items():
         monkeypatch.setenv(key, value)
-    settings = "\n".join(f"{k} = {_toml(v)}" for k, v in profile["settings"].items())
-    lists = "".join("\n[[lists]]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in m.items())
-                    + "\n" for m in profile["lists"])
-    fields = "\n".join(f"{crm} = {json.dumps(esp)}" for crm, esp in profile["fields"].items())
-    path = tmp_path / "crmsync.toml"
-    path.write_text(f"""
-[state]
-url = "sqlite:///state.db"
-
-[crm]
-connector = "sugarcrm"
-[crm.settings]
-{settings}
-
-[esp]
-connector = "memory-esp"
-mode = "api"
-[esp.settings]
-path = "{tmp_path / 'esp.json'}"
-
-[fields]
-{fields}
-{lists}
-""")
-    config = load_config(path)
+    config = load_config(write_profile_config(
+        tmp_path / "crmsync.toml", crm="sugarcrm", profile=profile,
+        esp={"connector": "memory-esp", "mode": "api",
+             "settings": {"path": str(tmp_path / "esp.json")}}))
 
     def sync() -> Any:
-        state_store = open_store(config)
-        try:
-            with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
-                return build_batch(config, crm, esp, state_store).run()
-        finally:
-            state_store.close()
+        return sync_once(config)
 
     sync.esp = store(path=tmp_path / "esp.json")
     sync.config = config

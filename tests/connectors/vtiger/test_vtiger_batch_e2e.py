@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from crmsync.config import load_config
-from crmsync.runtime import build_batch, open_side, open_store
+from crmsync.runtime import open_side
 from crmsync.testing.memory import store
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value)
+from crmsync.testing.pairs import sync_once, write_profile_config
 
 
 @pytest.fixture
@@ -26,39 +20,13 @@ def run(tmp_path: Path, vtiger_server, monkeypatch: pytest.MonkeyPatch) -> Any:
     profile = emulator.demo_profile()
     for key, value in profile["secrets"].items():
         monkeypatch.setenv(key, value)
-    settings = "\n".join(f"{k} = {_toml(v)}" for k, v in profile["settings"].items())
-    lists = "".join("\n[[lists]]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in m.items())
-                    + "\n" for m in profile["lists"])
-    fields = "\n".join(f"{crm} = {json.dumps(esp)}" for crm, esp in profile["fields"].items())
-    path = tmp_path / "crmsync.toml"
-    path.write_text(f"""
-[state]
-url = "sqlite:///state.db"
-
-[crm]
-connector = "vtiger"
-[crm.settings]
-{settings}
-
-[esp]
-connector = "memory-esp"
-mode = "api"
-[esp.settings]
-path = "{tmp_path / 'esp.json'}"
-
-[fields]
-{fields}
-{lists}
-""")
-    config = load_config(path)
+    config = load_config(write_profile_config(
+        tmp_path / "crmsync.toml", crm="vtiger", profile=profile,
+        esp={"connector": "memory-esp", "mode": "api",
+             "settings": {"path": str(tmp_path / "esp.json")}}))
 
     def sync() -> Any:
-        state = open_store(config)
-        try:
-            with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
-                return build_batch(config, crm, esp, state).run()
-        finally:
-            state.close()
+        return sync_once(config)
 
     sync.esp = store(path=tmp_path / "esp.json")
     sync.config = config
