@@ -41,9 +41,7 @@ def _round_trip(pair: Pair, root) -> None:
     assert not [p for p in (root / "in").iterdir() if p.name.endswith(".part")]
     pair.space = root
     pair.esp_import()
-    with pair.esp_connector() as esp:
-        esp.unsubscribe("bob@example.com", "1")
-    pair.esp_export("unsubscribed-20260101.csv")
+    pair.esp_unsubscribe("bob@example.com", export="unsubscribed-20260101.csv")
     stats = pair.sync()
     assert stats.crm_written == 1 and stats.files_archived == ["unsubscribed-20260101.csv"]
     assert pair.crm_record("bob@example.com")["fields"]["OptOut"] == "true"

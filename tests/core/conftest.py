@@ -100,6 +100,14 @@ class Pair:
                 manifest.rename(done / manifest.name)
         return count
 
+    def esp_unsubscribe(self, email: str, list_id: str = "1", *,
+                        export: str | None = "unsubscribed-1.csv") -> None:
+        """A recipient unsubscribes at the ESP, which then drops its export (files mode)."""
+        with self.esp_connector() as esp:
+            esp.unsubscribe(email, list_id)
+        if export:
+            self.esp_export(export)
+
     def esp_export(self, name: str = "unsubscribed-1.csv") -> None:
         with self.esp_connector() as esp:
             (self.space / "out").mkdir(parents=True, exist_ok=True)

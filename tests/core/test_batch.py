@@ -10,6 +10,13 @@ import pytest
 
 from .conftest import Pair, write_config
 
+CASCADE_1_TO_2 = """
+[[post_operations]]
+on = "unsubscribe"
+from_list = 1
+unsubscribe_from = [2]
+"""
+
 
 def rows_uploaded(pair: Pair) -> list[dict[str, str]]:
     rows = []
@@ -61,9 +68,7 @@ def test_diff_sends_only_mapped_changes(pair: Pair) -> None:
 def test_esp_unsubscribe_reaches_crm_and_is_journaled_once(pair: Pair) -> None:
     pair.sync()
     pair.esp_import()
-    with pair.esp_connector() as esp:
-        esp.unsubscribe("ann@example.com", "1")
-    pair.esp_export()
+    pair.esp_unsubscribe("ann@example.com")
     stats = pair.sync()
     assert stats.esp_unsubscribes_read >= 1 and stats.crm_written == 1
     assert pair.crm_record("ann@example.com")["fields"]["OptOut"] == "true"
@@ -79,9 +84,7 @@ def test_esp_unsubscribe_reaches_crm_and_is_journaled_once(pair: Pair) -> None:
 def test_stale_crm_data_never_resubscribes(pair: Pair) -> None:
     pair.sync()
     pair.esp_import()
-    with pair.esp_connector() as esp:
-        esp.unsubscribe("bob@example.com", "1")
-    pair.esp_export()
+    pair.esp_unsubscribe("bob@example.com")
     # the CRM write-back fails, so the CRM still says "subscribed" and is edited later
     pair.config = pair.config.model_copy(update={"crm": pair.config.crm.model_copy(
         update={"settings": {**pair.config.crm.settings, "fail_emails": ["bob@example.com"]}})})
@@ -118,19 +121,12 @@ def test_never_policy_keeps_unsubscribe_even_on_crm_opt_in(pair: Pair) -> None:
 
 
 def test_post_operation_cascades_to_other_lists(tmp_path) -> None:
-    pair = Pair(tmp_path, write_config(tmp_path, extra="""
-[[post_operations]]
-on = "unsubscribe"
-from_list = 1
-unsubscribe_from = [2]
-"""))
+    pair = Pair(tmp_path, write_config(tmp_path, extra=CASCADE_1_TO_2))
     pair.crm.add("ann@example.com", fields={"OptOut": "false"},
                  memberships={"campaign:7": "Responded"})
     pair.sync()
     pair.esp_import()
-    with pair.esp_connector() as esp:
-        esp.unsubscribe("ann@example.com", "1")
-    pair.esp_export()
+    pair.esp_unsubscribe("ann@example.com")
     stats = pair.sync()
     assert stats.post_operations == 1
     record = pair.crm_record("ann@example.com")
@@ -158,8 +154,7 @@ def test_api_mode_writes_through_the_esp(tmp_path) -> None:
     stats = pair.sync()
     assert stats.esp_written == 1 and stats.esp_mode == "api"
     assert pair.esp_status("ann@example.com") == "subscribed"
-    with pair.esp_connector() as esp:
-        esp.unsubscribe("ann@example.com", "1")
+    pair.esp_unsubscribe("ann@example.com", export=None)
     stats = pair.sync()
     assert pair.crm_record("ann@example.com")["fields"]["OptOut"] == "true"
 
@@ -265,9 +260,7 @@ secret_env = "CRMSYNC_HOOK_SECRET"
         pair.crm.add("ann@example.com", fields={"OptOut": "false", "FirstName": "Ann"})
         pair.sync()
         pair.esp_import()
-        with pair.esp_connector() as esp:
-            esp.unsubscribe("ann@example.com", "1")
-        pair.esp_export()
+        pair.esp_unsubscribe("ann@example.com")
         stats = pair.sync()
     assert stats.post_operations == 1 and len(received) == 1
     headers, body = received[0]
@@ -298,19 +291,12 @@ def test_crash_before_post_operations_still_cascades(tmp_path, monkeypatch) -> N
     """The cascade is queued in the same transaction as the unsubscribe it follows."""
     from crmsync.engine.batch import BatchSync
 
-    pair = Pair(tmp_path, write_config(tmp_path, extra="""
-[[post_operations]]
-on = "unsubscribe"
-from_list = 1
-unsubscribe_from = [2]
-"""))
+    pair = Pair(tmp_path, write_config(tmp_path, extra=CASCADE_1_TO_2))
     pair.crm.add("ann@example.com", fields={"OptOut": "false"},
                  memberships={"campaign:7": "Responded"})
     pair.sync()
     pair.esp_import()
-    with pair.esp_connector() as esp:
-        esp.unsubscribe("ann@example.com", "1")
-    pair.esp_export()
+    pair.esp_unsubscribe("ann@example.com")
     original = BatchSync._run_post_operations
     calls = {"n": 0}
 
