@@ -97,23 +97,41 @@ class MailUpFiles:
         if s.file_encoding == "utf-8-sig":
             out.write(_BOM)
         rows = 0
+        # Rows are encoded and written a few hundred at a time: one write per row cost
+        # more than the CSV formatting. Who is on which line is kept until the flush so
+        # that a character the encoding cannot hold is still reported with its row.
+        held: list[tuple[int, str, int]] = []  # line, email, where its row ends
 
-        def emit(cells: list[str], line: int, email: str) -> None:
-            writer.writerow(cells)
+        def flush() -> None:
             text = buffer.getvalue()
             buffer.seek(0)
             buffer.truncate()
             try:
                 out.write(text.encode(encoding))
-            except UnicodeEncodeError as exc:
-                raise DataError(f"{email}: {exc.object[exc.start:exc.end]!r} cannot be "
-                                f"written in {encoding}: set file_encoding = \"utf-8\"",
-                                line=line) from None
+            except UnicodeEncodeError:
+                start = 0
+                for line, email, end in held:
+                    row, start = text[start:end], end
+                    try:
+                        row.encode(encoding)
+                    except UnicodeEncodeError as exc:
+                        raise DataError(
+                            f"{email}: {exc.object[exc.start:exc.end]!r} cannot be written in "
+                            f"{encoding}: set file_encoding = \"utf-8\"", line=line) from None
+                raise
+            held.clear()
+
+        def emit(cells: list[str], line: int, email: str) -> None:
+            writer.writerow(cells)
+            held.append((line, email, buffer.tell()))
+            if len(held) >= 500:
+                flush()
 
         emit(self.header(), 1, "header")
+        known = s.field_ids.keys()
         for change in changes:
-            unknown = sorted(set(change.fields) - set(s.field_ids))
-            if unknown:
+            if not change.fields.keys() <= known:
+                unknown = sorted(set(change.fields) - set(s.field_ids))
                 raise ConfigError(f"ESP field(s) {', '.join(unknown)} have no MailUp field id: "
                                   "add them to field_ids in [esp.settings]")
             values = [neutralise(str(change.fields.get(by_id[i]) or "")) for i in ids]
@@ -138,6 +156,7 @@ class MailUpFiles:
                       sep.join(group_names), s.file_status_values[sub.status.value]],
                      rows + 2, change.email)
                 rows += 1
+        flush()
         return rows
 
     # -- export ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -353,3 +354,64 @@ def test_esp_profile_change_reaches_the_crm_without_an_echo(tmp_path) -> None:
     assert pair.crm_record("ann@example.com")["fields"]["LastName"] == "New"
     stats = pair.sync()
     assert stats.crm_read == 1 and stats.esp_written == 0, "the CRM's copy was echoed back"
+
+
+def test_a_commit_spool_left_by_an_earlier_version_is_still_committed(pair: Pair,
+                                                                      monkeypatch) -> None:
+    """A run killed after its upload, then crmsync upgraded: the old JSON-lines spool is
+    committed by the new version, so nothing is sent twice or lost from the journal."""
+    from crmsync.engine.batch import BatchSync
+
+    original = BatchSync._upload
+
+    def killed(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        raise KeyboardInterrupt("killed after the upload")
+
+    monkeypatch.setattr(BatchSync, "_upload", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pair.sync()
+    monkeypatch.setattr(BatchSync, "_upload", original)
+    # rewrite the spool as the earlier version wrote it: one JSON object per contact
+    [spool] = (pair.tmp / ".crmsync-spool").glob("*.commit.csv")
+    contacts: dict[str, dict] = {}
+    rows = list(csv.reader(spool.open(newline="")))
+
+    def iso(text: str) -> str:  # SQLite's stored form, or PostgreSQL's ISO text
+        return datetime.fromisoformat(text).replace(tzinfo=UTC).isoformat()
+
+    for tag, *values in rows:
+        if tag == "s":
+            key, list_id, status, groups, crm_status, hash_, changed_at, source = values
+            contacts.setdefault(key, {"key": key, "fields_hash": None, "fields_view": None,
+                                      "snapshots": [], "journal": []})["snapshots"].append({
+                "contact_key": key, "list_id": list_id, "status": status,
+                "groups": [g for g in groups.split(",") if g], "crm_status": crm_status or None,
+                "hash": hash_, "changed_at": iso(changed_at),
+                "source": source})
+        elif tag == "j":
+            (at, run_id, key, email, list_id, old, new, applied_to, source, reason,
+             event_id) = values
+            contacts[key]["journal"].append({
+                "contact_key": key, "email": email, "list_id": list_id,
+                "old_status": old or None, "new_status": new, "applied_to": applied_to,
+                "source": source, "reason": reason or None, "event_id": event_id or None,
+                "run_id": run_id, "at": iso(at)})
+        else:
+            fields_hash, fields_json, key = values
+            contacts.setdefault(key, {"key": key, "snapshots": [], "journal": []})
+            contacts[key] |= {"fields_hash": fields_hash, "fields_view": json.loads(fields_json)}
+    legacy = spool.with_name(spool.name.replace(".commit.csv", ".commit.jsonl"))
+    legacy.write_text("".join(json.dumps(c) + "\n" for c in contacts.values()))
+    spool.unlink()
+    assert any(r[0] == "j" for r in rows) and any(r[0] == "f" for r in rows)
+
+    stats = pair.sync()
+    assert stats.recovered == 1 and not legacy.exists()
+    assert len(list((pair.space / "in").glob("import-*.csv"))) == 1
+    assert pair.sync().esp_written == 0, "the legacy spool's snapshots and fields were lost"
+    journal = [e for e in pair.journal() if e["applied_to"] == "esp"]
+    assert sorted((e["email"], e["list_id"], e["new_status"]) for e in journal) == [
+        ("ann@example.com", "1", "subscribed"), ("ann@example.com", "2", "subscribed"),
+        ("bob@example.com", "1", "subscribed"), ("cyd@example.com", "1", "unsubscribed"),
+        ("dee@example.com", "1", "subscribed"), ("dee@example.com", "2", "pending")]

@@ -7,14 +7,17 @@ be skipped silently.
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from crmsync.errors import StateBusy, StateError
 from crmsync.model import Change, Cursor, Status, Subscription
-from crmsync.state import JournalEntry, Snapshot, StateStore
+from crmsync.state import JournalEntry, Snapshot, StateStore, content_hash, new_contact_key
 from crmsync.state.migrations import MIGRATIONS
 
 
@@ -93,6 +96,62 @@ def test_journal_is_append_only_and_searchable(store) -> None:
     entries = store.journal(email="ann@example.com")
     assert [(e["new_status"], e["source"]) for e in entries] == [("unsubscribed", "esp:mailup")]
     assert len(store.journal()) == 2
+
+
+def test_raw_rows_read_back_as_sqlalchemy_wrote_them(store) -> None:
+    """The batch writes snapshots, journal and fields as raw rows; every reader sees the
+    same values as for rows written through SQLAlchemy (times in UTC, NULLs, JSON)."""
+    at = datetime(2026, 3, 4, 5, 6, 7, 890, tzinfo=UTC)
+    with store.begin() as conn:
+        [(key, _, _)], hashes = store.resolve(conn, [("sf", "003A", "ann@example.com")]), {}
+        store.put_snapshot_rows(conn, [(key, "1", "unsubscribed", "a,b", None, "h",
+                                        store.db_time(at), "esp:y")])
+        store.append_journal_rows(conn, [(store.db_time(at), "run", key, "ann@example.com",
+                                          "1", None, "unsubscribed", "crm", "esp:y", None, None)])
+        store.set_fields_rows(conn, [("fh", '{"name": "Ann", "surname": null}', key)])
+        snap = store.snapshots(conn, [key])[(key, "1")]
+        store.resolve(conn, [("sf", "003A", "ann@example.com")], hashes=hashes)
+        assert store.fields_views(conn, [key]) == {key: {"name": "Ann", "surname": None}}
+    assert (snap.status, snap.groups, snap.crm_status, snap.changed_at) == (
+        Status.UNSUBSCRIBED, frozenset({"a", "b"}), None, at)
+    assert hashes == {key: "fh"}
+    [entry] = store.journal(email="ann@example.com")
+    assert entry["old_status"] is None and entry["reason"] is None
+    assert entry["at"].replace(tzinfo=UTC) == at
+
+
+def test_sqlite_time_text_is_sqlalchemys() -> None:
+    from datetime import timezone
+
+    from sqlalchemy.dialects import sqlite
+
+    from crmsync.state import schema
+    from crmsync.state.store import _sqlite_time
+
+    dialect = sqlite.dialect()
+    process = schema.snapshots.c.changed_at.type.dialect_impl(dialect).bind_processor(dialect)
+    for value in (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 12, 31, 23, 59, 59, 999999),
+                  datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=-7)))):
+        assert _sqlite_time(value) == process(value)
+
+
+@given(st.one_of(
+    st.dictionaries(st.text(), st.one_of(st.none(), st.text())),
+    st.dictionaries(st.text(), st.one_of(st.integers(), st.booleans(), st.lists(st.text())))))
+def test_content_hash_fast_path_hashes_the_same_text(value) -> None:
+    import hashlib
+    import json
+
+    raw = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    assert content_hash(value) == hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+
+
+def test_new_contact_keys_sort_by_creation_and_do_not_repeat() -> None:
+    keys = [new_contact_key() for _ in range(20_000)]
+    assert len(set(keys)) == len(keys)
+    assert all(len(k) == 32 and int(k, 16) >= 0 for k in keys)
+    # ordered by time (the 16-bit counter may wrap once inside one millisecond)
+    assert sum(a > b for a, b in itertools.pairwise(keys)) <= 20_000 // 65_536 + 1
 
 
 def test_runs_history(store) -> None:

@@ -7,10 +7,11 @@ membership status carries the opt-out, which field's values become groups.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from ..config import Config, ListMapping
+from ..config import Config
 from ..model import Contact, Status
 
 __all__ = ["Desired", "ListMapper", "truthy"]
@@ -23,12 +24,36 @@ def truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() in _TRUE
 
 
-@dataclass(frozen=True)
-class Desired:
+class Desired(NamedTuple):
     """What the CRM says about one contact on one list."""
 
     status: Status
     groups: frozenset[str]
+
+
+class _Plan(NamedTuple):
+    """One ``[[lists]]`` entry with its properties worked out once, not per contact."""
+
+    esp_list: str
+    membership_key: str | None
+    member_field: tuple[str, str] | None
+    status: dict[str, Status]
+    opt_out: str | None
+    groups_field: str | None
+    separator: str
+    only: frozenset[str] | None
+
+
+@functools.lru_cache(maxsize=8192)
+def _split_groups(raw: str, separator: str, only: frozenset[str] | None) -> frozenset[str]:
+    values = {part.strip() for part in raw.split(separator)}
+    values.discard("")
+    if only is not None:
+        values &= only
+    return frozenset(values)
+
+
+_SUBSCRIBED_NO_GROUPS = Desired(Status.SUBSCRIBED, frozenset())
 
 
 class ListMapper:
@@ -38,9 +63,16 @@ class ListMapper:
         self.lists = list(config.lists)
         self.by_list = {item.esp_list: item for item in self.lists}
         self.fields = dict(config.fields)
+        self._field_pairs = tuple(self.fields.items())
+        self._plans = tuple(_Plan(
+            m.esp_list, m.membership_key, m.member_field, dict(m.status), m.opt_out,
+            m.groups.field if m.groups else None, m.groups.separator if m.groups else ";",
+            frozenset(m.groups.only) if m.groups and m.groups.only is not None else None)
+            for m in self.lists)
 
     def esp_fields(self, contact: Contact) -> dict[str, str | None]:
-        return {esp: contact.fields.get(crm) for crm, esp in self.fields.items()}
+        fields = contact.fields
+        return {esp: fields.get(crm) for crm, esp in self._field_pairs}
 
     def crm_fields(self, esp_fields: Mapping[str, str | None]) -> dict[str, str | None]:
         reverse = {esp: crm for crm, esp in self.fields.items()}
@@ -49,37 +81,29 @@ class ListMapper:
     def desired(self, contact: Contact) -> dict[str, Desired]:
         """Per ESP list id: the status and groups the CRM implies (absent: not a member)."""
         out: dict[str, Desired] = {}
-        for mapping in self.lists:
-            state = self._one(mapping, contact)
-            if state is not None:
-                out[mapping.esp_list] = state
+        fields = contact.fields
+        for plan in self._plans:
+            raw_member: str | None = None
+            if plan.membership_key is not None:
+                if plan.membership_key not in contact.memberships:
+                    continue
+                raw_member = contact.memberships[plan.membership_key]
+            elif plan.member_field is not None:
+                name, value = plan.member_field
+                if (fields.get(name) or "") != value:
+                    continue
+            status = Status.SUBSCRIBED
+            if raw_member is not None and plan.status:
+                status = plan.status.get(raw_member, Status.SUBSCRIBED)
+            if plan.opt_out and truthy(fields.get(plan.opt_out)):
+                status = Status.UNSUBSCRIBED
+            if plan.groups_field is None:
+                out[plan.esp_list] = (_SUBSCRIBED_NO_GROUPS if status is Status.SUBSCRIBED
+                                      else Desired(status, frozenset()))
+            else:
+                out[plan.esp_list] = Desired(status, _split_groups(
+                    fields.get(plan.groups_field) or "", plan.separator, plan.only))
         return out
-
-    def _one(self, mapping: ListMapping, contact: Contact) -> Desired | None:
-        key = mapping.membership_key
-        raw_member: str | None = None
-        if key is not None:
-            if key not in contact.memberships:
-                return None
-            raw_member = contact.memberships[key]
-        elif mapping.member_field is not None:
-            name, value = mapping.member_field
-            if (contact.fields.get(name) or "") != value:
-                return None
-        status = Status.SUBSCRIBED
-        if raw_member is not None and mapping.status:
-            status = mapping.status.get(raw_member, Status.SUBSCRIBED)
-        if mapping.opt_out and truthy(contact.fields.get(mapping.opt_out)):
-            status = Status.UNSUBSCRIBED
-        groups: frozenset[str] = frozenset()
-        if mapping.groups is not None:
-            raw = contact.fields.get(mapping.groups.field) or ""
-            values = {part.strip() for part in raw.split(mapping.groups.separator)}
-            values.discard("")
-            if mapping.groups.only is not None:
-                values &= set(mapping.groups.only)
-            groups = frozenset(values)
-        return Desired(status, groups)
 
     def to_crm(self, list_id: str, status: Status
                ) -> tuple[dict[str, str | None], dict[str, str | None]] | None:

@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
-from .store import JournalEntry, Snapshot, StateStore, content_hash
+from .store import (
+    JournalEntry,
+    Snapshot,
+    StateStore,
+    content_hash,
+    journal_row,
+    new_contact_key,
+    snapshot_row,
+)
 
-__all__ = ["JournalEntry", "Snapshot", "StateStore", "content_hash"]
+__all__ = [
+    "JournalEntry",
+    "Snapshot",
+    "StateStore",
+    "content_hash",
+    "journal_row",
+    "new_contact_key",
+    "snapshot_row",
+]

@@ -104,17 +104,29 @@ def test_unknown_field_is_a_config_error():
 
 
 def test_writer_streams():
+    """Rows reach the output in bounded chunks while changes are still being read."""
     exchange = files()
     out = io.BytesIO()
     seen = []
 
     def changes():
-        for n in range(3):
+        for n in range(2000):
             seen.append(len(out.getvalue()))
             yield change(f"s{n}@example.com", "1", Status.SUBSCRIBED)
 
-    assert exchange.write_import_file(out, changes()) == 3
-    assert seen[0] < seen[1] < seen[2], "each row must reach the output before the next"
+    assert exchange.write_import_file(out, changes()) == 2000
+    # never more than 500 rows held back: the output grows at least every 500 changes
+    assert all(seen[n + 501] > seen[n] for n in range(0, 1499)), "rows must not pile up"
+    assert out.getvalue().count(b"\r\n") == 2001
+
+
+def test_writer_reports_the_row_its_encoding_cannot_hold():
+    exchange = files(file_encoding="cp1252")
+    rows = [change(f"s{n}@example.com", "1", Status.SUBSCRIBED) for n in range(700)]
+    rows[612] = change("s612@example.com", "1", Status.SUBSCRIBED, name="中文")
+    with pytest.raises(DataError) as caught:
+        exchange.write_import_file(io.BytesIO(), rows)
+    assert "s612@example.com" in str(caught.value) and caught.value.line == 614
 
 
 def test_import_file_name_is_safe():
