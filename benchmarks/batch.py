@@ -2,8 +2,11 @@
 
 For 10k, 100k and 1M contacts: a full export, then a 1 % diff, each run in a fresh
 process so peak RSS is that run's own. The floor is the same rows written by a bare
-``csv.writer`` loop (no mapping, no state, no consent). The CRM is a synthetic
-connector that makes contacts on the fly, so the CRM's own storage is not counted.
+``csv.writer`` loop (no mapping, no state, no consent). The state floor adds to it the
+rows a full export must make durable per contact (contact, id map, snapshot, journal
+entry, fields hash), written by bare ``sqlite3`` into the same schema: the part of the
+gap that per-contact state costs in any design. The CRM is a synthetic connector that
+makes contacts on the fly, so the CRM's own storage is not counted.
 
     python benchmarks/batch.py                 # 10k, 100k, 1M
     python benchmarks/batch.py 10000 100000    # chosen sizes
@@ -152,9 +155,63 @@ def run_floor(folder: Path, contacts: int, phase: str) -> dict[str, float]:
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def run_state_floor(folder: Path, contacts: int, phase: str) -> dict[str, float]:
+    """The csv.writer floor plus the rows a full export must make durable per contact
+    (contact, id map, snapshot, journal entry, fields hash), written by bare sqlite3
+    ``executemany`` into crmsync's own schema: what any design keeping per-contact
+    state in SQLite pays before doing anything else."""
+    import sqlite3
+    import uuid
+
+    from crmsync.state import StateStore
+
+    path = folder / "state-floor.db"
+    for leftover in folder.glob("state-floor.db*"):
+        leftover.unlink()
+    StateStore(f"sqlite:///{path}").close()  # the same tables and indexes
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    crm = SyntheticCrm(SyntheticCrm.Settings.load("synthetic", {"contacts": contacts}))
+    now = "2026-01-01 00:00:00.000000"
+    start = time.perf_counter()
+    rows = 0
+    with (folder / "floor-state.csv").open("w", newline="") as out:
+        writer = csv.writer(out, delimiter=";")
+        writer.writerow(["111", "1", "2", "idList", "IdGroup"])
+        for page in crm.read(None):
+            keys = [f"{n:032x}" for n in range(rows, rows + len(page.records))]
+            for c in page.records:
+                writer.writerow([c.email, c.fields["FirstName"], c.fields["LastName"], "1",
+                                 c.fields["Interests"]])
+            recs = list(zip(keys, page.records, strict=True))
+            db.executemany("INSERT INTO crmsync_contacts (key, email, deleted, updated_at) "
+                           "VALUES (?, ?, 0, ?)", [(k, c.email, now) for k, c in recs])
+            db.executemany("INSERT INTO crmsync_id_map VALUES (?, ?, ?)",
+                           [("synthetic", c.ids["synthetic"], k) for k, c in recs])
+            db.commit()
+            db.executemany("INSERT INTO crmsync_snapshots VALUES (?, '1', 'subscribed', ?, "
+                           "'subscribed', ?, ?, 'crm:synthetic')",
+                           [(k, c.fields["Interests"], uuid.uuid4().hex, now) for k, c in recs])
+            db.executemany("INSERT INTO crmsync_journal (at, run_id, contact_key, email, list_id,"
+                           " new_status, applied_to, source) VALUES (?, 'r', ?, ?, '1', "
+                           "'subscribed', 'esp', 'crm:synthetic')",
+                           [(now, k, c.email) for k, c in recs])
+            db.executemany("UPDATE crmsync_contacts SET fields_hash = ?, fields_json = ? "
+                           "WHERE key = ?", [(uuid.uuid4().hex, "{}", k) for k, _ in recs])
+            db.commit()
+            rows += len(recs)
+    seconds = time.perf_counter() - start
+    db.close()
+    return {"seconds": seconds, "rows": rows, "read": rows,
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+KINDS = {"crmsync": run_crmsync, "floor": run_floor, "state-floor": run_state_floor}
+
+
 def child(kind: str, folder: str, contacts: int, phase: str) -> None:
-    func = run_crmsync if kind == "crmsync" else run_floor
-    print(json.dumps(func(Path(folder), contacts, phase)))
+    print(json.dumps(KINDS[kind](Path(folder), contacts, phase)))
 
 
 def measure(kind: str, folder: Path, contacts: int, phase: str) -> dict[str, float]:
@@ -172,7 +229,7 @@ def measure(kind: str, folder: Path, contacts: int, phase: str) -> dict[str, flo
 def main(sizes: list[int]) -> None:
     header = (f"{'contacts':>9} {'run':>5} {'rows':>8} {'seconds':>8} {'rec/s':>9} "
               f"{'peak RSS MB':>11} {'floor s':>8} {'floor RSS':>9} {'x floor':>7} "
-              f"{'full/diff':>9}")
+              f"{'state floor s':>13} {'x state floor':>13} {'full/diff':>9}")
     print(header)
     print("-" * len(header))
     for contacts in sizes:
@@ -182,14 +239,19 @@ def main(sizes: list[int]) -> None:
             (folder / "crmsync.toml").write_text(CONFIG.format(space=folder / "space"))
             full = measure("crmsync", folder, contacts, "full")
             diff = measure("crmsync", folder, contacts, "diff")
+            state_floor = measure("state-floor", folder, contacts, "full")
             for phase, result in (("full", full), ("diff", diff)):
                 floor = measure("floor", folder, contacts, phase)
                 speedup = full["seconds"] / diff["seconds"] if phase == "diff" else float("nan")
+                with_state = (f"{state_floor['seconds']:>13.2f} "
+                              f"{result['seconds'] / state_floor['seconds']:>13.1f}"
+                              if phase == "full" else f"{'':>13} {'':>13}")
                 print(f"{contacts:>9,} {phase:>5} {int(result['rows']):>8,} "
                       f"{result['seconds']:>8.2f} {result['read'] / result['seconds']:>9,.0f} "
                       f"{result['rss_mb']:>11.0f} {floor['seconds']:>8.2f} "
                       f"{floor['rss_mb']:>9.0f} {result['seconds'] / floor['seconds']:>7.1f} "
-                      f"{'' if phase == 'full' else f'{speedup:.0f}x':>9}", flush=True)
+                      f"{with_state} {'' if phase == 'full' else f'{speedup:.0f}x':>9}",
+                      flush=True)
 
 
 if __name__ == "__main__":
