@@ -10,6 +10,10 @@ makes contacts on the fly, so the CRM's own storage is not counted.
 
     python benchmarks/batch.py                 # 10k, 100k, 1M
     python benchmarks/batch.py 10000 100000    # chosen sizes
+    python benchmarks/batch.py --state postgresql+psycopg://user:pw@127.0.0.1/db 100000
+
+With ``--state``, crmsync keeps its state in that database (emptied first: give it a
+throw-away one) and the state floor is not measured (it is bare sqlite3).
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ class SyntheticCrm(Connector):
 
 CONFIG = """
 [state]
-url = "sqlite:///state.db"
+url = "{state}"
 [crm]
 connector = "synthetic"
 [esp]
@@ -226,7 +230,18 @@ def measure(kind: str, folder: Path, contacts: int, phase: str) -> dict[str, flo
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def main(sizes: list[int]) -> None:
+def _empty(url: str) -> None:
+    """Drop crmsync's tables from a benchmark's PostgreSQL database."""
+    from sqlalchemy import create_engine
+
+    from crmsync.state.schema import metadata
+
+    engine = create_engine(url)
+    metadata.drop_all(engine)
+    engine.dispose()
+
+
+def main(sizes: list[int], state: str | None = None) -> None:
     header = (f"{'contacts':>9} {'run':>5} {'rows':>8} {'seconds':>8} {'rec/s':>9} "
               f"{'peak RSS MB':>11} {'floor s':>8} {'floor RSS':>9} {'x floor':>7} "
               f"{'state floor s':>13} {'x state floor':>13} {'full/diff':>9}")
@@ -236,16 +251,19 @@ def main(sizes: list[int]) -> None:
         with tempfile.TemporaryDirectory(prefix="crmsync-bench-") as tmp:
             folder = Path(tmp)
             (folder / "space").mkdir()
-            (folder / "crmsync.toml").write_text(CONFIG.format(space=folder / "space"))
+            (folder / "crmsync.toml").write_text(CONFIG.format(
+                space=folder / "space", state=state or "sqlite:///state.db"))
+            if state:
+                _empty(state)
             full = measure("crmsync", folder, contacts, "full")
             diff = measure("crmsync", folder, contacts, "diff")
-            state_floor = measure("state-floor", folder, contacts, "full")
+            state_floor = None if state else measure("state-floor", folder, contacts, "full")
             for phase, result in (("full", full), ("diff", diff)):
                 floor = measure("floor", folder, contacts, phase)
                 speedup = full["seconds"] / diff["seconds"] if phase == "diff" else float("nan")
                 with_state = (f"{state_floor['seconds']:>13.2f} "
                               f"{result['seconds'] / state_floor['seconds']:>13.1f}"
-                              if phase == "full" else f"{'':>13} {'':>13}")
+                              if phase == "full" and state_floor else f"{'':>13} {'':>13}")
                 print(f"{contacts:>9,} {phase:>5} {int(result['rows']):>8,} "
                       f"{result['seconds']:>8.2f} {result['read'] / result['seconds']:>9,.0f} "
                       f"{result['rss_mb']:>11.0f} {floor['seconds']:>8.2f} "
@@ -259,4 +277,10 @@ if __name__ == "__main__":
         sys.path.insert(0, str(Path(__file__).parent))
         child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     else:
-        main([int(arg) for arg in sys.argv[1:]] or [10_000, 100_000, 1_000_000])
+        args = sys.argv[1:]
+        url = None
+        if "--state" in args:
+            at = args.index("--state")
+            url = args[at + 1]
+            del args[at:at + 2]
+        main([int(arg) for arg in args] or [10_000, 100_000, 1_000_000], url)
