@@ -163,6 +163,17 @@ def connectors(obj: Context) -> None:
     obj.emit(rows, render)
 
 
+def emulator_options(options: tuple[str, ...]) -> dict[str, Any]:
+    """``--option KEY=VALUE`` arguments as keyword arguments of an emulator."""
+    kwargs: dict[str, Any] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {option!r}: expected KEY=VALUE")
+        kwargs[key] = value
+    return kwargs
+
+
 @cli.command()
 @click.option("--port", "-p", type=int, default=0, help="Port (default: a free one).")
 @click.option("--contacts", "-n", type=int, default=100, show_default=True,
@@ -182,14 +193,8 @@ def emulate(obj: Context, name: str, port: int, contacts: int, seed: int, tls: b
     """
     from .emulator import EmulatorServer
 
-    kwargs: dict[str, Any] = {}
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep:
-            raise ConfigError(f"--option {option!r}: expected KEY=VALUE")
-        kwargs[key] = value
     emulator_class = load_emulator(name)
-    emulator = emulator_class(contacts=contacts, seed=seed, **kwargs)
+    emulator = emulator_class(contacts=contacts, seed=seed, **emulator_options(options))
     use_tls = bool(getattr(emulator_class, "tls", False)) if tls is None else tls
     server = EmulatorServer(emulator, port=port, tls=use_tls).start()
     info = {"name": name, "url": server.url, "control": f"{server.url}/_emulator/",

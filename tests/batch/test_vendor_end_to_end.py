@@ -10,14 +10,20 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("crm", ["memory", "salesforce", "sugarcrm", "vtiger"])
-def test_two_way_batch_sync(crm, tmp_path) -> None:
+@pytest.mark.parametrize(("crm", "options"), [
+    ("memory", []), ("salesforce", []), ("sugarcrm", []),
+    ("sugarcrm", ["--option", "flavour=v4_1"]),  # SugarCRM CE / SuiteCRM's legacy API
+    ("vtiger", [])], ids=["memory", "salesforce", "sugarcrm", "sugarcrm-v4_1", "vtiger"])
+def test_two_way_batch_sync(crm, options, tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "crmsync", "--json", "demo", "--connector", crm, "--contacts",
-         "30", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=240)
+         "30", "--dir", str(tmp_path), *options], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     full, diff = report["full_sync"], report["diff_sync"]
+    if options:
+        config = (tmp_path / "crmsync.toml").read_text()
+        assert 'flavour = "v4_1"' in config, config
     assert full["status"] == "succeeded" and full["full"] and full["crm_read"] >= 30
     assert diff["status"] == "succeeded" and not diff["full"] and diff["failed"] == 0
     rows = {row["email"]: row for row in report["contacts"]}

@@ -20,7 +20,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ..cli import Context, cli
+from ..cli import Context, cli, emulator_options
 from ..config import load_config
 from ..emulator import Emulator, EmulatorServer
 from ..errors import ConfigError, PluginError
@@ -88,13 +88,20 @@ def _crm_update(emulator: Emulator | None, folder: Path, email: str,
 @click.option("--contacts", "-n", default=40, show_default=True, help="CRM contacts to start with.")
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep everything in this folder (default: a temporary one, removed after).")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="CRM emulator option, as for `crmsync emulate` (e.g. flavour=v4_1 for "
+                   "SuiteCRM's legacy API).")
 @click.pass_obj
-def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None) -> None:
+def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None,
+         options: tuple[str, ...]) -> None:
     """Run a two-way sync on emulators: no account, no set-up."""
     from ..testing.pairs import write_profile_config
     from ..testing.servers import ftp_server
 
     crm_name = crm_name or obj.connector or next(iter(_emulated("crm")), "memory")
+    kwargs = emulator_options(options)
+    if crm_name == "memory" and kwargs:
+        raise ConfigError("--option is for a CRM emulator; `memory` has none")
     esps = _emulated("esp")
     if not esps:
         raise ConfigError("the demo needs an ESP connector with an emulator and file exchange; "
@@ -121,7 +128,10 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None)
                 emulator_class = load_emulator(crm_name)
             except PluginError as exc:
                 raise ConfigError(f"{exc}; try --connector memory") from None
-            crm_emulator = emulator_class(contacts=contacts, seed=7)
+            try:
+                crm_emulator = emulator_class(contacts=contacts, seed=7, **kwargs)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"--option for the {crm_name} emulator: {exc}") from None
             server = EmulatorServer(crm_emulator, tls=bool(getattr(emulator_class, "tls", False)),
                                     workdir=folder).start()
             stack.callback(server.stop)
