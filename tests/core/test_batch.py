@@ -415,3 +415,38 @@ def test_a_commit_spool_left_by_an_earlier_version_is_still_committed(pair: Pair
         ("ann@example.com", "1", "subscribed"), ("ann@example.com", "2", "subscribed"),
         ("bob@example.com", "1", "subscribed"), ("cyd@example.com", "1", "unsubscribed"),
         ("dee@example.com", "1", "subscribed"), ("dee@example.com", "2", "pending")]
+
+
+def test_resend_repairs_an_esp_that_lost_its_data_without_undoing_an_unsubscribe(
+        pair: Pair) -> None:
+    pair.sync()
+    pair.esp_import()
+    pair.esp_unsubscribe("ann@example.com")
+    pair.sync()  # the unsubscribe reaches the CRM
+    journal_before = pair.journal()
+    # the ESP loses everything (a list deleted by mistake, a restore from an old backup)
+    pair.esp._load()
+    pair.esp.records.clear()
+    pair.esp.save()
+    assert pair.sync(full=True).esp_written == 0, "--full sends only what changed"
+    stats = pair.sync(resend=True)
+    assert stats.full and stats.resend and stats.esp_written == 4
+    assert stats.plan["1"]["esp"]["resend"] == 4
+    pair.esp_import()
+    assert pair.esp_status("ann@example.com") == "unsubscribed"
+    assert pair.esp_status("ann@example.com", "2") == "subscribed"
+    assert pair.esp_status("bob@example.com") == "subscribed"
+    assert pair.esp_status("cyd@example.com") == "unsubscribed"
+    assert pair.esp_status("dee@example.com", "2") == "pending"
+    pair.esp._load()
+    assert pair.esp.records[pair.esp.by_email("bob@example.com")]["fields"]["name"] == "Bob"
+    assert pair.journal() == journal_before, "a resend changes no status: nothing to journal"
+    assert pair.sync().esp_written == 0
+
+
+def test_resend_dry_run_plans_every_contact_and_writes_nothing(pair: Pair) -> None:
+    pair.sync()
+    uploads = sorted((pair.space / "in").glob("import-*"))
+    stats = pair.sync(resend=True, dry_run=True)
+    assert stats.plan["1"]["esp"]["resend"] == 4 and stats.plan["2"]["esp"]["resend"] == 2
+    assert sorted((pair.space / "in").glob("import-*")) == uploads

@@ -44,10 +44,15 @@ def render_stats(obj: Context, stats: dict[str, Any]) -> None:
 
 
 @cli.command()
-@click.option("--full", is_flag=True, help="Read every CRM contact, not just the changes.")
+@click.option("--full", is_flag=True,
+              help="Read every CRM contact, not just the changes; changed ones go out.")
+@click.option("--resend", is_flag=True,
+              help="Read every CRM contact and send each one's current status and fields "
+                   "again, changed or not (repairs an ESP that lost data). Unsubscribes are "
+                   "re-sent as unsubscribes.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.pass_obj
-def sync(obj: Context, full: bool, dry_run: bool) -> None:
+def sync(obj: Context, full: bool, resend: bool, dry_run: bool) -> None:
     """Run one batch sync: ESP unsubscriptions into the CRM, CRM changes to the ESP.
 
     Exit 0 when every record went through, 1 when some failed (see the CSV report),
@@ -70,7 +75,7 @@ def sync(obj: Context, full: bool, dry_run: bool) -> None:
                 progress.advance(tasks[phase], n)
 
             batch = build_batch(config, crm, esp, store, progress=advance)
-            stats = batch.run(full=full, dry_run=dry_run).as_dict()
+            stats = batch.run(full=full, dry_run=dry_run, resend=resend).as_dict()
     store.close()
     obj.emit(stats, lambda: render_stats(obj, stats))
     if stats["failed"] or stats["status"] == "stopped":

@@ -80,6 +80,7 @@ class RunStats:
     mode: str = "batch"
     esp_mode: str = "api"
     full: bool = False
+    resend: bool = False
     dry_run: bool = False
     status: str = "running"
     crm_read: int = 0
@@ -286,6 +287,7 @@ class BatchSync:
         self.failures: list[Failure] = []
         self._dry_conn: Connection | None = None
         self._repairs: list[tuple[Contact, str, str, Status, Snapshot]] = []
+        self._resend = False
 
     # -- transactions (a dry run shares one that is rolled back) --------------------------
     @contextlib.contextmanager
@@ -297,10 +299,17 @@ class BatchSync:
             yield conn
 
     # -- the run --------------------------------------------------------------------------
-    def run(self, *, full: bool = False, dry_run: bool = False) -> RunStats:
+    def run(self, *, full: bool = False, dry_run: bool = False,
+            resend: bool = False) -> RunStats:
+        """One run. ``full``: read every CRM contact (else since the cursor); changed
+        ones go out. ``resend``: read every contact and send each one's current status
+        and fields again, changed or not, to repair an ESP that lost or drifted from
+        what crmsync sent; statuses are crmsync's decided ones, so an unsubscribe is
+        re-sent as an unsubscribe, and nothing is journaled that did not change."""
         started = time.monotonic()
         stats = self.stats
-        stats.full = full or self.store.get_cursor("crm") is None
+        self._resend = stats.resend = resend
+        stats.full = full or resend or self.store.get_cursor("crm") is None
         stats.dry_run = dry_run
         stats.esp_mode = "files" if self.file_mode else "api"
         stats.run_id = self.store.start_run("batch", full=stats.full, dry_run=dry_run)
@@ -835,20 +844,24 @@ class BatchSync:
         fields = self.mapper.esp_fields(record)
         fields_hash = content_hash(fields)
         fields_changed = fields_hash != old_hash
-        if not subs and not fields_changed and not new_snaps and not previous:
+        resend = self._resend
+        if not subs and not fields_changed and not new_snaps and not previous and not resend:
             return None
-        if fields_changed and not subs and desired:
-            # a field update travels with the contact's current lists
+        if desired and (resend or (fields_changed and not subs)):
+            # a field update travels with the contact's current lists; a resend sends
+            # every list the contact is on, with the status crmsync decided for it
             for list_id in desired:
+                if list_id in subs:
+                    continue
                 snap = next((s for s in new_snaps if s.list_id == list_id),
                             snaps.get((key, list_id)))
                 if snap is not None:
                     subs[list_id] = _subscription(list_id=list_id, status=snap.status,
                                                  groups=snap.groups, changed_at=snap.changed_at,
                                                  source=source)
-                    self.stats.count(list_id, "esp", "update")
+                    self.stats.count(list_id, "esp", "resend" if resend else "update")
         change = _change(email=record.email, ids=record.ids, previous_email=previous,
-                        fields=fields if (fields_changed or previous) else {},
+                        fields=fields if (fields_changed or previous or resend) else {},
                         subscriptions=subs, source=source, occurred_at=at)
         if not change.subscriptions and not change.fields:
             return _Pending(_change(email=record.email), key, new_snaps, journal, fields_hash,
