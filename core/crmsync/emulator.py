@@ -14,7 +14,8 @@ Control API::
     GET  /_emulator/requests                    {"METHOD /path/{template}": count}
     DELETE /_emulator/requests                  zero the counters
     POST /_emulator/faults      {"latency_ms", "error_rate", "error_status", "error_count",
-                                 "expire_sessions": true, "rate_limit": calls/s}
+                                 "drop_count", "drop_after", "expire_sessions": true,
+                                 "rate_limit": calls/s}
     POST /_emulator/unsubscribe {"email", "list"}   (ESP emulators)
     POST /_emulator/update      {"email", "fields": {...}}  (CRM emulators: a user edits a record)
 """
@@ -51,13 +52,18 @@ class Faults:
         self.error_rate = 0.0
         self.error_status = 503
         self.error_count = 0  # errors still to give, whatever the rate
+        # connections still to cut in the middle of the answer; ``drop_after``: the call
+        # is carried out first (the answer is lost, not the request)
+        self.drop_count = 0
+        self.drop_after = True
         self.rate_limit: float | None = None
         self._rng = random.Random(0)
         self._window: list[float] = []
         self._lock = threading.Lock()
 
     def update(self, values: dict[str, Any]) -> None:
-        allowed = {"latency_ms", "error_rate", "error_status", "error_count", "rate_limit"}
+        allowed = {"latency_ms", "error_rate", "error_status", "error_count", "rate_limit",
+                   "drop_count", "drop_after"}
         unknown = set(values) - allowed - {"expire_sessions"}
         if unknown:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
@@ -73,6 +79,13 @@ class Faults:
                 self.error_count -= 1
                 return True
             return self.error_rate > 0 and self._rng.random() < self.error_rate
+
+    def should_drop(self) -> bool:
+        with self._lock:
+            if self.drop_count > 0:
+                self.drop_count -= 1
+                return True
+            return False
 
     def over_rate(self) -> bool:
         """True when this call exceeds the configured calls per second."""
@@ -195,7 +208,24 @@ class Emulator(ABC):
         if self.faults.should_fail():
             await self.fault_response(int(self.faults.error_status))(scope, receive, send)
             return
+        if self.faults.should_drop():
+            await self._drop(scope, receive, send)
+            return
         await self._app(scope, receive, send)
+
+    async def _drop(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Cut the connection in the middle of the answer (a reset, a proxy timing out)."""
+        assert self._app is not None
+        if self.faults.drop_after:
+            async def discard(message: Any) -> None:
+                return None
+
+            await self._app(scope, receive, discard)  # the vendor acts; its answer is lost
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", b"4096")]})
+        await send({"type": "http.response.body", "body": b'{"', "more_body": True})
+        # returning with the body incomplete makes the server close the connection
 
     async def _reset(self, request: Request) -> Response:
         with self.lock:

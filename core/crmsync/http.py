@@ -98,8 +98,9 @@ class RetryTransport(httpx.BaseTransport):
     """Wraps a transport with pacing and retries.
 
     A 429 is always retried (the server did not act on it). A 5xx or a dropped
-    connection is retried for idempotent methods, and for POST / PATCH only when the
-    policy allows it (a vendor whose writes are idempotent upserts).
+    connection (before or in the middle of the answer) is retried for idempotent
+    methods, and for POST / PATCH only when the policy allows it (a vendor whose writes
+    are idempotent upserts).
     """
 
     def __init__(
@@ -126,6 +127,10 @@ class RetryTransport(httpx.BaseTransport):
             self.pacer.wait()
             try:
                 response = self.inner.handle_request(request)
+                # Read the answer here, not in the client after the retries are over: a
+                # connection that dies mid-answer is a dropped connection like any other.
+                # (No connector streams bodies; a streamed call would be buffered.)
+                response.read()
             except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError,
                     httpx.ReadTimeout, httpx.ConnectTimeout, httpx.WriteError) as exc:
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):

@@ -48,6 +48,11 @@ class ScriptedServer:
                 if action == "drop":  # the request arrived; the connection dies unanswered
                     conn.shutdown(socket.SHUT_RDWR)
                     continue
+                if action == "cut":  # the answer starts, then the connection dies
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 100\r\n\r\n{\"ok\": tr")
+                    conn.shutdown(socket.SHUT_RDWR)
+                    continue
                 status, extra = {"ok": ("200 OK", ""), "500": ("500 Oops", ""),
                                  "429": ("429 Too Many Requests", "Retry-After: 0\r\n")}[action]
                 payload = b'{"ok": true}' if action == "ok" else b"{}"
@@ -85,6 +90,22 @@ def test_a_dropped_connection_is_retried_for_a_read(server) -> None:
     with client(srv.url) as http:
         assert http.get("/contacts").json() == {"ok": True}
     assert srv.requests == ["GET /contacts HTTP/1.1"] * 3
+
+
+def test_an_answer_cut_short_is_retried_for_a_read(server) -> None:
+    """The body is read inside the retrying transport: a connection that dies mid-answer
+    is a dropped connection like any other, not an error after the retries."""
+    srv = server(["cut", "cut"])
+    with client(srv.url) as http:
+        assert http.get("/contacts").json() == {"ok": True}
+    assert len(srv.requests) == 3
+
+
+def test_a_post_whose_answer_is_cut_short_is_not_sent_again(server) -> None:
+    srv = server(["cut"])
+    with client(srv.url) as http, pytest.raises(httpx.TransportError):
+        http.post("/send", json={})
+    assert len(srv.requests) == 1
 
 
 def test_a_dropped_post_is_not_sent_again(server) -> None:

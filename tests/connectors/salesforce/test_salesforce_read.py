@@ -176,3 +176,14 @@ def test_injected_server_errors_are_retried(emulator: SalesforceEmulator, connec
     connector.check()
     emulator.faults.update({"error_count": 1, "error_status": 503})
     assert len(emails(list(connector.read(None)))) == 5
+
+
+def test_a_connection_cut_mid_answer_is_retried(emulator: SalesforceEmulator,
+                                                connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(5, 0)
+    connector = connect()
+    connector.check()
+    emulator.faults.update({"drop_count": 2})
+    assert len(emails(list(connector.read(None)))) == 5
+    assert emulator.faults.drop_count == 0

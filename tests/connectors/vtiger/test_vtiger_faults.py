@@ -180,3 +180,22 @@ def test_a_wrong_key_raises_auth_error_from_the_session(vtiger_server, vtiger_co
     settings = VtigerConnector.Settings.load("vtiger", server.emulator.demo_profile()["settings"])
     with VtigerConnector(settings) as connector, pytest.raises(AuthError):
         connector.api.session()
+
+
+def test_a_connection_cut_mid_answer_is_retried_for_reads_and_reported_for_writes(
+        vtiger_server, vtiger_connector):
+    server = vtiger_server(contacts=250)
+    connector = vtiger_connector(server)
+    assert connector.check().ok
+    server.emulator.faults.update({"drop_count": 2})
+    assert len({r.ids["vtiger"] for page in connector.read(None) for r in page.records}) == 250
+    assert server.emulator.faults.drop_count == 0, "both cut answers were retried"
+    # a write whose answer is lost: vTiger did update the record; crmsync cannot know,
+    # so it reports the write as failed and retryable (the next run writes it again)
+    server.emulator.faults.update({"drop_count": 1})
+    [result] = connector.write([Change(email="contact0-1@example.com", ids={"vtiger": "12x3"},
+                                       fields={"title": "lost answer"})])
+    assert not result.ok and result.retryable, result
+    [again] = connector.write([Change(email="contact0-1@example.com", ids={"vtiger": "12x3"},
+                                      fields={"title": "lost answer"})])
+    assert again.ok
