@@ -270,8 +270,58 @@ secret_env = "CRMSYNC_HOOK_SECRET"
     payload = json.loads(body)
     assert payload["email"] == "ann@example.com" and payload["list"] == "1"
     assert payload["status"] == "unsubscribed"
+    assert headers["x-crmsync-delivery"] == payload["delivery_id"]
     [entry] = [e for e in pair.journal("ann@example.com") if e["applied_to"] == "url"]
     assert entry["source"] == "post_operation" and "200" in entry["reason"]
+
+
+def test_a_url_call_repeated_after_a_crash_carries_the_same_delivery_id(tmp_path,
+                                                                       monkeypatch) -> None:
+    """Killed after calling the customer's URL, before recording it: the next run calls
+    again (at least once), with the delivery id of the first call, so the receiver can
+    drop the repeat. A different unsubscribe gets a different id."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from crmsync.emulator import EmulatorServer
+    from crmsync.engine.batch import BatchSync
+
+    received = []
+
+    async def hook(request):
+        received.append(json.loads(await request.body()))
+        return PlainTextResponse("ok")
+
+    original = BatchSync._post_operations
+
+    def killed_after_the_call(self, applied):
+        original(self, applied)
+        raise KeyboardInterrupt("killed before the queue row was marked done")
+
+    app = Starlette(routes=[Route("/unsubscribed", hook, methods=["POST"])])
+    with EmulatorServer(app) as server:
+        pair = Pair(tmp_path, write_config(tmp_path, extra=f"""
+[[post_operations]]
+on = "unsubscribe"
+call_url = "{server.url}/unsubscribed"
+"""))
+        pair.crm.add("ann@example.com", fields={"OptOut": "false"})
+        pair.crm.add("bob@example.com", fields={"OptOut": "false"})
+        pair.sync()
+        pair.esp_import()
+        pair.esp_unsubscribe("ann@example.com")
+        monkeypatch.setattr(BatchSync, "_post_operations", killed_after_the_call)
+        with pytest.raises(KeyboardInterrupt):
+            pair.sync()
+        monkeypatch.setattr(BatchSync, "_post_operations", original)
+        pair.sync()  # the queued post-operation runs again
+        pair.esp_unsubscribe("bob@example.com", export="unsubscribed-2.csv")
+        pair.sync()
+    ann = [r for r in received if r["email"] == "ann@example.com"]
+    [bob] = [r for r in received if r["email"] == "bob@example.com"]
+    assert len(ann) == 2 and ann[0]["delivery_id"] == ann[1]["delivery_id"]
+    assert bob["delivery_id"] != ann[0]["delivery_id"]
 
 
 def test_post_operation_without_its_secret_is_a_config_error(tmp_path, monkeypatch) -> None:

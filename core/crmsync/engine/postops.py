@@ -9,7 +9,9 @@ the same hook as third-party code (``crmsync_post_operation``):
 - ``call_url``: the contact's data is POSTed (or GET) to the customer's URL, signed with
   HMAC-SHA256 over the body (header ``X-Crmsync-Signature: sha256=<hex>``) when
   ``secret_env`` is set, retried with backoff; each call is recorded in the context so
-  the engine journals it.
+  the engine journals it. Delivery is at least once; a repeat carries the same
+  ``X-Crmsync-Delivery`` header (and ``delivery_id`` in the body) for the receiver to
+  drop.
 """
 
 from __future__ import annotations
@@ -84,12 +86,19 @@ class PostOperationRules:
     def _call(self, rule: PostOperation, change: Change, list_id: str,
               sub: Subscription) -> dict[str, Any]:
         assert rule.call_url is not None
+        at = (sub.changed_at or change.occurred_at).isoformat()
+        # The same call again (a retry, or a run that crashed after the call and before
+        # recording it) carries the same delivery id, so the receiver can drop repeats:
+        # delivery is at least once, and this makes it effectively once for a receiver
+        # that remembers the ids it processed.
+        delivery = hashlib.sha256("\x1f".join(
+            (rule.call_url, change.email, list_id, sub.status.value, at)).encode()
+        ).hexdigest()[:32]
         payload = {"email": change.email, "list": list_id, "status": sub.status.value,
                    "reason": sub.reason or change.reason, "source": change.source,
-                   "at": (sub.changed_at or change.occurred_at).isoformat(),
-                   "fields": dict(change.fields)}
+                   "at": at, "fields": dict(change.fields), "delivery_id": delivery}
         body = json.dumps(payload, sort_keys=True).encode()
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "X-Crmsync-Delivery": delivery}
         secret = rule.secret()
         if secret is not None:
             headers["X-Crmsync-Signature"] = sign(secret.get_secret_value(), body)
