@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from crmsync.errors import RemoteError
+from crmsync.files import allow_large_csv_fields
 
 from ._rest import SalesforceApi
 
@@ -78,6 +79,7 @@ def bulk_query(api: SalesforceApi, soql: str, *, all_rows: bool = False
         response = api.request("GET", f"jobs/query/{job['id']}/results", params=params,
                                headers={"Accept": "text/csv"}, stream=True)
         try:
+            allow_large_csv_fields()  # a long text area holds up to 131,072 characters
             yield from csv.DictReader(_lines(response.iter_text()))
             locator = response.headers.get("Sforce-Locator", "")
         finally:
@@ -123,6 +125,7 @@ def bulk_ingest(api: SalesforceApi, obj: str, operation: str, header: list[str],
                                        ("failedResults", results.failed, "sf__Error")):
         response = api.request("GET", f"jobs/ingest/{job['id']}/{name}/",
                                headers={"Accept": "text/csv"})
+        allow_large_csv_fields()
         for row in csv.DictReader(io.StringIO(response.text)):
             key = row.get(key_column) or row.get("sf__Id") or ""
             target[key] = row.get(value_column, "")

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from crmsync.errors import AuthError, QuotaExhausted, RateLimited, RemoteError
-from crmsync.http import retry_after_seconds
+from crmsync.http import mark_streamed, retry_after_seconds
 
 from ._auth import AuthFlow, SalesforceSession, network_hint
 from ._quota import QuotaTracker
@@ -90,6 +90,8 @@ class SalesforceApi:
             request = self.http.build_request(method, url, params=params, json=json,
                                               content=content, headers={
                 "Authorization": f"Bearer {session.access_token}", **(headers or {})})
+            if stream:
+                mark_streamed(request)  # a Bulk result page: read as it arrives
             self.calls += 1
             try:
                 response = self.http.send(request, stream=stream)

@@ -19,9 +19,19 @@ from datetime import UTC, datetime
 
 import httpx
 
-__all__ = ["Pacer", "RetryPolicy", "RetryTransport", "build_client", "retry_after_seconds"]
+__all__ = ["Pacer", "RetryPolicy", "RetryTransport", "build_client", "mark_streamed",
+           "retry_after_seconds"]
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_STREAMED = "crmsync.streamed"
+
+
+def mark_streamed(request: httpx.Request) -> httpx.Request:
+    """Mark a request whose answer the caller reads as a stream (``send(stream=True)``):
+    the retrying transport then returns at the headers instead of reading the body, so
+    a large answer is never held in memory (and a cut in its body is not retried)."""
+    request.extensions[_STREAMED] = True
+    return request
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -129,8 +139,8 @@ class RetryTransport(httpx.BaseTransport):
                 response = self.inner.handle_request(request)
                 # Read the answer here, not in the client after the retries are over: a
                 # connection that dies mid-answer is a dropped connection like any other.
-                # (No connector streams bodies; a streamed call would be buffered.)
-                response.read()
+                if not request.extensions.get(_STREAMED):
+                    response.read()
             except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError,
                     httpx.ReadTimeout, httpx.ConnectTimeout, httpx.WriteError) as exc:
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):

@@ -410,18 +410,7 @@ def test_a_commit_spool_left_by_an_earlier_version_is_still_committed(pair: Pair
                                                                       monkeypatch) -> None:
     """A run killed after its upload, then crmsync upgraded: the old JSON-lines spool is
     committed by the new version, so nothing is sent twice or lost from the journal."""
-    from crmsync.engine.batch import BatchSync
-
-    original = BatchSync._upload
-
-    def killed(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        raise KeyboardInterrupt("killed after the upload")
-
-    monkeypatch.setattr(BatchSync, "_upload", killed)
-    with pytest.raises(KeyboardInterrupt):
-        pair.sync()
-    monkeypatch.setattr(BatchSync, "_upload", original)
+    _killed_after_the_upload(pair, monkeypatch)
     # rewrite the spool as the earlier version wrote it: one JSON object per contact
     [spool] = (pair.tmp / ".crmsync-spool").glob("*.commit.csv")
     contacts: dict[str, dict] = {}
@@ -500,3 +489,66 @@ def test_resend_dry_run_plans_every_contact_and_writes_nothing(pair: Pair) -> No
     stats = pair.sync(resend=True, dry_run=True)
     assert stats.plan["1"]["esp"]["resend"] == 4 and stats.plan["2"]["esp"]["resend"] == 2
     assert sorted((pair.space / "in").glob("import-*")) == uploads
+
+
+def test_a_field_value_over_the_csv_cell_cap_commits_and_keeps_runs_going(pair: Pair) -> None:
+    """A mapped field of 30,000 accented letters is a 180 KB JSON cell in the commit
+    spool (over csv's default 128 KiB): committed, not re-sent, unsubscribes still flow."""
+    pair.sync()
+    pair.esp_import()
+    pair.crm.update(pair.crm.by_email("bob@example.com"), fields={"FirstName": "\u00e9" * 30000})
+    assert pair.sync().esp_written == 1
+    assert pair.sync().esp_written == 0, "the big value's fields hash was not committed"
+    pair.esp_import()
+    pair.esp_unsubscribe("ann@example.com")
+    assert pair.sync().status == "succeeded"
+    assert pair.crm_record("ann@example.com")["fields"]["OptOut"] == "true"
+
+
+def test_an_unreadable_commit_spool_is_a_clear_error(pair: Pair, monkeypatch) -> None:
+    from crmsync.errors import StateError
+
+    _killed_after_the_upload(pair, monkeypatch)
+    [spool] = (pair.tmp / ".crmsync-spool").glob("*.commit.csv")
+    spool.write_text('s,"unterminated\n')
+    with pytest.raises(StateError) as failed:
+        pair.sync()
+    assert str(spool) in str(failed.value) and "delete the spool" in str(failed.value)
+    spool.unlink()  # what the message says to do
+    assert pair.sync().status == "succeeded"
+    assert [r["status"] for r in pair_runs(pair)][:3] == ["succeeded", "failed", "interrupted"]
+
+
+def test_a_group_name_with_a_comma_is_not_re_sent_every_run(pair: Pair) -> None:
+    pair.crm.update(pair.crm.by_email("bob@example.com"),
+                    fields={"Interests": "Sales, EMEA;[beta];news"})
+    pair.sync()
+    groups = {r["email"]: r["groups"] for r in rows_uploaded(pair) if r["list"] == "1"}
+    assert set(groups["bob@example.com"].split(",")) >= {"news"}
+    assert pair.sync().esp_written == 0
+
+
+def _killed_after_the_upload(pair: Pair, monkeypatch) -> None:
+    """A sync killed once its import file is up, before it committed: the spool stays."""
+    from crmsync.engine.batch import BatchSync
+
+    original = BatchSync._upload
+
+    def killed(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        raise KeyboardInterrupt("killed after the upload")
+
+    monkeypatch.setattr(BatchSync, "_upload", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pair.sync()
+    monkeypatch.setattr(BatchSync, "_upload", original)
+
+
+def pair_runs(pair: Pair) -> list[dict]:
+    from crmsync.runtime import open_store
+
+    state = open_store(pair.config)
+    try:
+        return state.runs()
+    finally:
+        state.close()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from crmsync.http import Pacer, RetryPolicy, build_client, retry_after_seconds
+from crmsync.http import Pacer, RetryPolicy, build_client, mark_streamed, retry_after_seconds
 
 
 class ScriptedServer:
@@ -105,6 +105,18 @@ def test_a_post_whose_answer_is_cut_short_is_not_sent_again(server) -> None:
     srv = server(["cut"])
     with client(srv.url) as http, pytest.raises(httpx.TransportError):
         http.post("/send", json={})
+    assert len(srv.requests) == 1
+
+
+def test_a_streamed_answer_is_left_to_the_caller(server) -> None:
+    """A request marked streamed returns at the headers: its body is never held in memory
+    by the transport (a cut in it surfaces to the caller reading it)."""
+    srv = server(["cut"])
+    with client(srv.url) as http:
+        response = http.send(mark_streamed(http.build_request("GET", "/big")), stream=True)
+        assert response.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            response.read()
     assert len(srv.requests) == 1
 
 

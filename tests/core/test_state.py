@@ -73,6 +73,37 @@ def test_identity_by_id_then_email_and_email_change_keeps_key(store) -> None:
         assert store.record_ids(conn, "sf", [key]) == {key: "003A"}
 
 
+def test_one_id_with_two_emails_in_one_call_is_a_move(store) -> None:
+    """The same record twice in one page with another email (an edit between the reads
+    of an overlap window): the last email wins and both report the first as previous."""
+    with store.begin() as conn:
+        out = store.resolve(conn, [("sf", "003A", "a@example.com"),
+                                   ("sf", "003A", "b@example.com")])
+        assert out[0][0] == out[1][0]
+        assert [previous for _, _, previous in out] == ["a@example.com", "a@example.com"]
+        assert store.emails(conn, [out[0][0]]) == {out[0][0]: "b@example.com"}
+        # known by email only (first seen at the ESP), then its CRM id with a new email
+        [(key, _, _)] = store.resolve(conn, [("mailup", None, "c@example.com")])
+        out = store.resolve(conn, [("sf", "003C", "c@example.com"),
+                                   ("sf", "003C", "d@example.com")])
+        assert {k for k, _, _ in out} == {key} and out[1][2] == "c@example.com"
+        assert store.emails(conn, [key]) == {key: "d@example.com"}
+
+
+def test_group_names_with_commas_round_trip(store) -> None:
+    now = datetime.now(UTC)
+    groups = frozenset({"Sales, EMEA", "[beta]", "news", "caf\u00e9"})
+    with store.begin() as conn:
+        store.put_snapshots(conn, [Snapshot("k1", "1", Status.SUBSCRIBED, groups,
+                                            Status.SUBSCRIBED, "h", now, "crm:x"),
+                                   Snapshot("k2", "1", Status.SUBSCRIBED, frozenset({"a", "b"}),
+                                            Status.SUBSCRIBED, "h", now, "crm:x")])
+        found = store.snapshots(conn, ["k1", "k2"])
+        raw = dict(conn.execute(text("SELECT contact_key, groups FROM crmsync_snapshots")).all())
+    assert found[("k1", "1")].groups == groups
+    assert found[("k2", "1")].groups == {"a", "b"} and raw["k2"] == "a,b"  # the plain form
+
+
 def test_snapshots_upsert(store) -> None:
     now = datetime.now(UTC)
     snap = Snapshot("k1", "1", Status.SUBSCRIBED, frozenset({"a"}), Status.SUBSCRIBED, "h1",

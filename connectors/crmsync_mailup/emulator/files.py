@@ -14,6 +14,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from crmsync.files import allow_large_csv_fields
+
 from .store import MailUpError, MailUpStore, now
 
 __all__ = ["BatchSpace"]
@@ -87,6 +89,7 @@ class BatchSpace:
         first = text.split("\n", 1)[0]
         delimiter = max(";,|\t", key=first.count)
         quote_char = "'" if first.startswith("'") else '"'
+        allow_large_csv_fields()
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
                             quotechar=quote_char)
         header = [h.strip() for h in next(reader, [])]

@@ -50,8 +50,9 @@ from ..errors import (
     QuotaExhausted,
     RateLimited,
     RemoteError,
+    StateError,
 )
-from ..files import FileSpace, Manifest
+from ..files import FileSpace, Manifest, allow_large_csv_fields
 from ..hooks import Hooks, PostOpContext
 from ..model import Change, Contact, Cursor, Op, Status, Subscription, WriteResult
 from ..state import (
@@ -340,6 +341,10 @@ class BatchSync:
         except CrmsyncError as exc:
             stats.status = "failed"
             stats.stopped_reason = str(exc)
+            raise
+        except BaseException as exc:  # a bug, or the process being stopped: say so
+            stats.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            stats.stopped_reason = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             stats.failed = len(self.failures)
@@ -1154,7 +1159,22 @@ class BatchSync:
             commit_file.unlink()
 
     def _commit_spool(self, conn: Connection, commit_file: Path) -> None:
-        """Execute the rows of a commit spool, a few thousand at a time."""
+        """Execute the rows of a commit spool, a few thousand at a time.
+
+        A spool that cannot be read (a damaged disk) is a clear error: it would stop
+        every run at recovery, before the ESP's unsubscriptions are read.
+        """
+        allow_large_csv_fields()  # a contact's mapped fields are one JSON cell
+        try:
+            self._commit_spool_rows(conn, commit_file)
+        except (csv.Error, ValueError, KeyError, IndexError, UnicodeDecodeError) as exc:
+            raise StateError(
+                f"the commit spool {commit_file} is unreadable ({type(exc).__name__}: {exc}). "
+                f"Its import file was uploaded; delete the spool and the next run diffs "
+                f"those contacts again and re-sends them (an import is an idempotent "
+                f"upsert)") from None
+
+    def _commit_spool_rows(self, conn: Connection, commit_file: Path) -> None:
         rows: dict[str, list[tuple[Any, ...]]] = {"s": [], "j": [], "f": []}
 
         def flush() -> None:

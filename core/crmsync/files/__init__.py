@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .space import FileSpace, Manifest, neutralise_formula
+from .space import FileSpace, Manifest, allow_large_csv_fields, neutralise_formula
 
-__all__ = ["FileSpace", "Manifest", "neutralise_formula"]
+__all__ = ["FileSpace", "Manifest", "allow_large_csv_fields", "neutralise_formula"]

@@ -27,9 +27,22 @@ from pydantic import SecretStr
 
 from ..errors import TransportError
 
-__all__ = ["FileSpace", "Manifest", "neutralise_formula"]
+__all__ = ["FileSpace", "Manifest", "allow_large_csv_fields", "neutralise_formula"]
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def allow_large_csv_fields() -> None:
+    """Let ``csv`` readers take cells of any size (its default cap is 128 KiB).
+
+    CRM text fields can be that long (a Salesforce long text area holds 131,072
+    characters, more once escaped), and a reader refusing one would stop a run on every
+    attempt. Process-wide and only ever raised, never lowered again, so readers running
+    at the same time cannot undo each other.
+    """
+    import csv
+
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 
 
 def neutralise_formula(value: str) -> str:

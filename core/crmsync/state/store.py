@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 _CHUNK = 500
+_NOTHING = object()
 _json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
@@ -155,7 +156,7 @@ class StateStore:
             ) from None
         self.dialect = self.engine.dialect.name
         self._sql = _BulkSql(self.engine)
-        self._last_time: tuple[datetime | None, str] = (None, "")
+        self._last_time: tuple[object, str] = (_NOTHING, "")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -295,7 +296,7 @@ class StateStore:
             created = False
             if key is not None:
                 was = current.get(key)
-                if was is not None and was != email and key not in new_contacts:
+                if was is not None and was != email:
                     moved.setdefault(key, was)
                     current[key] = email
             else:
@@ -308,6 +309,8 @@ class StateStore:
                 if record_id:
                     by_id[(system, record_id)] = key
                     new_ids[(system, record_id)] = key
+                    # a later item of this call with this id and another email is a move
+                    current.setdefault(key, email)
             out.append((key, created, None))
         if new_contacts:
             stamp = self.db_time(now)
@@ -706,9 +709,24 @@ class StateStore:
         return stored
 
 
+def groups_text(groups: frozenset[str]) -> str:
+    """A snapshot's groups as stored: comma-separated, or a JSON array when a group
+    name holds a comma (``Sales, EMEA``) or starts with ``[``."""
+    names = sorted(groups)
+    if any("," in name or name.startswith("[") for name in names):
+        return json.dumps(names)
+    return ",".join(names)
+
+
+def groups_from_text(text: str | None) -> frozenset[str]:
+    if text and text.startswith("["):
+        return frozenset(json.loads(text))
+    return frozenset(filter(None, (text or "").split(",")))
+
+
 def snapshot_row(s: Snapshot, db_time: Any) -> tuple[Any, ...]:
     """A snapshot as the raw row :meth:`StateStore.put_snapshot_rows` takes."""
-    return (s.contact_key, s.list_id, s.status.value, ",".join(sorted(s.groups)),
+    return (s.contact_key, s.list_id, s.status.value, groups_text(s.groups),
             s.crm_status.value if s.crm_status else None, s.hash, db_time(s.changed_at),
             s.source)
 
@@ -781,7 +799,7 @@ class _BulkSql:
 def _snapshot(row: Any) -> Snapshot:
     return Snapshot(
         contact_key=row.contact_key, list_id=row.list_id, status=Status(row.status),
-        groups=frozenset(filter(None, (row.groups or "").split(","))),
+        groups=groups_from_text(row.groups),
         crm_status=Status(row.crm_status) if row.crm_status else None, hash=row.hash,
         changed_at=utc(row.changed_at), source=row.source)
 

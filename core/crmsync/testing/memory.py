@@ -31,6 +31,7 @@ from ..contract import (
     MultiListSubscriber,
 )
 from ..errors import DataError, EventRejected
+from ..files import allow_large_csv_fields
 from ..model import (
     Change,
     Contact,
@@ -421,6 +422,7 @@ class MemoryEspConnector(_MemoryBase, FileExchange, MessageSender, MultiListSubs
     # -- what the real ESP does on its side, for tests and the demo ----------------------
     def import_file(self, data: bytes) -> int:
         """Apply an import file the way an ESP would: never lift an unsubscribe."""
+        allow_large_csv_fields()
         reader = csv.DictReader(io.StringIO(data.decode("utf-8")),
                                 delimiter=self.settings.delimiter)
         count = 0
