@@ -104,6 +104,19 @@ def test_group_names_with_commas_round_trip(store) -> None:
     assert found[("k2", "1")].groups == {"a", "b"} and raw["k2"] == "a,b"  # the plain form
 
 
+def test_groups_written_by_earlier_versions_still_read(store) -> None:
+    """Before names with commas were kept whole, groups were only ever comma-joined:
+    such rows (one starting with "[" included) read as they always did."""
+    now = datetime.now(UTC)
+    with store.begin() as conn:
+        store.put_snapshot_rows(conn, [
+            ("k1", "1", "subscribed", "[beta],news", "subscribed", "h", store.db_time(now), "x"),
+            ("k2", "1", "subscribed", "[1]", "subscribed", "h", store.db_time(now), "x")])
+        found = store.snapshots(conn, ["k1", "k2"])
+    assert found[("k1", "1")].groups == {"[beta]", "news"}
+    assert found[("k2", "1")].groups == {"[1]"}
+
+
 def test_snapshots_upsert(store) -> None:
     now = datetime.now(UTC)
     snap = Snapshot("k1", "1", Status.SUBSCRIBED, frozenset({"a"}), Status.SUBSCRIBED, "h1",
@@ -149,6 +162,28 @@ def test_raw_rows_read_back_as_sqlalchemy_wrote_them(store) -> None:
     [entry] = store.journal(email="ann@example.com")
     assert entry["old_status"] is None and entry["reason"] is None
     assert entry["at"].replace(tzinfo=UTC) == at
+
+
+def test_raw_rows_repeating_a_key_apply_in_order(store) -> None:
+    """One chunk may hold a contact twice (an overlap window): as with rows applied one
+    after the other, the last snapshot and fields win; the first id mapping stays."""
+    at = store.db_time(datetime(2026, 3, 4, tzinfo=UTC))
+    with store.begin() as conn:
+        [(key, _, _)] = store.resolve(conn, [("sf", "003A", "ann@example.com")])
+        store.put_snapshot_rows(conn, [
+            (key, "1", "subscribed", "", "subscribed", "h1", at, "crm:x"),
+            (key, "1", "unsubscribed", "a", "subscribed", "h2", at, "esp:y"),
+            (key, "2", "pending", "", "pending", "h3", at, "crm:x")])
+        store.set_fields_rows(conn, [("f1", '{"name": "A"}', key), ("f2", '{"name": "B"}', key)])
+        store._sql.many(conn, "id_map", [("esp", "E1", key), ("esp", "E1", "other")])
+        snaps = store.snapshots(conn, [key])
+        hashes: dict = {}
+        store.resolve(conn, [("sf", "003A", "ann@example.com")], hashes=hashes)
+        assert store.record_ids(conn, "esp", [key]) == {key: "E1"}
+        assert store.fields_views(conn, [key]) == {key: {"name": "B"}}
+    assert snaps[(key, "1")].status == Status.UNSUBSCRIBED and snaps[(key, "1")].groups == {"a"}
+    assert snaps[(key, "2")].status == Status.PENDING
+    assert hashes == {key: "f2"}
 
 
 def test_sqlite_time_text_is_sqlalchemys() -> None:

@@ -709,18 +709,21 @@ class StateStore:
         return stored
 
 
+_GROUPS_JSON = "\x1e"  # marks a JSON array; no group name of the comma format has it
+
+
 def groups_text(groups: frozenset[str]) -> str:
-    """A snapshot's groups as stored: comma-separated, or a JSON array when a group
-    name holds a comma (``Sales, EMEA``) or starts with ``[``."""
+    """A snapshot's groups as stored: comma-separated (the format since the start), or,
+    when a name holds a comma (``Sales, EMEA``), a marker character and a JSON array."""
     names = sorted(groups)
-    if any("," in name or name.startswith("[") for name in names):
-        return json.dumps(names)
+    if any("," in name or name.startswith(_GROUPS_JSON) for name in names):
+        return _GROUPS_JSON + json.dumps(names)
     return ",".join(names)
 
 
 def groups_from_text(text: str | None) -> frozenset[str]:
-    if text and text.startswith("["):
-        return frozenset(json.loads(text))
+    if text and text.startswith(_GROUPS_JSON):
+        return frozenset(json.loads(text[1:]))
     return frozenset(filter(None, (text or "").split(",")))
 
 
