@@ -178,8 +178,8 @@ def pair(request, tmp_path: Path):
         yield _seeded_pair(tmp_path, state)
 
 
-def _seeded_pair(tmp_path: Path, state: str) -> Pair:
-    path = write_config(tmp_path, state=state)
+def _seeded_pair(tmp_path: Path, state: str, *, mode: str = "files") -> Pair:
+    path = write_config(tmp_path, state=state, mode=mode)
     pair = Pair(tmp_path, path)
     pair.crm.add("ann@example.com", fields={"FirstName": "Ann", "LastName": "A",
                                             "OptOut": "false", "Interests": "news;tech"},

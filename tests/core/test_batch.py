@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from .conftest import Pair, write_config
+from crmsync.model import Contact
+
+from .conftest import Pair, _seeded_pair, write_config
 
 CASCADE_1_TO_2 = """
 [[post_operations]]
@@ -456,29 +458,52 @@ def test_a_commit_spool_left_by_an_earlier_version_is_still_committed(pair: Pair
         ("dee@example.com", "1", "subscribed"), ("dee@example.com", "2", "pending")]
 
 
+@pytest.mark.parametrize("mode", ["files", "api"])
 def test_resend_repairs_an_esp_that_lost_its_data_without_undoing_an_unsubscribe(
-        pair: Pair) -> None:
+        tmp_path, mode) -> None:
+    """The ESP is restored from an old backup. --resend brings back every subscription
+    and every unsubscribe crmsync knows: ESP unsubscribes, CRM opt-outs, contacts since
+    deleted in the CRM or never in it; pending ones are not re-sent (crmsync cannot know
+    whether the person confirmed since); nothing is journaled."""
+    pair = _seeded_pair(tmp_path, "sqlite:///state.db", mode=mode)
     pair.sync()
-    pair.esp_import()
-    pair.esp_unsubscribe("ann@example.com")
-    pair.sync()  # the unsubscribe reaches the CRM
+    if mode == "files":
+        pair.esp_import()
+    pair.esp_unsubscribe("ann@example.com", export="unsubscribed-1.csv" if mode == "files"
+                         else None)
+    with pair.esp_connector() as esp:  # a recipient the CRM never had, unsubscribed
+        esp.subscribe(Contact(email="eve@example.com"), ["1"])
+        esp.unsubscribe("eve@example.com", "1")
+    if mode == "files":
+        pair.esp_export("unsubscribed-2.csv")
+    pair.sync()
+    pair.crm.update(pair.crm.by_email("bob@example.com"), deleted=True)  # deleted in the CRM
+    pair.crm.add("fay@example.com", fields={"FirstName": "Fay", "OptOut": "false"})
+    pair.sync()
+    if mode == "files":
+        pair.esp_import()
     journal_before = pair.journal()
-    # the ESP loses everything (a list deleted by mistake, a restore from an old backup)
+    backup = {"ann@example.com": {"1": "subscribed"}, "bob@example.com": {"1": "subscribed"},
+              "eve@example.com": {"1": "subscribed"}}
     pair.esp._load()
     pair.esp.records.clear()
-    pair.esp.save()
-    assert pair.sync(full=True).esp_written == 0, "--full sends only what changed"
+    for email, lists in backup.items():
+        pair.esp.add(email, lists=lists)
+
     stats = pair.sync(resend=True)
-    assert stats.full and stats.resend and stats.esp_written == 4
-    assert stats.plan["1"]["esp"]["resend"] == 4
-    pair.esp_import()
-    assert pair.esp_status("ann@example.com") == "unsubscribed"
+    assert stats.full and stats.resend and stats.status == "succeeded", stats.failed
+    if mode == "files":
+        pair.esp_import()
+    assert pair.esp_status("ann@example.com") == "unsubscribed"  # from the ESP
     assert pair.esp_status("ann@example.com", "2") == "subscribed"
-    assert pair.esp_status("bob@example.com") == "subscribed"
-    assert pair.esp_status("cyd@example.com") == "unsubscribed"
-    assert pair.esp_status("dee@example.com", "2") == "pending"
+    assert pair.esp_status("bob@example.com") == "unsubscribed"  # deleted in the CRM
+    assert pair.esp_status("cyd@example.com") == "unsubscribed"  # opted out in the CRM
+    assert pair.esp_status("eve@example.com") == "unsubscribed"  # never in the CRM
+    assert pair.esp_status("dee@example.com") == "subscribed"
+    assert pair.esp_status("dee@example.com", "2") is None  # pending: not re-sent
+    assert pair.esp_status("fay@example.com") == "subscribed"
     pair.esp._load()
-    assert pair.esp.records[pair.esp.by_email("bob@example.com")]["fields"]["name"] == "Bob"
+    assert pair.esp.records[pair.esp.by_email("fay@example.com")]["fields"]["name"] == "Fay"
     assert pair.journal() == journal_before, "a resend changes no status: nothing to journal"
     assert pair.sync().esp_written == 0
 
@@ -487,7 +512,8 @@ def test_resend_dry_run_plans_every_contact_and_writes_nothing(pair: Pair) -> No
     pair.sync()
     uploads = sorted((pair.space / "in").glob("import-*"))
     stats = pair.sync(resend=True, dry_run=True)
-    assert stats.plan["1"]["esp"]["resend"] == 4 and stats.plan["2"]["esp"]["resend"] == 2
+    # list 1: ann, bob, dee subscribed, cyd's opt-out; list 2: ann (dee is pending)
+    assert stats.plan["1"]["esp"]["resend"] == 4 and stats.plan["2"]["esp"]["resend"] == 1
     assert sorted((pair.space / "in").glob("import-*")) == uploads
 
 

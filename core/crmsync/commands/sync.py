@@ -47,9 +47,9 @@ def render_stats(obj: Context, stats: dict[str, Any]) -> None:
 @click.option("--full", is_flag=True,
               help="Read every CRM contact, not just the changes; changed ones go out.")
 @click.option("--resend", is_flag=True,
-              help="Read every CRM contact and send each one's current status and fields "
-                   "again, changed or not (repairs an ESP that lost data). Unsubscribes are "
-                   "re-sent as unsubscribes.")
+              help="Send again, changed or not, every subscribed contact's lists and fields "
+                   "and every unsubscribe crmsync knows (repairs an ESP that lost data). "
+                   "Pending subscriptions are not re-sent.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.pass_obj
 def sync(obj: Context, full: bool, resend: bool, dry_run: bool) -> None:

@@ -22,11 +22,13 @@ CRM already acknowledged is not sent twice (the snapshots say it is already ther
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import functools
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -303,10 +305,10 @@ class BatchSync:
     def run(self, *, full: bool = False, dry_run: bool = False,
             resend: bool = False) -> RunStats:
         """One run. ``full``: read every CRM contact (else since the cursor); changed
-        ones go out. ``resend``: read every contact and send each one's current status
-        and fields again, changed or not, to repair an ESP that lost or drifted from
-        what crmsync sent; statuses are crmsync's decided ones, so an unsubscribe is
-        re-sent as an unsubscribe, and nothing is journaled that did not change."""
+        ones go out. ``resend``: read every contact and send again, changed or not, each
+        subscribed contact's lists and fields and every unsubscribe crmsync knows, to
+        repair an ESP that lost or drifted from what crmsync sent (pending ones are not
+        re-sent: see docs/batch.md); nothing is journaled, since nothing changed."""
         started = time.monotonic()
         stats = self.stats
         self._resend = stats.resend = resend
@@ -852,19 +854,32 @@ class BatchSync:
         resend = self._resend
         if not subs and not fields_changed and not new_snaps and not previous and not resend:
             return None
-        if desired and (resend or (fields_changed and not subs)):
-            # a field update travels with the contact's current lists; a resend sends
-            # every list the contact is on, with the status crmsync decided for it
+        if fields_changed and not subs and desired:
+            # a field update travels with the contact's current lists
             for list_id in desired:
-                if list_id in subs:
-                    continue
                 snap = next((s for s in new_snaps if s.list_id == list_id),
                             snaps.get((key, list_id)))
                 if snap is not None:
                     subs[list_id] = _subscription(list_id=list_id, status=snap.status,
                                                  groups=snap.groups, changed_at=snap.changed_at,
                                                  source=source)
-                    self.stats.count(list_id, "esp", "resend" if resend else "update")
+                    self.stats.count(list_id, "esp", "update")
+        elif resend and desired:
+            # A resend sends the lists the contact is subscribed to. Not pending ones: a
+            # batch run reads only unsubscriptions from the ESP, so crmsync cannot know
+            # whether the person confirmed since, and re-sending "pending" would ask a
+            # confirmed subscriber to confirm again. Unsubscribes go in one pass over
+            # every one crmsync knows (_known_unsubscribes), CRM contact or not.
+            for list_id in desired:
+                snap = snaps.get((key, list_id))
+                if list_id in subs or snap is None or snap.status != Status.SUBSCRIBED:
+                    continue
+                subs[list_id] = _subscription(list_id=list_id, status=snap.status,
+                                             groups=snap.groups, changed_at=snap.changed_at,
+                                             source=source)
+                self.stats.count(list_id, "esp", "resend")
+            if not subs and not fields_changed and not new_snaps and not previous:
+                return None
         change = _change(email=record.email, ids=record.ids, previous_email=previous,
                         fields=fields if (fields_changed or previous or resend) else {},
                         subscriptions=subs, source=source, occurred_at=at)
@@ -872,6 +887,31 @@ class BatchSync:
             return _Pending(_change(email=record.email), key, new_snaps, journal, fields_hash,
                             fields)
         return _Pending(change, key, new_snaps, journal, fields_hash, fields)
+
+    def _known_unsubscribes(self) -> Iterator[Change]:
+        """A resend's last pass: every unsubscribe crmsync knows (from the ESP, the CRM,
+        a cascade, a deletion), one change per contact, for the configured lists, so an
+        ESP restored from an old backup ends with none of them lost."""
+        after = ("", "")
+        key: str | None = None
+        email = ""
+        subs: dict[str, Subscription] = {}
+        while True:
+            rows = self.store.unsubscribed_snapshots(after=after, limit=1000)
+            if not rows:
+                break
+            for row_key, list_id, groups, row_email in rows:
+                if row_key != key and subs:
+                    yield _change(email=email, subscriptions=subs, source="crmsync:resend")
+                    subs = {}
+                key, email = row_key, row_email
+                if list_id in self.mapper.by_list:
+                    subs[list_id] = _subscription(list_id=list_id, status=Status.UNSUBSCRIBED,
+                                                 groups=groups, source="crmsync:resend")
+                    self.stats.count(list_id, "esp", "resend")
+            after = (rows[-1][0], rows[-1][1])
+        if subs:
+            yield _change(email=email, subscriptions=subs, source="crmsync:resend")
 
     def _outbound_delete(self, record: Contact, key: str,
                          snaps: dict[tuple[str, str], Snapshot], at: datetime) -> _Pending | None:
@@ -977,6 +1017,8 @@ class BatchSync:
         if dry_run:
             for _pendings, _cursor in self._pages(full):
                 pass
+            if self._resend:
+                collections.deque(self._known_unsubscribes(), maxlen=0)  # counts the plan
             self._flush_crm_repairs(dry_run=True)
             for row in self.store.pending("esp", batch="followups", limit=1_000_000):
                 change = Change.model_validate(row["payload"])
@@ -1023,6 +1065,17 @@ class BatchSync:
             if cursor is not None:
                 with self._tx() as conn:
                     self.store.set_cursor(conn, "crm", cursor)
+        if self._resend:
+            unsubscribes = self._known_unsubscribes()
+            while changes := list(itertools.islice(unsubscribes, size)):
+                for change, result in zip(changes, self._write_esp(changes), strict=True):
+                    if result.ok:
+                        self.stats.esp_written += 1
+                    else:
+                        self.failures.append(Failure(
+                            "esp", change.email, ",".join(change.subscriptions),
+                            f"{result.error} (a resent unsubscribe; run --resend again)",
+                            code=result.code or "", retryable=result.retryable))
 
     def _flush_followups_api(self) -> None:
         while True:
@@ -1090,6 +1143,10 @@ class BatchSync:
                     if self._sendable(pending):
                         sent[0] += 1
                         yield pending.change
+            if self._resend:
+                for change in self._known_unsubscribes():
+                    sent[0] += 1
+                    yield change
 
         hasher = hashlib.sha256()
         with (spool.open("wb") as raw,

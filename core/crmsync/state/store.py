@@ -30,6 +30,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -401,6 +402,20 @@ class StateStore:
         text = self._sql.time(value)
         self._last_time = (value, text)
         return text
+    def unsubscribed_snapshots(self, *, after: tuple[str, str] = ("", ""), limit: int = 1000
+                               ) -> list[tuple[str, str, frozenset[str], str]]:
+        """Every unsubscribe crmsync knows, a page at a time in (contact key, list)
+        order after ``after``: ``(key, list_id, groups, current email)``."""
+        s, c = t.snapshots, t.contacts
+        query = (select(s.c.contact_key, s.c.list_id, s.c.groups, c.c.email)
+                 .join(c, c.c.key == s.c.contact_key)
+                 .where(and_(s.c.status == Status.UNSUBSCRIBED.value,
+                             tuple_(s.c.contact_key, s.c.list_id) > tuple_(*after)))
+                 .order_by(s.c.contact_key, s.c.list_id).limit(limit))
+        with self.begin() as conn:
+            return [(key, list_id, groups_from_text(groups), email)
+                    for key, list_id, groups, email in conn.execute(query)]
+
     def status_counts(self) -> dict[str, dict[str, int]]:
         with self.begin() as conn:
             rows = conn.execute(select(t.snapshots.c.list_id, t.snapshots.c.status,
