@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import httpx
+
 from crmsync.errors import RemoteError
 from crmsync.files import allow_large_csv_fields
 
@@ -23,6 +25,7 @@ from ._rest import SalesforceApi
 __all__ = ["BulkJobFailed", "BulkResults", "bulk_ingest", "bulk_query"]
 
 _DONE = {"JobComplete", "Failed", "Aborted"}
+_PAGE_ATTEMPTS = 3
 
 
 class BulkJobFailed(RemoteError):
@@ -72,18 +75,34 @@ def bulk_query(api: SalesforceApi, soql: str, *, all_rows: bool = False
         "columnDelimiter": "COMMA", "lineEnding": "LF"})
     _wait(api, "query", job["id"])
     locator = ""
+    allow_large_csv_fields()  # a long text area holds up to 131,072 characters
     while True:
         params = {"maxRecords": str(api.settings.bulk_page_size)}
         if locator:
             params["locator"] = locator
-        response = api.request("GET", f"jobs/query/{job['id']}/results", params=params,
-                               headers={"Accept": "text/csv"}, stream=True)
-        try:
-            allow_large_csv_fields()  # a long text area holds up to 131,072 characters
-            yield from csv.DictReader(_lines(response.iter_text()))
-            locator = response.headers.get("Sforce-Locator", "")
-        finally:
-            response.close()
+        # A page is streamed, so the retrying transport does not read it: a connection
+        # cut in the middle of a page asks for the same page again (a locator gives the
+        # same rows) and skips the rows already passed on.
+        done = 0
+        for attempt in range(_PAGE_ATTEMPTS):
+            response = api.request("GET", f"jobs/query/{job['id']}/results", params=params,
+                                   headers={"Accept": "text/csv"}, stream=True)
+            try:
+                for index, row in enumerate(csv.DictReader(_lines(response.iter_text()))):
+                    if index >= done:
+                        done += 1
+                        yield row
+                next_locator = response.headers.get("Sforce-Locator", "")
+                break
+            except httpx.TransportError as exc:
+                if attempt + 1 == _PAGE_ATTEMPTS:
+                    raise RemoteError(
+                        f"Salesforce cut off Bulk query {job['id']} results {_PAGE_ATTEMPTS} "
+                        f"times ({type(exc).__name__}); the next run reads them again",
+                        retryable=True) from None
+            finally:
+                response.close()
+        locator = next_locator
         if not locator or locator == "null":  # the last page says the string "null"
             return
 

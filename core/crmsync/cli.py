@@ -170,8 +170,20 @@ def emulator_options(options: tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = option.partition("=")
         if not sep or not key:
             raise ConfigError(f"--option {option!r}: expected KEY=VALUE")
+        if key in ("contacts", "seed"):
+            raise ConfigError(f"--option {key}=...: use --{key} instead")
         kwargs[key] = value
     return kwargs
+
+
+def make_emulator(name: str, options: tuple[str, ...], **kwargs: Any) -> Any:
+    """The emulator of connector ``name`` with ``--option`` values; a bad option is a
+    usage error naming the emulator."""
+    emulator_class = load_emulator(name)
+    try:
+        return emulator_class(**kwargs, **emulator_options(options))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--option for the {name} emulator: {exc}") from None
 
 
 @cli.command()
@@ -193,9 +205,8 @@ def emulate(obj: Context, name: str, port: int, contacts: int, seed: int, tls: b
     """
     from .emulator import EmulatorServer
 
-    emulator_class = load_emulator(name)
-    emulator = emulator_class(contacts=contacts, seed=seed, **emulator_options(options))
-    use_tls = bool(getattr(emulator_class, "tls", False)) if tls is None else tls
+    emulator = make_emulator(name, options, contacts=contacts, seed=seed)
+    use_tls = bool(getattr(type(emulator), "tls", False)) if tls is None else tls
     server = EmulatorServer(emulator, port=port, tls=use_tls).start()
     info = {"name": name, "url": server.url, "control": f"{server.url}/_emulator/",
             "ca": server.ca_path, "contacts": contacts}

@@ -214,17 +214,33 @@ class Emulator(ABC):
         await self._app(scope, receive, send)
 
     async def _drop(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Cut the connection in the middle of the answer (a reset, a proxy timing out)."""
-        assert self._app is not None
-        if self.faults.drop_after:
-            async def discard(message: Any) -> None:
-                return None
+        """Cut the connection in the middle of the answer (a reset, a proxy timing out).
 
-            await self._app(scope, receive, discard)  # the vendor acts; its answer is lost
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", b"4096")]})
-        await send({"type": "http.response.body", "body": b'{"', "more_body": True})
+        With ``drop_after`` the vendor carries the call out and the first half of its
+        real answer arrives before the cut; otherwise the call is not carried out."""
+        assert self._app is not None
+        start: dict[str, Any] = {"type": "http.response.start", "status": 200,
+                                 "headers": [(b"content-type", b"application/json"),
+                                             (b"content-length", b"4096")]}
+        body = b'{"'
+        if self.faults.drop_after:
+            answer: list[dict[str, Any]] = []
+
+            async def keep(message: Any) -> None:
+                answer.append(message)
+
+            await self._app(scope, receive, keep)  # the vendor acts; its answer is lost
+            whole = b"".join(m.get("body", b"") for m in answer
+                             if m["type"] == "http.response.body")
+            starts = [m for m in answer if m["type"] == "http.response.start"]
+            if starts and len(whole) > 1:
+                headers = [(k, v) for k, v in starts[0].get("headers", [])
+                           if k.lower() != b"content-length"]
+                start = {**starts[0], "headers": [
+                    *headers, (b"content-length", str(len(whole)).encode())]}
+                body = whole[:len(whole) // 2]
+        await send(start)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
         # returning with the body incomplete makes the server close the connection
 
     async def _reset(self, request: Request) -> Response:

@@ -104,6 +104,20 @@ class RetryPolicy:
         return base / 2 + random.random() * base / 2  # jitter, so clients do not march in step
 
 
+def _buffered(response: httpx.Response, request: httpx.Request) -> httpx.Response:
+    """The same answer with its body read off the wire, as a fresh stream of the raw
+    (still encoded) bytes: the client decodes it and times it as it would have."""
+    if response.is_stream_consumed:  # made from bytes in memory (a mock): nothing to cut
+        return response
+    try:
+        raw = b"".join(response.iter_raw())
+    finally:
+        response.close()
+    return httpx.Response(response.status_code, headers=response.headers,
+                          stream=httpx.ByteStream(raw), extensions=response.extensions,
+                          request=request)
+
+
 class RetryTransport(httpx.BaseTransport):
     """Wraps a transport with pacing and retries.
 
@@ -140,7 +154,7 @@ class RetryTransport(httpx.BaseTransport):
                 # Read the answer here, not in the client after the retries are over: a
                 # connection that dies mid-answer is a dropped connection like any other.
                 if not request.extensions.get(_STREAMED):
-                    response.read()
+                    response = _buffered(response, request)
             except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError,
                     httpx.ReadTimeout, httpx.ConnectTimeout, httpx.WriteError) as exc:
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):

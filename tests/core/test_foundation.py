@@ -173,3 +173,15 @@ def test_connector_alone_runs_sync(tmp_path) -> None:
     for key in ("mode", "full", "crm_read", "esp_written", "esp_unsubscribes_read",
                 "crm_written", "failed", "duration_s"):
         assert key in stats
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["emulate", "sugarcrm", "-o", "bogus=1"], "--option for the sugarcrm emulator"),
+    (["emulate", "sugarcrm", "-o", "flavour=v5"], "flavour must be rest or v4_1"),
+    (["emulate", "sugarcrm", "-o", "novalue"], "expected KEY=VALUE"),
+    (["demo", "-c", "sugarcrm", "-o", "contacts=3"], "use --contacts instead"),
+    (["demo", "-c", "memory", "-o", "flavour=v4_1"], "`memory` has none")])
+def test_a_bad_emulator_option_is_a_usage_error(args, message) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output

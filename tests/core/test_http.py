@@ -4,6 +4,7 @@ Retry-After, 5xx; what the client retries, what it gives up on, what it never re
 
 from __future__ import annotations
 
+import gzip
 import socket
 import threading
 from collections.abc import Iterator
@@ -54,8 +55,11 @@ class ScriptedServer:
                     conn.shutdown(socket.SHUT_RDWR)
                     continue
                 status, extra = {"ok": ("200 OK", ""), "500": ("500 Oops", ""),
+                                 "gzip": ("200 OK", "Content-Encoding: gzip\r\n"),
                                  "429": ("429 Too Many Requests", "Retry-After: 0\r\n")}[action]
-                payload = b'{"ok": true}' if action == "ok" else b"{}"
+                payload = b'{"ok": true}' if action in ("ok", "gzip") else b"{}"
+                if action == "gzip":
+                    payload = gzip.compress(payload)
                 conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
                              f"Content-Length: {len(payload)}\r\nConnection: close\r\n{extra}"
                              "\r\n".encode() + payload)
@@ -99,6 +103,26 @@ def test_an_answer_cut_short_is_retried_for_a_read(server) -> None:
     with client(srv.url) as http:
         assert http.get("/contacts").json() == {"ok": True}
     assert len(srv.requests) == 3
+
+
+def test_a_buffered_answer_still_looks_unbuffered_to_the_caller(server) -> None:
+    srv = server(["ok"])
+    with client(srv.url) as http:
+        response = http.get("/x")
+        assert response.json() == {"ok": True} and response.elapsed.total_seconds() >= 0
+        assert response.headers["content-length"] == str(len(response.content))
+
+
+def test_a_gzipped_answer_is_decoded_once(server) -> None:
+    srv = server(["gzip"])
+    with client(srv.url) as http:
+        assert http.get("/x").json() == {"ok": True}
+
+
+def test_an_answer_made_in_memory_passes_through() -> None:
+    with build_client(transport=httpx.MockTransport(
+            lambda request: httpx.Response(200, json={"ok": True}))) as http:
+        assert http.get("https://vendor.invalid/x").json() == {"ok": True}
 
 
 def test_a_post_whose_answer_is_cut_short_is_not_sent_again(server) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ..cli import Context, cli, emulator_options
+from ..cli import Context, cli, emulator_options, make_emulator
 from ..config import load_config
 from ..emulator import Emulator, EmulatorServer
 from ..errors import ConfigError, PluginError
@@ -125,14 +125,10 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None,
             profile = _memory_profile(folder, contacts)
         else:
             try:
-                emulator_class = load_emulator(crm_name)
+                crm_emulator = make_emulator(crm_name, options, contacts=contacts, seed=7)
             except PluginError as exc:
                 raise ConfigError(f"{exc}; try --connector memory") from None
-            try:
-                crm_emulator = emulator_class(contacts=contacts, seed=7, **kwargs)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"--option for the {crm_name} emulator: {exc}") from None
-            server = EmulatorServer(crm_emulator, tls=bool(getattr(emulator_class, "tls", False)),
+            server = EmulatorServer(crm_emulator, tls=bool(getattr(crm_emulator, "tls", False)),
                                     workdir=folder).start()
             stack.callback(server.stop)
             profile = crm_emulator.demo_profile()

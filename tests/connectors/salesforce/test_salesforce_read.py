@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from crmsync.errors import RemoteError
 from crmsync.model import Cursor
 from crmsync_salesforce.emulator import SalesforceEmulator
 
@@ -155,7 +156,6 @@ def test_session_expiry_mid_bulk_query_continues_the_job(emulator: SalesforceEmu
 
 def test_failed_bulk_query_job_stops_the_read_before_any_page(emulator: SalesforceEmulator,
                                                                connect: Any) -> None:
-    from crmsync.errors import RemoteError
 
     with emulator.lock:
         emulator.seed(50, 0)
@@ -187,3 +187,43 @@ def test_a_connection_cut_mid_answer_is_retried(emulator: SalesforceEmulator,
     emulator.faults.update({"drop_count": 2})
     assert len(emails(list(connector.read(None)))) == 5
     assert emulator.faults.drop_count == 0
+
+
+def _cut_bulk_result_pages(emulator: SalesforceEmulator, monkeypatch: Any, times: int) -> None:
+    """Cut the connection halfway through the next ``times`` Bulk result pages."""
+    from crmsync_salesforce._rest import SalesforceApi
+
+    original = SalesforceApi.request
+    armed = {"n": times}
+
+    def request(self: Any, method: str, path: str, **kwargs: Any) -> Any:
+        if kwargs.get("stream") and "/results" in path and armed["n"]:
+            armed["n"] -= 1
+            emulator.faults.update({"drop_count": 1})
+        return original(self, method, path, **kwargs)
+
+    monkeypatch.setattr(SalesforceApi, "request", request)
+
+
+def test_a_bulk_result_page_cut_halfway_is_read_again_without_repeats(
+        emulator: SalesforceEmulator, connect: Any, monkeypatch: Any) -> None:
+    with emulator.lock:
+        emulator.seed(60, 0)
+    connector = connect(bulk_read_threshold=10, bulk_page_size=25, objects=["Contact"],
+                        memberships=False)
+    connector.check()
+    _cut_bulk_result_pages(emulator, monkeypatch, times=2)
+    read = [r.email for page in connector.read(None) for r in page.records]
+    assert len(read) == 60 and len(set(read)) == 60
+
+
+def test_a_bulk_result_page_that_keeps_being_cut_is_a_retryable_error(
+        emulator: SalesforceEmulator, connect: Any, monkeypatch: Any) -> None:
+    with emulator.lock:
+        emulator.seed(30, 0)
+    connector = connect(bulk_read_threshold=10, objects=["Contact"], memberships=False)
+    connector.check()
+    _cut_bulk_result_pages(emulator, monkeypatch, times=10)
+    with pytest.raises(RemoteError) as failed:
+        list(connector.read(None))
+    assert failed.value.retryable and "cut off" in str(failed.value)
