@@ -112,6 +112,9 @@ def _pairs(values: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": key, "value": value} for key, value in values.items()]
 
 
+_WRITES = frozenset({"set_entry", "set_entries", "set_relationship", "set_relationships"})
+
+
 class LegacyFlavour(SugarFlavour):
     """SugarCRM CE / SuiteCRM legacy REST v4_1."""
 
@@ -126,8 +129,19 @@ class LegacyFlavour(SugarFlavour):
     def _post(self, method: str, arguments: dict[str, Any]) -> Any:
         form = {"method": method, "input_type": "JSON", "response_type": "JSON",
                 "rest_data": rest_data(method, **arguments)}
-        response = retry_safe(self.settings, lambda: self.http.post(self.url, data=form),
-                              what=f"v4_1 {method}")
+        if method in _WRITES:
+            # Sent once: a write whose answer is lost may have been applied, and a create
+            # sent again would make the contact twice.
+            try:
+                response = self.http.post(self.url, data=form)
+            except httpx.TransportError as exc:
+                raise RemoteError(
+                    f"v4_1 {method}: the connection failed ({type(exc).__name__}) and the "
+                    "write may or may not have been applied; it is not repeated blindly, "
+                    "the next run writes it again", retryable=True) from None
+        else:
+            response = retry_safe(self.settings, lambda: self.http.post(self.url, data=form),
+                                  what=f"v4_1 {method}")
         if response.status_code >= 400:
             hint = ("SuiteCRM answers a bad SQL query or an argument name PHP 8 does not "
                     "know this way: check the fields and modules settings and the server's "

@@ -170,7 +170,15 @@ class RestFlavour(SugarFlavour):
             def once() -> httpx.Response:
                 return self.http.request(method, url, json=body, params=params,
                                          headers={"OAuth-Token": token})
-            return retry_safe(self.settings, once, what=what) if safe else once()
+            if safe:
+                return retry_safe(self.settings, once, what=what)
+            try:
+                return once()
+            except httpx.TransportError as exc:  # a write: it may have been applied
+                raise RemoteError(
+                    f"{what}: the connection failed ({type(exc).__name__}) and the write "
+                    "may or may not have been applied; it is not repeated blindly, the next "
+                    "run writes it again", retryable=True) from None
 
         token = self.auth.token()
         response = send(token)

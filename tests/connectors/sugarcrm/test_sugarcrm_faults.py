@@ -216,3 +216,31 @@ def test_tls_with_the_emulators_ca_and_refused_without_it(serve, connect, flavou
     untrusted = connect(server, verify=True, retries=1)
     health = untrusted.check()
     assert not health.ok and "CERTIFICATE" in health.detail.upper()
+
+
+@pytest.mark.parametrize("flavour", ["rest", "v4_1"])
+def test_a_create_whose_answer_is_cut_is_not_sent_again(serve, connect, flavour,
+                                                        monkeypatch):
+    """SugarCRM made the contact but its answer was lost: crmsync reports the write as
+    failed and retryable; it does not send the create again (a second contact)."""
+    server = serve(flavour=flavour)
+    connector = connect(server)
+    assert connector.check().ok
+    flavour_class = type(connector.flavour)
+    apply = flavour_class.apply
+
+    def cut_first_write(self, writes):  # the lookups before it go through
+        control(server, "faults", {"drop_count": 1})
+        monkeypatch.setattr(flavour_class, "apply", apply)
+        return apply(self, writes)
+
+    monkeypatch.setattr(flavour_class, "apply", cut_first_write)
+    [result] = connector.write([Change(email="new.person@example.com",
+                                       fields={"last_name": "New"})])
+    assert not result.ok and result.retryable, result
+    made = [c for c in server.emulator.state()["contacts"]
+            if c["email"] == "new.person@example.com"]
+    assert len(made) == 1, "the create was sent twice"
+    # the reads around it are retried through the same kind of cut
+    control(server, "faults", {"drop_count": 1})
+    assert connector.check().ok
