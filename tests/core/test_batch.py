@@ -578,3 +578,23 @@ def pair_runs(pair: Pair) -> list[dict]:
         return state.runs()
     finally:
         state.close()
+
+
+@pytest.mark.parametrize("mode", ["files", "api"])
+def test_a_deletion_reaches_the_esp_and_is_journaled_once(tmp_path, mode) -> None:
+    """deletes = "delete": the CRM's deleted record is deleted at the ESP once; later
+    full reads and resends of the same deleted record do nothing more."""
+    pair = Pair(tmp_path, write_config(tmp_path, mode=mode, extra='deletes = "delete"'))
+    pair.crm.add("ann@example.com", fields={"FirstName": "Ann", "OptOut": "false"})
+    pair.crm.add("bob@example.com", fields={"FirstName": "Bob", "OptOut": "false"})
+    pair.sync()
+    if mode == "files":
+        pair.esp_import()
+    pair.crm.update(pair.crm.by_email("ann@example.com"), deleted=True)
+    first = pair.sync()
+    assert first.status == "succeeded" and first.plan["1"]["esp"] == {"delete": 1}
+    for again in (pair.sync(full=True), pair.sync(resend=True), pair.sync(full=True)):
+        assert again.status == "succeeded" and again.failed == 0, again.stopped_reason
+        assert "delete" not in again.plan.get("1", {}).get("esp", {})
+    deleted = [e for e in pair.journal("ann@example.com") if e["new_status"] == "deleted"]
+    assert len(deleted) == 1, deleted

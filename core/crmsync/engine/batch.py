@@ -148,11 +148,13 @@ class _Pending:
         if self.fields_hash is not None:
             rows.append(("f", self.fields_hash, None if self.fields_view is None
                          else json.dumps(self.fields_view), self.key))
+        if self.change.op is Op.DELETE:
+            rows.append(("d", self.key))
         return rows
 
 
 # Columns of a spooled row (after its tag) that are NULL when empty: CSV has no NULL.
-_SPOOL_NULLABLE = {"s": (4,), "j": (5, 9, 10), "f": (1,)}
+_SPOOL_NULLABLE = {"s": (4,), "j": (5, 9, 10), "f": (1,), "d": ()}
 
 
 def _from_spool(row: list[str]) -> tuple[str, tuple[Any, ...]]:
@@ -291,6 +293,7 @@ class BatchSync:
         self._dry_conn: Connection | None = None
         self._repairs: list[tuple[Contact, str, str, Status, Snapshot]] = []
         self._resend = False
+        self._deleted: set[str] = set()  # of the page at hand: deletions already sent
 
     # -- transactions (a dry run shares one that is rolled back) --------------------------
     @contextlib.contextmanager
@@ -780,8 +783,10 @@ class BatchSync:
         records = list(unique.values())
         with self._tx() as conn:
             hashes: dict[str, str | None] = {}
+            self._deleted = set()
             keys = self.store.resolve(conn, [(self.crm.name, r.ids.get(self.crm.name), r.email)
-                                             for r in records], hashes=hashes)
+                                             for r in records], hashes=hashes,
+                                      deleted=self._deleted)
             snaps = self.store.snapshots(conn, [k for k, created, _ in keys if not created])
         out: list[_Pending] = []
         for record, (key, _created, previous) in zip(records, keys, strict=True):
@@ -917,8 +922,8 @@ class BatchSync:
                          snaps: dict[tuple[str, str], Snapshot], at: datetime) -> _Pending | None:
         policy = self.config.consent.deletes
         known = [s for (k, _), s in snaps.items() if k == key]
-        if policy == "ignore" or not known:
-            return None
+        if policy == "ignore" or not known or (policy == "delete" and key in self._deleted):
+            return None  # nothing known, or its deletion already reached the ESP
         source = f"crm:{self.crm.name}"
         if policy == "delete":
             journal = [JournalEntry(contact_key=key, email=record.email, list_id=s.list_id,
@@ -1104,6 +1109,7 @@ class BatchSync:
         self.store.put_snapshots(conn, [s for p in commits for s in p.snapshots])
         self.store.append_journal(conn, [j for p in commits for j in p.journal])
         self._record_fields(conn, commits)
+        self.store.mark_deleted(conn, [p.key for p in commits if p.change.op is Op.DELETE])
 
     def _record_fields(self, conn: Connection, commits: Sequence[_Pending]) -> None:
         self.store.set_fields_hashes(
@@ -1232,12 +1238,13 @@ class BatchSync:
                 f"upsert)") from None
 
     def _commit_spool_rows(self, conn: Connection, commit_file: Path) -> None:
-        rows: dict[str, list[tuple[Any, ...]]] = {"s": [], "j": [], "f": []}
+        rows: dict[str, list[tuple[Any, ...]]] = {"s": [], "j": [], "f": [], "d": []}
 
         def flush() -> None:
             self.store.put_snapshot_rows(conn, rows["s"])
             self.store.append_journal_rows(conn, rows["j"])
             self.store.set_fields_rows(conn, rows["f"])
+            self.store.mark_deleted(conn, [key for (key,) in rows["d"]])
             for bucket in rows.values():
                 bucket.clear()
 

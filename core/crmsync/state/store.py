@@ -251,15 +251,16 @@ class StateStore:
 
     # -- identities -----------------------------------------------------------------------
     def resolve(self, conn: Connection, items: Sequence[tuple[str, str | None, str]], *,
-                hashes: dict[str, str | None] | None = None
-                ) -> list[tuple[str, bool, str | None]]:
+                hashes: dict[str, str | None] | None = None,
+                deleted: set[str] | None = None) -> list[tuple[str, bool, str | None]]:
         """Contact keys for ``(system, record_id, email)`` items: by id, then by email.
 
         Returns ``(key, created, previous_email)`` per item. A known id whose email
         changed keeps its key and the email is updated (``previous_email`` says what it
         was): an email change is never a new contact. ``hashes``, when given, receives
         each contact's recorded fields hash (what :meth:`fields_hashes` returns), read
-        in the same queries.
+        in the same queries; ``deleted`` receives the keys whose deletion was sent to
+        the ESP (:meth:`mark_deleted`).
         """
         by_id: dict[tuple[str, str], str] = {}
         current: dict[str, str | None] = {}
@@ -269,24 +270,29 @@ class StateStore:
             systems = {s for s, _ in chunk}
             ids = {r for _, r in chunk}
             query = (select(t.id_map.c.system, t.id_map.c.record_id, t.id_map.c.contact_key,
-                            t.contacts.c.email, t.contacts.c.fields_hash)
+                            t.contacts.c.email, t.contacts.c.fields_hash, t.contacts.c.deleted)
                      .select_from(t.id_map.outerjoin(
                          t.contacts, t.contacts.c.key == t.id_map.c.contact_key))
                      .where(and_(t.id_map.c.system.in_(systems),
                                  t.id_map.c.record_id.in_(ids))))
-            for system, record_id, key, email, fields_hash in conn.execute(query):
+            for system, record_id, key, email, fields_hash, gone in conn.execute(query):
                 by_id[(system, record_id)] = key
                 current[key] = email
                 found_hashes[key] = fields_hash
+                if gone and deleted is not None:
+                    deleted.add(key)
         # Only records not known by id are looked up by email.
         emails = {e for s, r, e in items if not r or (s, r) not in by_id}
         by_email: dict[str, str] = {}
         for chunk in _chunks(sorted(emails)):
-            for key, email, fields_hash in conn.execute(
-                    select(t.contacts.c.key, t.contacts.c.email, t.contacts.c.fields_hash)
+            for key, email, fields_hash, gone in conn.execute(
+                    select(t.contacts.c.key, t.contacts.c.email, t.contacts.c.fields_hash,
+                           t.contacts.c.deleted)
                     .where(t.contacts.c.email.in_(chunk)).order_by(t.contacts.c.updated_at)):
                 by_email[email] = key
                 found_hashes[key] = fields_hash
+                if gone and deleted is not None:
+                    deleted.add(key)
         out: list[tuple[str, bool, str | None]] = []
         new_contacts: dict[str, str] = {}
         new_ids: dict[tuple[str, str], str] = {}
@@ -361,10 +367,18 @@ class StateStore:
             for k, h in hashes.items()])
 
     def set_fields_rows(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        """``(fields_hash, fields_json as JSON text or None, contact key)`` per contact."""
+        """``(fields_hash, fields_json as JSON text or None, contact key)`` per contact
+        (a contact whose fields were sent is not deleted at the ESP)."""
         if rows:
             now = self.db_time(_now())
-            self._sql.many(conn, "fields", [(h, v, now, k) for h, v, k in rows])
+            self._sql.many(conn, "fields", [(h, v, now, False, k) for h, v, k in rows])
+
+    def mark_deleted(self, conn: Connection, keys: Sequence[str]) -> None:
+        """Record that these contacts' deletion reached the ESP (``deletes = "delete"``):
+        a later full read of the deleted CRM record does not delete and journal again."""
+        for chunk in _chunks(list(keys)):
+            conn.execute(update(t.contacts).where(t.contacts.c.key.in_(chunk))
+                         .values(deleted=True, updated_at=_now()))
 
     def fields_views(self, conn: Connection, keys: Sequence[str]
                      ) -> dict[str, dict[str, str | None]]:
@@ -797,8 +811,8 @@ class _BulkSql:
                               + tail.format(**names)).strip()
         c = {name: quote(name) for name in t.contacts.c.keys()}  # noqa: SIM118
         self.sql["fields"] = (f"UPDATE {quote(t.contacts.name)} SET {c['fields_hash']} = {mark}, "
-                              f"{c['fields_json']} = {mark}, {c['updated_at']} = {mark} "
-                              f"WHERE {c['key']} = {mark}")
+                              f"{c['fields_json']} = {mark}, {c['updated_at']} = {mark}, "
+                              f"{c['deleted']} = {mark} WHERE {c['key']} = {mark}")
         # The DateTime column's own conversion (SQLite stores text), so rows read back
         # exactly as rows SQLAlchemy wrote.
         # SQLite stores a DateTime as the text SQLAlchemy's processor makes: the wall
