@@ -508,6 +508,28 @@ def test_resend_repairs_an_esp_that_lost_its_data_without_undoing_an_unsubscribe
     assert pair.sync().esp_written == 0
 
 
+def test_contacts_on_no_list_are_not_sent_to_the_esp(tmp_path) -> None:
+    """A CRM contact on no mapped list: the ESP gets none of their data, by a plain run
+    or a resend; once they join a list, they go with their fields."""
+    pair = Pair(tmp_path, write_config(tmp_path, mode="api"))
+    pair.crm.add("ann@example.com", fields={"FirstName": "Ann", "OptOut": "false"})
+    pair.sync()
+    config = (tmp_path / "crmsync.toml").read_text().replace('members = "all"',
+                                                              'members = "field:Plan=gold"')
+    (tmp_path / "crmsync.toml").write_text(config)
+    pair = Pair(tmp_path, tmp_path / "crmsync.toml")
+    gus = pair.crm.add("gus@example.com", fields={"FirstName": "Gus", "Plan": "silver"})
+    for stats in (pair.sync(), pair.sync(resend=True)):
+        assert stats.status == "succeeded"
+        pair.esp._load()
+        assert pair.esp.by_email("gus@example.com") is None, "a contact on no list was sent"
+    pair.crm.update(gus, fields={"FirstName": "Gus", "Plan": "gold"})
+    pair.sync()
+    assert pair.esp_status("gus@example.com") == "subscribed"
+    pair.esp._load()
+    assert pair.esp.records[pair.esp.by_email("gus@example.com")]["fields"]["name"] == "Gus"
+
+
 def test_resend_dry_run_plans_every_contact_and_writes_nothing(pair: Pair) -> None:
     pair.sync()
     uploads = sorted((pair.space / "in").glob("import-*"))

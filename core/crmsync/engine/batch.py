@@ -883,8 +883,11 @@ class BatchSync:
                                              groups=snap.groups, changed_at=snap.changed_at,
                                              source=source)
                 self.stats.count(list_id, "esp", "resend")
-            if not subs and not fields_changed and not new_snaps and not previous:
-                return None
+        if resend and not subs and not fields_changed and not new_snaps and not previous:
+            return None
+        if not desired and not subs and not new_snaps and not previous:
+            # on no list crmsync sends to: the ESP gets nobody's data it does not mail
+            return None
         change = _change(email=record.email, ids=record.ids, previous_email=previous,
                         fields=fields if (fields_changed or previous or resend) else {},
                         subscriptions=subs, source=source, occurred_at=at)
