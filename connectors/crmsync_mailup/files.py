@@ -131,7 +131,7 @@ class MailUpFiles:
         known = s.field_ids.keys()
         for change in changes:
             if not change.fields.keys() <= known:
-                unknown = sorted(set(change.fields) - set(s.field_ids))
+                unknown = sorted(change.fields.keys() - known)
                 raise ConfigError(f"ESP field(s) {', '.join(unknown)} have no MailUp field id: "
                                   "add them to field_ids in [esp.settings]")
             values = [neutralise(str(change.fields.get(by_id[i]) or "")) for i in ids]

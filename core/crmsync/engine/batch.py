@@ -238,9 +238,9 @@ def _streaming_gc() -> Iterator[None]:
     the collector's passes (every 700 allocations by default) find almost nothing and
     cost a fifth of a full export. Here it runs every 50,000 allocations, and
     :meth:`BatchSync._pages` collects every eight pages what little is cyclic
-    (SQLAlchemy statements holding a page's ids): with objects alive before the run frozen out of
-    the passes, that collection only looks at the run's own live objects. The
-    thresholds are put back after the run.
+    (SQLAlchemy statements holding a page's ids): with objects alive before the run
+    frozen out of the passes, that collection only looks at the run's own live
+    objects. The thresholds are put back after the run.
     """
     thresholds = gc.get_threshold()
     gc.freeze()
@@ -293,7 +293,6 @@ class BatchSync:
         self._dry_conn: Connection | None = None
         self._repairs: list[tuple[Contact, str, str, Status, Snapshot]] = []
         self._resend = False
-        self._deleted: set[str] = set()  # of the page at hand: deletions already sent
 
     # -- transactions (a dry run shares one that is rolled back) --------------------------
     @contextlib.contextmanager
@@ -783,14 +782,14 @@ class BatchSync:
         records = list(unique.values())
         with self._tx() as conn:
             hashes: dict[str, str | None] = {}
-            self._deleted = set()
+            deleted: set[str] = set()
             keys = self.store.resolve(conn, [(self.crm.name, r.ids.get(self.crm.name), r.email)
-                                             for r in records], hashes=hashes,
-                                      deleted=self._deleted)
+                                             for r in records], hashes=hashes, deleted=deleted)
             snaps = self.store.snapshots(conn, [k for k, created, _ in keys if not created])
         out: list[_Pending] = []
         for record, (key, _created, previous) in zip(records, keys, strict=True):
-            pending = self._outbound_one(record, key, previous, snaps, hashes.get(key))
+            pending = self._outbound_one(record, key, previous, snaps, hashes.get(key),
+                                         deleted=key in deleted)
             if pending is None:
                 self.stats.skipped_unchanged += 1
             else:
@@ -798,15 +797,16 @@ class BatchSync:
         return out
 
     def _outbound_one(self, record: Contact, key: str, previous: str | None,
-                      snaps: dict[tuple[str, str], Snapshot], old_hash: str | None
-                      ) -> _Pending | None:
+                      snaps: dict[tuple[str, str], Snapshot], old_hash: str | None, *,
+                      deleted: bool = False) -> _Pending | None:
+        """``deleted``: this contact's deletion already reached the ESP."""
         at = record.modified_at or datetime.now(UTC)
         source = f"crm:{self.crm.name}"
         subs: dict[str, Subscription] = {}
         new_snaps: list[Snapshot] = []
         journal: list[JournalEntry] = []
         if record.deleted:
-            return self._outbound_delete(record, key, snaps, at)
+            return self._outbound_delete(record, key, snaps, at, already_sent=deleted)
         desired = self.mapper.desired(record)
         for list_id, want in desired.items():
             snap = snaps.get((key, list_id))
@@ -857,8 +857,6 @@ class BatchSync:
         fields_hash = content_hash(fields)
         fields_changed = fields_hash != old_hash
         resend = self._resend
-        if not subs and not fields_changed and not new_snaps and not previous and not resend:
-            return None
         if fields_changed and not subs and desired:
             # a field update travels with the contact's current lists
             for list_id in desired:
@@ -883,7 +881,7 @@ class BatchSync:
                                              groups=snap.groups, changed_at=snap.changed_at,
                                              source=source)
                 self.stats.count(list_id, "esp", "resend")
-        if resend and not subs and not fields_changed and not new_snaps and not previous:
+        if not subs and not fields_changed and not new_snaps and not previous:
             return None
         if not desired and not subs and not new_snaps and not previous:
             # on no list crmsync sends to: the ESP gets nobody's data it does not mail
@@ -922,10 +920,11 @@ class BatchSync:
             yield _change(email=email, subscriptions=subs, source="crmsync:resend")
 
     def _outbound_delete(self, record: Contact, key: str,
-                         snaps: dict[tuple[str, str], Snapshot], at: datetime) -> _Pending | None:
+                         snaps: dict[tuple[str, str], Snapshot], at: datetime, *,
+                         already_sent: bool = False) -> _Pending | None:
         policy = self.config.consent.deletes
         known = [s for (k, _), s in snaps.items() if k == key]
-        if policy == "ignore" or not known or (policy == "delete" and key in self._deleted):
+        if policy == "ignore" or not known or (policy == "delete" and already_sent):
             return None  # nothing known, or its deletion already reached the ESP
         source = f"crm:{self.crm.name}"
         if policy == "delete":
@@ -1108,11 +1107,30 @@ class BatchSync:
         return _write_all(self.esp, changes)
 
     def _commit_pendings(self, conn: Connection, commits: Iterable[_Pending]) -> None:
-        commits = list(commits)
-        self.store.put_snapshots(conn, [s for p in commits for s in p.snapshots])
-        self.store.append_journal(conn, [j for p in commits for j in p.journal])
-        self._record_fields(conn, commits)
-        self.store.mark_deleted(conn, [p.key for p in commits if p.change.op is Op.DELETE])
+        """Commit acknowledged changes: the same rows a commit spool holds."""
+        db_time = self.store.db_time
+        self._commit_rows(conn, ((row[0], row[1:]) for pending in commits
+                                 for row in pending.spool_rows(db_time)))
+
+    def _commit_rows(self, conn: Connection,
+                     tagged: Iterable[tuple[str, tuple[Any, ...]]]) -> None:
+        """Execute tagged rows (see :meth:`_Pending.spool_rows`), a few thousand at a
+        time: snapshots, journal entries, fields hashes, deletions."""
+        rows: dict[str, list[tuple[Any, ...]]] = {"s": [], "j": [], "f": [], "d": []}
+
+        def flush() -> None:
+            self.store.put_snapshot_rows(conn, rows["s"])
+            self.store.append_journal_rows(conn, rows["j"])
+            self.store.set_fields_rows(conn, rows["f"])
+            self.store.mark_deleted(conn, [key for (key,) in rows["d"]])
+            for bucket in rows.values():
+                bucket.clear()
+
+        for count, (tag, row) in enumerate(tagged, 1):
+            rows[tag].append(row)
+            if count % 5000 == 0:
+                flush()
+        flush()
 
     def _record_fields(self, conn: Connection, commits: Sequence[_Pending]) -> None:
         self.store.set_fields_hashes(
@@ -1142,8 +1160,8 @@ class BatchSync:
                 followup_ids.append(row["id"])
                 sent[0] += 1
                 yield Change.model_validate(row["payload"])
+            db_time = self.store.db_time
             for pendings, cursor in self._pages(full):
-                db_time = self.store.db_time
                 for pending in pendings:
                     commit_rows.writerows(pending.spool_rows(db_time))
                 if cursor is not None:
@@ -1241,16 +1259,6 @@ class BatchSync:
                 f"upsert)") from None
 
     def _commit_spool_rows(self, conn: Connection, commit_file: Path) -> None:
-        rows: dict[str, list[tuple[Any, ...]]] = {"s": [], "j": [], "f": [], "d": []}
-
-        def flush() -> None:
-            self.store.put_snapshot_rows(conn, rows["s"])
-            self.store.append_journal_rows(conn, rows["j"])
-            self.store.set_fields_rows(conn, rows["f"])
-            self.store.mark_deleted(conn, [key for (key,) in rows["d"]])
-            for bucket in rows.values():
-                bucket.clear()
-
         with commit_file.open(encoding="utf-8", newline="") as lines:
             if commit_file.suffix == ".jsonl":
                 spooled: Iterator[list[str]] = (
@@ -1258,12 +1266,7 @@ class BatchSync:
                         json.loads(line), self.store.db_time))
             else:
                 spooled = csv.reader(lines)
-            for count, raw in enumerate(spooled, 1):
-                tag, row = _from_spool(raw)
-                rows[tag].append(row)
-                if count % 5000 == 0:
-                    flush()
-        flush()
+            self._commit_rows(conn, map(_from_spool, spooled))
 
     # -- the report -----------------------------------------------------------------------
     def _write_report(self, run_id: str) -> Path:

@@ -53,7 +53,7 @@ def _split_groups(raw: str, separator: str, only: frozenset[str] | None) -> froz
     return frozenset(values)
 
 
-_SUBSCRIBED_NO_GROUPS = Desired(Status.SUBSCRIBED, frozenset())
+_NO_GROUPS: frozenset[str] = frozenset()
 
 
 class ListMapper:
@@ -97,12 +97,9 @@ class ListMapper:
                 status = plan.status.get(raw_member, Status.SUBSCRIBED)
             if plan.opt_out and truthy(fields.get(plan.opt_out)):
                 status = Status.UNSUBSCRIBED
-            if plan.groups_field is None:
-                out[plan.esp_list] = (_SUBSCRIBED_NO_GROUPS if status is Status.SUBSCRIBED
-                                      else Desired(status, frozenset()))
-            else:
-                out[plan.esp_list] = Desired(status, _split_groups(
-                    fields.get(plan.groups_field) or "", plan.separator, plan.only))
+            groups = (_NO_GROUPS if plan.groups_field is None else _split_groups(
+                fields.get(plan.groups_field) or "", plan.separator, plan.only))
+            out[plan.esp_list] = Desired(status, groups)
         return out
 
     def to_crm(self, list_id: str, status: Status

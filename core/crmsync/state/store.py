@@ -258,8 +258,8 @@ class StateStore:
         Returns ``(key, created, previous_email)`` per item. A known id whose email
         changed keeps its key and the email is updated (``previous_email`` says what it
         was): an email change is never a new contact. ``hashes``, when given, receives
-        each contact's recorded fields hash (what :meth:`fields_hashes` returns), read
-        in the same queries; ``deleted`` receives the keys whose deletion was sent to
+        each contact's recorded fields hash (the mapped fields last sent), read in the
+        same queries; ``deleted`` receives the keys whose deletion was sent to
         the ESP (:meth:`mark_deleted`).
         """
         by_id: dict[tuple[str, str], str] = {}
@@ -348,14 +348,6 @@ class StateStore:
                                     .where(and_(t.id_map.c.system == system,
                                                 t.id_map.c.contact_key.in_(chunk)))):
                 found[row.contact_key] = row.record_id
-        return found
-
-    def fields_hashes(self, conn: Connection, keys: Sequence[str]) -> dict[str, str | None]:
-        found: dict[str, str | None] = {}
-        for chunk in _chunks(list(keys)):
-            for row in conn.execute(select(t.contacts.c.key, t.contacts.c.fields_hash)
-                                    .where(t.contacts.c.key.in_(chunk))):
-                found[row.key] = row.fields_hash
         return found
 
     def set_fields_hashes(self, conn: Connection, hashes: dict[str, str],
