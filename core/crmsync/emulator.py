@@ -73,19 +73,23 @@ class Faults:
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
 
-    def should_fail(self) -> bool:
+    def _take(self, name: str) -> bool:
+        """Use up one of the faults of this kind still to give (``error_count``...)."""
         with self._lock:
-            if self.error_count > 0:
-                self.error_count -= 1
+            left = getattr(self, name)
+            if left > 0:
+                setattr(self, name, left - 1)
                 return True
+            return False
+
+    def should_fail(self) -> bool:
+        if self._take("error_count"):
+            return True
+        with self._lock:
             return self.error_rate > 0 and self._rng.random() < self.error_rate
 
     def should_drop(self) -> bool:
-        with self._lock:
-            if self.drop_count > 0:
-                self.drop_count -= 1
-                return True
-            return False
+        return self._take("drop_count")
 
     def over_rate(self) -> bool:
         """True when this call exceeds the configured calls per second."""
