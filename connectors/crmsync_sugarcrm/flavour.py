@@ -22,7 +22,7 @@ from crmsync.model import WriteResult
 from .records import AddressChange, RecordWrite, SugarRecord
 from .settings import SugarSettings
 
-__all__ = ["RETRYABLE_STATUSES", "SugarFlavour", "retry_safe"]
+__all__ = ["RETRYABLE_STATUSES", "SugarFlavour", "retry_safe", "send_once"]
 
 # 500 is left out: both flavours answer a bad query with a 500 that repeats forever.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
@@ -75,6 +75,19 @@ class SugarFlavour(ABC):
 
     def close(self) -> None:
         """Log out when the API has a session worth ending."""
+
+
+def send_once(send: Callable[[], httpx.Response], *, what: str) -> httpx.Response:
+    """Send a write exactly once: a write whose answer is lost may have been applied,
+    and sent again a create would make the record twice. A failed connection is a
+    retryable error for the engine (the next run writes it again)."""
+    try:
+        return send()
+    except httpx.TransportError as exc:
+        raise RemoteError(
+            f"{what}: the connection failed ({type(exc).__name__}) and the write may or may "
+            "not have been applied; it is not repeated blindly, the next run writes it again",
+            retryable=True) from None
 
 
 def retry_safe(settings: SugarSettings, send: Callable[[], httpx.Response],

@@ -27,7 +27,7 @@ import httpx
 from crmsync.errors import AuthError, RemoteError
 from crmsync.model import WriteResult
 
-from .flavour import SugarFlavour, retry_safe
+from .flavour import SugarFlavour, retry_safe, send_once
 from .records import (
     AddressChange,
     RecordWrite,
@@ -129,19 +129,11 @@ class LegacyFlavour(SugarFlavour):
     def _post(self, method: str, arguments: dict[str, Any]) -> Any:
         form = {"method": method, "input_type": "JSON", "response_type": "JSON",
                 "rest_data": rest_data(method, **arguments)}
-        if method in _WRITES:
-            # Sent once: a write whose answer is lost may have been applied, and a create
-            # sent again would make the contact twice.
-            try:
-                response = self.http.post(self.url, data=form)
-            except httpx.TransportError as exc:
-                raise RemoteError(
-                    f"v4_1 {method}: the connection failed ({type(exc).__name__}) and the "
-                    "write may or may not have been applied; it is not repeated blindly, "
-                    "the next run writes it again", retryable=True) from None
-        else:
-            response = retry_safe(self.settings, lambda: self.http.post(self.url, data=form),
-                                  what=f"v4_1 {method}")
+        def send() -> httpx.Response:
+            return self.http.post(self.url, data=form)
+
+        response = (send_once(send, what=f"v4_1 {method}") if method in _WRITES
+                    else retry_safe(self.settings, send, what=f"v4_1 {method}"))
         if response.status_code >= 400:
             hint = ("SuiteCRM answers a bad SQL query or an argument name PHP 8 does not "
                     "know this way: check the fields and modules settings and the server's "

@@ -19,7 +19,7 @@ import httpx
 from crmsync.errors import AuthError, RemoteError
 from crmsync.model import WriteResult
 
-from .flavour import SugarFlavour, retry_safe
+from .flavour import SugarFlavour, retry_safe, send_once
 from .records import (
     AddressChange,
     RecordWrite,
@@ -170,15 +170,8 @@ class RestFlavour(SugarFlavour):
             def once() -> httpx.Response:
                 return self.http.request(method, url, json=body, params=params,
                                          headers={"OAuth-Token": token})
-            if safe:
-                return retry_safe(self.settings, once, what=what)
-            try:
-                return once()
-            except httpx.TransportError as exc:  # a write: it may have been applied
-                raise RemoteError(
-                    f"{what}: the connection failed ({type(exc).__name__}) and the write "
-                    "may or may not have been applied; it is not repeated blindly, the next "
-                    "run writes it again", retryable=True) from None
+            return (retry_safe(self.settings, once, what=what) if safe
+                    else send_once(once, what=what))
 
         token = self.auth.token()
         response = send(token)
