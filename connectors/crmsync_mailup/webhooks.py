@@ -87,7 +87,10 @@ class WebhookDecoder:
         except ValueError:
             raise EventRejected(f"MailUp {event} webhook without a valid [Email] "
                                 f"(got {raw_email[:60]!r}): check webhook_params") from None
-        when = self._date(values.get("EventDate"))
+        # Without [EventDate] the event has no trustworthy date: its subscriptions carry
+        # none (so it can never win a consent conflict); the change itself is stamped now.
+        dated = self._date(values.get("EventDate"))
+        when = dated or datetime.now(UTC)
         event_id = "mailup:" + hashlib.sha256(
             repr(sorted(pairs)).encode()).hexdigest()[:32]
         if event == "DELETE":
@@ -110,17 +113,17 @@ class WebhookDecoder:
             reason = optout_reason(values.get("Reason") or None)
             subscriptions[list_id] = Subscription(
                 list_id=list_id, status=Status.UNSUBSCRIBED, groups=groups, changed_at=when,
-                reason=reason, source="mailup")
+                reason=reason, source="mailup")  # an unsubscribe wins whatever its date
         elif event == "SUBSCRIBE":
             subscriptions[list_id] = Subscription(
-                list_id=list_id, status=Status.SUBSCRIBED, groups=groups, changed_at=when,
+                list_id=list_id, status=Status.SUBSCRIBED, groups=groups, changed_at=dated,
                 source="mailup",
                 explicit=values.get("EventSource", "").upper() == "RECIPIENT")
         elif list_id.isdigit() and "Groups" in values:
             # A profile change carries groups but no status; a non-explicit "subscribed"
             # can never lift an unsubscribe under crmsync's consent rules.
             subscriptions[list_id] = Subscription(
-                list_id=list_id, status=Status.SUBSCRIBED, groups=groups, changed_at=when,
+                list_id=list_id, status=Status.SUBSCRIBED, groups=groups, changed_at=dated,
                 source="mailup")
         return [Change(email=email, fields=fields, subscriptions=subscriptions,
                        occurred_at=when, source="mailup", reason=reason, event_id=event_id)]
@@ -189,9 +192,9 @@ class WebhookDecoder:
             "or garbled payload, or an unencrypted call to an encrypted hook): check the "
             "key set in MailUp's webhook against CRMSYNC_MAILUP_WEBHOOK_KEY", status=401)
 
-    def _date(self, value: str | None) -> datetime:
+    def _date(self, value: str | None) -> datetime | None:
         if not value:
-            return datetime.now(UTC)
+            return None
         text = value.strip().replace(" ", "+")
         text = _OFFSET_HOURS.sub(r"\1:00", text)
         try:

@@ -22,7 +22,12 @@ PARAMS = {"email": "Email", "list": "IdList", "date": "EventDate", "type": "Even
 
 
 @pytest.fixture
-def mailup_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def resubscribe() -> str:
+    return "never"
+
+
+@pytest.fixture
+def mailup_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resubscribe: str):
     from crmsync.emulator import EmulatorServer
 
     emulator = mailup.MailUpEmulator(rate_limit=None, webhook_retry_delays=[0.2, 0.5])
@@ -52,6 +57,8 @@ name = "Newsletter"
 esp_list = 1
 members = "all"
 opt_out = "OptOut"
+[consent]
+resubscribe = "{resubscribe}"
 [server]
 poll = "never"
 retry_base_s = 0.05
@@ -140,3 +147,27 @@ def test_mailup_outage_events_wait_and_none_is_lost(mailup_pair) -> None:
     eventually(lambda: state.inbox_pending_count() == 0)
     assert state.inbox_counts() == {"done": 2} and state.dead_letters() == []
     assert max(e["attempts"] for e in state.inbox_events()) >= 2  # the worker retried
+
+
+@pytest.mark.parametrize("resubscribe", ["explicit_newer"])
+def test_replayed_undated_subscribe_webhook_never_lifts_an_unsubscribe(mailup_pair) -> None:
+    """A SUBSCRIBE without [EventDate] has no trustworthy date: replayed after an
+    unsubscribe, it must not opt the person back in, whatever the policy."""
+    esp_server, server, crm, state = mailup_pair
+    httpx.post(f"{esp_server.url}/_emulator/unsubscribe",
+               json={"email": "ann@example.com", "list": "1"}).raise_for_status()
+    eventually(lambda: crm.records[crm.by_email("ann@example.com")]["fields"]["OptOut"]
+               == "true")
+    eventually(lambda: state.inbox_pending_count() == 0)
+    # a hostile (or confused) sender replays an old recipient-made SUBSCRIBE, undated
+    replay = httpx.post(f"{server.url}/hooks/esp/{ESP_SECRET}/subscribe",
+                        data={"email": "ann@example.com", "list": "1", "type": "SUBSCRIBE",
+                              "EventSource": "RECIPIENT"})
+    assert replay.status_code == 200, replay.text
+    eventually(lambda: state.inbox_pending_count() == 0)
+    crm._load()
+    assert crm.records[crm.by_email("ann@example.com")]["fields"]["OptOut"] == "true"
+    statuses = [(e["old_status"], e["new_status"]) for e in state.journal(
+        email="ann@example.com") if e["list_id"] == "1"]
+    assert ("unsubscribed", "subscribed") not in statuses
+    assert statuses.count(("subscribed", "unsubscribed")) >= 1

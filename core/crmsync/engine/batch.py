@@ -562,9 +562,11 @@ class BatchSync:
                 if snap is None and origin == "post_operation":
                     continue  # a cascade only reaches lists the contact is on
                 at = sub.changed_at or change.occurred_at
+                # Only the ESP's own date may win a consent conflict: an undated event (a
+                # replay, a webhook with no [EventDate]) is never "newer" than an unsubscribe.
                 decision = decide(snap.status if snap else None, snap.changed_at if snap else None,
-                                  sub.status, at, explicit=sub.explicit, from_side="esp",
-                                  policy=self.policy)
+                                  sub.status, sub.changed_at, explicit=sub.explicit,
+                                  from_side="esp", policy=self.policy)
                 # The CRM is behind what crmsync knows (an earlier write failed): write again.
                 behind = (not decision.apply and snap is not None
                           and decision.status == snap.status and snap.crm_status != snap.status)
@@ -818,8 +820,10 @@ class BatchSync:
                 else:
                     explicit = (snap.crm_status == Status.UNSUBSCRIBED
                                 and want.status != Status.UNSUBSCRIBED)
-                    decision = decide(snap.status, snap.changed_at, want.status, at,
-                                      explicit=explicit, from_side="crm", policy=self.policy)
+                    # an undated CRM record never wins a consent conflict (see inbound)
+                    decision = decide(snap.status, snap.changed_at, want.status,
+                                      record.modified_at, explicit=explicit, from_side="crm",
+                                      policy=self.policy)
                     if not decision.apply and decision.why != "unchanged":
                         self.stats.consent_kept += 1
                     status = decision.status
