@@ -12,12 +12,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 from .config import Config
 from .contract import Connector, MessageSender, MultiListSubscriber
 from .errors import ConfigError, DataError
 from .model import Contact, SendResult, Status, WriteResult, normalize_email
-from .state import JournalEntry, StateStore
+from .state import JournalEntry, Snapshot, StateStore, status_hash
 
 __all__ = ["send", "subscribe"]
 
@@ -30,7 +31,9 @@ def subscribe(esp: Connector, email: str, lists: Sequence[str], *,
 
     With ``confirm`` (the default) the ESP sends its confirmation email and the contact
     is *pending* until they click it. With ``config``, each list must be one of its
-    ``[[lists]]``; with ``store``, each accepted subscription is journaled.
+    ``[[lists]]``; with ``store``, each accepted subscription is journaled (from the
+    status crmsync knew) and the consent rule applies: a list the address unsubscribed
+    from is refused without ``confirm`` (a non-retryable failed result, nothing sent).
     """
     if not isinstance(esp, MultiListSubscriber):
         raise ConfigError(f"the ESP connector {esp.name!r} cannot subscribe a contact to "
@@ -48,18 +51,59 @@ def subscribe(esp: Connector, email: str, lists: Sequence[str], *,
             known = ", ".join(config.list_ids()) or "none"
             raise ConfigError(f"list(s) {', '.join(unknown)} are not configured "
                               f"(configured [[lists]] esp_list: {known})")
-    results = esp.subscribe(Contact(email=address, fields=dict(fields or {})), wanted,
-                            groups=list(groups), confirm=confirm)
+    status = Status.PENDING if confirm else Status.SUBSCRIBED
+    known: dict[str, Snapshot] = {}
     if store is not None:
-        status = Status.PENDING if confirm else Status.SUBSCRIBED
         with store.begin() as conn:
             [(key, _, _)] = store.resolve(conn, [(esp.name, None, address)])
-            store.append_journal(conn, [JournalEntry(
-                contact_key=key, email=address, list_id=list_id, old_status=None,
-                new_status=status.value, applied_to="esp", source=source,
-                reason="opt-in, confirmation email sent" if confirm else "opt-in")
-                for list_id, result in zip(wanted, results, strict=False) if result.ok])
+            known = {list_id: snap for (_, list_id), snap in
+                     store.snapshots(conn, [key]).items()}
+    # The consent rule: an unsubscribed address is re-subscribed only through the ESP's
+    # confirmation email, never by a forced opt-in.
+    refused = {list_id: WriteResult(ok=False, retryable=False, error=(
+        f"{address} unsubscribed from list {list_id} ({known[list_id].source}, "
+        f"{known[list_id].changed_at:%Y-%m-%d %H:%M} UTC): an unsubscribed address is "
+        "re-subscribed only through the ESP's confirmation email: subscribe with "
+        "confirmation (without --no-confirm) so the person confirms"))
+        for list_id in wanted if not confirm and list_id in known
+        and known[list_id].status == Status.UNSUBSCRIBED}
+    allowed = [list_id for list_id in wanted if list_id not in refused]
+    sent = iter(esp.subscribe(Contact(email=address, fields=dict(fields or {})), allowed,
+                              groups=list(groups), confirm=confirm) if allowed else [])
+    results = [refused.get(list_id) or next(sent) for list_id in wanted]
+    if store is not None:
+        _record(store, key, address, status, frozenset(groups), source, confirm,
+                [(list_id, known.get(list_id)) for list_id, result in
+                 zip(wanted, results, strict=True) if result.ok])
     return results
+
+
+def _record(store: StateStore, key: str, address: str, status: Status,
+            groups: frozenset[str], source: str, confirm: bool,
+            done: Sequence[tuple[str, Snapshot | None]]) -> None:
+    """Journal what the ESP was asked to do, from what crmsync knew before, and keep the
+    snapshot in step so a later sync neither repeats nor contradicts it."""
+    now = datetime.now(UTC)
+    snapshots: list[Snapshot] = []
+    entries: list[JournalEntry] = []
+    for list_id, snap in done:
+        old = snap.status if snap else None
+        if old == status or (old == Status.SUBSCRIBED and status == Status.PENDING):
+            continue  # no status change: already there (subscribed is never downgraded)
+        merged = groups | (snap.groups if snap else frozenset())
+        snapshots.append(Snapshot(
+            contact_key=key, list_id=list_id, status=status, groups=merged,
+            crm_status=snap.crm_status if snap else None, hash=status_hash(status, merged),
+            changed_at=now, source=source))
+        entries.append(JournalEntry(
+            contact_key=key, email=address, list_id=list_id,
+            old_status=old.value if old else None, new_status=status.value,
+            applied_to="esp", source=source, at=now,
+            reason="opt-in, confirmation email sent" if confirm else "opt-in"))
+    if entries:
+        with store.begin() as conn:
+            store.put_snapshots(conn, snapshots)
+            store.append_journal(conn, entries)
 
 
 def send(esp: Connector, message_id: str, *, to: str | None = None, list_id: str | None = None,

@@ -13,10 +13,10 @@ from crmsync.actions import send, subscribe
 from crmsync.cli import cli
 from crmsync.config import load_config
 from crmsync.errors import ConfigError, DataError
-from crmsync.runtime import open_side
-from crmsync.testing.memory import MemoryStore
+from crmsync.runtime import open_side, open_store
+from crmsync.testing.memory import MemoryStore, store
 
-from .conftest import esp_unsubscribe, eventually, write_config
+from .conftest import FIELDS, esp_unsubscribe, eventually, write_config
 
 ENV = {"CRMSYNC_CONNECTORS": "memory,memory-esp"}
 
@@ -161,3 +161,51 @@ def test_serve_and_replay_refuse_an_incomplete_configuration(tmp_path) -> None:
     assert result.exit_code == 2 and "needs both [crm] and [esp]" in result.output
     usage = CliRunner().invoke(cli, ["--config", str(config), "replay"], env=ENV)
     assert usage.exit_code == 2 and "--dead-letters" in usage.output
+
+
+def test_subscribe_no_confirm_never_resubscribes_an_unsubscribed_address(tmp_path) -> None:
+    """An address unsubscribed at the ESP is re-subscribed only through the ESP's
+    confirmation email: --no-confirm is refused for that list (exit 1, nothing sent,
+    nothing journaled), the other lists go through, and the journal tells the truth."""
+    config = write_config(tmp_path)
+    crm = store(path=tmp_path / "crm.json")
+    crm.add("ann@example.com", fields=dict(FIELDS))
+    run = CliRunner().invoke(cli, ["--config", str(config), "sync", "--full"], env=ENV)
+    assert run.exit_code == 0, run.output
+    with open_side(load_config(config), "esp") as esp_side:
+        esp_side.unsubscribe("ann@example.com", "1")  # she clicks "unsubscribe"
+    run = CliRunner().invoke(cli, ["--config", str(config), "sync"], env=ENV)
+    assert run.exit_code == 0, run.output
+
+    result = CliRunner().invoke(cli, ["--config", str(config), "subscribe", "ann@example.com",
+                                      "--list", "1", "--list", "2", "--no-confirm"], env=ENV)
+    assert result.exit_code == 1, result.output
+    assert "list 1: failed: ann@example.com unsubscribed from list 1" in result.output
+    assert "without --no-confirm" in result.output
+    assert "list 2: subscribed" in result.output
+    esp = MemoryStore(tmp_path / "esp.json")
+    lists = esp.records[esp.by_email("ann@example.com")]["lists"]
+    assert lists["1"]["status"] == "unsubscribed"
+    assert lists["2"]["status"] == "subscribed"
+    state = open_store(load_config(config))
+    try:
+        changes = [(e["list_id"], e["old_status"], e["new_status"], e["source"])
+                   for e in state.journal(email="ann@example.com")]
+    finally:
+        state.close()
+    assert not [c for c in changes if c[0] == "1" and c[3] == "command"]
+    assert ("2", None, "subscribed", "command") in changes
+
+    # through the confirmation flow it is allowed: pending, journaled from what it was
+    result = CliRunner().invoke(cli, ["--config", str(config), "--json", "subscribe",
+                                      "ann@example.com", "--list", "1"], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert MemoryStore(tmp_path / "esp.json").records[esp.by_email("ann@example.com")][
+        "lists"]["1"]["status"] == "pending"
+    state = open_store(load_config(config))
+    try:
+        last = [(e["old_status"], e["new_status"]) for e in state.journal(
+            email="ann@example.com") if e["list_id"] == "1" and e["source"] == "command"]
+    finally:
+        state.close()
+    assert last == [("unsubscribed", "pending")]

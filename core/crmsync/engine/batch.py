@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
-import functools
 import gc
 import hashlib
 import itertools
@@ -64,6 +63,7 @@ from ..state import (
     content_hash,
     journal_row,
     snapshot_row,
+    status_hash,
 )
 from .consent import decide
 from .mapping import ListMapper
@@ -223,11 +223,6 @@ def _change(email: str, *, op: Op = Op.UPSERT, ids: Mapping[str, str] | None = N
         "subscriptions": {} if subscriptions is None else subscriptions,
         "occurred_at": datetime.now(UTC) if occurred_at is None else occurred_at,
         "source": source, "reason": reason, "event_id": event_id})
-
-
-@functools.lru_cache(maxsize=4096)
-def _snap_hash(status: Status, groups: frozenset[str]) -> str:
-    return content_hash([status.value, sorted(groups)])
 
 
 @contextlib.contextmanager
@@ -591,7 +586,7 @@ class BatchSync:
                 new_snaps.append(Snapshot(
                     contact_key=key, list_id=list_id, status=decision.status, groups=groups,
                     crm_status=decision.status if written else (snap.crm_status if snap else None),
-                    hash=_snap_hash(decision.status, groups), changed_at=at,
+                    hash=status_hash(decision.status, groups), changed_at=at,
                     source=origin))
                 failed_snaps.append(replace(new_snaps[-1], crm_status=snap.crm_status if snap
                                             else None))
@@ -840,7 +835,7 @@ class BatchSync:
             changed_at = at if status_changed else snap.changed_at  # type: ignore[union-attr]
             new_snaps.append(Snapshot(
                 contact_key=key, list_id=list_id, status=status, groups=want.groups,
-                crm_status=want.status, hash=_snap_hash(status, want.groups),
+                crm_status=want.status, hash=status_hash(status, want.groups),
                 changed_at=changed_at, source=source if status_changed else snap.source  # type: ignore[union-attr]
             ))
             if status_changed or groups_changed or previous:
@@ -940,7 +935,7 @@ class BatchSync:
                 self.stats.count(s.list_id, "esp", "delete")
             gone = [Snapshot(contact_key=key, list_id=s.list_id, status=Status.UNSUBSCRIBED,
                              groups=frozenset(), crm_status=Status.UNSUBSCRIBED,
-                             hash=_snap_hash(Status.UNSUBSCRIBED, frozenset()), changed_at=at,
+                             hash=status_hash(Status.UNSUBSCRIBED, frozenset()), changed_at=at,
                              source=source) for s in known]
             return _Pending(Change(email=record.email, ids=record.ids, op=Op.DELETE,
                                    source=source, reason="deleted in the CRM", occurred_at=at),
@@ -957,7 +952,7 @@ class BatchSync:
             new_snaps.append(Snapshot(contact_key=key, list_id=s.list_id,
                                       status=Status.UNSUBSCRIBED, groups=s.groups,
                                       crm_status=Status.UNSUBSCRIBED,
-                                      hash=_snap_hash(Status.UNSUBSCRIBED, s.groups),
+                                      hash=status_hash(Status.UNSUBSCRIBED, s.groups),
                                       changed_at=at, source=source))
             journal.append(JournalEntry(contact_key=key, email=record.email, list_id=s.list_id,
                                         old_status=s.status.value, new_status="unsubscribed",

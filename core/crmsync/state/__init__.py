@@ -10,6 +10,7 @@ from .store import (
     journal_row,
     new_contact_key,
     snapshot_row,
+    status_hash,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "journal_row",
     "new_contact_key",
     "snapshot_row",
+    "status_hash",
 ]

@@ -8,6 +8,7 @@ example, snapshots, the journal and a cursor are committed in one transaction.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -98,6 +99,12 @@ def new_contact_key() -> str:
     ms = time.time_ns() // 1_000_000
     return (f"{ms & 0xFFFFFFFFFFFF:012x}{next(_key_counter) & 0xFFFF:04x}"
             f"{_keys_random.getrandbits(64):016x}")
+
+
+@functools.lru_cache(maxsize=4096)
+def status_hash(status: Status, groups: frozenset[str]) -> str:
+    """The hash of one list's status and groups that a snapshot keeps."""
+    return content_hash([status.value, sorted(groups)])
 
 
 def _aware(value: datetime | None) -> datetime | None:
