@@ -137,6 +137,10 @@ class Hooks:
     def has_transforms(self) -> bool:
         return bool(self.pm.hook.crmsync_transform_contact.get_hookimpls())
 
+    @property
+    def has_post_operations(self) -> bool:
+        return bool(self.pm.hook.crmsync_post_operation.get_hookimpls())
+
     def run_started(self, run_id: str, mode: str, full: bool) -> None:
         self.pm.hook.crmsync_run_started(run_id=run_id, mode=mode, full=full)
 

@@ -58,8 +58,10 @@ def open_files(config: Config) -> FileSpace:
 
 def build_hooks(config: Config) -> Hooks:
     """Hooks with the configured post-operation rules registered like any plugin."""
-    rules = PostOperationRules(config.post_operations)
-    return Hooks(build_plugin_manager([rules]))
+    # registered only when there are rules: with no post-operation at all, the engine
+    # queues nothing after a status change
+    rules = [PostOperationRules(config.post_operations)] if config.post_operations else []
+    return Hooks(build_plugin_manager(rules))
 
 
 def build_batch(config: Config, crm: Connector, esp: Connector, store: StateStore, *,

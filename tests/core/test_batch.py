@@ -142,6 +142,38 @@ def test_post_operation_cascades_to_other_lists(tmp_path) -> None:
     assert ("2", "post_operation") in sources
 
 
+@pytest.mark.parametrize("mode", ["files", "api"])
+def test_crm_side_opt_out_runs_the_cascade_in_the_same_run(tmp_path, mode) -> None:
+    """Post-operations follow a status change whichever side made it: an opt-out made in
+    the CRM unsubscribes list 2 too, at the ESP and in the CRM, in the run that sends it."""
+    pair = Pair(tmp_path, write_config(tmp_path, mode=mode, extra=CASCADE_1_TO_2))
+    ann = pair.crm.add("ann@example.com", fields={"OptOut": "false"},
+                       memberships={"campaign:7": "Responded"})
+    pair.crm.add("bob@example.com", fields={"OptOut": "false"},
+                 memberships={"campaign:7": "Responded"})
+    pair.sync()
+    pair.esp_import()
+    assert pair.esp_status("ann@example.com", "2") == "subscribed"
+    pair.crm.update(ann, fields={"OptOut": "true"})  # a CRM user opts Ann out
+    stats = pair.sync()
+    pair.esp_import()
+    assert stats.post_operations == 1
+    assert pair.esp_status("ann@example.com", "1") == "unsubscribed"
+    assert pair.esp_status("ann@example.com", "2") == "unsubscribed"
+    assert pair.crm_record("ann@example.com")["memberships"]["campaign:7"] == "Opted Out"
+    assert pair.esp_status("bob@example.com", "2") == "subscribed"
+    changes = {(e["list_id"], e["old_status"], e["new_status"], e["source"])
+               for e in pair.journal("ann@example.com")}
+    assert ("1", "subscribed", "unsubscribed", "crm:memory") in changes
+    assert ("2", "subscribed", "unsubscribed", "post_operation") in changes
+    # nothing left over for the next run, and the cascade is not done twice
+    again = pair.sync()
+    pair.esp_import()
+    assert again.post_operations == 0 and again.esp_written == 0
+    assert len([e for e in pair.journal("ann@example.com")
+                if e["source"] == "post_operation"]) == 1
+
+
 def test_dry_run_writes_nothing(pair: Pair) -> None:
     stats = pair.sync(dry_run=True)
     assert stats.dry_run and stats.crm_read == 4

@@ -75,6 +75,27 @@ unsubscribe_from = ["2"]
     assert rt.crm_record("ann@example.com")["fields"]["OptOut"] == "true"
 
 
+def test_a_crm_opt_out_runs_the_cascade_in_real_time(serve_pair) -> None:
+    rt = serve_pair(extra="""
+[[post_operations]]
+on = "unsubscribe"
+from_list = 1
+unsubscribe_from = ["2"]
+""")
+    assert rt.esp_list("ann@example.com", "2") == "subscribed"
+    ann = rt.crm.by_email("ann@example.com")
+    rt.crm.update(ann, fields={"OptOut": "true"})  # a CRM user opts Ann out of list 1
+    rt.post_crm(crm_event("ann@example.com", ids={"memory": ann}, event_id="opt-out-1",
+                          fields=dict(FIELDS, Interests="news", OptOut="true"),
+                          memberships={"campaign:7": "Responded"}))
+    eventually(lambda: rt.esp_list("ann@example.com", "2") == "unsubscribed")
+    assert rt.esp_list("ann@example.com", "1") == "unsubscribed"
+    eventually(lambda: rt.crm_record("ann@example.com")["memberships"]["campaign:7"]
+               == "Opted Out")
+    assert ("2", "post_operation") in {(e["list_id"], e["source"]) for e in rt.journal(
+        "ann@example.com") if e["new_status"] == "unsubscribed"}
+
+
 def test_a_partial_crm_notification_is_read_back_in_full(serve_pair) -> None:
     rt = serve_pair()
     bob = rt.crm.by_email("bob@example.com")

@@ -135,6 +135,9 @@ class _Pending:
     fields_view: dict[str, str | None] | None = None
     outbox_id: int | None = None
     applied: tuple[Change, dict[str, Subscription]] | None = None
+    # The status changes a CRM record made, for the post-operations that follow them
+    # (queued in the same transaction as the commit).
+    post_operation: Change | None = None
     # What to commit when the write fails: the consent decision stands, but the
     # receiving side is still behind, so the next run writes it again.
     snapshots_if_failed: list[Snapshot] = field(default_factory=list)
@@ -150,11 +153,13 @@ class _Pending:
                          else json.dumps(self.fields_view), self.key))
         if self.change.op is Op.DELETE:
             rows.append(("d", self.key))
+        if self.post_operation is not None:
+            rows.append(("p", self.post_operation.model_dump_json()))
         return rows
 
 
 # Columns of a spooled row (after its tag) that are NULL when empty: CSV has no NULL.
-_SPOOL_NULLABLE = {"s": (4,), "j": (5, 9, 10), "f": (1,), "d": ()}
+_SPOOL_NULLABLE = {"s": (4,), "j": (5, 9, 10), "f": (1,), "d": (), "p": ()}
 
 
 def _from_spool(row: list[str]) -> tuple[str, tuple[Any, ...]]:
@@ -270,6 +275,7 @@ class BatchSync:
         self.esp = esp
         self.store = store
         self.hooks = hooks or Hooks()
+        self._post_operations_on = self.hooks.has_post_operations
         self.mapper = ListMapper(config)
         self.policy = config.consent.resubscribe
         self.files = files
@@ -369,6 +375,8 @@ class BatchSync:
         before = len(self.failures)
         self._send_and_commit(self._outbound_page(list(records)))
         self._flush_crm_repairs()
+        self._run_post_operations()
+        self._flush_followups_api()
         return self.failures[before:]
 
     # -- recovery -------------------------------------------------------------------------
@@ -717,8 +725,10 @@ class BatchSync:
         mode: Literal["batch", "realtime"] = (
             "realtime" if self.stats.mode == "realtime" else "batch")
         for change in applied:
-            context = PostOpContext(applied_to="crm", mode=mode, run_id=self.stats.run_id,
-                                    all_lists=self.config.list_ids())
+            # a CRM record's own change was applied to the ESP; an ESP event's to the CRM
+            context = PostOpContext(
+                applied_to="esp" if change.source.startswith("crm:") else "crm", mode=mode,
+                run_id=self.stats.run_id, all_lists=self.config.list_ids())
             follow_ups.extend(self.hooks.post_operation(change, context))
             calls.extend((change, call) for call in context.extra.get("calls", []))
         if calls:
@@ -891,7 +901,12 @@ class BatchSync:
         if not change.subscriptions and not change.fields:
             return _Pending(_change(email=record.email), key, new_snaps, journal, fields_hash,
                             fields)
-        return _Pending(change, key, new_snaps, journal, fields_hash, fields)
+        pending = _Pending(change, key, new_snaps, journal, fields_hash, fields)
+        if journal and self._post_operations_on:
+            pending.post_operation = _change(
+                email=record.email, ids=record.ids, source=source, occurred_at=at,
+                subscriptions={e.list_id: subs[e.list_id] for e in journal})
+        return pending
 
     def _known_unsubscribes(self) -> Iterator[Change]:
         """A resend's last pass: every unsubscribe crmsync knows (from the ESP, the CRM,
@@ -1036,6 +1051,13 @@ class BatchSync:
         else:
             self._outbound_api(full)
         self._flush_crm_repairs()
+        # What follows the CRM's own status changes (a cascade: CRM written now, the ESP
+        # in this same run: through the API, or in a small second import file).
+        self._run_post_operations()
+        if not self.file_mode:
+            self._flush_followups_api()
+        elif self.store.pending("esp", batch="followups", limit=1):
+            self._outbound_file(full, followups_only=True)
 
     def _sendable(self, pending: _Pending) -> bool:
         return bool(pending.change.subscriptions or pending.change.fields
@@ -1115,13 +1137,16 @@ class BatchSync:
                      tagged: Iterable[tuple[str, tuple[Any, ...]]]) -> None:
         """Execute tagged rows (see :meth:`_Pending.spool_rows`), a few thousand at a
         time: snapshots, journal entries, fields hashes, deletions."""
-        rows: dict[str, list[tuple[Any, ...]]] = {"s": [], "j": [], "f": [], "d": []}
+        rows: dict[str, list[tuple[Any, ...]]] = {"s": [], "j": [], "f": [], "d": [], "p": []}
 
         def flush() -> None:
             self.store.put_snapshot_rows(conn, rows["s"])
             self.store.append_journal_rows(conn, rows["j"])
             self.store.set_fields_rows(conn, rows["f"])
             self.store.mark_deleted(conn, [key for (key,) in rows["d"]])
+            self.store.stage(conn, "postop", [{"payload": json.loads(payload)}
+                                              for (payload,) in rows["p"]],
+                             run_id=self.stats.run_id, batch="postop")
             for bucket in rows.values():
                 bucket.clear()
 
@@ -1137,9 +1162,10 @@ class BatchSync:
             {p.key: p.fields_view for p in commits if p.fields_view is not None})
 
     # File mode: stream the import file, stage the commit, upload, then commit.
-    def _outbound_file(self, full: bool) -> None:
+    def _outbound_file(self, full: bool, *, followups_only: bool = False) -> None:
         assert isinstance(self.esp, FileExchange)
-        name = self.esp.import_file_name(self.stats.run_id)
+        name = self.esp.import_file_name(
+            f"{self.stats.run_id}-followups" if followups_only else self.stats.run_id)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         spool = self.spool_dir / name
         with self._tx() as conn:
@@ -1159,6 +1185,8 @@ class BatchSync:
                 followup_ids.append(row["id"])
                 sent[0] += 1
                 yield Change.model_validate(row["payload"])
+            if followups_only:
+                return
             db_time = self.store.db_time
             for pendings, cursor in self._pages(full):
                 for pending in pendings:
