@@ -40,6 +40,18 @@ def test_two_way_batch_sync(crm, options, tmp_path) -> None:
             assert row["esp_list_1"] == "subscribed" and not row["crm_opted_out"]
     # a renamed contact was re-sent, the untouched ones were not
     assert diff["skipped_unchanged"] >= full["crm_read"] - 10
-    uploads = sorted((tmp_path / "space" / "in" / "done").glob("crmsync-import-*.csv"))
+    done = tmp_path / "space" / "in" / "done"
+    uploads = sorted(p for p in done.glob("crmsync-import-*.csv") if "followups" not in p.name)
     assert len(uploads) == 2
     assert "Renamed" in uploads[-1].read_text(encoding="utf-8", errors="replace")
+    # the demo's cascade (list 1 -> list 2) ran for unsubscribes from either side, and
+    # reached the ESP in the same run (a CRM opt-out's in the follow-ups import file)
+    followups = "".join(p.read_text(encoding="utf-8", errors="replace")
+                        for p in done.glob("crmsync-import-*followups*.csv"))
+    for email, row in rows.items():
+        if row["what happened"] in ("unsubscribed at the ESP", "opted out in the CRM") \
+                and row["esp_list_2"] is not None:
+            assert row["esp_list_2"] == "unsubscribed", row
+            if "2: subscribed → unsubscribed (post_operation)" in row["journal"] \
+                    and row["what happened"] == "opted out in the CRM":
+                assert email in followups

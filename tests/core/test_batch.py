@@ -174,6 +174,27 @@ def test_crm_side_opt_out_runs_the_cascade_in_the_same_run(tmp_path, mode) -> No
                 if e["source"] == "post_operation"]) == 1
 
 
+@pytest.mark.parametrize("mode", ["files", "api"])
+def test_an_esp_unsubscribe_the_crm_does_not_hold_is_journaled_once(tmp_path, mode) -> None:
+    """A journal entry is a status change, once: an address unsubscribed at the ESP and
+    absent from the CRM is recorded in the state store the first time, and not again on
+    every later run that reads the same unsubscribe."""
+    pair = Pair(tmp_path, write_config(tmp_path, mode=mode))
+    pair.crm.add("ann@example.com", fields={"OptOut": "false"})
+    pair.esp.add("zed@example.com", lists={"1": "subscribed"})
+    pair.sync()
+    pair.esp_import()
+    for run in range(3):
+        if mode == "files" or run == 0:
+            pair.esp_unsubscribe("zed@example.com") if run == 0 else pair.esp_export(
+                f"unsubscribed-{run + 1}.csv")
+        stats = pair.sync(full=True)
+        assert stats.failed == 0
+    entries = [(e["list_id"], e["old_status"], e["new_status"], e["applied_to"])
+               for e in pair.journal("zed@example.com")]
+    assert entries == [("1", None, "unsubscribed", "state")]
+
+
 def test_dry_run_writes_nothing(pair: Pair) -> None:
     stats = pair.sync(dry_run=True)
     assert stats.dry_run and stats.crm_read == 4

@@ -571,8 +571,13 @@ class BatchSync:
                                   sub.status, sub.changed_at, explicit=sub.explicit,
                                   from_side="esp", policy=self.policy)
                 # The CRM is behind what crmsync knows (an earlier write failed): write again.
+                # Only a contact the CRM holds, on a list it can record, can be behind: an
+                # ESP address the CRM never had stays recorded in the state store, once.
+                target = self.mapper.to_crm(list_id, decision.status)
                 behind = (not decision.apply and snap is not None
-                          and decision.status == snap.status and snap.crm_status != snap.status)
+                          and decision.status == snap.status and snap.crm_status != snap.status
+                          and target is not None
+                          and (key in crm_ids or bool(change.ids.get(self.crm.name))))
                 if not decision.apply and not behind:
                     if decision.why != "unchanged":
                         self.stats.consent_kept += 1
@@ -580,7 +585,6 @@ class BatchSync:
                 if behind:
                     assert snap is not None
                     at = snap.changed_at
-                target = self.mapper.to_crm(list_id, decision.status)
                 written = target is not None and (key in crm_ids or bool(change.ids.get(
                     self.crm.name)))
                 if target is not None and written:
