@@ -17,7 +17,8 @@ from crmsync.testing.memory import store
 
 
 def write_config(tmp: Path, *, mode: str = "files", extra: str = "", resubscribe: str = "never",
-                 space: str | None = None, state: str = "sqlite:///state.db") -> Path:
+                 space: str | None = None, state: str = "sqlite:///state.db",
+                 crm_settings: str = "") -> Path:
     path = tmp / "crmsync.toml"
     path.write_text(f"""
 [state]
@@ -28,6 +29,7 @@ connector = "memory"
 [crm.settings]
 path = "{tmp / 'crm.json'}"
 page_size = 3
+{crm_settings}
 
 [esp]
 connector = "memory-esp"

@@ -673,3 +673,35 @@ def test_a_deletion_reaches_the_esp_and_is_journaled_once(tmp_path, mode) -> Non
         assert "delete" not in again.plan.get("1", {}).get("esp", {})
     deleted = [e for e in pair.journal("ann@example.com") if e["new_status"] == "deleted"]
     assert len(deleted) == 1, deleted
+
+
+@pytest.mark.parametrize("mode", ["files", "api"])
+@pytest.mark.parametrize("deletes", ["unsubscribe", "delete"])
+def test_a_deletion_reported_without_its_address_reaches_the_person(tmp_path, mode,
+                                                                    deletes) -> None:
+    """A CRM that reports a deletion by id only (vTiger: a stand-in address) must still
+    unsubscribe / delete the person crmsync knows, never a junk recipient."""
+    pair = Pair(tmp_path, write_config(tmp_path, mode=mode, extra=f'deletes = "{deletes}"',
+                                       crm_settings='deleted_address = "placeholder"'))
+    ann = pair.crm.add("ann@example.com", fields={"FirstName": "Ann", "OptOut": "false"})
+    pair.crm.add("bob@example.com", fields={"FirstName": "Bob", "OptOut": "false"})
+    pair.sync()
+    pair.esp_import()
+    pair.crm.update(ann, deleted=True)
+    for _ in range(3):  # later runs neither repeat it nor create anyone
+        stats = pair.sync(full=True)
+        pair.esp_import()
+        assert stats.status == "succeeded" and stats.failed == 0, stats.stopped_reason
+    pair.esp._load()
+    assert sorted(r["email"] for r in pair.esp.records.values()) == [
+        "ann@example.com", "bob@example.com"]
+    if deletes == "delete" and mode == "api":
+        assert pair.esp.by_email("ann@example.com") is None  # deleted at the ESP
+    else:  # an import file cannot delete: opted out of every list instead
+        assert pair.esp_status("ann@example.com") == "unsubscribed"
+    assert pair.esp_status("bob@example.com") == "subscribed"
+    journal = pair.journal()
+    assert not [e for e in journal if e["email"].endswith(".invalid")]
+    gone = [e for e in journal if e["email"] == "ann@example.com"
+            and e["reason"] == "deleted in the CRM"]
+    assert len(gone) == 1, gone

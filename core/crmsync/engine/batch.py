@@ -790,17 +790,40 @@ class BatchSync:
         unique: dict[tuple[str, str], Contact] = {}
         for record in records:
             unique[(record.ids.get(self.crm.name, ""), record.email)] = record
-        records = list(unique.values())
+        # A deleted record is looked up, never resolved: its address may be a CRM's
+        # stand-in (deletions reported by id only), which is no email change.
+        gone_records = [r for r in unique.values() if r.deleted]
+        records = [r for r in unique.values() if not r.deleted]
         with self._tx() as conn:
             hashes: dict[str, str | None] = {}
             deleted: set[str] = set()
             keys = self.store.resolve(conn, [(self.crm.name, r.ids.get(self.crm.name), r.email)
                                              for r in records], hashes=hashes, deleted=deleted)
-            snaps = self.store.snapshots(conn, [k for k, created, _ in keys if not created])
+            gone = self.store.known(conn, [(self.crm.name, r.ids.get(self.crm.name), r.email)
+                                           for r in gone_records])
+            gone_keys = [hit[0] for hit in gone if hit is not None]
+            snaps = self.store.snapshots(conn, [k for k, created, _ in keys if not created]
+                                         + gone_keys)
+            esp_ids = self.store.record_ids(conn, self.esp.name, gone_keys)
         out: list[_Pending] = []
         for record, (key, _created, previous) in zip(records, keys, strict=True):
             pending = self._outbound_one(record, key, previous, snaps, hashes.get(key),
                                          deleted=key in deleted)
+            if pending is None:
+                self.stats.skipped_unchanged += 1
+            else:
+                out.append(pending)
+        for record, hit in zip(gone_records, gone, strict=True):
+            pending = None
+            if hit is not None:
+                # the person crmsync knows: their address and their ESP id
+                key, email, sent = hit
+                ids = dict(record.ids)
+                if key in esp_ids:
+                    ids[self.esp.name] = esp_ids[key]
+                pending = self._outbound_delete(
+                    record.model_copy(update={"email": email, "ids": ids}), key, snaps,
+                    record.modified_at or datetime.now(UTC), already_sent=sent)
             if pending is None:
                 self.stats.skipped_unchanged += 1
             else:
@@ -816,8 +839,6 @@ class BatchSync:
         subs: dict[str, Subscription] = {}
         new_snaps: list[Snapshot] = []
         journal: list[JournalEntry] = []
-        if record.deleted:
-            return self._outbound_delete(record, key, snaps, at, already_sent=deleted)
         desired = self.mapper.desired(record)
         for list_id, want in desired.items():
             snap = snaps.get((key, list_id))

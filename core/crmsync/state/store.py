@@ -340,6 +340,34 @@ class StateStore:
             out = [(key, created, moved.get(key)) for key, created, _ in out]
         return out
 
+    def known(self, conn: Connection, items: Sequence[tuple[str, str | None, str]]
+              ) -> list[tuple[str, str, bool] | None]:
+        """The contact each ``(system, record_id, email)`` item is, by id then by email,
+        as ``(key, email crmsync holds, deletion sent)``, or ``None``: a read that never
+        creates a contact nor moves an address (a deleted record, which some CRMs report
+        with a stand-in address, is no email change)."""
+        found: dict[tuple[str, str], tuple[str, str, bool]] = {}
+        for system, record_id, _ in items:
+            if record_id and (system, record_id) not in found:
+                row = conn.execute(
+                    select(t.id_map.c.contact_key, t.contacts.c.email, t.contacts.c.deleted)
+                    .select_from(t.id_map.join(t.contacts,
+                                               t.contacts.c.key == t.id_map.c.contact_key))
+                    .where(and_(t.id_map.c.system == system,
+                                t.id_map.c.record_id == record_id))).first()
+                if row is not None:
+                    found[(system, record_id)] = (row[0], row[1], bool(row[2]))
+        out: list[tuple[str, str, bool] | None] = []
+        for system, record_id, email in items:
+            hit = found.get((system, record_id)) if record_id else None
+            if hit is None:
+                row = conn.execute(select(t.contacts.c.key, t.contacts.c.email,
+                                          t.contacts.c.deleted)
+                                   .where(t.contacts.c.email == email)).first()
+                hit = (row[0], row[1], bool(row[2])) if row is not None else None
+            out.append(hit)
+        return out
+
     def emails(self, conn: Connection, keys: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         for chunk in _chunks(list(keys)):

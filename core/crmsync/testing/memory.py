@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, Literal
 
 from ..contract import (
     Capabilities,
@@ -191,6 +191,9 @@ class MemorySettings(ConnectorSettings):
     path: Path | None = None
     page_size: int = 500
     fail_emails: list[str] = []  # writes for these addresses fail (tests)
+    # "placeholder": a deleted record is read with a stand-in address and no fields, as
+    # CRMs that report deletions by id only (vTiger's sync) do
+    deleted_address: Literal["kept", "placeholder"] = "kept"
 
 
 class _MemoryBase(Connector):
@@ -252,6 +255,10 @@ class MemoryConnector(_MemoryBase):
         return [MailingList(id=key, name=key) for key in keys]
 
     def _contact(self, record_id: str, record: dict[str, Any]) -> Contact:
+        if record.get("deleted") and self.settings.deleted_address == "placeholder":
+            return Contact(email=f"deleted-{record_id.lower()}@memory.invalid",
+                           ids={self.name: record_id}, deleted=True,
+                           modified_at=datetime.fromisoformat(record["modified"]))
         return Contact(
             email=record["email"], ids={self.name: record_id}, fields=record["fields"],
             memberships=record["memberships"],
@@ -389,7 +396,12 @@ class MemoryEspConnector(_MemoryBase, FileExchange, MessageSender, MultiListSubs
         writer.writerow(["email", "list", "status", "groups", "fields"])
         rows = 0
         for change in changes:
-            for list_id, sub in change.subscriptions.items():
+            subscriptions = dict(change.subscriptions)
+            if change.op is Op.DELETE:  # a file cannot delete: opt out of every list
+                subscriptions = {list_id: Subscription(list_id=list_id,
+                                                       status=Status.UNSUBSCRIBED)
+                                 for list_id in subscriptions or self.settings.lists}
+            for list_id, sub in subscriptions.items():
                 writer.writerow([change.email, list_id, sub.status.value,
                                  ",".join(sorted(sub.groups)),
                                  json.dumps(dict(change.fields), sort_keys=True)])
