@@ -1,27 +1,36 @@
 """Batch export benchmark: CRM -> MailUp import file on a local folder.
 
-For 10k, 100k and 1M contacts: a full export, then a 1 % diff, each run in a fresh
-process so peak RSS is that run's own. The floor is the same rows written by a bare
-``csv.writer`` loop (no mapping, no state, no consent). The state floor adds to it the
-rows a full export must make durable per contact (contact, id map, snapshot, journal
-entry, fields hash), written by bare ``sqlite3`` into the same schema: the part of the
-gap that per-contact state costs in any design. The CRM is a synthetic connector that
-makes contacts on the fly, so the CRM's own storage is not counted.
+For each size (10k, 100k, 1M contacts by default): a full export, then a 1 % diff, each
+in a fresh process so peak RSS is that run's own, against two floors measured in the
+same invocation, interleaved with crmsync's runs and repeated (``--repeat``, default 3):
 
-    python benchmarks/batch.py                 # 10k, 100k, 1M
-    python benchmarks/batch.py 10000 100000    # chosen sizes
+- **CSV floor**: the same rows through a bare ``csv.writer`` loop (no mapping, no state);
+- **state floor**: the CSV loop plus the bare SQL of the rows crmsync really writes per
+  new contact (contact, id map, snapshot, journal entry, fields hash), one
+  ``executemany`` per table per page of constant-shaped tuples, no other Python.
+
+The table gives medians with the spread [min-max] in brackets, and the ratios of the
+medians. The last line is the start-up cost of ``crmsync --version`` (every cron run
+pays it) beside a bare ``python -c pass``. The CRM is a synthetic connector that makes
+contacts on the fly, so the CRM's own storage is not counted.
+
+    python benchmarks/batch.py                       # 10k, 100k, 1M; 3 repeats
+    python benchmarks/batch.py 10000 100000 --repeat 5
     python benchmarks/batch.py --state postgresql+psycopg://user:pw@127.0.0.1/db 100000
 
-With ``--state``, crmsync keeps its state in that database (emptied first: give it a
-throw-away one) and the state floor is not measured (it is bare sqlite3).
+With ``--state``, crmsync keeps its state in that database (emptied before each full
+run: give it a throw-away one); the state floor stays bare SQLite.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,12 +169,10 @@ def run_floor(folder: Path, contacts: int, phase: str) -> dict[str, float]:
 
 
 def run_state_floor(folder: Path, contacts: int, phase: str) -> dict[str, float]:
-    """The csv.writer floor plus the rows a full export must make durable per contact
-    (contact, id map, snapshot, journal entry, fields hash), written by bare sqlite3
-    ``executemany`` into crmsync's own schema: what any design keeping per-contact
-    state in SQLite pays before doing anything else."""
+    """The csv.writer floor plus the bare SQL of the rows crmsync writes per new contact
+    (contact, id map, snapshot, journal entry, fields hash) into its own schema: one
+    ``executemany`` per table and page, over tuples built inline, nothing else."""
     import sqlite3
-    import uuid
 
     from crmsync.state import StateStore
 
@@ -178,33 +185,34 @@ def run_state_floor(folder: Path, contacts: int, phase: str) -> dict[str, float]
     db.execute("PRAGMA synchronous=NORMAL")
     crm = SyntheticCrm(SyntheticCrm.Settings.load("synthetic", {"contacts": contacts}))
     now = "2026-01-01 00:00:00.000000"
+    digest = "0" * 32
     start = time.perf_counter()
     rows = 0
     with (folder / "floor-state.csv").open("w", newline="") as out:
         writer = csv.writer(out, delimiter=";")
         writer.writerow(["111", "1", "2", "idList", "IdGroup"])
         for page in crm.read(None):
-            keys = [f"{n:032x}" for n in range(rows, rows + len(page.records))]
-            for c in page.records:
+            records = page.records
+            for c in records:
                 writer.writerow([c.email, c.fields["FirstName"], c.fields["LastName"], "1",
                                  c.fields["Interests"]])
-            recs = list(zip(keys, page.records, strict=True))
             db.executemany("INSERT INTO crmsync_contacts (key, email, deleted, updated_at) "
-                           "VALUES (?, ?, 0, ?)", [(k, c.email, now) for k, c in recs])
-            db.executemany("INSERT INTO crmsync_id_map VALUES (?, ?, ?)",
-                           [("synthetic", c.ids["synthetic"], k) for k, c in recs])
-            db.commit()
+                           "VALUES (?, ?, 0, ?)",
+                           [(c.ids["synthetic"], c.email, now) for c in records])
+            db.executemany("INSERT INTO crmsync_id_map VALUES ('synthetic', ?, ?)",
+                           [(c.ids["synthetic"], c.ids["synthetic"]) for c in records])
             db.executemany("INSERT INTO crmsync_snapshots VALUES (?, '1', 'subscribed', ?, "
                            "'subscribed', ?, ?, 'crm:synthetic')",
-                           [(k, c.fields["Interests"], uuid.uuid4().hex, now) for k, c in recs])
+                           [(c.ids["synthetic"], c.fields["Interests"], digest, now)
+                            for c in records])
             db.executemany("INSERT INTO crmsync_journal (at, run_id, contact_key, email, list_id,"
                            " new_status, applied_to, source) VALUES (?, 'r', ?, ?, '1', "
                            "'subscribed', 'esp', 'crm:synthetic')",
-                           [(now, k, c.email) for k, c in recs])
-            db.executemany("UPDATE crmsync_contacts SET fields_hash = ?, fields_json = ? "
-                           "WHERE key = ?", [(uuid.uuid4().hex, "{}", k) for k, _ in recs])
+                           [(now, c.ids["synthetic"], c.email) for c in records])
+            db.executemany("UPDATE crmsync_contacts SET fields_hash = ?, fields_json = '{}' "
+                           "WHERE key = ?", [(digest, c.ids["synthetic"]) for c in records])
             db.commit()
-            rows += len(recs)
+            rows += len(records)
     seconds = time.perf_counter() - start
     db.close()
     return {"seconds": seconds, "rows": rows, "read": rows,
@@ -241,35 +249,73 @@ def _empty(url: str) -> None:
     engine.dispose()
 
 
-def main(sizes: list[int], state: str | None = None) -> None:
-    header = (f"{'contacts':>9} {'run':>5} {'rows':>8} {'seconds':>8} {'rec/s':>9} "
-              f"{'peak RSS MB':>11} {'floor s':>8} {'floor RSS':>9} {'x floor':>7} "
-              f"{'state floor s':>13} {'x state floor':>13} {'full/diff':>9}")
+def _fresh(folder: Path, state: str | None) -> None:
+    """An empty state store and file space for a full run."""
+    for leftover in [*folder.glob("state.db*"), *folder.glob("spool*")]:
+        if leftover.is_file():
+            leftover.unlink()
+    space = folder / "space"
+    if space.exists():
+        shutil.rmtree(space)
+    space.mkdir()
+    (folder / "crmsync.toml").write_text(CONFIG.format(space=space,
+                                                       state=state or "sqlite:///state.db"))
+    if state:
+        _empty(state)
+
+
+def _cell(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def startup(repeat: int) -> tuple[list[float], list[float]]:
+    """Wall seconds of ``crmsync --version`` and of a bare ``python -c pass``, interleaved."""
+    tool, bare = [], []
+    for _ in range(max(repeat, 5)):
+        for argv, into in (([sys.executable, "-m", "crmsync", "--version"], tool),
+                           ([sys.executable, "-c", "pass"], bare)):
+            start = time.perf_counter()
+            subprocess.run(argv, capture_output=True, check=True)
+            into.append(time.perf_counter() - start)
+    return tool, bare
+
+
+def main(sizes: list[int], state: str | None = None, repeat: int = 3) -> None:
+    header = (f"{'contacts':>9} {'run':>4} {'rows':>9} {'crmsync s':>22} {'rec/s':>8} "
+              f"{'RSS MB':>6} {'CSV floor s':>20} {'x CSV':>5} {'state floor s':>20} "
+              f"{'x state':>7} {'full/diff':>9}")
     print(header)
     print("-" * len(header))
     for contacts in sizes:
+        runs: dict[str, list[dict[str, float]]] = {
+            k: [] for k in ("full", "diff", "floor-full", "floor-diff", "state-floor")}
         with tempfile.TemporaryDirectory(prefix="crmsync-bench-") as tmp:
             folder = Path(tmp)
-            (folder / "space").mkdir()
-            (folder / "crmsync.toml").write_text(CONFIG.format(
-                space=folder / "space", state=state or "sqlite:///state.db"))
-            if state:
-                _empty(state)
-            full = measure("crmsync", folder, contacts, "full")
-            diff = measure("crmsync", folder, contacts, "diff")
-            state_floor = None if state else measure("state-floor", folder, contacts, "full")
-            for phase, result in (("full", full), ("diff", diff)):
-                floor = measure("floor", folder, contacts, phase)
-                speedup = full["seconds"] / diff["seconds"] if phase == "diff" else float("nan")
-                with_state = (f"{state_floor['seconds']:>13.2f} "
-                              f"{result['seconds'] / state_floor['seconds']:>13.1f}"
-                              if phase == "full" and state_floor else f"{'':>13} {'':>13}")
-                print(f"{contacts:>9,} {phase:>5} {int(result['rows']):>8,} "
-                      f"{result['seconds']:>8.2f} {result['read'] / result['seconds']:>9,.0f} "
-                      f"{result['rss_mb']:>11.0f} {floor['seconds']:>8.2f} "
-                      f"{floor['rss_mb']:>9.0f} {result['seconds'] / floor['seconds']:>7.1f} "
-                      f"{with_state} {'' if phase == 'full' else f'{speedup:.0f}x':>9}",
-                      flush=True)
+            for _ in range(repeat):  # interleaved: each repeat measures every kind once
+                runs["floor-full"].append(measure("floor", folder, contacts, "full"))
+                if not state:
+                    runs["state-floor"].append(measure("state-floor", folder, contacts, "full"))
+                _fresh(folder, state)
+                runs["full"].append(measure("crmsync", folder, contacts, "full"))
+                runs["diff"].append(measure("crmsync", folder, contacts, "diff"))
+                runs["floor-diff"].append(measure("floor", folder, contacts, "diff"))
+        secs = {k: [r["seconds"] for r in v] for k, v in runs.items()}
+        med = {k: statistics.median(v) for k, v in secs.items() if v}
+        for phase in ("full", "diff"):
+            result = runs[phase][0]
+            floor = secs[f"floor-{phase}"]
+            with_state = (f"{_cell(secs['state-floor']):>20} "
+                          f"{med['full'] / med['state-floor']:>7.1f}"
+                          if phase == "full" and secs["state-floor"] else f"{'':>20} {'':>7}")
+            speedup = f"{med['full'] / med['diff']:.0f}x" if phase == "diff" else ""
+            print(f"{contacts:>9,} {phase:>4} {int(result['rows']):>9,} {_cell(secs[phase]):>22} "
+                  f"{result['read'] / med[phase]:>8,.0f} "
+                  f"{max(r['rss_mb'] for r in runs[phase]):>6.0f} {_cell(floor):>20} "
+                  f"{med[phase] / med[f'floor-{phase}']:>5.1f} {with_state} {speedup:>9}",
+                  flush=True)
+    tool, bare = startup(repeat)
+    print(f"start-up: crmsync --version {_cell(tool)} s, python -c pass {_cell(bare)} s "
+          f"(medians [min-max] of {len(tool)})")
 
 
 if __name__ == "__main__":
@@ -277,10 +323,14 @@ if __name__ == "__main__":
         sys.path.insert(0, str(Path(__file__).parent))
         child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     else:
-        args = sys.argv[1:]
-        url = None
-        if "--state" in args:
-            at = args.index("--state")
-            url = args[at + 1]
-            del args[at:at + 2]
-        main([int(arg) for arg in args] or [10_000, 100_000, 1_000_000], url)
+        parser = argparse.ArgumentParser(
+            description="Batch export benchmark: crmsync's full and 1 % diff export "
+                        "against a bare CSV loop and a bare-SQL state floor.")
+        parser.add_argument("sizes", nargs="*", type=int, metavar="CONTACTS",
+                            help="contact counts (default: 10000 100000 1000000)")
+        parser.add_argument("--repeat", type=int, default=3,
+                            help="interleaved repeats per size (default 3)")
+        parser.add_argument("--state", metavar="URL",
+                            help="crmsync's state store (default: SQLite in a temp folder)")
+        args = parser.parse_args()
+        main(args.sizes or [10_000, 100_000, 1_000_000], args.state, args.repeat)
