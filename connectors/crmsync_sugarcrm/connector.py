@@ -7,7 +7,8 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import httpx
 
@@ -45,6 +46,14 @@ _FALSE = {"0", "false", "no", "off", ""}
 _Item = tuple[tuple[datetime, str], SugarRecord, datetime | None]
 
 
+@dataclass
+class _FullRead:
+    """What a full read saw, for :meth:`SugarConnector.full_read_count`."""
+
+    before: int | None = None
+    skipped: set[str] = field(default_factory=set)
+
+
 class SugarConnector(Connector):
     """SugarCRM (REST v10/v11) or SugarCRM CE / SuiteCRM (legacy REST v4_1).
 
@@ -75,6 +84,7 @@ class SugarConnector(Connector):
         self._http = http
         self.flavour: SugarFlavour = FLAVOURS[self.settings.flavour](self.settings, http)
         self._hooks = WebLogicHookDecoder(self.name, self.settings, self._fetch)
+        self._full_read: _FullRead | None = None
 
     # -- contract ----------------------------------------------------------------------
     def check(self) -> Health:
@@ -90,15 +100,26 @@ class SugarConnector(Connector):
                 for list_id, name in self.flavour.target_lists()]
 
     def read(self, since: Cursor | None) -> Iterator[Page]:
-        memberships = self._memberships()
+        members = self._members()
+        memberships: dict[str, dict[str, str]] = {}
+        for list_id, ids in members.items():
+            for record_id in ids:
+                memberships.setdefault(record_id, {})[f"target_list:{list_id}"] = ""
+        # The cursor carries who is in each target list: a link added or removed does
+        # not move a record's date_modified, so the next read compares the lists.
+        data = {"members": {list_id: sorted(ids) for list_id, ids in members.items()}}
         # Sugar stamps are whole seconds: start at the cursor's second, inclusive.
         start = since.at.replace(microsecond=0) if since is not None else None
         streams: list[Iterator[_Item]] = [self._records(module, start)
                                           for module in self.settings.modules]
-        if start is not None:
+        if start is not None and since is not None:
             streams.append(self._address_fanout(start))
-            streams.extend(self._membership_changes(module, start)
-                           for module in self.settings.modules)
+            previous = since.data.get("members")
+            if isinstance(previous, dict):
+                streams.append(self._membership_changes(members, previous, start))
+        full = self._full_read = _FullRead() if since is None else None
+        if full is not None:
+            full.before = self._count()
         page: list[Contact] = []
         last: tuple[datetime, str] | None = None
         for key, record, stamp in heapq.merge(*streams, key=lambda item: item[0]):
@@ -112,14 +133,30 @@ class SugarConnector(Connector):
                 (log.warning if record.deleted else log.debug)(
                     "%s %s %s has no usable email address: skipped", record.module,
                     "deleted record" if record.deleted else "record", record.id)
+                if full is not None and not record.deleted:
+                    full.skipped.add(record.id)
                 continue
             page.append(contact)
             last = key
             if len(page) >= self.settings.page_size:
-                yield Page(records=page, cursor=Cursor(at=key[0], tie_id=key[1]))
+                yield Page(records=page, cursor=Cursor(at=key[0], tie_id=key[1], data=data))
                 page = []
         if page and last is not None:
-            yield Page(records=page, cursor=Cursor(at=last[0], tie_id=last[1]))
+            yield Page(records=page, cursor=Cursor(at=last[0], tie_id=last[1], data=data))
+
+    def full_read_count(self) -> int | None:
+        """After a full read: the live records it should have yielded, by Sugar's count.
+
+        The smaller of the counts taken before and after the read (records created or
+        deleted meanwhile), less the live records skipped for want of an address.
+        """
+        full = self._full_read
+        if full is None or full.before is None:
+            return None
+        after = self._count()
+        if after is None:
+            return None
+        return min(full.before, after) - len(full.skipped)
 
     def write(self, changes: Sequence[Change]) -> list[WriteResult]:
         results: dict[int, WriteResult] = {}
@@ -145,16 +182,18 @@ class SugarConnector(Connector):
                 self._http.close()
 
     # -- reading -----------------------------------------------------------------------
-    def _memberships(self) -> dict[str, dict[str, str]]:
+    def _members(self) -> dict[str, set[str]]:
+        """Who is in each target list read (the configured ones, else all)."""
         lists = self.settings.target_lists
         if lists is None:
             lists = [list_id for list_id, _ in self.flavour.target_lists()]
-        found: dict[str, dict[str, str]] = {}
-        for list_id in lists:
-            for module in self.settings.modules:
-                for record_id in self.flavour.list_members(list_id, module):
-                    found.setdefault(record_id, {})[f"target_list:{list_id}"] = ""
-        return found
+        return {list_id: {record_id for module in self.settings.modules
+                          for record_id in self.flavour.list_members(list_id, module)}
+                for list_id in lists}
+
+    def _count(self) -> int | None:
+        counts = [self.flavour.count(module) for module in self.settings.modules]
+        return None if any(n is None for n in counts) else sum(n or 0 for n in counts)
 
     def _records(self, module: str, start: datetime | None) -> Iterator[_Item]:
         for page in self.flavour.scan(module, start):
@@ -186,13 +225,29 @@ class SugarConnector(Connector):
         for key, record in in_key_order(items()):
             yield key, record, key[0]
 
-    def _membership_changes(self, module: str, start: datetime) -> Iterator[_Item]:
-        # The link table's stamp is not returned, so these records sort at the start of
-        # the read: the cursor then moves on with the rest of the changes.
-        found = [record for page in self.flavour.membership_changes(module, start)
-                 for record in page]
-        for record in sorted(found, key=lambda item: item.id):
-            yield (start, record.id), record, None
+    def _membership_changes(self, members: dict[str, set[str]], previous: dict[str, Any],
+                            start: datetime) -> Iterator[_Item]:
+        """Records that joined or left a target list since the cursor's read.
+
+        SuiteCRM refuses a query on the link table (prospect_lists_prospects), and a
+        link does not move the record's date_modified: the member lists are compared
+        with the ones the cursor carries. A list the cursor does not know is new to the
+        read: each of its members is a change. The link's own stamp is not known, so
+        these records sort at the start of the read.
+        """
+        changed: set[str] = set()
+        for list_id, ids in members.items():
+            before = previous.get(list_id)
+            changed |= ids ^ {str(i) for i in before} if isinstance(before, list) else ids
+        if not changed:
+            return
+        wanted = sorted(changed)
+        found = {record.id: record for module in self.settings.modules
+                 for start_at in range(0, len(wanted), self.settings.batch_size)
+                 for record in self.flavour.find(
+                     module, ids=wanted[start_at:start_at + self.settings.batch_size])}
+        for record_id in sorted(found):
+            yield (start, record_id), found[record_id], None
 
     def _fetch(self, module: str, record_id: str) -> SugarRecord | None:
         found = self.flavour.find(module, ids=[record_id])

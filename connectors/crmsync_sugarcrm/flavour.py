@@ -56,13 +56,10 @@ class SugarFlavour(ABC):
     def address_changes(self, since: datetime) -> Iterator[list[AddressChange]]:
         """Pages of EmailAddresses rows modified at or after ``since``, in order."""
 
-    def membership_changes(self, module: str, since: datetime) -> Iterator[list[SugarRecord]]:
-        """Live records of ``module`` whose target-list links changed since ``since``.
-
-        A link change does not touch the record's ``date_modified``. Flavours that
-        cannot ask (REST: use the relationship web logic hooks) return nothing.
-        """
-        return iter(())
+    def count(self, module: str) -> int | None:
+        """How many live records ``module`` holds, as the CRM counts them (``None``: the
+        API cannot say)."""
+        return None
 
     @abstractmethod
     def find(self, module: str, *, ids: Sequence[str] = (),

@@ -9,7 +9,12 @@ as HTTP 200 ``{"name","number","description"}``; "Invalid Session ID" (11) means
 in again. ``next_offset`` always advances, even past the last row. ``email_opt_out`` is
 ignored on a contact update: the opt-out is set on the ``EmailAddresses`` record, whose
 change does not touch the contact's ``date_modified``. A bad SQL ``query`` is a 500
-with an empty body.
+with an empty body. ``query`` and ``order_by`` pass SugarSQLValidate first: a subquery
+on any table but ``email_addr_bean_rel`` / ``email_addresses`` / ``emails*`` /
+``teams*`` (``prospect_lists_prospects``, say), or a nested one, is "Access Denied"
+(40). ``SugarBean::process_order_by`` keeps only bare field names: a prefixed term
+(``contacts.date_modified``) is dropped without a word and the rows come in id order,
+so ``order_by`` here is always bare (``date_modified ASC, id ASC``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "get_entry_list": ("session", "module_name", "query", "order_by", "offset",
                        "select_fields", "link_name_to_fields_array", "max_results",
                        "deleted", "favorites"),
+    "get_entries_count": ("session", "module_name", "query", "deleted"),
     "set_entries": ("session", "module_name", "name_value_lists"),
     "set_relationship": ("session", "module_name", "module_id", "link_field_name",
                          "related_ids", "name_value_list", "delete"),
@@ -218,7 +224,7 @@ class LegacyFlavour(SugarFlavour):
         found: list[tuple[str, str]] = []
         offset = 0
         while True:
-            data = self._entry_list("ProspectLists", "", "prospect_lists.name", offset,
+            data = self._entry_list("ProspectLists", "", "name ASC", offset,
                                     ["id", "name"], [], 0)
             entries = data.get("entry_list") or []
             for entry in entries:
@@ -311,9 +317,10 @@ class LegacyFlavour(SugarFlavour):
         links = [{"name": "email_addresses", "value": _ADDRESS_FIELDS}]
         while True:
             # deleted=1 returns deleted and live rows together (seen on SuiteCRM 7.12).
+            # Bare column names: process_order_by drops a prefixed term, and the
+            # keyset paging below is only right in (date_modified, id) order.
             data = self._entry_list(module, self._keyset(table, after, since),
-                                    f"{table}.date_modified ASC, {table}.id ASC", 0,
-                                    self._select(), links, 1)
+                                    "date_modified ASC, id ASC", 0, self._select(), links, 1)
             records = self._records(module, data)
             for record in records:
                 if record.deleted and not record.addresses:
@@ -329,7 +336,7 @@ class LegacyFlavour(SugarFlavour):
         while True:
             data = self._entry_list(
                 "EmailAddresses", self._keyset("email_addresses", after, since),
-                "email_addresses.date_modified ASC, email_addresses.id ASC", 0,
+                "date_modified ASC, id ASC", 0,
                 ["id", "email_address", "opt_out", "date_modified"], [], 0)
             rows = []
             for entry in data.get("entry_list") or []:
@@ -345,24 +352,9 @@ class LegacyFlavour(SugarFlavour):
                 return
             after = (rows[-1].date_modified, rows[-1].id)
 
-    def membership_changes(self, module: str, since: datetime) -> Iterator[list[SugarRecord]]:
-        # SuiteCRM has no web hooks, and a target-list link does not move the record's
-        # date_modified: the link table's own stamp says which records to read again.
-        table = module.lower()
-        query = (f"{table}.id IN (SELECT plp.related_id FROM prospect_lists_prospects plp "
-                 f"WHERE plp.related_type = {sql_text(module)} "
-                 f"AND plp.date_modified >= {sql_text(_stamp(since))})")
-        links = [{"name": "email_addresses", "value": _ADDRESS_FIELDS}]
-        offset = 0
-        while True:
-            data = self._entry_list(module, query, f"{table}.id ASC", offset, self._select(),
-                                    links, 0)
-            records = self._records(module, data)
-            if records:
-                yield records
-            if len(records) < self.settings.page_size:
-                return
-            offset += len(records)
+    def count(self, module: str) -> int:
+        data = self.call("get_entries_count", module_name=module, query="", deleted=0)
+        return int((data or {}).get("result_count") or 0)
 
     @staticmethod
     def _by_address(table: str, module: str, emails: Sequence[str]) -> str:
@@ -387,8 +379,7 @@ class LegacyFlavour(SugarFlavour):
         found: list[SugarRecord] = []
         offset = 0
         while True:
-            data = self._entry_list(module, query, f"{table}.id ASC", offset, self._select(),
-                                    links, 0)
+            data = self._entry_list(module, query, "id ASC", offset, self._select(), links, 0)
             records = self._records(module, data)
             found.extend(records)
             if len(records) < self.settings.page_size:

@@ -119,6 +119,9 @@ class VtigerConnector(Connector):
             return self.reader.full()
         return self.reader.since(since)
 
+    def full_read_count(self) -> int | None:
+        return self.reader.full_read_count()
+
     def write(self, changes: Sequence[Change]) -> list[WriteResult]:
         if not changes:
             return []

@@ -105,6 +105,7 @@ class ContactReader:
         self._memberships = memberships
         self.warned_owner_scope = False
         self.skipped_without_email = 0
+        self._full: tuple[int, int] | None = None  # count before the full read, skips then
 
     @property
     def codec(self) -> FieldCodec:
@@ -113,6 +114,7 @@ class ContactReader:
 
     # -- entry points -------------------------------------------------------------------
     def full(self) -> Iterator[Page]:
+        self._full = (self.count(), self.skipped_without_email)
         members = self._memberships()
         data = self._data(members)
         yield from self._pages(self._scan(None), members, data)
@@ -138,6 +140,19 @@ class ContactReader:
             stream = heapq.merge(self._sync(epoch), self._others(self._scan(stamp)),
                                  key=lambda item: (item.at, item.crmid))
         yield from self._pages(stream, members, data)
+
+    def count(self) -> int:
+        """The Contacts the API user can see (VTQL ``count(*)``: ``[{"count": "n"}]``)."""
+        rows = self._query("select count(*) from Contacts;")
+        return int(rows[0]["count"]) if rows else 0
+
+    def full_read_count(self) -> int | None:
+        """After :meth:`full`: the smaller of the counts before and after it, less the
+        contacts it skipped for want of an address."""
+        if self._full is None:
+            return None
+        before, skipped = self._full
+        return min(before, self.count()) - (self.skipped_without_email - skipped)
 
     # -- the three sources --------------------------------------------------------------
     def _columns(self) -> str:

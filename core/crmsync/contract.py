@@ -173,6 +173,16 @@ class Connector(ABC):
     def decode_event(self, request: InboundRequest) -> list[Change]:
         """Turn a webhook / outbound message into changes, or raise ``EventRejected``."""
 
+    def full_read_count(self) -> int | None:
+        """After a full read (``read(None)``) was consumed to its end: how many distinct
+        records it should have yielded, by the vendor's own count, less the records the
+        connector left out on purpose (no usable address, say). ``None``: cannot say.
+
+        The engine fails a full read that yields fewer distinct records, so that paging
+        that loses records is never a run that "succeeded".
+        """
+        return None
+
     def event_ack(self, request: InboundRequest) -> tuple[int, str, bytes]:
         """The answer the sender expects once its event is stored: status, type, body."""
         return 200, "text/plain", b"OK"

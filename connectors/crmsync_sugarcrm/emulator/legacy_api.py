@@ -26,7 +26,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .sql import Node, SqlError, evaluate, id_candidates, lower_bound, parse_where, pins
+from .sql import (
+    Node,
+    SqlError,
+    evaluate,
+    id_candidates,
+    lower_bound,
+    parse_where,
+    pins,
+    process_order_by,
+    validate_clauses,
+)
 from .store import PERSON_MODULES, Address, Person, SugarStore, TableError, TargetList, stamp
 
 if TYPE_CHECKING:
@@ -47,6 +57,7 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], int]] = {
                    "link_name_to_fields_array", "track_view"), 5),
     "get_entries": (("session", "module_name", "ids", "select_fields",
                      "link_name_to_fields_array", "track_view"), 5),
+    "get_entries_count": (("session", "module_name", "query", "deleted"), 4),
     "set_entry": (("session", "module_name", "name_value_list", "track_view"), 3),
     "set_entries": (("session", "module_name", "name_value_lists"), 3),
     "set_relationship": (("session", "module_name", "module_id", "link_field_name",
@@ -71,6 +82,8 @@ def soap_error(name: str, number: int | str, description: str) -> dict[str, Any]
 
 INVALID_SESSION = soap_error("Invalid Session ID", 11, "The session ID is invalid")
 NO_MODULE = soap_error("Module Does Not Exist", 20, "This module is not available on this server")
+# SoapHelperWebServices::checkQuery: SugarSQLValidate refused the query or order_by.
+ACCESS_DENIED = soap_error("Access Denied", 40, "You do not have access")
 
 
 def _bit(value: Any) -> str:
@@ -255,33 +268,45 @@ class LegacyApi:
                                "date_modified": stamp(row.date_modified),
                                "deleted": _bit(row.deleted)}
 
+        # prospect_lists_prospects exists, but SugarSQLValidate refuses a subquery on it
+        # (Access Denied, seen on SuiteCRM 7.12.14): see validate_clauses.
         return {"email_addr_bean_rel": bean_rel, "email_addresses": addresses,
                 "prospect_lists_prospects": members}
+
+    def _fields(self, module: str) -> set[str]:
+        """The module's field names (its vardefs, as process_order_by knows them)."""
+        if module in PERSON_MODULES:
+            return {"id", "date_modified", "date_entered", "deleted", "email1",
+                    "email_opt_out", *self.emulator.known_fields}
+        if module == "EmailAddresses":
+            return {"id", "email_address", "email_address_caps", "opt_out", "invalid_email",
+                    "date_created", "date_modified", "deleted"}
+        return {"id", "name", "list_type", "date_modified", "deleted", "entry_count"}
 
     def _rows(self, module: str, query: Node | None, cache: dict[int, set[str]],
               order_by: str) -> Iterable[tuple[Any, dict[str, Any]]]:
         table = _TABLES[module]
         tables = self._tables()
+        order = process_order_by(order_by, self._fields(module))
         if module in PERSON_MODULES:
             people = self.store.module(module)
             pinned = id_candidates(query, f"{table}.id", tables, cache)
             if pinned is None:
                 pinned = id_candidates(query, "id", tables, cache)
-            keyset = order_by.replace(" ", "").lower() in (
-                f"{table}.date_modifiedasc,{table}.idasc", f"{table}.date_modifiedasc")
             if pinned is not None:
-                chosen = sorted((people[i] for i in pinned if i in people),
-                                key=lambda p: (p.date_modified, p.id))
-                return ((p, self._person_row(p)) for p in chosen)
-            if keyset:
+                chosen = [people[i] for i in pinned if i in people]
+            elif order in ([("date_modified", False), ("id", False)],
+                           [("date_modified", False)]):
+                # the (date_modified, id) index, for keyset scans of large stores
                 bound = lower_bound(query, f"{table}.date_modified")
                 start = None
                 if bound:
                     start = datetime.fromisoformat(bound.replace(" ", "T") + "+00:00")
                 return ((people[key[1]], self._person_row(people[key[1]]))
                         for key in self.store.ordered_from(module, start))
-            rows: list[tuple[Any, dict[str, Any]]] = [
-                (p, self._person_row(p)) for p in people.values()]
+            else:
+                chosen = list(people.values())
+            rows: list[tuple[Any, dict[str, Any]]] = [(p, self._person_row(p)) for p in chosen]
         elif module == "EmailAddresses":
             pinned_caps = pins(query, "email_addresses").get("email_address_caps")
             chosen_a = [self.store.addresses[self.store.by_caps[c]] for c in pinned_caps
@@ -292,19 +317,18 @@ class LegacyApi:
             rows = [(t, self._list_row(t)) for t in self.store.lists.values()]
         else:
             rows = []
-        return self._order(rows, order_by)
+        return self._order(rows, order)
 
     @staticmethod
-    def _order(rows: list[tuple[Any, dict[str, Any]]], order_by: str
+    def _order(rows: list[tuple[Any, dict[str, Any]]], order: list[tuple[str, bool]]
                ) -> list[tuple[Any, dict[str, Any]]]:
-        for part in reversed([p.strip() for p in order_by.split(",") if p.strip()]):
-            bits = part.split()
-            column = bits[0].lower()
-            if rows and column not in rows[0][1]:
-                raise SqlError(f"unknown column {column}")
+        # No ORDER BY left: MySQL (InnoDB) returns the rows in primary-key order, as a
+        # real SuiteCRM 7.12.14 did for an order_by of prefixed terms.
+        rows.sort(key=lambda pair: str(pair[1].get("id") or ""))
+        for column, descending in reversed(order):
             def key(pair: tuple[Any, dict[str, Any]], field: str = column) -> str:
                 return str(pair[1].get(field) or "")
-            rows.sort(key=key, reverse=len(bits) > 1 and bits[1].upper() == "DESC")
+            rows.sort(key=key, reverse=descending)
         return rows
 
     def _select(self, row: dict[str, Any], select: list[str]) -> dict[str, Any]:
@@ -336,8 +360,28 @@ class LegacyApi:
         return {"entry_list": entry_list, "relationship_list": relationships}
 
     # -- reading -----------------------------------------------------------------------
+    def _refused(self, args: dict[str, Any], query_arg: str) -> bool:
+        """checkQuery: would SugarSQLValidate refuse this call's query and order_by?"""
+        return not validate_clauses(str(args.get(query_arg) or ""),
+                                    str(args.get("order_by") or ""), self._tables())
+
+    def do_get_entries_count(self, args: dict[str, Any]) -> Any:
+        module = str(args["module_name"])
+        if self._refused(args, "query"):
+            return ACCESS_DENIED
+        query = parse_where(str(args.get("query") or ""), self._tables())
+        deleted = str(args.get("deleted")) in ("1", "True", "true")
+        cache: dict[int, set[str]] = {}
+        tables = self._tables()
+        total = sum(1 for _, row in self._rows(module, query, cache, "")
+                    if (deleted or row.get("deleted") != "1")
+                    and evaluate(query, row, tables, cache))
+        return {"result_count": str(total)}  # a string, as SuiteCRM answers
+
     def do_get_entry_list(self, args: dict[str, Any]) -> Any:
         module = str(args["module_name"])
+        if self._refused(args, "query"):
+            return ACCESS_DENIED
         query = parse_where(str(args.get("query") or ""), self._tables())
         offset = int(args.get("offset") or 0)
         max_results = int(args.get("max_results") or 0) or 20
@@ -398,6 +442,8 @@ class LegacyApi:
 
     def do_get_relationships(self, args: dict[str, Any]) -> Any:
         module, link = str(args["module_name"]), str(args["link_field_name"])
+        if self._refused(args, "related_module_query"):
+            return ACCESS_DENIED
         record_id = str(args["module_id"])
         if module == "ProspectLists":
             target = self.store.lists.get(record_id)

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Node", "SqlError", "id_candidates", "lower_bound", "parse_where", "pins"]
+__all__ = ["Node", "SqlError", "id_candidates", "lower_bound", "parse_where", "pins",
+           "process_order_by", "validate_clauses"]
 
 
 class SqlError(ValueError):
@@ -335,3 +336,72 @@ def id_candidates(node: Node | None, column: str, tables: Tables,
             if found is not None:
                 return found
     return None
+
+
+# -- SugarSQLValidate (include/SugarSQLValidate.php, SuiteCRM 7.12.14) --------------------
+# Every v4_1 call that takes a ``query`` / ``order_by`` runs them through
+# ``SoapHelperWebServices::checkQuery``; a refusal is the SOAP error "Access Denied" (40),
+# not a 500. Subqueries are allowed in the WHERE only on these tables, must select plain
+# columns, and may not hold another subquery; column names have at most one dot, only
+# [a-z0-9._#] and never ``user_hash``; ORDER BY takes no subquery at all.
+SUBQUERY_TABLES = frozenset({"email_addr_bean_rel", "email_addresses", "emails", "emails_beans",
+                             "emails_text", "teams", "team_sets_teams"})
+_COLUMN = re.compile(r"^[a-z0-9_#]+(\.[a-z0-9_#]+)?$")
+_ORDER_TERM = re.compile(r"^\s*([A-Za-z0-9_#.`]+)(?:\s+(ASC|DESC))?\s*$", re.IGNORECASE)
+
+
+def _column_ok(name: str) -> bool:
+    name = name.lower().replace("`", "")
+    return _COLUMN.match(name) is not None and "user_hash" not in name.split(".")
+
+
+def _node_ok(node: Node | None, *, subqueries: bool) -> bool:
+    if node is None:
+        return True
+    if node.kind == "col":
+        return _column_ok(str(node.args[0]))
+    if node.kind == "lit":
+        return True
+    if node.kind == "select":
+        column, sources, join, where = node.args
+        if not subqueries or not _column_ok(column):
+            return False
+        if any(table not in SUBQUERY_TABLES for table, _ in sources):
+            return False
+        if join is not None and not (_column_ok(join[0]) and _column_ok(join[2])):
+            return False
+        # SugarSQLValidate demands a WHERE in the subquery, without subqueries of its own
+        return where is not None and _node_ok(where, subqueries=False)
+    return all(_node_ok(arg, subqueries=subqueries) for arg in node.args
+               if isinstance(arg, Node))
+
+
+def validate_clauses(where: str, order_by: str, tables: Tables) -> bool:
+    """Would SugarSQLValidate::validateQueryClauses pass ``where`` and ``order_by``?
+
+    Raises :class:`SqlError` for a WHERE the emulator cannot parse at all.
+    """
+    if not _node_ok(parse_where(where, tables), subqueries=True):
+        return False
+    for term in order_by.split(",") if order_by.strip() else ():
+        # "col", "col ASC|DESC"; another word reads as an alias, which is refused
+        match = _ORDER_TERM.match(term)
+        if match is None or not _column_ok(match.group(1)):
+            return False
+    return True
+
+
+def process_order_by(order_by: str, fields: Iterable[str]) -> list[tuple[str, bool]]:
+    """``SugarBean::process_order_by``: the terms that name a field of the module, bare.
+
+    A term whose column is not a field name (``contacts.date_modified``, with its table
+    prefix) is dropped without a word; what is left is ``(field, descending)``. With no
+    term left there is no ORDER BY, and MySQL returns rows in primary-key (id) order.
+    """
+    known = set(fields)
+    kept: list[tuple[str, bool]] = []
+    for term in order_by.split(","):
+        bits = term.split()
+        if bits and bits[0] in known:
+            kept.append((bits[0], len(bits) > 1 and bits[1].lower() == "desc"))
+    return kept

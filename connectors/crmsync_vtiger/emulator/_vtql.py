@@ -3,7 +3,8 @@
 Grammar: ``SELECT cols|*|count(*) FROM Module [WHERE c op v {AND|OR} ...]
 [ORDER BY col [ASC|DESC]] [LIMIT n | LIMIT off,n];`` with ``= != <> < > <= >= LIKE IN``.
 As on vTiger 8.0.0: a missing ``;`` is ``QUERY_SYNTAX_ERROR``; an unknown module, an
-unknown column or a mangled ``FROM`` is ``ACCESS_DENIED``; there are no parentheses
+unknown column or a mangled ``FROM`` is ``ACCESS_DENIED``; an empty string literal
+(``email = ''``) is ``INTERNAL_SERVER_ERROR``; there is no ``IS NULL``; there are no parentheses
 for grouping, no joins and no ``OFFSET``. ``LIMIT`` defaults to, and is capped at, 100.
 """
 
@@ -191,6 +192,10 @@ class _Parser:
     def value(self) -> str:
         kind, text = self.next("VALUE")
         if kind == "string":
+            if text == "''":
+                # vTiger 8.0.0 fails on an empty string literal (email = '', lastname = '',
+                # email like ''), seen on the real server
+                raise VtqlError("INTERNAL_SERVER_ERROR", "Unknown Error while processing request")
             return _unquote(text)
         if kind == "number":
             return text

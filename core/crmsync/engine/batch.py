@@ -65,6 +65,7 @@ from ..state import (
     snapshot_row,
     status_hash,
 )
+from .completeness import checked_full_read
 from .consent import decide
 from .mapping import ListMapper
 
@@ -775,7 +776,11 @@ class BatchSync:
                       tie_id="", data=cursor.data)
 
     def _pages(self, full: bool) -> Iterator[tuple[list[_Pending], Cursor | None]]:
-        for number, page in enumerate(self.crm.read(self._since(full)), 1):
+        since = self._since(full)
+        pages = self.crm.read(since)
+        if since is None:  # a full read must come back whole: see completeness.py
+            pages = checked_full_read(self.crm, pages, self._forget_crm_cursor)
+        for number, page in enumerate(pages, 1):
             records = list(page.records)
             if self.hooks.has_transforms:
                 records = [self.hooks.transform_contact(r, "crm_to_esp") for r in records]
@@ -784,6 +789,11 @@ class BatchSync:
             yield self._outbound_page(records), page.cursor
             if number % 8 == 0:
                 gc.collect()  # see _streaming_gc: keeps memory flat as contacts grow
+
+    def _forget_crm_cursor(self) -> None:
+        """A full read came up short: the next run reads everything again."""
+        with self._tx() as conn:
+            self.store.clear_cursor(conn, "crm")
 
     def _outbound_page(self, records: list[Contact]) -> list[_Pending]:
         # The same record may come twice (overlap window, a page boundary): last wins.

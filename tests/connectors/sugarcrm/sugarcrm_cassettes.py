@@ -50,6 +50,11 @@ def _alice_found() -> tuple[int, Any]:
     return status, page
 
 
+def _count(n: int) -> Callable[[], tuple[int, Any]]:
+    # get_entries_count: a string, as a real SuiteCRM 7.12.14 answers (tests/live)
+    return lambda: (200, {"result_count": str(n)})
+
+
 def _logout() -> tuple[int, Any]:
     return captured(41)  # the body is the text "null"
 
@@ -84,10 +89,10 @@ _INVALID = {"error": "invalid_grant", "error_message": "The access token provide
 SCENARIOS: dict[str, tuple[dict[str, Any], list[Callable[[], tuple[int, Any]]]]] = {
     "v4_1_login_refused": ({"flavour": "v4_1"}, [lambda: captured(1)]),
     "v4_1_read_pages": ({"flavour": "v4_1", "page_size": 2}, [
-        lambda: captured(4), lambda: captured(30), lambda: captured(26),
+        lambda: captured(4), lambda: captured(30), lambda: captured(26), _count(5),
         lambda: captured(13), lambda: captured(14), lambda: captured(15), _logout]),
     "v4_1_session_lost": ({"flavour": "v4_1", "page_size": 10, "target_lists": []}, [
-        lambda: captured(4), lambda: captured(35), lambda: captured(4),
+        lambda: captured(4), lambda: captured(35), lambda: captured(4), _count(4),
         lambda: captured(33), _logout]),
     "v4_1_bad_query": ({"flavour": "v4_1"}, [lambda: captured(4), lambda: captured(36), _logout]),
     "v4_1_opt_out_and_list": ({"flavour": "v4_1"}, [

@@ -188,6 +188,68 @@ def test_v4_1_error_bodies(legacy):
                            for r in records)
 
 
+DENIED = {"name": "Access Denied", "number": 40, "description": "You do not have access"}
+
+
+@pytest.mark.parametrize("query", [
+    # a subquery on a table SugarSQLValidate does not list (what crmsync once sent)
+    "contacts.id IN (SELECT plp.related_id FROM prospect_lists_prospects plp "
+    "WHERE plp.deleted = 0)",
+    # a subquery inside a subquery
+    "contacts.id IN (SELECT eabr.bean_id FROM email_addr_bean_rel eabr WHERE "
+    "eabr.email_address_id IN (SELECT ea.id FROM email_addresses ea WHERE ea.deleted = 0))",
+    # the forbidden column
+    "contacts.user_hash = 'x'",
+])
+def test_v4_1_sugarsqlvalidate_refuses_with_access_denied(legacy, query):
+    """SuiteCRM 7.12.14 answers these with HTTP 200 Access Denied (40), as the real
+    server did (cassettes/sugarcrm/real_v4_1_access_denied.yaml)."""
+    _, session, call = legacy
+    assert call("get_entry_list", session, "Contacts", query, "", 0, ["id"], [], 5, 0,
+                False) == DENIED
+    assert call("get_entries_count", session, "Contacts", query, 0) == DENIED
+
+
+def test_v4_1_sugarsqlvalidate_allows_address_subqueries_and_counts(legacy):
+    server, session, call = legacy
+    query = ("contacts.id IN (SELECT eabr.bean_id FROM email_addr_bean_rel eabr "
+             "JOIN email_addresses ea ON ea.id = eabr.email_address_id "
+             "WHERE eabr.bean_module = 'Contacts' AND eabr.deleted = 0 "
+             f"AND ea.email_address_caps IN ('{TWO.upper()}'))")
+    found = call("get_entry_list", session, "Contacts", query, "", 0, ["id"], [], 5, 0, False)
+    assert [e["id"] for e in found["entry_list"]] == [state(server)[TWO]["ids"]["sugarcrm"]]
+    assert call("get_entries_count", session, "Contacts", "", 0) == {"result_count": "5"}
+    assert call("get_entries_count", session, "Contacts", query, 0) == {"result_count": "1"}
+
+
+def test_v4_1_order_by_drops_prefixed_terms_and_refuses_odd_ones(legacy):
+    """SugarBean::process_order_by keeps only bare field names: a prefixed term is
+    dropped and the rows come in id (primary key) order, as on the real server."""
+    server, session, call = legacy
+    with server.emulator.lock:  # make date order and id order differ
+        store = server.emulator.store
+        people = sorted(store.people["Contacts"].values(), key=lambda p: p.id)
+        for person in people[:2]:
+            store.touch(person)
+
+    def ids(order_by):
+        answer = call("get_entry_list", session, "Contacts", "", order_by, 0,
+                      ["id", "date_modified"], [], 10, 0, False)
+        if "entry_list" not in answer:
+            return answer
+        return [e["id"] for e in answer["entry_list"]]
+
+    by_id = sorted(p.id for p in people)
+    by_date = [p.id for p in sorted(people, key=lambda p: (p.date_modified, p.id))]
+    assert by_id != by_date
+    assert ids("contacts.date_modified ASC, contacts.id ASC") == by_id
+    assert ids("") == by_id
+    assert ids("date_modified ASC, id ASC") == by_date
+    assert ids("date_modified DESC, id DESC") == by_date[::-1]
+    assert ids("no_such_field ASC") == by_id
+    assert ids("last_name sideways") == DENIED
+
+
 def test_emulator_options_and_demo_profile(monkeypatch):
     assert SugarEmulator(flavour="v4_1").flavour == "v4_1"
     with pytest.raises(ValueError):

@@ -129,9 +129,10 @@ def test_v4_1_stops_on_a_short_page_although_next_offset_advances(serve, connect
     reset_requests(server)
     records = read_all(connector)
     assert len(records) == 10
-    # login, two full pages, then a third that comes back empty: next_offset never
-    # says "end" in v4_1, so a short page is the only sign
-    assert requests_made(server) == {"POST /service/v4_1/rest.php": 4}
+    # login, the count (get_entries_count, for full_read_count), two full pages, then a
+    # third that comes back empty: next_offset never says "end" in v4_1, so a short
+    # page is the only sign
+    assert requests_made(server) == {"POST /service/v4_1/rest.php": 5}
 
 
 def test_rest_reads_until_next_offset_is_minus_one(serve, connect):
@@ -176,10 +177,11 @@ def test_cursor_inside_a_second_starts_at_that_second(serve, connect):
     assert cursor.tie_id in {r.ids["sugarcrm"] for r in read_all(connector, shifted)}
 
 
-def test_v4_1_polling_sees_target_list_changes_that_touch_no_record(serve, connect):
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_polling_sees_target_list_changes_that_touch_no_record(serve, connect, flavour):
     """SuiteCRM has no web hooks; a link added or removed on a target list does not move
-    the contact's date_modified, so the link table's stamp is read too."""
-    server = serve("v4_1", contacts=6)
+    the contact's date_modified, so each read compares the lists with the cursor's."""
+    server = serve(flavour, contacts=6)
     connector = connect(server)
     cursor = last_cursor(connector)
     people = state(server)
@@ -195,3 +197,30 @@ def test_v4_1_polling_sees_target_list_changes_that_touch_no_record(serve, conne
     changed = {r.email: dict(r.memberships) for r in read_all(connector, cursor)}
     assert changed[outside] == {LIST_KEY: ""}
     assert changed[inside] == {}
+
+
+def test_v4_1_full_read_of_250_with_the_default_page_size_is_whole(serve, connect):
+    """Issue #13: SuiteCRM drops a prefixed order_by term, rows came in id order and the
+    (date_modified, id) keyset paging skipped some and repeated others (208 of 250)."""
+    server = serve("v4_1", contacts=250, seed=7)
+    connector = connect(server)  # page_size 200, the default
+    records = read_all(connector)
+    ids = [r.ids["sugarcrm"] for r in records]
+    assert len(ids) == len(set(ids)) == 250
+    assert connector.full_read_count() == 250
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_diff_read_without_target_lists_reads_no_list(serve, connect, flavour):
+    """Issue #13: every v4_1 diff read sent a query on prospect_lists_prospects, which
+    SuiteCRM refuses (Access Denied); with no target list there is nothing to compare."""
+    server = serve(flavour, contacts=4)
+    connector = connect(server, target_lists=[])
+    cursor = last_cursor(connector)
+    time.sleep(1.05)
+    control(server, "update", {"email": "contact0-1@example.com",
+                               "fields": {"last_name": "Renamed"}})
+    reset_requests(server)
+    changed = read_all(connector, cursor)
+    assert [r.email for r in changed][-1] == "contact0-1@example.com"
+    assert not any("ProspectLists" in path for path in requests_made(server))

@@ -74,12 +74,16 @@ def build(captures: Path) -> dict[str, list[dict[str, Any]]]:
     return {
         "full_read": [
             *login(c),
+            interaction(c, "17_query_contacts_count.json",
+                        note="count(*) before the full read (full_read_count)"),
             interaction(c, "08_describe_Campaigns.json"),
             interaction(c, "07_describe_Contacts.json"),
             interaction(c, "50_retrieve_related_campaign_contacts.json"),
             interaction(c, "15_query_contacts_modifiedtime.json",
                         params={"query": contacts_page},
                         note="crmsync's first full-read page; response as captured"),
+            interaction(c, "17_query_contacts_count.json",
+                        note="count(*) after the full read (full_read_count)"),
         ],
         "incremental_sync": [
             *login(c),

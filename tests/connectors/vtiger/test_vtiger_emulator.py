@@ -93,6 +93,10 @@ def test_query_caps_rows_at_100_and_counts(raw):
     ("select * from NoSuchModule;", "ACCESS_DENIED"),
     ("select * from Contacts where (email = 'a@b.c');", "QUERY_SYNTAX_ERROR"),
     ("select * from Contacts limit 10 offset 5;", "QUERY_SYNTAX_ERROR"),
+    # seen on the real vTiger 8.0.0 (tests/live): an empty literal, and no IS NULL
+    ("select id from Contacts where email = '';", "INTERNAL_SERVER_ERROR"),
+    ("select id from Contacts where lastname like '';", "INTERNAL_SERVER_ERROR"),
+    ("select id from Contacts where email is null;", "QUERY_SYNTAX_ERROR"),
 ])
 def test_vtql_errors(raw, statement, code):
     answer = raw.query(statement)
