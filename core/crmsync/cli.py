@@ -27,7 +27,8 @@ from rich.table import Table
 
 from . import __version__
 from .config import Config, load_config
-from .errors import ConfigError, CrmsyncError, PluginError
+from .errors import ConfigError, CrmsyncError, DataError, PluginError
+from .model import normalize_email
 from .registry import CONNECTORS, EMULATORS, available, load, load_emulator
 
 __all__ = ["main"]
@@ -73,6 +74,17 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def email_param(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: an address given on the command line is checked, as at every
+    other way in; a bad one is a usage error (exit 2)."""
+    if value is None:
+        return None
+    try:
+        return normalize_email(value)
+    except ValueError as exc:
+        raise ConfigError(f"{param.human_readable_name}: {exc}: give name@domain") from None
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"crmsync: error: {message}", err=True)
     sys.exit(code)
@@ -87,6 +99,8 @@ class CrmsyncGroup(click.Group):
         except ConfigError as exc:
             fail(str(exc), EXIT_USAGE)
         except PluginError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except DataError as exc:  # what the user gave is not acceptable as given
             fail(str(exc), EXIT_USAGE)
         except CrmsyncError as exc:
             fail(str(exc), EXIT_ERROR)

@@ -110,7 +110,8 @@ class RealtimeService:
 
     def send(self, message_id: str, **kwargs: Any) -> SendResult:
         with self.lock:
-            return send(self.esp, message_id, **kwargs)
+            return send(self.esp, message_id, config=self.config, store=self.store,
+                        source="POST /send", **kwargs)
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> RealtimeService:
