@@ -264,6 +264,12 @@ def build_app(service: RealtimeService) -> Starlette:
             log.warning("decoding a %s event needed the vendor, which failed: %s", side, exc)
             return PlainTextResponse("cannot decode the event now: send again later\n",
                                      status_code=503, headers={"Retry-After": "30"})
+        except (ValueError, TypeError, KeyError, IndexError, LookupError, RecursionError,
+                UnicodeError) as exc:
+            # a decoder tripping over what it was sent (JSON nested 50,000 deep, a field
+            # of the wrong type): the body is malformed, not the server broken
+            return _reject(service, side, 400, f"malformed {side} event: "
+                           f"{type(exc).__name__}")
         except _NotStored as exc:
             log.error("could not store a %s event: %s", side, exc.__cause__)
             return PlainTextResponse("cannot store the event now: send again later\n",
