@@ -300,8 +300,10 @@ def check(obj: Context) -> None:
                               f"{escape(str(result['detail']))}")
 
     obj.emit(results, render)
+    # check tests the configuration: a side that refuses it (credentials, settings, a
+    # URL it cannot be reached at) is a configuration error
     if not all(result["ok"] for result in results.values()):
-        sys.exit(EXIT_FAILED)
+        sys.exit(EXIT_USAGE)
 
 
 def main(argv: list[str] | None = None) -> None:
