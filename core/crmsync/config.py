@@ -312,8 +312,8 @@ def load_config(path: str | Path, *, environ: dict[str, str] | None = None) -> C
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})"
-                          ": save the file as UTF-8") from None
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte "
+                          f"0x{exc.object[exc.start]:02x}): save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     raw.setdefault("base_dir", str(path.parent.resolve()))
