@@ -230,6 +230,8 @@ class ServerConfig(_Strict):
     shutdown_timeout_s: float = Field(30.0, ge=0)
     # Applied events are kept this long, so that a late redelivery is still recognised.
     inbox_keep_days: float = Field(7.0, gt=0)
+    # /readyz answers 503 once the CRM poller has failed this many times in a row
+    ready_poll_failures: int = Field(3, ge=1)
 
     @field_validator("allow_ips", "trusted_proxies")
     @classmethod

@@ -291,9 +291,17 @@ def build_app(service: RealtimeService) -> Starlette:
             problems.append("shutting down")
         if service.worker_expected and not service.worker.running:
             problems.append("the worker is not running")
+        worker = service.worker
+        if (worker.poll_enabled
+                and worker.poll_failures >= service.config.server.ready_poll_failures):
+            problems.append(f"the CRM poller failed {worker.poll_failures} times in a row "
+                            f"(last: {worker.poll_error[:300]})")
         queue = None
         try:
             queue = await run_in_threadpool(service.store.inbox_pending_count)
+            storage = await run_in_threadpool(service.storage_problem)
+            if storage:
+                problems.append(f"state store: {storage}")
         except CrmsyncError as exc:
             problems.append(f"state store: {exc}")
         body = {"ready": not problems, "queue": queue, "problems": problems}
