@@ -90,8 +90,24 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     sys.exit(code)
 
 
+_ANYWHERE = frozenset({"--json", "-v", "-vv", "-vvv", "--verbose"})
+
+
 class CrmsyncGroup(click.Group):
-    """Turns crmsync errors into one clear line and the documented exit code."""
+    """Turns crmsync errors into one clear line and the documented exit code.
+
+    ``--json`` and ``-v`` are accepted after the command too (``crmsync sync --json``),
+    as the README writes them: they are moved before it.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            head, tail = args[:args.index("--")], args[args.index("--"):]
+        else:
+            head, tail = args, []
+        moved = [arg for arg in head if arg in _ANYWHERE]
+        rest = [arg for arg in head if arg not in _ANYWHERE]
+        return super().parse_args(ctx, moved + rest + tail)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
