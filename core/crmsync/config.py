@@ -8,6 +8,7 @@ is expected. Secrets are never read from the TOML: connector secrets come from
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -296,7 +297,15 @@ def read_secrets_file(path: Path) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if not sep:
             raise ConfigError(f"{path}, line {number}: expected KEY=value")
-        values[key.strip()] = value.strip().strip("'\"")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"' and "\\" in value:
+            # dotenv's double-quoted value: \n and friends (a PEM key on one line)
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"{path}, line {number}: a bad escape in a double-quoted "
+                                  "value") from None
+        values[key.strip()] = value.strip("'\"")
     return values
 
 
