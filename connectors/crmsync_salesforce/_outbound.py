@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 from xml.etree import ElementTree
 
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as safe_fromstring
+
 from crmsync.errors import EventRejected
 from crmsync.model import Change, Op, normalize_email
 
@@ -48,12 +51,14 @@ def decode_notifications(body: bytes, *, organization_id: str | None, source: st
     if not organization_id:
         raise EventRejected("Outbound Messages are refused until organization_id (00D...) is "
                             "set in the salesforce settings", status=401)
-    if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
-        raise EventRejected("an Outbound Message never carries a DTD: refused", status=400)
     try:
-        # DTDs are refused above, so no entity expansion or external fetch can happen.
-        root = ElementTree.fromstring(body)  # noqa: S314
-    except ElementTree.ParseError as exc:
+        # The parser refuses any DTD, whatever the encoding (a byte scan for "<!DOCTYPE"
+        # misses UTF-16): no entity expansion, no external fetch.
+        root = safe_fromstring(body, forbid_dtd=True)
+    except DefusedXmlException:
+        raise EventRejected("an Outbound Message never carries a DTD: refused",
+                            status=400) from None
+    except (ElementTree.ParseError, ValueError) as exc:
         raise EventRejected(f"not an Outbound Message (XML: {exc})", status=400) from None
     notifications = next((e for e in root.iter() if _local(e.tag) == "notifications"), None)
     if notifications is None:

@@ -20,7 +20,11 @@ from .errors import ConfigError, DataError
 from .model import Contact, SendResult, Status, WriteResult, normalize_email
 from .state import JournalEntry, Snapshot, StateStore, status_hash
 
-__all__ = ["send", "subscribe"]
+__all__ = ["ConsentRefused", "send", "subscribe"]
+
+
+class ConsentRefused(DataError):
+    """A send to an address that withdrew its consent, without ``transactional``."""
 
 
 def subscribe(esp: Connector, email: str, lists: Sequence[str], *,
@@ -107,21 +111,74 @@ def _record(store: StateStore, key: str, address: str, status: Status,
 
 
 def send(esp: Connector, message_id: str, *, to: str | None = None, list_id: str | None = None,
-         group_id: str | None = None) -> SendResult:
+         group_id: str | None = None, transactional: bool = False, config: Config | None = None,
+         store: StateStore | None = None, source: str = "send") -> SendResult:
     """Send the ESP's message ``message_id`` to one address, or to a list (or one of
-    its groups)."""
+    its groups).
+
+    With ``store``, an address crmsync knows as unsubscribed from every list it is on is
+    refused (:class:`ConsentRefused`) unless ``transactional`` says the message is one
+    the person needs whatever their marketing consent (a receipt, a password reset);
+    such a send is journaled, status unchanged. With ``config``, ``list_id`` must be
+    one of its ``[[lists]]``.
+    """
     if not isinstance(esp, MessageSender):
         raise ConfigError(f"the ESP connector {esp.name!r} cannot send messages "
                           "(no send_message capability)")
-    if not str(message_id).strip():
+    message_id = str(message_id).strip()
+    if not message_id:
         raise ConfigError("say which message to send: --message ID")
+    if len(message_id) > _MAX_ID or not message_id.isprintable():
+        raise ConfigError(f"message id {message_id[:20]!r}...: not an ESP message id "
+                          f"(at most {_MAX_ID} printable characters)")
     if (to is None) == (list_id is None):
         raise ConfigError("give exactly one of --to EMAIL or --list ID")
     if group_id is not None and list_id is None:
         raise ConfigError("--group needs --list: a group belongs to a list")
+    if config is not None and list_id is not None and str(list_id) not in config.list_ids():
+        known = ", ".join(config.list_ids()) or "none"
+        raise ConfigError(f"list {list_id} is not configured (configured [[lists]] "
+                          f"esp_list: {known})")
+    unsubscribed: list[str] = []
     if to is not None:
         try:
             to = normalize_email(to)
         except ValueError:
-            raise DataError(f"{to!r} is not an email address: give name@domain") from None
-    return esp.send(str(message_id), to=to, list_id=list_id, group_id=group_id)
+            raise DataError(f"{to[:80]!r} is not an email address: give name@domain") from None
+        if store is not None:
+            unsubscribed = _unsubscribed_everywhere(store, to)
+            if unsubscribed and not transactional:
+                raise ConsentRefused(
+                    f"{to} is unsubscribed from every list (list(s) "
+                    f"{', '.join(unsubscribed)}): not sent. Only a transactional message "
+                    "(a receipt, a password reset) may go to them: pass --transactional "
+                    '(POST /send: "transactional": true); it is journaled')
+    result = esp.send(message_id, to=to, list_id=list_id, group_id=group_id)
+    if result.ok and unsubscribed and store is not None and to is not None:
+        with store.begin() as conn:
+            [(key, _, _)] = store.resolve(conn, [(esp.name, None, to)])
+            store.append_journal(conn, [JournalEntry(
+                contact_key=key, email=to, list_id=item, old_status=Status.UNSUBSCRIBED.value,
+                new_status=Status.UNSUBSCRIBED.value, applied_to="esp", source=source,
+                reason=f"transactional message {message_id} sent; status unchanged")
+                for item in unsubscribed])
+    return result
+
+
+_MAX_ID = 64  # ESP message ids are short numbers or tokens
+
+
+def _unsubscribed_everywhere(store: StateStore, email: str) -> list[str]:
+    """The lists ``email`` is unsubscribed from, when it is on no list otherwise."""
+    from sqlalchemy import select
+
+    from .state import schema as t
+
+    query = (select(t.snapshots.c.list_id, t.snapshots.c.status)
+             .join(t.contacts, t.contacts.c.key == t.snapshots.c.contact_key)
+             .where(t.contacts.c.email == email))
+    with store.begin() as conn:
+        statuses = {list_id: status for list_id, status in conn.execute(query)}
+    if statuses and all(s == Status.UNSUBSCRIBED.value for s in statuses.values()):
+        return sorted(statuses)
+    return []

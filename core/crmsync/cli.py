@@ -27,7 +27,8 @@ from rich.table import Table
 
 from . import __version__
 from .config import Config, load_config
-from .errors import ConfigError, CrmsyncError, PluginError
+from .errors import ConfigError, CrmsyncError, DataError, PluginError
+from .model import normalize_email
 from .registry import CONNECTORS, EMULATORS, available, load, load_emulator
 
 __all__ = ["main"]
@@ -73,13 +74,40 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def email_param(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: an address given on the command line is checked, as at every
+    other way in; a bad one is a usage error (exit 2)."""
+    if value is None:
+        return None
+    try:
+        return normalize_email(value)
+    except ValueError as exc:
+        raise ConfigError(f"{param.human_readable_name}: {exc}: give name@domain") from None
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"crmsync: error: {message}", err=True)
     sys.exit(code)
 
 
+_ANYWHERE = frozenset({"--json", "-v", "-vv", "-vvv", "--verbose"})
+
+
 class CrmsyncGroup(click.Group):
-    """Turns crmsync errors into one clear line and the documented exit code."""
+    """Turns crmsync errors into one clear line and the documented exit code.
+
+    ``--json`` and ``-v`` are accepted after the command too (``crmsync sync --json``),
+    as the README writes them: they are moved before it.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            head, tail = args[:args.index("--")], args[args.index("--"):]
+        else:
+            head, tail = args, []
+        moved = [arg for arg in head if arg in _ANYWHERE]
+        rest = [arg for arg in head if arg not in _ANYWHERE]
+        return super().parse_args(ctx, moved + rest + tail)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -87,6 +115,8 @@ class CrmsyncGroup(click.Group):
         except ConfigError as exc:
             fail(str(exc), EXIT_USAGE)
         except PluginError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except DataError as exc:  # what the user gave is not acceptable as given
             fail(str(exc), EXIT_USAGE)
         except CrmsyncError as exc:
             fail(str(exc), EXIT_ERROR)
@@ -163,6 +193,12 @@ def connectors(obj: Context) -> None:
     obj.emit(rows, render)
 
 
+def _shell_quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)
+
+
 def emulator_options(options: tuple[str, ...]) -> dict[str, Any]:
     """``--option KEY=VALUE`` arguments as keyword arguments of an emulator."""
     kwargs: dict[str, Any] = {}
@@ -204,16 +240,34 @@ def emulate(obj: Context, name: str, port: int, contacts: int, seed: int, tls: b
     unsubscribe); see docs/emulators.md.
     """
     from .emulator import EmulatorServer
+    from .template import side_text
 
     emulator = make_emulator(name, options, contacts=contacts, seed=seed)
     use_tls = bool(getattr(type(emulator), "tls", False)) if tls is None else tls
-    server = EmulatorServer(emulator, port=port, tls=use_tls).start()
+    try:
+        server = EmulatorServer(emulator, port=port, tls=use_tls).start()
+    except OSError as exc:
+        raise ConfigError(f"cannot serve the {name} emulator on 127.0.0.1:{port}: "
+                          f"{exc.strerror or exc}: pick another --port") from None
+    profile = emulator.demo_profile()
+    side = "esp" if load(name).capabilities.kind == "esp" else "crm"
+    block = side_text(side, name, profile).rstrip()
+    secrets = dict(profile.get("secrets", {}))
     info = {"name": name, "url": server.url, "control": f"{server.url}/_emulator/",
-            "ca": server.ca_path, "contacts": contacts}
+            "ca": server.ca_path, "contacts": contacts, "config": block,
+            "environment": secrets}
+    exports = "\n".join(f"export {key}={_shell_quote(value)}"
+                        for key, value in secrets.items())
     obj.emit(info, lambda: obj.console.print(
         f"[bold]{name}[/bold] emulator on {server.url} ({contacts} contacts)\n"
-        f"control API: {server.url}/_emulator/state, /requests, /faults, /reset, /seed"
+        f"control API: {server.url}/_emulator/state, /requests, /faults, /reset, /seed, "
+        "/profile"
         + (f"\ntrust this CA: {server.ca_path}" if server.ca_path else "")
+        + f"\n\n# crmsync.toml: the {side} side on this emulator\n{escape(block)}\n"
+        + "\n# its throw-away credentials (published, not secret):\n" + escape(exports)
+        + "\n\n# or write a whole configuration from two running emulators:\n"
+        + f"#   crmsync init --emulator {server.url} --emulator <the other one's URL>"
+        + (f" --ca {server.ca_path}" if server.ca_path else "")
         + "\nCtrl-C to stop", highlight=False))
     sys.stdout.flush()
     stop = threading.Event()
@@ -232,13 +286,46 @@ def emulate(obj: Context, name: str, port: int, contacts: int, seed: int, tls: b
 @click.option("--esp", default=None,
               help="The ESP connector (default: the first installed ESP connector that is "
                    "not a test double).")
+@click.option("--emulator", "emulators", multiple=True, metavar="URL",
+              help="A running `crmsync emulate` (give the CRM's and the ESP's): write a "
+                   "working configuration for them, credentials in .crmsync.secrets.")
+@click.option("--ca", "ca_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The CA an https emulator printed (`trust this CA: ...`).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.pass_obj
-def init(obj: Context, name: str | None, esp: str, force: bool) -> None:
-    """Write a commented crmsync.toml template for a connector."""
-    from .template import render_template
+def init(obj: Context, name: str | None, esp: str, emulators: tuple[str, ...],
+         ca_file: str | None, force: bool) -> None:
+    """Write a commented crmsync.toml template for a connector (or, with --emulator, a
+    working one for running emulators)."""
+    from .template import render_emulator_config, render_template, secrets_text
 
     name = name or obj.connector
+    if obj.config_path.exists() and not force:
+        raise ConfigError(f"{obj.config_path} exists: pass --force to overwrite it")
+    if emulators:
+        profiles = {kind: (connector, profile) for kind, connector, profile in
+                    (_emulator_profile(url, ca_file) for url in emulators)}
+        if set(profiles) != {"crm", "esp"} or len(emulators) != 2:
+            raise ConfigError("give two --emulator URLs: the CRM's and the ESP's (each "
+                              "`crmsync emulate NAME` prints its URL)")
+        if name and profiles["crm"][0] != name:
+            raise ConfigError(f"--connector {name} but the CRM emulator is "
+                              f"{profiles['crm'][0]}")
+        name, esp = profiles["crm"][0], profiles["esp"][0]
+        secrets_path = obj.config_path.with_name(".crmsync.secrets")
+        if secrets_path.exists() and not force:
+            raise ConfigError(f"{secrets_path} exists: pass --force to overwrite it")
+        secrets = {**profiles["crm"][1].get("secrets", {}),
+                   **profiles["esp"][1].get("secrets", {})}
+        secrets_path.write_text(secrets_text(secrets), encoding="utf-8")
+        secrets_path.chmod(0o600)
+        obj.config_path.write_text(render_emulator_config(
+            profiles["crm"], profiles["esp"], secrets_file=secrets_path.name), encoding="utf-8")
+        obj.emit({"written": str(obj.config_path), "secrets": str(secrets_path), "crm": name,
+                  "esp": esp}, lambda: obj.console.print(
+            f"wrote {obj.config_path} and {secrets_path} for the {name} and {esp} emulators: "
+            f"run `crmsync --connector {name} check`", highlight=False))
+        return
     if not name:
         raise ConfigError("say which CRM: crmsync init --connector NAME (see `crmsync connectors`)")
     crm_class = load(name)
@@ -251,12 +338,36 @@ def init(obj: Context, name: str | None, esp: str, force: bool) -> None:
                               "(see `crmsync connectors`)")
         esp = esps[0]
     esp_class = load(esp)
-    if obj.config_path.exists() and not force:
-        raise ConfigError(f"{obj.config_path} exists: pass --force to overwrite it")
     obj.config_path.write_text(render_template(crm_class, esp_class), encoding="utf-8")
     obj.emit({"written": str(obj.config_path), "crm": name, "esp": esp},
              lambda: obj.console.print(f"wrote {obj.config_path}: edit it, then run "
                                        f"`crmsync --connector {name} check`"))
+
+
+def _emulator_profile(url: str, ca_file: str | None) -> tuple[str, str, dict[str, Any]]:
+    """(kind, connector, profile) of the running emulator at ``url``."""
+    import httpx
+
+    try:
+        answer = httpx.get(url.rstrip("/") + "/_emulator/profile", timeout=10,
+                           verify=ssl_context(ca_file) if ca_file else True)
+        answer.raise_for_status()
+        profile = answer.json()
+    except httpx.ConnectError as exc:
+        hint = (" (an https emulator: pass --ca with the CA it printed)"
+                if "CERTIFICATE" in str(exc).upper() else
+                ": is `crmsync emulate NAME` running there?")
+        raise ConfigError(f"--emulator {url}: cannot connect{hint}") from None
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ConfigError(f"--emulator {url}: not a crmsync emulator ({exc})") from None
+    connector = str(profile.pop("connector", ""))
+    return load(connector).capabilities.kind, connector, profile
+
+
+def ssl_context(ca_file: str) -> Any:
+    import ssl
+
+    return ssl.create_default_context(cafile=ca_file)
 
 
 @cli.command()
@@ -286,8 +397,10 @@ def check(obj: Context) -> None:
                               f"{escape(str(result['detail']))}")
 
     obj.emit(results, render)
+    # check tests the configuration: a side that refuses it (credentials, settings, a
+    # URL it cannot be reached at) is a configuration error
     if not all(result["ok"] for result in results.values()):
-        sys.exit(EXIT_FAILED)
+        sys.exit(EXIT_USAGE)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ is expected. Secrets are never read from the TOML: connector secrets come from
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -230,6 +231,8 @@ class ServerConfig(_Strict):
     shutdown_timeout_s: float = Field(30.0, ge=0)
     # Applied events are kept this long, so that a late redelivery is still recognised.
     inbox_keep_days: float = Field(7.0, gt=0)
+    # /readyz answers 503 once the CRM poller has failed this many times in a row
+    ready_poll_failures: int = Field(3, ge=1)
 
     @field_validator("allow_ips", "trusted_proxies")
     @classmethod
@@ -294,7 +297,15 @@ def read_secrets_file(path: Path) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if not sep:
             raise ConfigError(f"{path}, line {number}: expected KEY=value")
-        values[key.strip()] = value.strip().strip("'\"")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"' and "\\" in value:
+            # dotenv's double-quoted value: \n and friends (a PEM key on one line)
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"{path}, line {number}: a bad escape in a double-quoted "
+                                  "value") from None
+        values[key.strip()] = value.strip("'\"")
     return values
 
 
@@ -310,6 +321,12 @@ def load_config(path: str | Path, *, environ: dict[str, str] | None = None) -> C
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte "
+                          f"0x{exc.object[exc.start]:02x}): save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     raw.setdefault("base_dir", str(path.parent.resolve()))
     try:
         config = Config.model_validate(raw)

@@ -9,6 +9,7 @@ name) and, for ESP extras, by also implementing :class:`FileExchange`,
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -120,12 +121,20 @@ class ConnectorSettings(BaseSettings):
                 f"[{connector}] secret(s) {', '.join(inline)} written in the configuration: "
                 f"remove them and set {env} in the environment or the secrets file instead"
             )
+        prefix = f"CRMSYNC_{connector.upper()}_"
+        if secrets_file:
+            # one secrets file serves both sides: take this connector's keys only (a
+            # dotenv file handed to pydantic-settings whole makes the others "extra");
+            # the environment wins over the file
+            from .config import read_secrets_file
+
+            for key, value in read_secrets_file(Path(secrets_file)).items():
+                name = key[len(prefix):].lower()
+                if key.startswith(prefix) and name in cls.model_fields \
+                        and key not in os.environ:
+                    values[name] = value
         try:
-            return cls(
-                _env_prefix=f"CRMSYNC_{connector.upper()}_",
-                _env_file=str(secrets_file) if secrets_file else None,
-                **values,
-            )
+            return cls(_env_prefix=prefix, **values)
         except ValidationError as exc:
             raise ConfigError(
                 f"invalid settings for connector {connector!r}:\n"

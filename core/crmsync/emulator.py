@@ -18,6 +18,8 @@ Control API::
                                  "rate_limit": calls/s}
     POST /_emulator/unsubscribe {"email", "list"}   (ESP emulators)
     POST /_emulator/update      {"email", "fields": {...}}  (CRM emulators: a user edits a record)
+    GET  /_emulator/profile                     how to connect: {"connector", "settings",
+                                                "secrets" (throw-away), "fields", "lists"}
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ class Emulator(ABC):
                 Route("/_emulator/faults", self._faults, methods=["POST", "DELETE"]),
                 Route("/_emulator/unsubscribe", self._unsubscribe, methods=["POST"]),
                 Route("/_emulator/update", self._update, methods=["POST"]),
+                Route("/_emulator/profile", self._profile, methods=["GET"]),
                 *self.control_routes(),
             ]
             self._vendor_routes = self.routes()
@@ -283,6 +286,14 @@ class Emulator(ABC):
             with self.lock:
                 self.expire_sessions()
         return JSONResponse({"ok": True})
+
+    async def _profile(self, request: Request) -> Response:
+        try:
+            with self.lock:
+                profile = self.demo_profile()
+        except NotImplementedError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse({"connector": self.name, **profile})
 
     async def _update(self, request: Request) -> Response:
         body = await _json_body(request)

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 
 import httpx
 
+from .errors import ConfigError
+
 __all__ = ["Pacer", "RetryPolicy", "RetryTransport", "build_client", "mark_streamed",
            "retry_after_seconds"]
 
@@ -206,7 +208,13 @@ def build_client(
     checks are never turned off by crmsync itself.
     """
     if isinstance(verify, str):
-        verify_arg: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify)
+        try:
+            verify_arg: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"ca_bundle {verify}: cannot read a CA certificate from it "
+                              f"({getattr(exc, 'strerror', None) or exc}): give the path of "
+                              "a PEM file, or remove ca_bundle to trust the system's CAs"
+                              ) from None
     else:
         verify_arg = verify
     inner = transport or httpx.HTTPTransport(verify=verify_arg)

@@ -9,12 +9,12 @@ what one side asks the other to do. Connectors yield :class:`Page` objects whose
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
@@ -35,18 +35,28 @@ __all__ = [
     "utc",
 ]
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# RFC 2606's never-resolving top-level domain: connectors name a record that has no
+# address with one (``deleted-12x66@vtiger.invalid``); nothing is ever sent to it.
+_STAND_IN_TLD = ".invalid"
 
 
 def normalize_email(value: str) -> str:
     """Case-fold and trim an address; raise ``ValueError`` if it cannot be one.
 
     Every system compares addresses case-insensitively in practice, and a CRM that
-    stores ``John@X.com`` must match the ESP's ``john@x.com``.
+    stores ``John@X.com`` must match the ESP's ``john@x.com``. The syntax is checked by
+    ``email-validator`` (RFC 5321/5322 and the length limits; no DNS lookup): markup,
+    spaces, quotes or a 390-character local part are refused at every way in.
     """
-    email = value.strip().lower()
-    if not _EMAIL.match(email):
-        raise ValueError(f"not an email address: {value!r}")
+    email = str(value).strip().lower()
+    checked = email
+    if checked.endswith(_STAND_IN_TLD):
+        checked = checked[: -len(_STAND_IN_TLD)] + ".example"
+    try:
+        validate_email(checked, check_deliverability=False)
+    except EmailNotValidError as exc:
+        shown = email if len(email) <= 80 else email[:77] + "..."
+        raise ValueError(f"not an email address: {shown!r} ({exc})") from None
     return email
 
 

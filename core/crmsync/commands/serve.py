@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..cli import EXIT_FAILED, Context, cli
+from ..cli import EXIT_FAILED, Context, cli, email_param
 from ..config import Config
 from ..errors import ConfigError
 from ..runtime import build_hooks, open_side, open_store
@@ -108,7 +108,7 @@ def replay(obj: Context, dead_letters: bool, queue_only: bool, force_apply: bool
 
 
 @cli.command()
-@click.argument("email")
+@click.argument("email", callback=email_param)
 @click.option("--list", "-l", "lists", multiple=True, required=True, metavar="ID",
               help="An ESP list id of [[lists]] (repeat for several).")
 @click.option("--group", "-g", "groups", multiple=True, metavar="G", help="A group (repeatable).")
@@ -145,20 +145,34 @@ def subscribe(obj: Context, email: str, lists: tuple[str, ...], groups: tuple[st
 @cli.command()
 @click.option("--message", "-m", "message_id", required=True, metavar="ID",
               help="The ESP's message id.")
-@click.option("--to", metavar="EMAIL", help="Send to one address.")
+@click.option("--to", metavar="EMAIL", callback=email_param, help="Send to one address.")
 @click.option("--list", "-l", "list_id", metavar="ID", help="Send to a list.")
 @click.option("--group", "-g", "group_id", metavar="ID", help="Only this group of the list.")
+@click.option("--transactional", is_flag=True,
+              help="A message the person needs whatever their marketing consent (a receipt, "
+                   "a password reset): it may go to an address unsubscribed from every list, "
+                   "and the journal records it.")
 @click.pass_obj
 def send(obj: Context, message_id: str, to: str | None, list_id: str | None,
-         group_id: str | None) -> None:
-    """Send an existing ESP message to one address (--to) or a list (--list [--group])."""
+         group_id: str | None, transactional: bool) -> None:
+    """Send an existing ESP message to one address (--to) or a list (--list [--group]).
+
+    An address unsubscribed from every list is refused unless --transactional.
+    """
     from ..actions import send as do_send
 
     config = obj.config()
-    with open_side(config, "esp") as esp:
-        result = do_send(esp, message_id, to=to, list_id=list_id, group_id=group_id)
+    store = open_store(config)
+    try:
+        with open_side(config, "esp") as esp:
+            result = do_send(esp, message_id, to=to, list_id=list_id, group_id=group_id,
+                             transactional=transactional, config=config, store=store,
+                             source="command")
+    finally:
+        store.close()
     obj.emit(result, lambda: obj.console.print(
         f"message {result.message_id}: {'sent' if result.ok else 'FAILED'} to "
-        f"{result.recipients} recipient(s) {result.detail}".rstrip()))
+        f"{result.recipients} recipient(s) {result.detail}".rstrip(), highlight=False,
+        markup=False))
     if not result.ok:
         sys.exit(EXIT_FAILED)

@@ -356,7 +356,12 @@ class BatchSync:
             stats.failed = len(self.failures)
             stats.duration_s = round(time.monotonic() - started, 3)
             if self.failures and not dry_run:
-                stats.report = str(self._write_report(stats.run_id))
+                try:
+                    stats.report = str(self._write_report(stats.run_id))
+                except OSError as exc:  # the report must never stop the run finishing
+                    log.error("cannot write the failed-records report (%s): fix "
+                              "[sync] report_dir; this run's %d failure(s) stay in its "
+                              "stats", exc, len(self.failures))
             self.store.finish_run(stats.run_id, stats.status, stats.as_dict())
             self.hooks.run_finished(stats.run_id, stats.as_dict())
         return stats

@@ -213,6 +213,8 @@ class RealtimeWorker:
         self._thread: threading.Thread | None = None
         self._next_poll = 0.0
         self._next_flush = 0.0
+        self.poll_failures = 0  # polls that failed in a row (readiness reports them)
+        self.poll_error = ""
         self._pause_until: dict[str, float] = {}
         self._next_prune = 0.0
         self._held = False
@@ -375,11 +377,17 @@ class RealtimeWorker:
         self._retry_after.clear()
         try:
             with self.lock, self.store.exclusive("batch"):
-                return self._poll(self._engine())
+                count = self._poll(self._engine())
         except StateBusy:
             return 0  # a batch run is reading the CRM; the next poll catches up
+        except Exception as exc:  # counted for /readyz, then handled as before
+            self.poll_failures += 1
+            self.poll_error = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             self._pause("crm")
+        self.poll_failures, self.poll_error = 0, ""
+        return count
 
     def _poll(self, engine: BatchSync) -> int:
         cursor = self.store.get_cursor("crm")

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ..actions import ConsentRefused
 from ..errors import (
     ConfigError,
     CrmsyncError,
@@ -58,6 +59,7 @@ SECRET_HEADER = "X-Crmsync-Secret"  # noqa: S105 - a header name
 CSRF_COOKIE = "crmsync_csrf"
 _METHODS = ("GET", "POST")
 _FORM_MAX_BYTES = 16 * 1024
+_PLAIN = {"X-Content-Type-Options": "nosniff"}
 
 
 class Inbox(Protocol):
@@ -149,7 +151,8 @@ def dedupe_key(request: InboundRequest, changes: Sequence[Change]) -> str:
 def _reject(service: RealtimeService, side: str, status: int, message: str) -> Response:
     service.metrics.rejected.labels(side, str(status)).inc()
     log.info("refused a call to the %s endpoint (%d): %s", side, status, message)
-    return PlainTextResponse(message + "\n", status_code=status)
+    # the message may quote what the sender sent: plain text, never sniffed as HTML
+    return PlainTextResponse(message + "\n", status_code=status, headers=_PLAIN)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -176,6 +179,17 @@ def _accept_with(service: RealtimeService, side: str, connector: Any,
     except CrmsyncError as exc:
         raise _NotStored() from exc
     return "stored" if stored else "duplicate"
+
+
+def _scalar(value: Any) -> str:
+    """A JSON id or address: a string or a number (at most 64 digits), nothing else."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"{type(value).__name__} where an id or address was expected")
+    if isinstance(value, int):
+        if abs(value) >= 10**64:
+            raise ValueError("a number of more than 64 digits is not an id")
+        return str(value)
+    return value
 
 
 def build_app(service: RealtimeService) -> Starlette:
@@ -250,6 +264,12 @@ def build_app(service: RealtimeService) -> Starlette:
             log.warning("decoding a %s event needed the vendor, which failed: %s", side, exc)
             return PlainTextResponse("cannot decode the event now: send again later\n",
                                      status_code=503, headers={"Retry-After": "30"})
+        except (ValueError, TypeError, KeyError, IndexError, LookupError, RecursionError,
+                UnicodeError) as exc:
+            # a decoder tripping over what it was sent (JSON nested 50,000 deep, a field
+            # of the wrong type): the body is malformed, not the server broken
+            return _reject(service, side, 400, f"malformed {side} event: "
+                           f"{type(exc).__name__}")
         except _NotStored as exc:
             log.error("could not store a %s event: %s", side, exc.__cause__)
             return PlainTextResponse("cannot store the event now: send again later\n",
@@ -271,9 +291,17 @@ def build_app(service: RealtimeService) -> Starlette:
             problems.append("shutting down")
         if service.worker_expected and not service.worker.running:
             problems.append("the worker is not running")
+        worker = service.worker
+        if (worker.poll_enabled
+                and worker.poll_failures >= service.config.server.ready_poll_failures):
+            problems.append(f"the CRM poller failed {worker.poll_failures} times in a row "
+                            f"(last: {worker.poll_error[:300]})")
         queue = None
         try:
             queue = await run_in_threadpool(service.store.inbox_pending_count)
+            storage = await run_in_threadpool(service.storage_problem)
+            if storage:
+                problems.append(f"state store: {storage}")
         except CrmsyncError as exc:
             problems.append(f"state store: {exc}")
         body = {"ready": not problems, "queue": queue, "problems": problems}
@@ -360,17 +388,23 @@ def build_app(service: RealtimeService) -> Starlette:
             data = json.loads(body)
             if not isinstance(data, dict):
                 raise ValueError("not an object")
+            transactional = data.get("transactional", False)
+            if not isinstance(transactional, bool):
+                raise ValueError('"transactional" is true or false')
             args: dict[str, Any] = {
-                "message_id": str(data["message"]),
-                "to": None if data.get("to") is None else str(data["to"]),
-                "list_id": None if data.get("list") is None else str(data["list"]),
-                "group_id": None if data.get("group") is None else str(data["group"])}
-        except (ValueError, KeyError) as exc:
+                "message_id": _scalar(data["message"]),
+                "to": None if data.get("to") is None else _scalar(data["to"]),
+                "list_id": None if data.get("list") is None else _scalar(data["list"]),
+                "group_id": None if data.get("group") is None else _scalar(data["group"]),
+                "transactional": transactional}
+        except (ValueError, KeyError, RecursionError) as exc:
             return JSONResponse({"error": f'expected JSON {{"message": ID, "to": EMAIL}} or '
-                                          f'{{"message": ID, "list": ID, "group": ID}}: {exc}'},
-                                status_code=400)
+                                          f'{{"message": ID, "list": ID, "group": ID}}: '
+                                          f"{str(exc)[:200]}"}, status_code=400)
         try:
             result = await run_in_threadpool(functools.partial(service.send, **args))
+        except ConsentRefused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=403)
         except (ConfigError, DataError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except CrmsyncError as exc:

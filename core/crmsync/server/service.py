@@ -8,8 +8,10 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import uvicorn
@@ -110,7 +112,32 @@ class RealtimeService:
 
     def send(self, message_id: str, **kwargs: Any) -> SendResult:
         with self.lock:
-            return send(self.esp, message_id, **kwargs)
+            return send(self.esp, message_id, config=self.config, store=self.store,
+                        source="POST /send", **kwargs)
+
+    def storage_problem(self) -> str | None:
+        """Why an event could not be stored now, or ``None``: an 8 KiB event is written
+        to the inbox and rolled back (ready means able to store, not just to read)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from ..state import schema
+
+        now = datetime.now(UTC)
+        try:
+            with self.store.engine.connect() as conn:
+                transaction = conn.begin()
+                try:
+                    conn.execute(schema.inbox.insert().values(
+                        endpoint="readyz", dedupe_key=f"probe:{uuid.uuid4().hex}",
+                        contact="", payload={"probe": "x" * 8192}, received_at=now,
+                        status="probe", attempts=0, next_attempt_at=now))
+                finally:
+                    transaction.rollback()
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            return f"cannot store events: {type(cause).__name__}: " + (
+                str(cause).splitlines() or [""])[0]
+        return None
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> RealtimeService:

@@ -36,9 +36,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
-from ..errors import StateBusy, StateError
+from ..errors import ConfigError, StateBusy, StateError
 from ..model import Change, Cursor, Status, utc
 from . import schema as t
 from .migrations import migrate
@@ -157,6 +157,16 @@ class StateStore:
             self.version = migrate(self.engine)
         except StateError:
             raise
+        except ImportError as exc:  # the URL names a database driver that is not installed
+            raise ConfigError(
+                f"[state] url = {_safe_url(url)!r} needs the Python module {exc.name!r}, "
+                "which is not installed: for PostgreSQL write postgresql+psycopg://... and "
+                "pip install 'crmsync[postgresql]'") from None
+        except ArgumentError as exc:  # not a database URL SQLAlchemy knows
+            raise ConfigError(
+                f"[state] url = {_safe_url(url)!r} is not a database URL crmsync can use "
+                f"({str(exc).splitlines()[0]}): write sqlite:///state.db or "
+                "postgresql+psycopg://user@host/db") from None
         except SQLAlchemyError as exc:
             raise StateError(
                 f"cannot open the state store at {_safe_url(url)}: {exc.__class__.__name__}: "
