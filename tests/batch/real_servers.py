@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 USER = "crmsync-test"
-PASSWORD = "s3cret"  # noqa: S105 - a throw-away local test account
+PASSWORD = "s3cret"  # a throw-away local test account
 _BASE = Path("/srv/crmsync-tests")  # sshd's ChrootDirectory: every parent root-owned, 755
 
 
