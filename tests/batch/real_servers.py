@@ -272,3 +272,46 @@ def tls_files(folder: Path) -> Iterator[dict[str, Path]]:
     cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
     cert.private_key_pem.write_to_path(str(paths["key"]))
     yield paths
+
+
+class ThrottledProxy:
+    """A TCP relay to ``127.0.0.1:target`` passing at most ``rate`` bytes a second from
+    the client: an upload slow enough to stop the server in the middle of it."""
+
+    def __init__(self, target: int, rate: int) -> None:
+        import threading
+
+        self.target = target
+        self.rate = rate
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = int(self.sock.getsockname()[1])
+        self.closed = False
+        self._threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for source, sink, rate in ((client, upstream, self.rate), (upstream, client, 0)):
+                self._threading.Thread(target=self._pump, args=(source, sink, rate),
+                                       daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, rate: int) -> None:
+        chunk = max(1024, rate // 20) if rate else 65536
+        with contextlib.suppress(OSError):
+            while data := source.recv(chunk):
+                sink.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()

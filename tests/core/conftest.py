@@ -37,6 +37,7 @@ path = "{tmp / 'esp.json'}"
 
 [files]
 url = "{space or 'file://' + str(tmp / 'space')}"
+stable_s = 0  # the tests write each export whole before a run (tests/batch: the wait)
 
 [fields]
 FirstName = "name"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ class _VerifiedSFTPFileSystem(SFTPFileSystem):  # type: ignore[misc]
         if self._known_hosts.is_file():
             client.load_system_host_keys(str(self._known_hosts))
         client.set_missing_host_key_policy(_Refuse(self._known_hosts, port))
+        started = time.monotonic()
         try:
             client.connect(self.host, **self.ssh_kwargs)
         except paramiko.BadHostKeyException as exc:
@@ -78,6 +80,14 @@ class _VerifiedSFTPFileSystem(SFTPFileSystem):  # type: ignore[misc]
                 f"connection, so nothing was sent. If the server's key was really replaced "
                 f"(ask its administrator), remove the old entry with `ssh-keygen -R "
                 f"'{entry}' -f {self._known_hosts}` and trust the new one") from None
+        except paramiko.SSHException:
+            transport = client.get_transport()
+            client.close()
+            silent = transport is not None and not getattr(transport, "remote_version", "")
+            if silent and time.monotonic() - started >= self._timeout * 0.9:
+                # paramiko says "No existing session" when the SSH banner never came
+                raise TimeoutError("the server sent no SSH banner") from None
+            raise
         except BaseException:
             client.close()
             raise
