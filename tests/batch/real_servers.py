@@ -222,9 +222,9 @@ class Sshd(_Daemon):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)],
                        check=True, capture_output=True)
 
-    def known_hosts_line(self) -> str:
+    def known_hosts_line(self, port: int | None = None) -> str:
         kind, key = self.host_key.with_suffix(".pub").read_text().split()[:2]
-        return f"[127.0.0.1]:{self.port} {kind} {key}\n"
+        return f"[127.0.0.1]:{port or self.port} {kind} {key}\n"
 
     def start(self) -> int:
         self.port = self.port or free_port()
@@ -298,17 +298,16 @@ class ThrottledProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target))
-            for source, sink, rate in ((client, upstream, self.rate), (upstream, client, 0)):
-                self._threading.Thread(target=self._pump, args=(source, sink, rate),
+            for source, sink, limited in ((client, upstream, True), (upstream, client, False)):
+                self._threading.Thread(target=self._pump, args=(source, sink, limited),
                                        daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, rate: int) -> None:
-        chunk = max(1024, rate // 20) if rate else 65536
+    def _pump(self, source: socket.socket, sink: socket.socket, limited: bool) -> None:
         with contextlib.suppress(OSError):
-            while data := source.recv(chunk):
+            while data := source.recv(max(1024, self.rate // 20) if limited else 65536):
                 sink.sendall(data)
-                if rate:
-                    time.sleep(len(data) / rate)
+                if limited and self.rate:  # the rate may be lifted meanwhile
+                    time.sleep(len(data) / self.rate)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
 

@@ -174,6 +174,7 @@ def test_a_server_stopped_mid_upload_fails_then_the_upload_recovers(kind, tmp_pa
     if kind == "sftp":  # sshd has no rate limit of its own
         proxy = ThrottledProxy(server.port, rate)
         port = proxy.port
+        (tmp_path / "known_hosts").write_text(server.known_hosts_line(port))
     config = configure(tmp_path, kind, port, tls, timeout_s=3)
     pair = Pair(tmp_path, config)
     pair.crm.seed(1500)
@@ -201,7 +202,13 @@ def test_a_server_stopped_mid_upload_fails_then_the_upload_recovers(kind, tmp_pa
     assert took < 3 + 10, f"took {took:.1f} s after the server stopped, timeout_s = 3"
     assert "no answer from the server within 3 s" in stderr.strip().splitlines()[0], stderr
     assert not [n for n in visible(inbox) if n.endswith(".csv")], "a partial file is visible"
-    # the next run uploads the staged file again, whole
+    # back at full speed, the next run uploads the staged file again, whole
+    if proxy is not None:
+        proxy.rate = 0
+    else:
+        server.stop()
+        server.extra = ""
+        server.start()
     result, _ = cli(config, "--json", "sync")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["recovered"] == 1

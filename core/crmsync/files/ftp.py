@@ -62,9 +62,11 @@ class _SecureFTPFileSystem(FTPFileSystem):  # type: ignore[misc]
     def put_file(self, lpath: str, rpath: str, **kwargs: Any) -> None:
         """Upload in one ``STOR`` (not fsspec's one ``STOR`` + ``REST`` per block)."""
         rpath = self._strip_protocol(rpath)
-        with open(lpath, "rb") as source:
-            self.ftp.storbinary(f"STOR {rpath}", source, blocksize=_BLOCK)
-        self.invalidate_cache(self._parent(rpath))
+        try:
+            with open(lpath, "rb") as source:
+                self.ftp.storbinary(f"STOR {rpath}", source, blocksize=_BLOCK)
+        finally:  # a failed STOR may still have left a file
+            self.invalidate_cache(self._parent(rpath))
 
     def retrieve(self, rpath: str, out: IO[bytes]) -> None:
         """Download in one ``RETR`` into ``out``."""

@@ -170,6 +170,10 @@ class FileSpace:
         if isinstance(exc, ssl.SSLError) and "EOF" in str(exc):
             return f"the server closed the TLS connection ({exc})"
         text = str(exc).strip()
+        if text.startswith("size mismatch in put!"):  # paramiko: "size mismatch in put!  n != m"
+            arrived, _, expected = text.split("!", 1)[1].split()
+            return (f"only {arrived} of {expected} bytes arrived (a full disk or a quota, most "
+                    "often: check the server's free space)")
         if self.scheme == "sftp" and isinstance(exc, OSError) and text == "Failure":
             return ("the SFTP server refused with its generic 'Failure' and no reason (a full "
                     "disk or a quota, most often: check the server's free space) (OSError)")
@@ -332,7 +336,7 @@ class FileSpace:
         """Upload to ``temp``; check that all of it arrived (a partial one is removed)."""
         target = self.path(folder, temp)
         if self.exists(folder, temp):
-            self._call(f"removing {temp}", self.fs.rm, target)
+            self._call(f"removing {temp}", self.fs.rm_file, target)
         expected = source.stat().st_size
         try:
             self._call(f"uploading {final}", self.fs.put_file, str(source), target)
@@ -344,12 +348,12 @@ class FileSpace:
                     "next run uploads it again")
         except TransportError:
             with contextlib.suppress(Exception):  # free the space a partial file holds
-                self.fs.rm(target)
+                self.fs.rm_file(target)
             raise
 
     def _replace(self, folder: str, temp: str, final: str) -> None:
         if self.exists(folder, final):
-            self._call(f"replacing {final}", self.fs.rm, self.path(folder, final))
+            self._call(f"replacing {final}", self.fs.rm_file, self.path(folder, final))
         self._call(f"renaming {temp} to {final}", self.fs.mv, self.path(folder, temp),
                    self.path(folder, final))
 
