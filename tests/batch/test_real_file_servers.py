@@ -92,7 +92,8 @@ def configure(tmp_path: Path, kind: str, port: int, tls: dict[str, Path], *,
     if kind == "ftps":
         lines.append(f'ca_file = "{tls["ca"]}"')
     text = path.read_text()
-    old = f'url = "{url}"\nstable_s = 0'
+    old = f'url = "{url}"\n' + next(line for line in text.splitlines()
+                                     if line.startswith("stable_s = 0"))
     assert old in text
     path.write_text(text.replace(old, "\n".join(lines)))
     return path
@@ -399,3 +400,15 @@ def _test_user_ids() -> tuple[int, int]:
 
     entry = pwd.getpwnam(USER)
     return entry.pw_uid, entry.pw_gid
+
+
+# -- clear messages ------------------------------------------------------------------------------
+def test_an_untrusted_certificate_says_to_set_ca_file(tmp_path, root, servers, tls) -> None:
+    server = servers("ftps")
+    config = configure(tmp_path, "ftps", server.port, tls)
+    config.write_text(config.read_text().replace(f'ca_file = "{tls["ca"]}"\n', ""))
+    _seed(Pair(tmp_path, config))
+    result, _ = cli(config, "sync")
+    assert result.returncode == 3
+    line = first_line(result)
+    assert "certificate is not trusted" in line and "set [files] ca_file" in line, line
