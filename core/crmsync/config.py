@@ -179,6 +179,10 @@ class FilesConfig(_Strict):
     zip: bool = False
     timeout_s: float = 30.0
     ca_file: str | None = None  # CA bundle to verify an FTPS server (default: system store)
+    # the SFTP server's host key must be listed here (OpenSSH's known_hosts format)
+    known_hosts: str = "~/.ssh/known_hosts"
+    # an export is read once its size and time stayed the same for this long
+    stable_s: float = Field(5.0, ge=0)
 
     @field_validator("url")
     @classmethod

@@ -53,7 +53,8 @@ def open_files(config: Config) -> FileSpace:
     files = config.files
     return FileSpace(files.url, username=files.username, password=files.password(),
                      timeout=files.timeout_s, base_dir=Path(config.base_dir),
-                     ca_file=str(config.path(files.ca_file)) if files.ca_file else None)
+                     ca_file=str(config.path(files.ca_file)) if files.ca_file else None,
+                     known_hosts=config.path(str(Path(files.known_hosts).expanduser())))
 
 
 def build_hooks(config: Config) -> Hooks:

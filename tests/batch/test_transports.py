@@ -86,12 +86,29 @@ def test_ftps_refuses_an_untrusted_certificate(tmp_path, tls_files) -> None:
             FileSpace(f"ftps://crm@127.0.0.1:{port}/", password=SecretStr("s3cret")).list("in")
 
 
+def _keyscan(port: int) -> str:
+    """The server's host key as a known_hosts line (what ``ssh-keyscan`` prints)."""
+    import paramiko
+
+    transport = paramiko.Transport(("127.0.0.1", port))
+    try:
+        transport.start_client(timeout=10)
+        key = transport.get_remote_server_key()
+    finally:
+        transport.close()
+    return f"[127.0.0.1]:{port} {key.get_name()} {key.get_base64()}\n"
+
+
 def test_sftp_round_trip(tmp_path, monkeypatch) -> None:
     root = tmp_path / "sftp"
     root.mkdir()
     monkeypatch.setenv("CRMSYNC_FILES_PASSWORD", "s3cret")
     with sftp_server(root) as port:
+        (tmp_path / "known_hosts").write_text(_keyscan(port))
         path = write_config(tmp_path, space=f"sftp://crm@127.0.0.1:{port}/")
+        path.write_text(path.read_text().replace(
+            f'url = "sftp://crm@127.0.0.1:{port}/"',
+            f'url = "sftp://crm@127.0.0.1:{port}/"\nknown_hosts = "{tmp_path / "known_hosts"}"'))
         pair = Pair(tmp_path, path)
         _seed(pair)
         _round_trip(pair, root)

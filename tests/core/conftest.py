@@ -39,6 +39,7 @@ path = "{tmp / 'esp.json'}"
 
 [files]
 url = "{space or 'file://' + str(tmp / 'space')}"
+stable_s = 0  # the tests write each export whole before a run (tests/batch: the wait)
 
 [fields]
 FirstName = "name"

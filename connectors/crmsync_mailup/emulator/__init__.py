@@ -23,7 +23,8 @@ Control routes added to the harness's (all under ``/_emulator/``)::
     GET/POST/DELETE webhooks  {"url", "event", "method", "encrypted", "key", "params",
                                "list", "sources"}  (GET also lists the deliveries)
     POST config       {"rate_limit", "token_ttl", "import_polls", "webhook_retry_delays"}
-    POST import / POST export                           the batch file space
+    POST import / POST export {"row_delay_s"}           the batch file space (export
+                                                        slowly, in place: not atomic)
 """
 
 from __future__ import annotations
@@ -151,9 +152,10 @@ class MailUpEmulator(Emulator):
         return self.space.import_files()
 
     @_locked
-    def export_unsubscribers(self) -> dict[str, Any]:
-        """Write the unsubscribers since the last export to ``<files_dir>/out``."""
-        return self.space.export_unsubscribers()
+    def export_unsubscribers(self, row_delay_s: float | str = 0) -> dict[str, Any]:
+        """Write the unsubscribers since the last export to ``<files_dir>/out``;
+        ``row_delay_s``: slowly and in place (see :meth:`BatchSpace.export_unsubscribers`)."""
+        return self.space.export_unsubscribers(row_delay_s=float(row_delay_s))
 
     def add_webhook(self, **options: Any) -> dict[str, Any]:
         """Configure a webhook as the console's Developer's Corner would."""
@@ -397,7 +399,8 @@ class MailUpEmulator(Emulator):
             Route("/_emulator/config", self._control(self.configure), methods=["POST"]),
             Route("/_emulator/import", self._control(lambda body: self.import_files()),
                   methods=["POST"]),
-            Route("/_emulator/export", self._control(lambda body: self.export_unsubscribers()),
+            Route("/_emulator/export", self._control(
+                lambda body: self.export_unsubscribers(body.get("row_delay_s", 0))),
                   methods=["POST"]),
         ]
 

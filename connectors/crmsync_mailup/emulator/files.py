@@ -10,6 +10,7 @@ import io
 import json
 import re
 import shutil
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,12 @@ class BatchSpace:
             applied += 1
         return {"rows": rows, "applied": applied, "errors": errors}
 
-    def export_unsubscribers(self) -> dict[str, Any]:
-        """Write the unsubscribers since the last export to ``out/`` (atomically)."""
+    def export_unsubscribers(self, *, row_delay_s: float = 0.0) -> dict[str, Any]:
+        """Write the unsubscribers since the last export to ``out/``: atomically (a
+        temporary name, then a rename), or, with ``row_delay_s``, in place a row at a
+        time, ``row_delay_s`` seconds apart. Nothing in MailUp's documentation says its
+        exports appear atomically, so a reader must cope with a file still being written.
+        """
         out = self._space("out")
         rows = self.store.optouts[self.store.exported:]
         stamp = now().strftime("%Y%m%dT%H%M%S")
@@ -145,8 +150,15 @@ class BatchSpace:
             writer.writerow([item["email"], item["list"], item["at"].strftime("%Y%m%dT%H%M%S"),
                              item["nl"] or "", item["type"],
                              "" if item["subtype"] is None else item["subtype"]])
-        tmp = out / f".{name}.tmp"
-        tmp.write_bytes(buffer.getvalue().encode(self.encoding))
-        tmp.replace(out / name)
+        if row_delay_s > 0:
+            with (out / name).open("wb") as slow:
+                for line in buffer.getvalue().splitlines(keepends=True):
+                    slow.write(line.encode(self.encoding))
+                    slow.flush()
+                    time.sleep(row_delay_s)
+        else:
+            tmp = out / f".{name}.tmp"
+            tmp.write_bytes(buffer.getvalue().encode(self.encoding))
+            tmp.replace(out / name)
         self.store.exported = len(self.store.optouts)
         return {"file": name, "rows": len(rows)}

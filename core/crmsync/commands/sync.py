@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -10,8 +11,8 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..cli import EXIT_FAILED, Context, cli
-from ..errors import ConfigError
+from ..cli import EXIT_ERROR, EXIT_FAILED, EXIT_USAGE, Context, cli
+from ..errors import ConfigError, CrmsyncError, PluginError
 from ..runtime import build_batch, open_side, open_store
 
 
@@ -56,8 +57,24 @@ def sync(obj: Context, full: bool, resend: bool, dry_run: bool) -> None:
     """Run one batch sync: ESP unsubscriptions into the CRM, CRM changes to the ESP.
 
     Exit 0 when every record went through, 1 when some failed (see the CSV report),
-    2 on a usage or configuration error.
+    2 on a usage or configuration error, 3 when the run could not go on (the file
+    space or a vendor unreachable, ...: the message says what to do); with --json the
+    error is also printed on stdout as {"status": "failed", "error", "exit_code"}.
     """
+    try:
+        stats = _sync(obj, full=full, resend=resend, dry_run=dry_run)
+    except CrmsyncError as exc:
+        if obj.as_json:  # the error object on stdout; the one-line message still on stderr
+            code = EXIT_USAGE if isinstance(exc, ConfigError | PluginError) else EXIT_ERROR
+            click.echo(json.dumps({"status": "failed", "error": str(exc), "exit_code": code},
+                                  sort_keys=True))
+        raise
+    obj.emit(stats, lambda: render_stats(obj, stats))
+    if stats["failed"] or stats["status"] == "stopped":
+        sys.exit(EXIT_FAILED)
+
+
+def _sync(obj: Context, *, full: bool, resend: bool, dry_run: bool) -> dict[str, Any]:
     config = obj.config()
     if config.crm is None or config.esp is None:
         raise ConfigError(f"{obj.config_path} needs both [crm] and [esp] to sync")
@@ -75,11 +92,12 @@ def sync(obj: Context, full: bool, resend: bool, dry_run: bool) -> None:
                 progress.advance(tasks[phase], n)
 
             batch = build_batch(config, crm, esp, store, progress=advance)
-            stats = batch.run(full=full, dry_run=dry_run, resend=resend).as_dict()
-    store.close()
-    obj.emit(stats, lambda: render_stats(obj, stats))
-    if stats["failed"] or stats["status"] == "stopped":
-        sys.exit(EXIT_FAILED)
+            try:
+                return batch.run(full=full, dry_run=dry_run, resend=resend).as_dict()
+            finally:
+                if batch.files is not None:
+                    batch.files.close()
+                store.close()
 
 
 @cli.command()

@@ -52,8 +52,9 @@ from ..errors import (
     RateLimited,
     RemoteError,
     StateError,
+    TransportError,
 )
-from ..files import FileSpace, Manifest, allow_large_csv_fields
+from ..files import FileSpace, IncompleteFile, Manifest, allow_large_csv_fields
 from ..hooks import Hooks, PostOpContext
 from ..model import Change, Contact, Cursor, Op, Status, Subscription, WriteResult
 from ..state import (
@@ -424,6 +425,7 @@ class BatchSync:
     def _inbound_files(self, *, dry_run: bool) -> None:
         assert self.files is not None and isinstance(self.esp, FileExchange)
         folder = self.config.files.export_dir
+        fresh = []
         for name in self.files.list(folder, self.esp.export_file_pattern()):
             known = self.store.file(f"in:{name}")
             if known and known["status"] in ("staged", "applied"):
@@ -432,28 +434,40 @@ class BatchSync:
                 continue
             if known and known["status"] == "archived":
                 continue
-            batch = f"file:{name}"
-            count = 0
-            # One transaction stages the whole file (all of it or none), streamed in
-            # chunks so a large export does not have to fit in memory.
-            with self._tx() as conn, self.files.open_read(folder, name) as handle:
-                chunk: list[Change] = []
-                for item in self.esp.read_export_file(handle, name):
-                    if isinstance(item, DataError):
-                        self.failures.append(Failure("esp", "", "", item.reason,
-                                                     f"{name}:{item.line or ''}"))
-                        continue
-                    count += 1
-                    chunk.append(item)
-                    if len(chunk) >= 2000:
-                        self._stage_inbound(conn, chunk, batch, name, dry_run=dry_run)
-                        chunk = []
-                self._stage_inbound(conn, chunk, batch, name, dry_run=dry_run)
-                if not dry_run:
-                    self.store.set_file(conn, f"in:{name}", direction="in",
-                                        run_id=self.stats.run_id, status="staged", rows=count)
-            self.stats.esp_unsubscribes_read += count
-            self.progress("esp unsubscriptions", count)
+            fresh.append(name)
+        # an export the ESP may still be writing is left for a later run
+        for name in self.files.settled(folder, fresh, self.config.files.stable_s):
+            try:
+                self._stage_file(folder, name, dry_run=dry_run)
+            except IncompleteFile as exc:
+                log.warning("%s", exc)
+
+    def _stage_file(self, folder: str, name: str, *, dry_run: bool) -> None:
+        assert self.files is not None and isinstance(self.esp, FileExchange)
+        batch = f"file:{name}"
+        count = 0
+        # One transaction stages the whole file (all of it or none), streamed in
+        # chunks so a large export does not have to fit in memory.
+        with self._tx() as conn, self.files.open_read(folder, name) as handle:
+            chunk: list[Change] = []
+            for item in self.esp.read_export_file(handle, name):
+                if isinstance(item, DataError):
+                    self.failures.append(Failure("esp", "", "", item.reason,
+                                                 f"{name}:{item.line or ''}"))
+                    continue
+                count += 1
+                chunk.append(item)
+                if len(chunk) >= 2000:
+                    self._stage_inbound(conn, chunk, batch, name, dry_run=dry_run)
+                    chunk = []
+            self._stage_inbound(conn, chunk, batch, name, dry_run=dry_run)
+            if not dry_run:  # what was read, so that only that is archived
+                size, modified = self.files.read_stamps[name]
+                self.store.set_file(conn, f"in:{name}", direction="in",
+                                    run_id=self.stats.run_id, status="staged", rows=count,
+                                    info={"size": size, "modified": modified})
+        self.stats.esp_unsubscribes_read += count
+        self.progress("esp unsubscriptions", count)
 
     def _stage_inbound(self, conn: Connection, changes: list[Change], batch: str, where: str,
                        *, dry_run: bool) -> None:
@@ -521,13 +535,32 @@ class BatchSync:
                 with self._tx() as conn:
                     self.store.set_file(conn, record["name"], direction="in",
                                         run_id=record["run_id"], status="applied",
-                                        rows=record["rows"])
+                                        rows=record["rows"], info=record["info"])
                 self._archive(name)
 
     def _archive(self, name: str) -> None:
+        """Move an applied export to the archive, unless it changed since it was read (it
+        is then read again next run). A failure is reported and the run goes on: the
+        outbound half must not wait for an archive folder."""
         assert self.files is not None
-        with contextlib.suppress(FileNotFoundError):  # already moved by an interrupted run
-            self.files.archive(self.config.files.export_dir, name, self.config.files.archive_dir)
+        folder = self.config.files.export_dir
+        read = (self.store.file(f"in:{name}") or {}).get("info") or {}
+        try:
+            with contextlib.suppress(FileNotFoundError):  # moved by an interrupted run
+                if "size" in read and list(self.files.stamp(folder, name)) != [
+                        read["size"], read["modified"]]:
+                    log.warning("%s changed after it was read: not archived, read again "
+                                "next run", name)
+                    with self._tx() as conn:
+                        self.store.set_file(conn, f"in:{name}", direction="in",
+                                            run_id=self.stats.run_id, status="changed")
+                    return
+                self.files.archive(folder, name, self.config.files.archive_dir)
+        except TransportError as exc:
+            self.failures.append(Failure(
+                "esp", "", "", f"{exc} (its unsubscribes were applied; it is archived by the "
+                "next run once the archive folder works)", where=name, code="archive"))
+            return
         with self._tx() as conn:
             self.store.set_file(conn, f"in:{name}", direction="in", run_id=self.stats.run_id,
                                 status="archived")

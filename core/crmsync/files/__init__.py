@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
-from .space import FileSpace, Manifest, allow_large_csv_fields, neutralise_formula
+from .space import (
+    FileSpace,
+    IncompleteFile,
+    Manifest,
+    allow_large_csv_fields,
+    neutralise_formula,
+)
 
-__all__ = ["FileSpace", "Manifest", "allow_large_csv_fields", "neutralise_formula"]
+__all__ = ["FileSpace", "IncompleteFile", "Manifest", "allow_large_csv_fields",
+           "neutralise_formula"]

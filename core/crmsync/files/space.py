@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import ftplib
 import hashlib
 import io
 import json
+import logging
 import posixpath
+import shutil
+import socket
+import ssl
+import tempfile
+import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -27,7 +34,10 @@ from pydantic import SecretStr
 
 from ..errors import TransportError
 
-__all__ = ["FileSpace", "Manifest", "allow_large_csv_fields", "neutralise_formula"]
+__all__ = ["FileSpace", "IncompleteFile", "Manifest", "allow_large_csv_fields",
+           "neutralise_formula"]
+
+log = logging.getLogger(__name__)
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -66,55 +76,110 @@ class Manifest:
                            "run_id": self.run_id}, sort_keys=True).encode()
 
 
+class IncompleteFile(TransportError):
+    """A file that changed while it was read: it is left in place and read next run."""
+
+
 class FileSpace:
-    """One file space; paths are relative to the URL's folder."""
+    """One file space; paths are relative to the URL's folder.
+
+    Nothing is connected until the first operation, so a run opens the connection once
+    it holds the batch lock (a hung server cannot pile up runs waiting before it).
+    """
 
     def __init__(self, url: str, *, username: str | None = None,
                  password: SecretStr | None = None, timeout: float = 30.0,
-                 base_dir: Path | None = None, ca_file: str | None = None) -> None:
+                 base_dir: Path | None = None, ca_file: str | None = None,
+                 known_hosts: str | Path | None = None) -> None:
         self.url = url
         parsed = urlparse(url)
         self.scheme = parsed.scheme
-        secret = password.get_secret_value() if password else None
-        user = username or (unquote(parsed.username) if parsed.username else None)
-        if parsed.password and not secret:
+        self.timeout = timeout
+        self._secret = password.get_secret_value() if password else None
+        self._user = username or (unquote(parsed.username) if parsed.username else None)
+        self._ca_file = ca_file
+        self.known_hosts = Path(known_hosts or "~/.ssh/known_hosts").expanduser()
+        if parsed.password and not self._secret:
             raise TransportError(
                 f"a password is written in the file-space URL {self.display}: remove it and set "
                 "CRMSYNC_FILES_PASSWORD instead")
+        if self.scheme not in ("file", "ftp", "ftps", "sftp"):
+            raise TransportError(f"unsupported file-space scheme {self.scheme!r}")
+        self._fs: Any = None
+        #: the size and modification time of each file as :meth:`open_read` read it
+        self.read_stamps: dict[str, tuple[int, str]] = {}
+        if self.scheme == "file":
+            raw = (parsed.netloc + parsed.path) or "."
+            root = Path(raw)
+            if not root.is_absolute() and base_dir is not None:
+                root = base_dir / root
+            root.mkdir(parents=True, exist_ok=True)
+            self._fs = fsspec.filesystem("file")
+            self.root = str(root.resolve())
+        elif self.scheme == "sftp":
+            self.root = parsed.path or "."
+        else:
+            self.root = parsed.path or "/"
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec file system, connected on first use."""
+        if self._fs is None:
+            self._fs = self._connect()
+        return self._fs
+
+    def _connect(self) -> Any:
+        parsed = urlparse(self.url)
         try:
-            if self.scheme == "file":
-                raw = (parsed.netloc + parsed.path) or "."
-                root = Path(raw)
-                if not root.is_absolute() and base_dir is not None:
-                    root = base_dir / root
-                root.mkdir(parents=True, exist_ok=True)
-                self.fs: Any = fsspec.filesystem("file")
-                self.root = str(root.resolve())
-            elif self.scheme in ("ftp", "ftps"):
+            if self.scheme in ("ftp", "ftps"):
                 from .ftp import ftp_filesystem
 
-                self.fs = ftp_filesystem(
-                    host=parsed.hostname or "", port=parsed.port or 21, username=user or "",
-                    password=secret or "", tls=self.scheme == "ftps", timeout=timeout,
-                    ca_file=ca_file)
-                self.root = parsed.path or "/"
-            elif self.scheme == "sftp":
-                self.fs = fsspec.filesystem(
-                    "sftp", host=parsed.hostname, port=parsed.port or 22, username=user,
-                    password=secret, timeout=timeout, look_for_keys=secret is None,
-                    allow_agent=secret is None, skip_instance_cache=True)
-                self.root = parsed.path or "."
-            else:
-                raise TransportError(f"unsupported file-space scheme {self.scheme!r}")
+                return ftp_filesystem(
+                    host=parsed.hostname or "", port=parsed.port or 21,
+                    username=self._user or "", password=self._secret or "",
+                    tls=self.scheme == "ftps", timeout=self.timeout, ca_file=self._ca_file)
+            from .sftp import sftp_filesystem
+
+            return sftp_filesystem(
+                host=parsed.hostname or "", port=parsed.port or 22, username=self._user,
+                password=self._secret, timeout=self.timeout, known_hosts=self.known_hosts)
         except TransportError:
             raise
         except ImportError as exc:
             raise TransportError(
                 f"{self.scheme}:// needs {exc.name}: run pip install 'crmsync[sftp]'") from None
         except Exception as exc:
+            hint = ""
+            if _is_login_error(exc):
+                hint = "; check [files] url, username and CRMSYNC_FILES_PASSWORD"
             raise TransportError(
-                f"cannot connect to the file space {self.display}: {type(exc).__name__}: {exc}; "
-                "check [files] url, username and CRMSYNC_FILES_PASSWORD") from None
+                f"cannot connect to the file space {self.display}: {self._explain(exc)}"
+                f"{hint}") from None
+
+    def _explain(self, exc: BaseException) -> str:
+        """What went wrong, in words: some transport errors carry no text at all."""
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return (f"the server's TLS certificate is not trusted ({exc.verify_message}): if "
+                    "it is signed by your own CA, set [files] ca_file to that CA's certificate "
+                    "(PEM) (CERTIFICATE_VERIFY_FAILED)")
+        if isinstance(exc, TimeoutError | socket.timeout):
+            return (f"no answer from the server within {self.timeout:g} s ([files] timeout_s) "
+                    f"({type(exc).__name__})")
+        if isinstance(exc, EOFError | ConnectionResetError | BrokenPipeError):
+            return f"the server closed the connection ({type(exc).__name__})"
+        if isinstance(exc, ssl.SSLError) and "EOF" in str(exc):
+            return f"the server closed the TLS connection ({exc})"
+        text = str(exc).strip()
+        if text.startswith("size mismatch in put!"):  # paramiko: "size mismatch in put!  n != m"
+            arrived, _, expected = text.split("!", 1)[1].split()
+            return (f"only {arrived} of {expected} bytes arrived (a full disk or a quota, most "
+                    "often: check the server's free space)")
+        if self.scheme == "sftp" and isinstance(exc, OSError) and text == "Failure":
+            return ("the SFTP server refused with its generic 'Failure' and no reason (a full "
+                    "disk or a quota, most often: check the server's free space) (OSError)")
+        if text[:3] in ("451", "452", "552"):
+            return f"the server could not store the file (a full disk or a quota?): {text}"
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
     @property
     def display(self) -> str:
@@ -135,7 +200,7 @@ class FileSpace:
             raise
         except Exception as exc:
             raise TransportError(
-                f"file space {self.display}: {what} failed: {type(exc).__name__}: {exc}") from None
+                f"file space {self.display}: {what} failed: {self._explain(exc)}") from None
 
     def makedirs(self, folder: str) -> None:
         self._call(f"creating {folder}", self.fs.makedirs, self.path(folder), exist_ok=True)
@@ -158,14 +223,79 @@ class FileSpace:
                 names.append(name)
         return sorted(names)
 
+    def stamp(self, folder: str, name: str) -> tuple[int, str]:
+        """The file's size and modification time: what changes while it is written."""
+        path = self.path(folder, name)
+        if self.scheme in ("ftp", "ftps"):
+            size, modified = self._call(f"checking {name}", self.fs.stamp, path)
+            return int(size), str(modified)
+        info = self._call(f"checking {name}", self.fs.info, path)
+        return int(info["size"]), str(info.get("mtime") or info.get("modified") or "")
+
+    def settled(self, folder: str, names: Sequence[str], wait_s: float) -> Sequence[str]:
+        """Those of ``names`` whose size and modification time stay the same across
+        ``wait_s`` seconds; the others are still being written and are left for a
+        later run (logged). One wait for all of them."""
+        if not names or wait_s <= 0:
+            return list(names)
+        before: dict[str, tuple[int, str]] = {}
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                before[name] = self.stamp(folder, name)
+        time.sleep(wait_s)
+        ready: list[str] = []
+        for name in names:
+            try:
+                now = self.stamp(folder, name)
+            except FileNotFoundError:
+                continue
+            if before.get(name) == now:
+                ready.append(name)
+            else:
+                log.warning("%s is still being written (its size or time changed within "
+                            "%g s): left for the next run", name, wait_s)
+        return ready
+
     def open_read(self, folder: str, name: str) -> IO[bytes]:
-        """A binary stream of the file; zip archives yield their single member."""
-        handle: IO[bytes] = self._call(f"reading {name}", self.fs.open,
-                                       self.path(folder, name), "rb")
+        """A binary stream of the whole file, as it was from first byte to last; zip
+        archives yield their single member.
+
+        A remote file is downloaded first (one ``RETR`` or one SFTP read), and its
+        size and modification time are taken before and after: a file that changed
+        meanwhile, or whose length differs from what came down, raises
+        :class:`IncompleteFile` and is not read.
+        """
+        path = self.path(folder, name)
+        before = self.stamp(folder, name)
+        handle: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller
+        try:
+            if self.scheme == "sftp":
+                self._call(f"reading {name}", self.fs.ftp.getfo, path, handle)
+            elif self.scheme == "file":
+                with self._call(f"reading {name}", self.fs.open, path, "rb") as source:
+                    shutil.copyfileobj(source, handle, 1 << 20)
+            else:
+                self._call(f"reading {name}", self.fs.retrieve, path, handle)
+        except BaseException:
+            handle.close()
+            raise
+        data_size = handle.tell()
+        handle.seek(0)
+        after = self.stamp(folder, name)
+        if after != before or data_size != after[0]:
+            handle.close()
+            raise IncompleteFile(
+                f"{name} changed while it was read ({before[0]} bytes, then {after[0]}; "
+                f"{data_size} read): it is still being written and is left for the next run")
+        self.read_stamps[name] = after
         if name.lower().endswith(".zip"):
             data = handle.read()
             handle.close()
-            archive = zipfile.ZipFile(io.BytesIO(data))
+            try:
+                archive = zipfile.ZipFile(io.BytesIO(data))
+            except zipfile.BadZipFile:
+                raise IncompleteFile(f"{name} is not a whole zip archive (still being "
+                                     "written?): it is left for the next run") from None
             members = [m for m in archive.namelist() if not m.endswith("/")]
             if len(members) != 1:
                 raise TransportError(f"{name} holds {len(members)} files; expected exactly one")
@@ -177,7 +307,13 @@ class FileSpace:
 
     def upload(self, local: Path, folder: str, name: str, manifest: Manifest, *,
                zip_it: bool = False) -> str:
-        """Upload ``local`` as ``folder/name`` atomically, then its manifest; return the name."""
+        """Upload ``local`` as ``folder/name`` atomically, then its manifest; return the name.
+
+        The file goes up under a temporary name, its size on the server is checked, and
+        only then is it renamed: a reader never sees part of it. With ``zip_it`` the
+        manifest's ``rows`` and ``sha256`` still describe the CSV inside the zip (what
+        the ESP imports), not the zip's own bytes.
+        """
         self.makedirs(folder)
         final = name + ".zip" if zip_it else name
         temp = f".{final}.part"
@@ -186,22 +322,40 @@ class FileSpace:
             source = local.with_suffix(local.suffix + ".zip")
             with zipfile.ZipFile(source, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 archive.write(local, arcname=name)
+        self._put(source, folder, temp, final)
+        self._replace(folder, temp, final)
+        manifest_name = final + ".manifest.json"
+        with tempfile.TemporaryDirectory() as spool:
+            local_manifest = Path(spool) / manifest_name
+            local_manifest.write_bytes(manifest.to_json())
+            self._put(local_manifest, folder, f".{manifest_name}.part", manifest_name)
+        self._replace(folder, f".{manifest_name}.part", manifest_name)
+        return final
+
+    def _put(self, source: Path, folder: str, temp: str, final: str) -> None:
+        """Upload to ``temp``; check that all of it arrived (a partial one is removed)."""
+        target = self.path(folder, temp)
         if self.exists(folder, temp):
-            self._call(f"removing {temp}", self.fs.rm, self.path(folder, temp))
-        self._call(f"uploading {final}", self.fs.put_file, str(source), self.path(folder, temp))
+            self._call(f"removing {temp}", self.fs.rm_file, target)
+        expected = source.stat().st_size
+        try:
+            self._call(f"uploading {final}", self.fs.put_file, str(source), target)
+            arrived = int(self._call(f"checking {final}", self.fs.size, target))
+            if arrived != expected:
+                raise TransportError(
+                    f"file space {self.display}: uploading {final} failed: {arrived} of "
+                    f"{expected} bytes arrived (a full disk or a quota?); not renamed, the "
+                    "next run uploads it again")
+        except TransportError:
+            with contextlib.suppress(Exception):  # free the space a partial file holds
+                self.fs.rm_file(target)
+            raise
+
+    def _replace(self, folder: str, temp: str, final: str) -> None:
         if self.exists(folder, final):
-            self._call(f"replacing {final}", self.fs.rm, self.path(folder, final))
+            self._call(f"replacing {final}", self.fs.rm_file, self.path(folder, final))
         self._call(f"renaming {temp} to {final}", self.fs.mv, self.path(folder, temp),
                    self.path(folder, final))
-        manifest_name = final + ".manifest.json"
-        with self._call(f"writing {manifest_name}", self.fs.open,
-                        self.path(folder, f".{manifest_name}.part"), "wb") as out:
-            out.write(manifest.to_json())
-        if self.exists(folder, manifest_name):
-            self._call(f"replacing {manifest_name}", self.fs.rm, self.path(folder, manifest_name))
-        self._call(f"renaming {manifest_name}", self.fs.mv,
-                   self.path(folder, f".{manifest_name}.part"), self.path(folder, manifest_name))
-        return final
 
     def archive(self, folder: str, name: str, archive_dir: str) -> None:
         """Move a processed file to the archive folder (kept, never deleted)."""
@@ -216,8 +370,10 @@ class FileSpace:
 
     def write_bytes(self, folder: str, name: str, data: bytes) -> None:
         self.makedirs(folder)
-        with self._call(f"writing {name}", self.fs.open, self.path(folder, name), "wb") as out:
-            out.write(data)
+        with tempfile.TemporaryDirectory() as spool:
+            local = Path(spool) / "data"
+            local.write_bytes(data)
+            self._call(f"writing {name}", self.fs.put_file, str(local), self.path(folder, name))
 
     def read_bytes(self, folder: str, name: str) -> bytes:
         with self.open_read(folder, name) as handle:
@@ -227,8 +383,17 @@ class FileSpace:
         yield from self.list(folder)
 
     def close(self) -> None:
-        closer = getattr(self.fs, "close", None) or getattr(getattr(self.fs, "ftp", None),
-                                                            "close", None)
-        if self.scheme != "file" and callable(closer):
-            with contextlib.suppress(Exception):  # best effort on shutdown
-                closer()
+        fs, self._fs = self._fs, None
+        if fs is None or self.scheme == "file":
+            return
+        for owner in (getattr(fs, "client", None), getattr(fs, "ftp", None)):
+            closer = getattr(owner, "close", None)
+            if callable(closer):
+                with contextlib.suppress(Exception):  # best effort on shutdown
+                    closer()
+
+
+def _is_login_error(exc: BaseException) -> bool:
+    if isinstance(exc, ftplib.error_perm) and str(exc)[:3] in ("530", "331", "332"):
+        return True
+    return type(exc).__name__ in ("AuthenticationException", "BadAuthenticationType")
