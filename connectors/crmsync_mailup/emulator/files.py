@@ -13,6 +13,7 @@ import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from crmsync.files import allow_large_csv_fields
 
@@ -25,8 +26,9 @@ class BatchSpace:
     """The file space of one emulator (a local folder an FTP server may also serve)."""
 
     def __init__(self, store: MailUpStore, files_dir: Path | None, *, status_column: str,
-                 separator: str, encoding: str) -> None:
+                 separator: str, encoding: str, zone: str = "UTC") -> None:
         self.store = store
+        self.zone = ZoneInfo(zone)  # OptOut_Date is written in the console's zone
         self.files_dir = files_dir
         self.status_column = status_column
         self.separator = separator
@@ -142,7 +144,8 @@ class BatchSpace:
         writer.writerow(["email", "idList", "OptOut_Date", "optout_nl", "optout_type",
                          "optout_subtype"])
         for item in rows:
-            writer.writerow([item["email"], item["list"], item["at"].strftime("%Y%m%dT%H%M%S"),
+            at = item["at"].astimezone(self.zone)
+            writer.writerow([item["email"], item["list"], at.strftime("%Y%m%dT%H%M%S"),
                              item["nl"] or "", item["type"],
                              "" if item["subtype"] is None else item["subtype"]])
         tmp = out / f".{name}.tmp"

@@ -151,7 +151,8 @@ def test_export_dialects(separator, encoding):
     assert first.email == "ann@example.com"
     sub = first.subscriptions["1"]
     assert sub.status is Status.UNSUBSCRIBED
-    assert sub.changed_at.isoformat() == "2021-01-22T11:12:44+00:00"
+    # read in export_timezone, Europe/Rome by default (+01 in January)
+    assert sub.changed_at.isoformat() == "2021-01-22T10:12:44+00:00"
     assert first.reason == "unsubscribe link (2/21)"
     assert sub.reason == "unsubscribe link (2/21), message 12"
     assert second.email == "jürgen@example.com"
@@ -169,8 +170,15 @@ def test_export_single_quotes_and_headerless():
 
 def test_export_timezone_setting():
     data = b"email;idList;OptOut_Date\na@example.com;1;20210122T111244\n"
-    [result] = files(export_timezone="Europe/Rome").read_export_file(io.BytesIO(data), "z")
-    assert result.occurred_at.isoformat() == "2021-01-22T10:12:44+00:00"
+    [result] = files(export_timezone="UTC").read_export_file(io.BytesIO(data), "z")
+    assert result.occurred_at.isoformat() == "2021-01-22T11:12:44+00:00"
+    [result] = files().read_export_file(io.BytesIO(data), "z")
+    assert result.occurred_at.isoformat() == "2021-01-22T10:12:44+00:00"  # Europe/Rome
+
+
+def test_a_time_zone_that_does_not_exist_is_refused():
+    with pytest.raises(ValueError, match="not an IANA time zone"):
+        files(export_timezone="Rome")
 
 
 def test_every_bad_row_is_reported_with_its_line():
