@@ -65,6 +65,7 @@ class _Item:
     row: dict[str, Any] = field(compare=False)
     memberships: dict[str, str] | None = field(compare=False, default=None)
     person_id: str | None = field(compare=False, default=None)  # set for CampaignMember rows
+    merged_from: str | None = field(compare=False, default=None)  # a merge loser's own id
 
 
 class Reader:
@@ -75,7 +76,8 @@ class Reader:
 
     # -- SOQL ----------------------------------------------------------------------------
     def _fields(self, obj: str) -> list[str]:
-        names = ["Id", "Email", "SystemModstamp", "IsDeleted", *self.settings.fields]
+        names = ["Id", "Email", "SystemModstamp", "IsDeleted", "MasterRecordId",
+                 *self.settings.fields]
         if obj == "Lead":
             names += ["IsConverted", "ConvertedContactId"]
         return list(dict.fromkeys(names))
@@ -113,11 +115,20 @@ class Reader:
             return self._soql(obj, last[0] if last else since, children=True)
 
         for row in self.api.query_resumable(soql, self._key, all_rows=all_rows):
-            yield _Item(self._key(row), obj, row, self._memberships(row))
+            yield self._item(obj, row, self._memberships(row))
+
+    def _item(self, obj: str, row: dict[str, Any], memberships: dict[str, str]) -> _Item:
+        master = row.get("MasterRecordId")
+        if master and text_value(row.get("IsDeleted")) == "true":
+            # A merge loser (queryAll: deleted, MasterRecordId set) is no deletion: the
+            # person lives on as the master record, read in its place.
+            return _Item(self._key(row), obj, row, person_id=str(master),
+                         merged_from=str(row["Id"]))
+        return _Item(self._key(row), obj, row, memberships)
 
     def _bulk_stream(self, obj: str, members: dict[str, dict[str, str]]) -> Iterator[_Item]:
         for row in bulk_query(self.api, self._soql(obj, None, children=False)):
-            yield _Item(self._key(row), obj, row, members.get(row["Id"], {}))
+            yield self._item(obj, row, members.get(row["Id"], {}))
 
     def _bulk_members(self) -> dict[str, dict[str, str]]:
         # Ids and statuses only (the contact CSV itself is streamed, not held).
@@ -142,7 +153,8 @@ class Reader:
                 yield _Item(self._key(row), "CampaignMember", row, person_id=str(person))
 
     # -- pages ---------------------------------------------------------------------------
-    def _contact(self, item: _Item, modified: datetime | None = None) -> Contact | None:
+    def _contact(self, item: _Item, modified: datetime | None = None,
+                 previous: str | None = None) -> Contact | None:
         row = item.row
         try:
             email = normalize_email(str(row.get("Email") or ""))
@@ -154,6 +166,9 @@ class Reader:
             # A converted Lead lives on as its Contact: same subscriptions, new id; the
             # Lead id is kept as the previous id so the id map can follow the person.
             ids = {self.name: str(converted), f"{self.name}:previous": str(row["Id"])}
+        elif previous is not None:
+            # A merge loser re-points its identity to the master the same way.
+            ids = {self.name: str(row["Id"]), f"{self.name}:previous": previous}
         return Contact(
             email=email, ids=ids,
             fields={name: text_value(row.get(name)) for name in self.settings.fields
@@ -173,13 +188,20 @@ class Reader:
         return found
 
     def _page(self, batch: list[_Item], resync: bool) -> Page:
-        in_batch = {str(i.row["Id"]) for i in batch if i.person_id is None}
+        own = {str(i.row["Id"]): i for i in batch if i.person_id is None}
+        in_batch = set(own)
         people = self._people({i.person_id for i in batch if i.person_id} - in_batch)
         records: list[Contact] = []
         emitted: set[str] = set()
         for item in batch:
             if item.person_id is None:
                 contact = self._contact(item)
+            elif item.merged_from is not None:
+                master = own.get(item.person_id) or people.get(item.person_id)
+                if master is None:
+                    continue  # the master is gone too: its own row reports that
+                contact = self._contact(master, max(master.key[0], item.key[0]),
+                                        previous=item.merged_from)
             elif item.person_id in in_batch or item.person_id in emitted:
                 continue
             else:

@@ -15,6 +15,7 @@ Vendor control routes, besides the harness's ``/_emulator/...``::
     POST /_emulator/salesforce/reject    {"emails": [...]}    a validation rule on Email
     POST /_emulator/salesforce/bulk_failure {"message"}       the next Bulk job ends Failed
     POST /_emulator/salesforce/convert   {"lead_id"}          convert a Lead to a Contact
+    POST /_emulator/salesforce/merge     {"master_id", "loser_ids"}  merge duplicates
     POST /_emulator/salesforce/purge                          empty the recycle bin
 """
 
@@ -257,6 +258,12 @@ class SalesforceEmulator(Emulator):
             self.org.changed.clear()
             return contact_id
 
+    def merge(self, master_id: str, loser_ids: list[str]) -> None:
+        """Merge duplicate Contacts (or Leads) into ``master_id``, as the UI's Merge does."""
+        with self.lock:
+            self.org.merge(master_id, loser_ids)
+            self.org.changed.clear()
+
     def app(self) -> ASGIApp:
         # uvicorn's interface detection takes a bound coroutine method for ASGI 2; a plain
         # coroutine function is recognised as ASGI 3.
@@ -312,6 +319,7 @@ class SalesforceEmulator(Emulator):
             Route(f"{prefix}/reject", self._control_reject, methods=["POST"]),
             Route(f"{prefix}/bulk_failure", self._control_bulk_failure, methods=["POST"]),
             Route(f"{prefix}/convert", self._control_convert, methods=["POST"]),
+            Route(f"{prefix}/merge", self._control_merge, methods=["POST"]),
             Route(f"{prefix}/purge", self._control_purge, methods=["POST"]),
         ]
 
@@ -909,6 +917,16 @@ class SalesforceEmulator(Emulator):
         except KeyError as exc:
             return JSONResponse({"error": f"unknown lead {exc}"}, status_code=404)
         return JSONResponse({"contact_id": contact_id})
+
+    async def _control_merge(self, request: Request) -> Response:
+        body = json.loads(await request.body() or b"{}")
+        try:
+            self.merge(str(body["master_id"]), [str(i) for i in body.get("loser_ids", [])])
+        except KeyError as exc:
+            return JSONResponse({"error": f"unknown record {exc}"}, status_code=404)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"master_id": body["master_id"]})
 
     async def _control_purge(self, request: Request) -> Response:
         with self.lock:

@@ -227,3 +227,26 @@ def test_a_bulk_result_page_that_keeps_being_cut_is_a_retryable_error(
     with pytest.raises(RemoteError) as failed:
         list(connector.read(None))
     assert failed.value.retryable and "cut off" in str(failed.value)
+
+
+def test_a_merge_loser_is_read_as_its_master_not_as_a_deletion(emulator: SalesforceEmulator,
+                                                                connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(3, 0)
+    master = next(c for c in emulator.state()["contacts"] if c["lists"])
+    with emulator.lock:
+        duplicate = emulator.org.insert("Contact", {"LastName": "Dup",
+                                                    "Email": master["email"]},
+                                        stamp=emulator.org.tick())
+        emulator.org.changed.clear()
+    connector = connect(overlap_seconds=0)
+    cursor = list(connector.read(None))[-1].cursor
+    emulator.merge(master["ids"]["salesforce"], [duplicate])
+    records = [r for page in connector.read(cursor) for r in page.records
+               if r.email == master["email"]]
+    assert records and not any(r.deleted for r in records)
+    assert {r.ids["salesforce"] for r in records} == {master["ids"]["salesforce"]}
+    assert {"salesforce": master["ids"]["salesforce"],
+            "salesforce:previous": duplicate} in [dict(r.ids) for r in records]
+    campaign = f"campaign:{emulator.events_campaign}"
+    assert all(campaign in r.memberships for r in records)
