@@ -16,6 +16,8 @@ Vendor control routes, besides the harness's ``/_emulator/...``::
     POST /_emulator/salesforce/bulk_failure {"message"}       the next Bulk job ends Failed
     POST /_emulator/salesforce/convert   {"lead_id"}          convert a Lead to a Contact
     POST /_emulator/salesforce/merge     {"master_id", "loser_ids"}  merge duplicates
+    POST /_emulator/salesforce/busy      {"calls"}  the next calls meet a full org
+                                         (403 ConcurrentPerOrgLongTxn Limit exceeded)
     POST /_emulator/salesforce/purge                          empty the recycle bin
 """
 
@@ -119,6 +121,7 @@ class SalesforceEmulator(Emulator):
         self.locators: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.next_bulk_failure: str | None = None
+        self.busy_calls = 0  # calls refused because the org's long-request slots are full
         self._ids = itertools.count(1)
         self.events_campaign = self.org.insert("Campaign", {"Name": "Events", "IsActive": True})
         self.org.campaign_statuses[self.events_campaign] = EVENTS_STATUSES
@@ -320,6 +323,7 @@ class SalesforceEmulator(Emulator):
             Route(f"{prefix}/bulk_failure", self._control_bulk_failure, methods=["POST"]),
             Route(f"{prefix}/convert", self._control_convert, methods=["POST"]),
             Route(f"{prefix}/merge", self._control_merge, methods=["POST"]),
+            Route(f"{prefix}/busy", self._control_busy, methods=["POST"]),
             Route(f"{prefix}/purge", self._control_purge, methods=["POST"]),
         ]
 
@@ -340,6 +344,13 @@ class SalesforceEmulator(Emulator):
             return _error(404, "NOT_FOUND", "The requested resource does not exist")
         if self.used >= self.daily_limit:
             response = _error(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+        elif self.busy_calls > 0:
+            # Other clients hold the org's long-running request slots (25 long requests
+            # at once): the same code as the daily limit, with another message. Not
+            # counted against the daily budget.
+            self.busy_calls -= 1
+            response = _error(403, "REQUEST_LIMIT_EXCEEDED",
+                              "ConcurrentPerOrgLongTxn Limit exceeded")
         else:
             self.used += 1
             try:
@@ -917,6 +928,12 @@ class SalesforceEmulator(Emulator):
         except KeyError as exc:
             return JSONResponse({"error": f"unknown lead {exc}"}, status_code=404)
         return JSONResponse({"contact_id": contact_id})
+
+    async def _control_busy(self, request: Request) -> Response:
+        body = json.loads(await request.body() or b"{}")
+        with self.lock:
+            self.busy_calls = int(body.get("calls", 1))
+        return JSONResponse({"calls": self.busy_calls})
 
     async def _control_merge(self, request: Request) -> Response:
         body = json.loads(await request.body() or b"{}")
