@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 _MEMBER_FIELDS = "Id, CampaignId, ContactId, LeadId, Status, SystemModstamp, IsDeleted"
 _PERSON_PREFIX = {"003": "Contact", "00Q": "Lead"}
 _IN_CHUNK = 200  # ids per "Id IN (...)": keeps the GET URL well under its limit
+_DELETED_PROBE = timedelta(minutes=2)  # Get Deleted wants more than one minute
 
 
 def parse_stamp(value: str) -> datetime:
@@ -247,14 +248,22 @@ class Reader:
             # Get Deleted needs more than a minute; a recent cursor (a short poll) cannot
             # have outlived the recycle bin, so the calls are saved.
             return False
+        # Only earliestDateAvailable is wanted, so the window is the shortest Get Deleted
+        # takes (over a minute): a window to now could hold more than 600,000 ids and be
+        # refused with EXCEEDED_ID_LIMIT on every later read.
+        end = min(now, start + _DELETED_PROBE)
         for obj in self.settings.objects:
             try:
                 body = self.api.json("GET", f"sobjects/{obj}/deleted/", params={
                     "start": start.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
-                    "end": now.strftime("%Y-%m-%dT%H:%M:%S+00:00")})
+                    "end": end.strftime("%Y-%m-%dT%H:%M:%S+00:00")})
             except RemoteError as exc:
                 if exc.code == "INVALID_REPLICATION_DATE":
                     return True  # older than the API will answer for
+                if exc.code == "EXCEEDED_ID_LIMIT":
+                    log.warning("Get Deleted refused even a two-minute window of %s "
+                                "(EXCEEDED_ID_LIMIT): reading everything again", obj)
+                    return True  # cannot tell: the safe answer is a resync
                 raise
             earliest = body.get("earliestDateAvailable")
             if earliest and parse_stamp(earliest) > start:

@@ -102,8 +102,9 @@ class SalesforceEmulator(Emulator):
     api_version: ClassVar[str] = "59.0"
 
     def __init__(self, *, contacts: int = 0, seed: int = 0, daily_limit: int | str = 1_000_000,
-                 bulk_polls: int | str = 1) -> None:
+                 bulk_polls: int | str = 1, id_limit: int | str = 600_000) -> None:
         self.daily_limit = int(daily_limit)
+        self.id_limit = int(id_limit)  # Get Updated / Get Deleted: EXCEEDED_ID_LIMIT above
         self.bulk_polls = int(bulk_polls)
         self.login = LoginServer()
         self.outbound_url: str | None = None
@@ -501,6 +502,8 @@ class SalesforceEmulator(Emulator):
         deleted = [{"id": r["Id"], "deletedDate": format_datetime(r["SystemModstamp"])}
                    for r in self.org.records[obj].values()
                    if r["IsDeleted"] and start <= r["SystemModstamp"] < end]
+        if len(deleted) > self.id_limit:
+            raise _ApiError(400, "EXCEEDED_ID_LIMIT", "too many ids: use a smaller window")
         return JSONResponse({"deletedRecords": deleted,
                              "earliestDateAvailable": format_datetime(self.org.recycle_bin_start),
                              "latestDateCovered": format_datetime(min(end, self.org.now()))})
@@ -510,7 +513,7 @@ class SalesforceEmulator(Emulator):
         start, end = self._window(request)
         ids = [r["Id"] for r in self.org.records[obj].values()
                if not r["IsDeleted"] and start <= r["SystemModstamp"] < end]
-        if len(ids) > 600_000:
+        if len(ids) > self.id_limit:
             raise _ApiError(400, "EXCEEDED_ID_LIMIT", "too many ids: use a smaller window")
         return JSONResponse({"ids": ids,
                              "latestDateCovered": format_datetime(min(end, self.org.now()))})

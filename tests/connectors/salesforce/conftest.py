@@ -31,6 +31,7 @@ def emulator(server: EmulatorServer) -> SalesforceEmulator:
         emulator.outbound_log.clear()
         emulator.daily_limit = 1_000_000
         emulator.bulk_polls = 1
+        emulator.id_limit = 600_000
         emulator.login.logins.clear()
     return emulator
 

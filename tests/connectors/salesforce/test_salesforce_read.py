@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -250,3 +251,21 @@ def test_a_merge_loser_is_read_as_its_master_not_as_a_deletion(emulator: Salesfo
             "salesforce:previous": duplicate} in [dict(r.ids) for r in records]
     campaign = f"campaign:{emulator.events_campaign}"
     assert all(campaign in r.memberships for r in records)
+
+
+def test_many_deletions_never_block_later_incremental_reads(emulator: SalesforceEmulator,
+                                                             connect: Any) -> None:
+    # Issue 14.12: Get Deleted over more than 600,000 ids answers EXCEEDED_ID_LIMIT; only
+    # earliestDateAvailable is needed, so a short window is asked (id_limit scales it down).
+    with emulator.lock:
+        emulator.seed(10, 0)
+        emulator.id_limit = 3
+    connector = connect(overlap_seconds=0)
+    old = Cursor(at=emulator.org.now() - timedelta(hours=2), tie_id="")
+    gone = [c["ids"]["salesforce"] for c in emulator.state()["contacts"][:5]]
+    for record_id in gone:
+        emulator.delete_record(record_id)
+    time.sleep(1.1)  # Get Deleted's window ends at a whole second
+    records = [r for page in connector.read(old) for r in page.records]
+    assert {r.ids["salesforce"] for r in records if r.deleted} == set(gone)
+    assert not any(page.cursor.data.get("resync") for page in connector.read(old))
