@@ -12,6 +12,7 @@ full resync instead (its cursors carry ``data={"resync": True}``).
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,7 @@ _MEMBER_FIELDS = "Id, CampaignId, ContactId, LeadId, Status, SystemModstamp, IsD
 _PERSON_PREFIX = {"003": "Contact", "00Q": "Lead"}
 _IN_CHUNK = 200  # ids per "Id IN (...)": keeps the GET URL well under its limit
 _DELETED_PROBE = timedelta(minutes=2)  # Get Deleted wants more than one minute
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_stamp(value: str) -> datetime:
@@ -84,7 +86,7 @@ class Reader:
         return list(dict.fromkeys(names))
 
     def _soql(self, obj: str, since: datetime | None, *, children: bool,
-              ids: Iterable[str] = ()) -> str:
+              ids: Iterable[str] = (), ordered: bool = True) -> str:
         select = ", ".join(self._fields(obj))
         if children and self.settings.memberships:
             select += ", (SELECT CampaignId, Status FROM CampaignMembers)"
@@ -92,7 +94,8 @@ class Reader:
         if ids:
             return format_soql(f"SELECT {select} FROM {obj} WHERE Id IN {{}}", ids)
         where = format_soql(" WHERE SystemModstamp >= {}", since) if since else ""
-        return f"SELECT {select} FROM {obj}{where} ORDER BY SystemModstamp, Id"
+        order = " ORDER BY SystemModstamp, Id" if ordered else ""
+        return f"SELECT {select} FROM {obj}{where}{order}"
 
     @staticmethod
     def _key(row: dict[str, Any]) -> tuple[datetime, str]:
@@ -128,7 +131,9 @@ class Reader:
         return _Item(self._key(row), obj, row, memberships)
 
     def _bulk_stream(self, obj: str, members: dict[str, dict[str, str]]) -> Iterator[_Item]:
-        for row in bulk_query(self.api, self._soql(obj, None, children=False)):
+        # No ORDER BY: in a Bulk 2.0 query it disables PK chunking, and exactly the large
+        # objects read this way would time out. The rows come in no particular order.
+        for row in bulk_query(self.api, self._soql(obj, None, children=False, ordered=False)):
             yield self._item(obj, row, members.get(row["Id"], {}))
 
     def _bulk_members(self) -> dict[str, dict[str, str]]:
@@ -217,29 +222,53 @@ class Reader:
         return Page(records=records, cursor=Cursor(at=last[0], tie_id=last[1],
                                                    data={"resync": True} if resync else {}))
 
-    def _pages(self, items: Iterator[_Item], resync: bool = False) -> Iterator[Page]:
+    def _pages(self, items: Iterator[_Item], resync: bool = False,
+               unordered_since: datetime | None = None) -> Iterator[Page]:
+        """Pages of ``query_batch_size`` items. With ``unordered_since`` (a Bulk stream is
+        in no particular order) no page but the last may advance the cursor: they carry
+        1970 (resuming there is a resync), the last one the read's start minus the
+        overlap."""
         batch: list[_Item] = []
+        number = 0
+
+        def page(items: list[_Item], last: bool) -> Page:
+            done = self._page(items, resync) if items else Page(records=[])
+            if unordered_since is None:
+                return done
+            at = unordered_since - timedelta(seconds=self.settings.overlap_seconds)
+            return Page(records=done.records, cursor=Cursor(
+                at=at if last else _EPOCH, tie_id="" if last else f"{number:08d}",
+                data={"resync": True} if resync else {}))
+
         for item in items:
             batch.append(item)
             if len(batch) >= self.settings.query_batch_size:
-                yield self._page(batch, resync)
+                number += 1
+                yield page(batch, False)
                 batch = []
-        if batch:
-            yield self._page(batch, resync)
+        if batch or unordered_since is not None:
+            number += 1
+            yield page(batch, True)  # unordered: possibly empty, to carry the final cursor
 
     # -- entry points --------------------------------------------------------------------
     def full(self, *, resync: bool = False) -> Iterator[Page]:
+        started = datetime.now(UTC)
         streams: list[Iterator[_Item]] = []
+        unordered: list[Iterator[_Item]] = []
         members: dict[str, dict[str, str]] | None = None
         for obj in self.settings.objects:
             count = self.api.json("GET", "query/", params={"q": f"SELECT COUNT() FROM {obj}"})
             if int(count.get("totalSize", 0)) > self.settings.bulk_read_threshold:
                 if members is None:
                     members = self._bulk_members() if self.settings.memberships else {}
-                streams.append(self._bulk_stream(obj, members))
+                unordered.append(self._bulk_stream(obj, members))
             else:
                 streams.append(self._rest_stream(obj, None, all_rows=False))
-        yield from self._pages(heapq.merge(*streams), resync)
+        if not unordered:
+            yield from self._pages(heapq.merge(*streams), resync)
+            return
+        yield from self._pages(itertools.chain(heapq.merge(*streams), *unordered), resync,
+                               unordered_since=started)
 
     def window_missed(self, start: datetime) -> bool:
         """True when deleted records since ``start`` may have left the recycle bin."""

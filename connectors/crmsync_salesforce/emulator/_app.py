@@ -102,9 +102,13 @@ class SalesforceEmulator(Emulator):
     api_version: ClassVar[str] = "59.0"
 
     def __init__(self, *, contacts: int = 0, seed: int = 0, daily_limit: int | str = 1_000_000,
-                 bulk_polls: int | str = 1, id_limit: int | str = 600_000) -> None:
+                 bulk_polls: int | str = 1, id_limit: int | str = 600_000,
+                 bulk_order_by_limit: int | str = 100_000) -> None:
         self.daily_limit = int(daily_limit)
         self.id_limit = int(id_limit)  # Get Updated / Get Deleted: EXCEEDED_ID_LIMIT above
+        # A Bulk 2.0 query with ORDER BY runs without PK chunking: over this many rows it
+        # times out (the job ends Failed).
+        self.bulk_order_by_limit = int(bulk_order_by_limit)
         self.bulk_polls = int(bulk_polls)
         self.login = LoginServer()
         self.outbound_url: str | None = None
@@ -724,6 +728,14 @@ class SalesforceEmulator(Emulator):
             else:
                 query = job["_query"]
                 rows = self._run(query, include_deleted=job["operation"] == "queryAll")
+                if query.order and len(rows) > self.bulk_order_by_limit:
+                    job.update(state="Failed", numberRecordsProcessed=0, errorMessage=(
+                        "QUERY_TIMEOUT: Your query request was running for too long. ORDER BY "
+                        "disables PK chunking for Bulk API 2.0 queries"))
+                    return
+                if not query.order:
+                    # PK chunks run in parallel: the rows come in no particular order.
+                    random.Random(job["id"]).shuffle(rows)
                 job["_rows"] = [[_csv_value(r.get(f)) for f in query.fields] for r in rows]
                 job.update(state="JobComplete", numberRecordsProcessed=len(rows))
 

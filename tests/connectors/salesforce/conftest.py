@@ -32,6 +32,7 @@ def emulator(server: EmulatorServer) -> SalesforceEmulator:
         emulator.daily_limit = 1_000_000
         emulator.bulk_polls = 1
         emulator.id_limit = 600_000
+        emulator.bulk_order_by_limit = 100_000
         emulator.login.logins.clear()
     return emulator
 

@@ -269,3 +269,24 @@ def test_many_deletions_never_block_later_incremental_reads(emulator: Salesforce
     records = [r for page in connector.read(old) for r in page.records]
     assert {r.ids["salesforce"] for r in records if r.deleted} == set(gone)
     assert not any(page.cursor.data.get("resync") for page in connector.read(old))
+
+
+def test_bulk_reads_have_no_order_by_and_lose_nothing(emulator: SalesforceEmulator,
+                                                      connect: Any) -> None:
+    # Issue 14.10: ORDER BY disables PK chunking in Bulk 2.0, so large queries time out.
+    # The emulator fails ORDER BY over bulk_order_by_limit rows and returns the rest in
+    # no particular order; only the last page may advance the cursor.
+    with emulator.lock:
+        emulator.seed(250, 0)
+        emulator.bulk_order_by_limit = 50
+    connector = connect(bulk_read_threshold=100, bulk_page_size=60, query_batch_size=200,
+                        overlap_seconds=60)
+    before = emulator.org.now()
+    pages = list(connector.read(None))
+    assert len(set(emails(pages))) == 250
+    assert all(p.cursor.at.year == 1970 for p in pages[:-1])
+    final = pages[-1].cursor
+    assert before - timedelta(seconds=61) <= final.at <= before
+    emulator.update_contact("contact0-7@example.com", {"LastName": "Later"})
+    later = [r for p in connector.read(final) for r in p.records]
+    assert "contact0-7@example.com" in {r.email for r in later}
