@@ -213,7 +213,10 @@ class Org:
         to the recycle bin with ``MasterRecordId`` set, their campaign memberships move to
         the master (a campaign it is already in keeps the master's), the master is touched."""
         obj = self.object_of(master_id)
-        master = self.records[obj].get(master_id) if obj in ("Contact", "Lead") else None
+        if obj not in ("Contact", "Lead"):
+            raise KeyError(master_id)
+        assert obj is not None
+        master = self.records[obj].get(master_id)
         if master is None or master["IsDeleted"]:
             raise KeyError(master_id)
         if not 1 <= len(loser_ids) <= 2:
