@@ -103,7 +103,7 @@ class SalesforceEmulator(Emulator):
 
     def __init__(self, *, contacts: int = 0, seed: int = 0, daily_limit: int | str = 1_000_000,
                  bulk_polls: int | str = 1, id_limit: int | str = 600_000,
-                 bulk_order_by_limit: int | str = 100_000) -> None:
+                 bulk_order_by_limit: int | str = 100_000, jwt_audiences: str = "any") -> None:
         self.daily_limit = int(daily_limit)
         self.id_limit = int(id_limit)  # Get Updated / Get Deleted: EXCEEDED_ID_LIMIT above
         # A Bulk 2.0 query with ORDER BY runs without PK chunking: over this many rows it
@@ -111,6 +111,7 @@ class SalesforceEmulator(Emulator):
         self.bulk_order_by_limit = int(bulk_order_by_limit)
         self.bulk_polls = int(bulk_polls)
         self.login = LoginServer()
+        self.login.jwt_audiences = jwt_audiences
         self.outbound_url: str | None = None
         self.outbound_fields: tuple[str, ...] = ("Email", "FirstName", "LastName",
                                                  "HasOptedOutOfEmail", "SystemModstamp")

@@ -34,6 +34,7 @@ def emulator(server: EmulatorServer) -> SalesforceEmulator:
         emulator.id_limit = 600_000
         emulator.bulk_order_by_limit = 100_000
         emulator.login.logins.clear()
+        emulator.login.jwt_audiences = "any"
     return emulator
 
 

@@ -148,3 +148,23 @@ def test_a_long_busy_org_is_a_retryable_rate_limit_and_the_next_run_goes_on(
     with emulator.lock:
         emulator.busy_calls = 0
     assert len({r.email for p in connector.read(None) for r in p.records}) == 5
+
+
+def test_jwt_audience_for_a_token_asked_at_my_domain(emulator: SalesforceEmulator,
+                                                     connect: Any) -> None:
+    # Issue 14.11: the token is asked at the My Domain URL (the emulator's), but the
+    # connected app wants aud = https://login.salesforce.com.
+    with emulator.lock:
+        emulator.login.jwt_audiences = "standard"
+    refused = connect().check()
+    assert not refused.ok and "invalid_grant" in refused.detail
+    health = connect(jwt_audience="https://login.salesforce.com").check()
+    assert health.ok, health.detail
+
+
+def test_jwt_audience_defaults_to_the_login_url_for_my_domain_apps(
+        emulator: SalesforceEmulator, connect: Any) -> None:
+    with emulator.lock:
+        emulator.login.jwt_audiences = "mydomain"  # some External Client Apps
+    assert connect().check().ok
+    assert not connect(jwt_audience="https://login.salesforce.com").check().ok
