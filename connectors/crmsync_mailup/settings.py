@@ -97,6 +97,9 @@ class MailUpSettings(ConnectorSettings):
         default_factory=lambda: {"subscribed": "OPTIN", "pending": "PENDING",
                                  "unsubscribed": "OPTOUT"})
     file_group_separator: str = ","
+    file_group_column: Literal["ExternalGroupName", "IdGroup"] = Field(
+        "ExternalGroupName", description="the one group column of the import file: group "
+        "names (ExternalGroupName) or MailUp group ids (IdGroup)")
     import_file_template: str = "crmsync-import-{run_id}.csv"
     export_file_glob: str = "unsubscribers*.csv"
     export_encoding: Literal["auto", "utf-8", "cp1252"] = "auto"

@@ -125,6 +125,10 @@ class BatchSpace:
                 groups = [g for g in re.split(r"[,;]", cells.get("idgroup", "")) if g.strip()]
                 names = [g for g in re.split(r"[,;]", cells.get("externalgroupname", ""))
                          if g.strip()]
+                if groups and names:
+                    # The file format takes IdGroup *or* ExternalGroupName per row.
+                    raise ValueError("both IdGroup and ExternalGroupName are set: a row "
+                                     "names its groups one way only")
                 if "idgroup" in cells or "externalgroupname" in cells:
                     self.store.replace_groups(rec, list_id, groups, names)
             except (MailUpError, ValueError) as exc:

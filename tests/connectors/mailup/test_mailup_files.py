@@ -52,11 +52,30 @@ def test_header_and_rows():
     ])
     assert rows == 3
     assert data.decode().splitlines() == [
-        "111|1|2|idList|IdGroup|ExternalGroupName|Status",
-        "a@example.com|Ann||1|7|news|OPTIN",
-        "b@example.com|||2|||OPTOUT",
-        "c@example.com||Cole|1|||PENDING",
+        "111|1|2|idList|ExternalGroupName|Status",
+        "a@example.com|Ann||1|7,news|OPTIN",
+        "b@example.com|||2||OPTOUT",
+        "c@example.com||Cole|1||PENDING",
     ]
+
+
+def test_group_ids_column_when_configured():
+    exchange = files(file_group_column="IdGroup")
+    _, data = written(exchange, [change("a@example.com", "1", Status.SUBSCRIBED, ["12", "7"])])
+    assert data.decode().splitlines() == ["111|1|2|idList|IdGroup|Status",
+                                          "a@example.com|||1|7,12|OPTIN"]
+    with pytest.raises(DataError, match="names, not MailUp group ids"):
+        written(exchange, [change("b@example.com", "1", Status.SUBSCRIBED, ["news"])])
+
+
+def test_a_group_named_like_a_number_reaches_mailup_by_name(emulator):
+    # Issue 14.7: one group column per row; a group *named* "2024" is a name, not an id.
+    rows, data = written(files(), [change("y@example.com", "1", Status.SUBSCRIBED,
+                                          ["2024", "news"])])
+    upload(emulator.files_dir, "crmsync-import-y.csv", data, rows)
+    report = emulator.import_files()
+    assert report["imported"][0]["errors"] == []
+    assert contact(emulator, "y@example.com")["lists"]["1"]["groups"] == ["2024", "news"]
 
 
 @pytest.mark.parametrize("value", ["=SUM(A1)", "+1", "-2", "@cmd", "\tx", "\rx"])
@@ -73,7 +92,7 @@ def test_separator_quoting_and_encodings():
                                file_encoding="cp1252"),
                          [change("z@example.com", "1", Status.SUBSCRIBED, name="Zoë, Jr")])
     assert rows == 1
-    assert data.splitlines()[1] == "'z@example.com','Zoë, Jr','','1','','','OPTIN'".encode(
+    assert data.splitlines()[1] == "'z@example.com','Zoë, Jr','','1','','OPTIN'".encode(
         "cp1252")
     _, bom = written(files(file_encoding="utf-8-sig"), [])
     assert bom.startswith(b"\xef\xbb\xbf111|")
@@ -85,8 +104,8 @@ def test_a_delete_becomes_opt_out_rows_on_the_configured_lists():
     rows, data = written(files(lists=["1", "2"]),
                          [Change(email="gone@example.com", op=Op.DELETE)])
     assert rows == 2
-    assert data.decode().splitlines()[1:] == ["gone@example.com|||1|||OPTOUT",
-                                              "gone@example.com|||2|||OPTOUT"]
+    assert data.decode().splitlines()[1:] == ["gone@example.com|||1||OPTOUT",
+                                              "gone@example.com|||2||OPTOUT"]
     assert written(files(), [Change(email="gone@example.com", op=Op.DELETE)])[0] == 0
 
 
@@ -314,8 +333,7 @@ def test_import_rows_read_back_as_written(name, surname, separator, quotechar, q
                         quotechar=quotechar)
     header, row = list(reader)
     assert header == exchange.header()
-    assert row == ["p@example.com", neutralise(name), neutralise(surname), "1", "", "g",
-                   "OPTIN"]
+    assert row == ["p@example.com", neutralise(name), neutralise(surname), "1", "g", "OPTIN"]
 
 
 @settings(max_examples=40, deadline=None)
