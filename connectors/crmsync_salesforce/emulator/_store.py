@@ -201,6 +201,13 @@ class Org:
         obj = self.object_of(record_id)
         assert obj is not None
         record = self.records[obj][record_id]
+        if obj == "CampaignMember":
+            # CampaignMember has no undelete(), and what cannot be undeleted skips the
+            # recycle bin: the row is gone at once, queryAll never shows it deleted.
+            self._index(obj, record, False)
+            del self.records[obj][record_id]
+            self.changed.append((obj, record_id))
+            return
         when = self.now()
         record.update(IsDeleted=True, LastModifiedDate=when, SystemModstamp=when)
         self.changed.append((obj, record_id))

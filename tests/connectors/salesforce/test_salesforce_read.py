@@ -290,3 +290,19 @@ def test_bulk_reads_have_no_order_by_and_lose_nothing(emulator: SalesforceEmulat
     emulator.update_contact("contact0-7@example.com", {"LastName": "Later"})
     later = [r for p in connector.read(final) for r in p.records]
     assert "contact0-7@example.com" in {r.email for r in later}
+
+
+def test_a_removed_campaign_member_skips_the_recycle_bin(emulator: SalesforceEmulator,
+                                                          connect: Any) -> None:
+    # Issue 14.9 (emulator side): CampaignMember has no undelete(), so a removal is a hard
+    # delete that queryAll never shows. The connector cannot see it (docs: "Campaign
+    # member removals"); this pins what the emulator does so that the gap stays visible.
+    with emulator.lock:
+        emulator.seed(3, 0)
+    member = next(iter(emulator.org.records["CampaignMember"].values()))
+    connector = connect(overlap_seconds=0)
+    emulator.delete_record(member["Id"])
+    assert member["Id"] not in emulator.org.records["CampaignMember"]
+    rows = list(connector.api.query(f"SELECT Id FROM CampaignMember WHERE Id = '{member['Id']}'",
+                                    all_rows=True))
+    assert rows == []
