@@ -2,10 +2,13 @@
 
 Rows go to ``POST /List/{id}/Recipients`` (one import per list and target status:
 plain, ``ConfirmEmail=true`` for pending, ``importType=asOptout`` for unsubscribes),
-then group memberships to ``POST /Group/{id}/Recipients``; each import is polled at
-``GET /Import/{idImport}`` until ``Completed``. Memberships outside a recipient's desired
-group set are then removed one by one (an import cannot remove them). A default import
-never changes an existing status, so it cannot lift an unsubscribe.
+then, once those are completed, group memberships to ``POST /Group/{id}/Recipients``;
+each import is polled at ``GET /Import/{idImport}`` until ``Completed``. The
+confirmation request of a ``ConfirmEmail`` import is queued, not sent, by MailUp: it is
+sent with ``GET /Import/{id}/Sending`` and ``POST /Email/Sendings/{id}/Immediate``.
+Memberships outside a recipient's desired group set are then removed one by one (an
+import cannot remove them). A default import never changes an existing status, so it
+cannot lift an unsubscribe.
 """
 
 from __future__ import annotations
@@ -65,20 +68,46 @@ class BulkImporter:
                 if sub.status is not Status.UNSUBSCRIBED:
                     for gid in sorted(wanted):
                         members[(list_id, gid)].append((index, body))
+        # List imports first and to the end: a group import adds to the group's list
+        # too, so run before the ConfirmEmail import it would subscribe a new address
+        # without the confirmation request.
         started: list[tuple[str, list[int]]] = []
+        confirming: set[str] = set()
         for (list_id, status), rows in batches.items():
+            before = len(started)
             self._start(f"List/{list_id}/Recipients", rows, _PARAMS[status], started, failures)
+            if status is Status.PENDING:
+                confirming.update(import_id for import_id, _ in started[before:])
+        self._finish(started, failures, confirming)
+        started = []
         for (_, gid), rows in members.items():
             self._start(f"Group/{gid}/Recipients", rows, {}, started, failures)
-        for import_id, indices in started:
-            try:
-                self.wait(import_id)
-            except CrmsyncError as exc:
-                for index in indices:
-                    failures.setdefault(index, _failed(exc))
+        self._finish(started, failures, set())
         for list_id, targets in desired.items():
             self._prune(list_id, targets, failures)
         return {index: failures.get(index, WriteResult(ok=True)) for index, _ in items}
+
+    def _finish(self, started: list[tuple[str, list[int]]], failures: dict[int, WriteResult],
+                confirming: set[str]) -> None:
+        """Wait for each import; send the confirmation request of a ConfirmEmail one.
+
+        MailUp queues that mail without sending it ("a confirmation request email is
+        queued but not automatically sent"): ``GET /Import/{id}/Sending`` names the
+        sending, ``POST /Email/Sendings/{id}/Immediate`` sends it.
+        """
+        for import_id, indices in started:
+            try:
+                self.wait(import_id)
+                if import_id in confirming:
+                    self.send_confirmation(import_id)
+            except CrmsyncError as exc:
+                for index in indices:
+                    failures.setdefault(index, _failed(exc))
+
+    def send_confirmation(self, import_id: str) -> None:
+        sending = self.api.import_sending(import_id)
+        if sending is not None:
+            self.api.send_now(sending)
 
     def _prune(self, list_id: str, targets: dict[str, tuple[int, set[str]]],
                failures: dict[int, WriteResult]) -> None:

@@ -84,7 +84,11 @@ class MailUpClient:
 
     def pages(self, path: str, *, params: Mapping[str, Any] | None = None,
               page_size: int | None = None) -> Iterator[list[dict[str, Any]]]:
-        """Every page of a paged listing (0-based ``pageNumber``), one list of items each."""
+        """Every page of a paged listing (0-based ``pageNumber``), one list of items each.
+
+        Stops on an empty page or once ``TotalElementsCount`` items were read; never on a
+        merely short page, since MailUp may serve fewer items than ``pageSize`` asked.
+        """
         size = page_size or self.settings.page_size
         number = 0
         seen = 0
@@ -98,10 +102,19 @@ class MailUpClient:
             seen += len(items)
             if items:
                 yield items
-            total = body.get("TotalElementsCount")
-            if not items or len(items) < size or (isinstance(total, int) and seen >= total):
+            if not items or seen >= _count(body, "TotalElementsCount", seen + 1):
+                return
+            # MailUp may cap pageSize below what was asked: a page shorter than the
+            # request is not the last one unless it is shorter than the server's own
+            # PageSize too (only consulted when the envelope carries no total).
+            if "TotalElementsCount" not in body and len(items) < _count(body, "PageSize", size):
                 return
             number += 1
+
+
+def _count(body: dict[str, Any], key: str, default: int) -> int:
+    value = body.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def error_envelope(response: httpx.Response) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, ClassVar
@@ -76,6 +77,8 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         self.frontend = (FrontendSubscriber(self.settings.frontend_url, self.http)
                          if self.settings.frontend_url else None)
         self._list_ids: list[str] | None = None
+        #: EmailOptins ``Status`` texts crmsync does not know, with how often each was read.
+        self.unknown_statuses: Counter[str] = Counter()
 
     # -- health and lists -------------------------------------------------------------------
     def check(self) -> Health:
@@ -182,14 +185,39 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         tie = since.tie_id if newest == since.at else ""
         yield Page(records=[], cursor=Cursor(at=newest, tie_id=tie, data={"incremental": True}))
 
+    def _optin_status(self, item: dict[str, Any], optin: datetime | None,
+                      optout: datetime | None, request: datetime | None) -> Status | None:
+        """The status of an EmailOptins row. Only ``OPTIN`` is in a public fixture, so
+        a row whose opt-out date is its newest is unsubscribed whatever its status text,
+        and an unknown text is read from the dates (logged once, counted)."""
+        text = str(item.get("Status") or "").strip().upper()
+        status = OPTIN_STATUS.get(text)
+        newest = max((d for d in (optin, request) if d), default=None)
+        if optout is not None and (status is None or newest is None or optout >= newest):
+            status = Status.UNSUBSCRIBED
+        if text not in OPTIN_STATUS:
+            self.unknown_statuses[text] += 1
+            if self.unknown_statuses[text] == 1:
+                log.warning("MailUp EmailOptins status %r is not one crmsync knows: read "
+                            "from the row's dates (opt-out date -> unsubscribed)", text)
+        if status is None:
+            if optin is not None and (request is None or optin >= request):
+                status = Status.SUBSCRIBED
+            elif request is not None:
+                status = Status.PENDING
+        return status
+
     def _optin_contact(self, item: dict[str, Any], list_id: str,
                        start: datetime) -> Contact | None:
-        status = OPTIN_STATUS.get(str(item.get("Status") or "").upper())
-        dates = [d for d in (self._api_date(item.get("Optin_Date")),
-                             self._api_date(item.get("Optout_Date")),
-                             self._api_date(item.get("Optin_Request_Date"))) if d]
-        if status is None or not dates or max(dates) < start:
+        optin = self._api_date(item.get("Optin_Date"))
+        optout = self._api_date(item.get("Optout_Date"))
+        request = self._api_date(item.get("Optin_Request_Date"))
+        dates = [d for d in (optin, optout, request) if d]
+        if not dates or max(dates) < start:
             return None
+        status = self._optin_status(item, optin, optout, request)
+        if status is None:
+            return None  # no date says anything (counted in unknown_statuses)
         rid = str(item.get("idRecipient"))
         reason = None
         if status is Status.UNSUBSCRIBED:
@@ -286,10 +314,11 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
                         raise
                     self._import_opt_out(list_id, body)  # known, but not on this list
                 rid = target
+                known: Status | None = Status.UNSUBSCRIBED
             else:
-                rid = self._subscribe(list_id, sub, body)
+                rid, known = self._subscribe(list_id, sub, body)
                 fields_written = True
-            self._sync_groups(list_id, sub, rid, body)
+            self._sync_groups(list_id, sub, rid, body, known)
         if change.fields and not fields_written:
             if rid is None:
                 found = api.find(change.email, self._lookup_lists(change))
@@ -309,31 +338,58 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
                                           {"importType": "asOptout"})
         self.bulk.wait(import_id)
 
-    def _subscribe(self, list_id: str, sub: Subscription, body: dict[str, Any]) -> str:
+    def _subscribe(self, list_id: str, sub: Subscription, body: dict[str, Any]
+                   ) -> tuple[str, Status | None]:
+        """Subscribe (or re-opt-in); the id and, when this call learnt it, the status."""
         if (sub.explicit and sub.status is Status.SUBSCRIBED
                 and self.settings.resubscribe != "never"):
             found = self.api.find(body["Email"], [list_id])
             if found is not None and found[2] is Status.UNSUBSCRIBED:
                 if self.settings.resubscribe == "confirm":
-                    return self.api.subscribe(list_id, body, confirm=True)
+                    rid = self.api.subscribe(list_id, body, confirm=True)
+                    after = self.api.find(body["Email"], [list_id])
+                    if after is not None and after[2] is Status.UNSUBSCRIBED:
+                        # Unsubscribed -> pending needs ConfirmEmail *and* a forced opt-in
+                        # (MailUp's import flags table): nothing was sent, nothing changed.
+                        raise RemoteError(
+                            f"{body['Email']} stays unsubscribed from MailUp list {list_id}: "
+                            "MailUp sends no confirmation request to an unsubscribed "
+                            "recipient through the API. Set resubscribe = \"force\" to opt "
+                            "them in (refused after a bounce or spam complaint) or have them "
+                            "subscribe again through a MailUp form", code="RESUBSCRIBE_REFUSED",
+                            retryable=False)
+                    return rid, after[2] if after is not None else None
                 rid = self.api.subscribe(list_id, body, confirm=False)
                 self.api.force_subscribe(list_id, rid)
-                return rid
-        return self.api.subscribe(list_id, body, confirm=sub.status is Status.PENDING)
+                return rid, Status.SUBSCRIBED
+            known = found[2] if found is not None else None
+            return self.api.subscribe(list_id, body, confirm=False), known
+        return self.api.subscribe(list_id, body, confirm=sub.status is Status.PENDING), None
 
     def _sync_groups(self, list_id: str, sub: Subscription, rid: str | None,
-                     body: dict[str, Any]) -> None:
+                     body: dict[str, Any], known: Status | None = None) -> None:
         if rid is None or (not sub.groups and not self.settings.clears_empty_groups(list_id)):
             return
         current = self.api.recipient_groups(list_id, rid)
         if sub.status is Status.UNSUBSCRIBED:
             # Adding to a group subscribes to its list: only removals for an unsubscribe.
-            known = self.directory.groups(list_id)
-            by_name = {name: gid for gid, name in known.items()}
+            known_groups = self.directory.groups(list_id)
+            by_name = {name: gid for gid, name in known_groups.items()}
             wanted = {by_name.get(g, g) for g in sub.groups}
         else:
             wanted = set(self.directory.resolve(list_id, sorted(sub.groups)).values())
-            for gid in sorted(wanted - current):
+            missing = sorted(wanted - current)
+            if missing and known is None:
+                # The upsert keeps an existing unsubscribe, but a group add ("also
+                # subscribes to the list the group belongs to") may lift it: ask first.
+                found = self.api.find(body["Email"], [list_id])
+                known = found[2] if found is not None else None
+            if missing and known is Status.UNSUBSCRIBED:
+                log.info("%s is unsubscribed from MailUp list %s: group(s) %s not added",
+                         body["Email"], list_id, ", ".join(missing))
+                wanted -= set(missing)
+                missing = []
+            for gid in missing:
                 self.api.add_to_group(gid, body)
         for gid in sorted(current - wanted):
             self.api.remove_from_group(gid, rid)

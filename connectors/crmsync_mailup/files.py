@@ -1,8 +1,9 @@
 """MailUp's batch files: the import CSV we write and the unsubscriber export we read.
 
 Import (written, streamed row by row): a header of field ids -- ``111`` email, the
-configured ``1..39`` field ids -- then ``idList``, ``IdGroup`` (group ids),
-``ExternalGroupName`` (group names) and a status column (``Status`` by default:
+configured ``1..39`` field ids -- then ``idList``, one group column (``file_group_column``:
+``ExternalGroupName``, group names, or ``IdGroup``, group ids -- MailUp's file format
+takes one or the other per row) and a status column (``Status`` by default:
 ``OPTIN`` / ``PENDING`` / ``OPTOUT``), one row per contact and list. Unsubscribes are
 rows with ``OPTOUT``, which MailUp records as "imported as opt-out" (type 4); an
 ``OPTIN`` row never lifts an existing unsubscribe (MailUp's default import keeps an
@@ -82,7 +83,7 @@ class MailUpFiles:
 
     def header(self) -> list[str]:
         ids = sorted(self.settings.field_ids.values())
-        return ["111", *(str(i) for i in ids), "idList", "IdGroup", "ExternalGroupName",
+        return ["111", *(str(i) for i in ids), "idList", self.settings.file_group_column,
                 self.settings.file_status_column]
 
     def write_import_file(self, out: IO[bytes], changes: Iterable[Change]) -> int:
@@ -149,12 +150,18 @@ class MailUpFiles:
                 if not list_id.isdigit():
                     raise DataError(f"{change.email}: MailUp list ids are numbers, got "
                                     f"{list_id!r}", line=rows + 2)
-                group_ids = sorted(g for g in sub.groups if g.isdigit())
-                group_names = sorted(neutralise(g) for g in sub.groups if not g.isdigit())
-                sep = s.file_group_separator
-                emit([change.email, *values, list_id, sep.join(group_ids),
-                      sep.join(group_names), s.file_status_values[sub.status.value]],
-                     rows + 2, change.email)
+                if s.file_group_column == "IdGroup":
+                    names = sorted(g for g in sub.groups if not g.isdigit())
+                    if names:
+                        raise DataError(
+                            f"{change.email}: group(s) {', '.join(names)} are names, not "
+                            "MailUp group ids: set file_group_column = \"ExternalGroupName\"",
+                            line=rows + 2)
+                    groups = sorted(sub.groups, key=int)
+                else:
+                    groups = sorted(neutralise(g) for g in sub.groups)
+                emit([change.email, *values, list_id, s.file_group_separator.join(groups),
+                      s.file_status_values[sub.status.value]], rows + 2, change.email)
                 rows += 1
         flush()
         return rows

@@ -133,6 +133,26 @@ class RecipientApi:
         body = self.client.call("GET", f"Import/{import_id}")
         return body if isinstance(body, dict) else {}
 
+    def import_sending(self, import_id: str) -> str | None:
+        """The sending that holds a ConfirmEmail import's confirmation request, if any."""
+        try:
+            body = self.client.call("GET", f"Import/{import_id}/Sending")
+        except RemoteError as exc:
+            if exc.status == 404:
+                return None  # nobody became pending: nothing was queued
+            raise
+        if isinstance(body, dict):
+            lowered = {str(k).lower(): v for k, v in body.items()}
+            body = lowered.get("idsending", lowered.get("id"))
+        if isinstance(body, int) and not isinstance(body, bool) and body > 0:
+            return str(body)
+        if isinstance(body, str) and body.isdigit() and int(body) > 0:
+            return body
+        return None
+
+    def send_now(self, sending_id: str) -> None:
+        self.client.call("POST", f"Email/Sendings/{sending_id}/Immediate")
+
 
 def _bare_id(body: Any, key: str) -> str:
     # MailUp answers a subscribe or an import with a bare JSON integer.

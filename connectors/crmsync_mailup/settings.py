@@ -7,6 +7,7 @@ come from ``CRMSYNC_MAILUP_<FIELD>`` or the secrets file, never from the TOML.
 from __future__ import annotations
 
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -52,7 +53,9 @@ class MailUpSettings(ConnectorSettings):
         description="pageSize of listings (20 is MailUp's default)")
     lists: list[str] | None = Field(None, description="the lists read() covers; unset = every list")
     read_overlap_s: float = 300.0
-    api_timezone: str = "UTC"  # the zone of EmailOptins dates (UNCONFIRMED)
+    api_timezone: str = Field(
+        "Europe/Rome", description="the zone of EmailOptins dates (they carry no offset; "
+        "MailUp's webhook samples carry Italian offsets)")
 
     # -- recipients ------------------------------------------------------------------------
     field_ids: dict[str, int] = Field(
@@ -94,10 +97,14 @@ class MailUpSettings(ConnectorSettings):
         default_factory=lambda: {"subscribed": "OPTIN", "pending": "PENDING",
                                  "unsubscribed": "OPTOUT"})
     file_group_separator: str = ","
+    file_group_column: Literal["ExternalGroupName", "IdGroup"] = Field(
+        "ExternalGroupName", description="the one group column of the import file: group "
+        "names (ExternalGroupName) or MailUp group ids (IdGroup)")
     import_file_template: str = "crmsync-import-{run_id}.csv"
     export_file_glob: str = "unsubscribers*.csv"
     export_encoding: Literal["auto", "utf-8", "cp1252"] = "auto"
-    export_timezone: str = "UTC"
+    export_timezone: str = Field("Europe/Rome",
+                                 description="the zone of the export's OptOut_Date")
 
     @field_validator("lists", "empty_groups_clear", mode="before")
     @classmethod
@@ -106,6 +113,16 @@ class MailUpSettings(ConnectorSettings):
         if isinstance(value, list):
             return [str(item) if isinstance(item, int) and not isinstance(item, bool)
                     else item for item in value]
+        return value
+
+    @field_validator("api_timezone", "export_timezone", "webhook_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Rome, "
+                             "UTC)") from None
         return value
 
     @field_validator("field_ids")

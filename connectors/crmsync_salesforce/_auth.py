@@ -143,10 +143,11 @@ class JwtBearerFlow(AuthFlow):
                           "CRMSYNC_SALESFORCE_PRIVATE_KEY (PEM) or key_file")
 
     def login(self, http: httpx.Client) -> SalesforceSession:
-        # The same claims simple-salesforce sends: aud is the login host, exp 3 minutes.
+        # The same claims simple-salesforce sends: aud is the login host (or jwt_audience,
+        # for a token asked at My Domain with the standard audience), exp 3 minutes.
         claims = {"iss": _setting(self.settings, "client_id"),
                   "sub": _setting(self.settings, "username"),
-                  "aud": self.settings.login_url.rstrip("/"),
+                  "aud": (self.settings.jwt_audience or self.settings.login_url).rstrip("/"),
                   "exp": int(time.time()) + 180}
         try:
             assertion = jwt.encode(claims, self._key(), algorithm="RS256")

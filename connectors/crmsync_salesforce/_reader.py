@@ -12,6 +12,7 @@ full resync instead (its cursors carry ``data={"resync": True}``).
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 _MEMBER_FIELDS = "Id, CampaignId, ContactId, LeadId, Status, SystemModstamp, IsDeleted"
 _PERSON_PREFIX = {"003": "Contact", "00Q": "Lead"}
 _IN_CHUNK = 200  # ids per "Id IN (...)": keeps the GET URL well under its limit
+_DELETED_PROBE = timedelta(minutes=2)  # Get Deleted wants more than one minute
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_stamp(value: str) -> datetime:
@@ -65,6 +68,7 @@ class _Item:
     row: dict[str, Any] = field(compare=False)
     memberships: dict[str, str] | None = field(compare=False, default=None)
     person_id: str | None = field(compare=False, default=None)  # set for CampaignMember rows
+    merged_from: str | None = field(compare=False, default=None)  # a merge loser's own id
 
 
 class Reader:
@@ -75,13 +79,14 @@ class Reader:
 
     # -- SOQL ----------------------------------------------------------------------------
     def _fields(self, obj: str) -> list[str]:
-        names = ["Id", "Email", "SystemModstamp", "IsDeleted", *self.settings.fields]
+        names = ["Id", "Email", "SystemModstamp", "IsDeleted", "MasterRecordId",
+                 *self.settings.fields]
         if obj == "Lead":
             names += ["IsConverted", "ConvertedContactId"]
         return list(dict.fromkeys(names))
 
     def _soql(self, obj: str, since: datetime | None, *, children: bool,
-              ids: Iterable[str] = ()) -> str:
+              ids: Iterable[str] = (), ordered: bool = True) -> str:
         select = ", ".join(self._fields(obj))
         if children and self.settings.memberships:
             select += ", (SELECT CampaignId, Status FROM CampaignMembers)"
@@ -89,7 +94,8 @@ class Reader:
         if ids:
             return format_soql(f"SELECT {select} FROM {obj} WHERE Id IN {{}}", ids)
         where = format_soql(" WHERE SystemModstamp >= {}", since) if since else ""
-        return f"SELECT {select} FROM {obj}{where} ORDER BY SystemModstamp, Id"
+        order = " ORDER BY SystemModstamp, Id" if ordered else ""
+        return f"SELECT {select} FROM {obj}{where}{order}"
 
     @staticmethod
     def _key(row: dict[str, Any]) -> tuple[datetime, str]:
@@ -113,11 +119,22 @@ class Reader:
             return self._soql(obj, last[0] if last else since, children=True)
 
         for row in self.api.query_resumable(soql, self._key, all_rows=all_rows):
-            yield _Item(self._key(row), obj, row, self._memberships(row))
+            yield self._item(obj, row, self._memberships(row))
+
+    def _item(self, obj: str, row: dict[str, Any], memberships: dict[str, str]) -> _Item:
+        master = row.get("MasterRecordId")
+        if master and text_value(row.get("IsDeleted")) == "true":
+            # A merge loser (queryAll: deleted, MasterRecordId set) is no deletion: the
+            # person lives on as the master record, read in its place.
+            return _Item(self._key(row), obj, row, person_id=str(master),
+                         merged_from=str(row["Id"]))
+        return _Item(self._key(row), obj, row, memberships)
 
     def _bulk_stream(self, obj: str, members: dict[str, dict[str, str]]) -> Iterator[_Item]:
-        for row in bulk_query(self.api, self._soql(obj, None, children=False)):
-            yield _Item(self._key(row), obj, row, members.get(row["Id"], {}))
+        # No ORDER BY: in a Bulk 2.0 query it disables PK chunking, and exactly the large
+        # objects read this way would time out. The rows come in no particular order.
+        for row in bulk_query(self.api, self._soql(obj, None, children=False, ordered=False)):
+            yield self._item(obj, row, members.get(row["Id"], {}))
 
     def _bulk_members(self) -> dict[str, dict[str, str]]:
         # Ids and statuses only (the contact CSV itself is streamed, not held).
@@ -142,7 +159,8 @@ class Reader:
                 yield _Item(self._key(row), "CampaignMember", row, person_id=str(person))
 
     # -- pages ---------------------------------------------------------------------------
-    def _contact(self, item: _Item, modified: datetime | None = None) -> Contact | None:
+    def _contact(self, item: _Item, modified: datetime | None = None,
+                 previous: str | None = None) -> Contact | None:
         row = item.row
         try:
             email = normalize_email(str(row.get("Email") or ""))
@@ -154,6 +172,9 @@ class Reader:
             # A converted Lead lives on as its Contact: same subscriptions, new id; the
             # Lead id is kept as the previous id so the id map can follow the person.
             ids = {self.name: str(converted), f"{self.name}:previous": str(row["Id"])}
+        elif previous is not None:
+            # A merge loser re-points its identity to the master the same way.
+            ids = {self.name: str(row["Id"]), f"{self.name}:previous": previous}
         return Contact(
             email=email, ids=ids,
             fields={name: text_value(row.get(name)) for name in self.settings.fields
@@ -173,13 +194,20 @@ class Reader:
         return found
 
     def _page(self, batch: list[_Item], resync: bool) -> Page:
-        in_batch = {str(i.row["Id"]) for i in batch if i.person_id is None}
+        own = {str(i.row["Id"]): i for i in batch if i.person_id is None}
+        in_batch = set(own)
         people = self._people({i.person_id for i in batch if i.person_id} - in_batch)
         records: list[Contact] = []
         emitted: set[str] = set()
         for item in batch:
             if item.person_id is None:
                 contact = self._contact(item)
+            elif item.merged_from is not None:
+                master = own.get(item.person_id) or people.get(item.person_id)
+                if master is None:
+                    continue  # the master is gone too: its own row reports that
+                contact = self._contact(master, max(master.key[0], item.key[0]),
+                                        previous=item.merged_from)
             elif item.person_id in in_batch or item.person_id in emitted:
                 continue
             else:
@@ -194,29 +222,53 @@ class Reader:
         return Page(records=records, cursor=Cursor(at=last[0], tie_id=last[1],
                                                    data={"resync": True} if resync else {}))
 
-    def _pages(self, items: Iterator[_Item], resync: bool = False) -> Iterator[Page]:
+    def _pages(self, items: Iterator[_Item], resync: bool = False,
+               unordered_since: datetime | None = None) -> Iterator[Page]:
+        """Pages of ``query_batch_size`` items. With ``unordered_since`` (a Bulk stream is
+        in no particular order) no page but the last may advance the cursor: they carry
+        1970 (resuming there is a resync), the last one the read's start minus the
+        overlap."""
         batch: list[_Item] = []
+        number = 0
+
+        def page(items: list[_Item], last: bool) -> Page:
+            done = self._page(items, resync) if items else Page(records=[])
+            if unordered_since is None:
+                return done
+            at = unordered_since - timedelta(seconds=self.settings.overlap_seconds)
+            return Page(records=done.records, cursor=Cursor(
+                at=at if last else _EPOCH, tie_id="" if last else f"{number:08d}",
+                data={"resync": True} if resync else {}))
+
         for item in items:
             batch.append(item)
             if len(batch) >= self.settings.query_batch_size:
-                yield self._page(batch, resync)
+                number += 1
+                yield page(batch, False)
                 batch = []
-        if batch:
-            yield self._page(batch, resync)
+        if batch or unordered_since is not None:
+            number += 1
+            yield page(batch, True)  # unordered: possibly empty, to carry the final cursor
 
     # -- entry points --------------------------------------------------------------------
     def full(self, *, resync: bool = False) -> Iterator[Page]:
+        started = datetime.now(UTC)
         streams: list[Iterator[_Item]] = []
+        unordered: list[Iterator[_Item]] = []
         members: dict[str, dict[str, str]] | None = None
         for obj in self.settings.objects:
             count = self.api.json("GET", "query/", params={"q": f"SELECT COUNT() FROM {obj}"})
             if int(count.get("totalSize", 0)) > self.settings.bulk_read_threshold:
                 if members is None:
                     members = self._bulk_members() if self.settings.memberships else {}
-                streams.append(self._bulk_stream(obj, members))
+                unordered.append(self._bulk_stream(obj, members))
             else:
                 streams.append(self._rest_stream(obj, None, all_rows=False))
-        yield from self._pages(heapq.merge(*streams), resync)
+        if not unordered:
+            yield from self._pages(heapq.merge(*streams), resync)
+            return
+        yield from self._pages(itertools.chain(heapq.merge(*streams), *unordered), resync,
+                               unordered_since=started)
 
     def window_missed(self, start: datetime) -> bool:
         """True when deleted records since ``start`` may have left the recycle bin."""
@@ -225,14 +277,22 @@ class Reader:
             # Get Deleted needs more than a minute; a recent cursor (a short poll) cannot
             # have outlived the recycle bin, so the calls are saved.
             return False
+        # Only earliestDateAvailable is wanted, so the window is the shortest Get Deleted
+        # takes (over a minute): a window to now could hold more than 600,000 ids and be
+        # refused with EXCEEDED_ID_LIMIT on every later read.
+        end = min(now, start + _DELETED_PROBE)
         for obj in self.settings.objects:
             try:
                 body = self.api.json("GET", f"sobjects/{obj}/deleted/", params={
                     "start": start.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
-                    "end": now.strftime("%Y-%m-%dT%H:%M:%S+00:00")})
+                    "end": end.strftime("%Y-%m-%dT%H:%M:%S+00:00")})
             except RemoteError as exc:
                 if exc.code == "INVALID_REPLICATION_DATE":
                     return True  # older than the API will answer for
+                if exc.code == "EXCEEDED_ID_LIMIT":
+                    log.warning("Get Deleted refused even a two-minute window of %s "
+                                "(EXCEEDED_ID_LIMIT): reading everything again", obj)
+                    return True  # cannot tell: the safe answer is a resync
                 raise
             earliest = body.get("earliestDateAvailable")
             if earliest and parse_stamp(earliest) > start:

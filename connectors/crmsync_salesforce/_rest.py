@@ -30,6 +30,23 @@ RETRYABLE_CODES = frozenset({
 })
 
 
+#: Attempts for a call refused because too many long requests run at once in the org.
+CONCURRENCY_ATTEMPTS = 4
+
+
+def is_budget_spent(message: str, quota: QuotaTracker) -> bool:
+    """Whether a ``REQUEST_LIMIT_EXCEEDED`` means the daily budget, not concurrency.
+
+    The same code answers "TotalRequests Limit exceeded." (the 24-hour allocation) and
+    "ConcurrentPerOrgLongTxn Limit exceeded" / "ConcurrentRequests ... Limit exceeded"
+    (too many long requests at once, transient). Only the first, or usage at the limit in
+    ``Sforce-Limit-Info``, stops the run.
+    """
+    if "totalrequests" in message.replace(" ", "").lower():
+        return True
+    return quota.limit is not None and quota.used is not None and quota.used >= quota.limit
+
+
 class SessionRefreshed(Exception):
     """The session was renewed while following a query locator: restart the query."""
 
@@ -83,7 +100,9 @@ class SalesforceApi:
         with the old session.
         """
         self.quota.guard()
-        for attempt in range(2):
+        refusals = 0
+        attempt = 0
+        while attempt < 2:
             session = self.session()
             url = session.instance_url + (path if path.startswith("/")
                                           else f"{self.data_path}/{path}")
@@ -109,6 +128,13 @@ class SalesforceApi:
                 self.refresh()
                 if locator:
                     raise SessionRefreshed(code or "INVALID_SESSION_ID")
+                attempt += 1
+                continue
+            if (code == "REQUEST_LIMIT_EXCEEDED" and not is_budget_spent(message, self.quota)
+                    and refusals + 1 < CONCURRENCY_ATTEMPTS):
+                # Too many long requests in the org right now: wait and ask again.
+                refusals += 1
+                self.sleep(min(30.0, 0.5 * 4 ** (refusals - 1)))
                 continue
             raise self._error(response, code, message, method, path)
         raise AssertionError("unreachable")
@@ -121,6 +147,10 @@ class SalesforceApi:
             return AuthError(f"Salesforce refused a fresh session on {where} ({code}: "
                              f"{message}): check the integration user's permissions and the "
                              "connected app's policies")
+        if code == "REQUEST_LIMIT_EXCEEDED" and not is_budget_spent(message, self.quota):
+            return RateLimited(f"Salesforce refused {where} for now ({message}): too many long "
+                               "requests run in the org at once; the call is retried later",
+                               status=status, code=code)
         if code == "REQUEST_LIMIT_EXCEEDED":
             self.quota.spent(message or code)
             return QuotaExhausted(

@@ -22,6 +22,10 @@ class SalesforceSettings(ConnectorSettings):
     instance_url: str | None = None
     """``https://acme.my.salesforce.com``; default: the ``instance_url`` the login returns."""
     login_url: str = "https://login.salesforce.com"
+    jwt_audience: str | None = None
+    """The JWT ``aud`` claim; default: ``login_url``. Set ``https://login.salesforce.com``
+    (or ``https://test.salesforce.com``) when the token is asked at My Domain but the
+    connected app wants the standard audience."""
     auth: Literal["jwt", "password", "client_credentials", "soap"] = "jwt"
     username: str | None = None
     client_id: str | None = None

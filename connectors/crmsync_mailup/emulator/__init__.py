@@ -74,6 +74,15 @@ def _num(value: Any, default: float | None) -> float | None:
     return number or None
 
 
+def _status_names(value: str | dict[str, str] | None) -> dict[str, str]:
+    """``unsubscribed=OPTOUT_BOUNCE,...`` or a dict: the EmailOptins ``Status`` texts."""
+    names = {"subscribed": "OPTIN", "unsubscribed": "OPTOUT", "pending": "PENDING"}
+    if isinstance(value, str):
+        value = dict(item.split("=", 1) for item in value.split(",") if "=" in item)
+    names.update({k.strip(): v.strip() for k, v in (value or {}).items()})
+    return names
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -101,13 +110,18 @@ class MailUpEmulator(Emulator):
             import_polls: int | str = 1, webhook_retry_delays: list[float] | str | None = None,
             export_separator: str = ";", export_encoding: str = "utf-8",
             file_status_column: str = "Status",
-            frontend_ips: list[str] | str = "127.0.0.1") -> None:
+            frontend_ips: list[str] | str = "127.0.0.1",
+            max_page_size: int | str | None = None, optin_status_names: str | None = None,
+            date_zone: str = "Europe/Rome") -> None:
         self.token_ttl = float(token_ttl)
         self.rate_limit = _num(rate_limit, None)
         self.files_dir = Path(files_dir) if files_dir else None
         self.credentials = (client_id, client_secret, username, password)
         self.transactional = (transactional_username, transactional_secret)
         self.import_polls = int(import_polls)
+        self.max_page_size = int(max_page_size) if max_page_size else None
+        self.optin_status_names = _status_names(optin_status_names)
+        self.date_zone = date_zone
         if isinstance(webhook_retry_delays, str):
             webhook_retry_delays = [float(x) for x in webhook_retry_delays.split(",") if x]
         if isinstance(frontend_ips, str):
@@ -131,7 +145,7 @@ class MailUpEmulator(Emulator):
 
     @property
     def space(self) -> BatchSpace:
-        return BatchSpace(self.store, self.files_dir, **self._file_options)
+        return BatchSpace(self.store, self.files_dir, zone=self.date_zone, **self._file_options)
 
     # -- the store ---------------------------------------------------------------------------
     def reset(self) -> None:
@@ -360,7 +374,8 @@ class MailUpEmulator(Emulator):
             if previous == "subscribed":
                 rec = store.upsert({"Email": email, "Fields": fields}, list_id)
             else:
-                rec = store.upsert({"Email": email, "Fields": fields}, list_id, confirm=confirm)
+                rec = store.upsert({"Email": email, "Fields": fields}, list_id, confirm=confirm,
+                                   reoptin=True)
             member = rec["lists"][list_id]
             member["groups"] |= {g for g in groups if store.groups[g]["list"] == list_id}
             if member["status"] == "subscribed" and previous != "subscribed":
@@ -458,7 +473,7 @@ class MailUpEmulator(Emulator):
         names = {v: k for k, v in self.store.fields.items()}
         fields = [{"Id": names[k], "Value": v} for k, v in (body.get("fields") or {}).items()]
         rec = self.store.upsert({"Email": body["email"], "Fields": fields}, list_id,
-                           confirm=bool(body.get("confirm", False)))
+                           confirm=bool(body.get("confirm", False)), reoptin=True)
         self.store.set_groups(rec, list_id, body.get("groups"))
         status = rec["lists"][list_id]["status"]
         if status == "subscribed":
@@ -522,7 +537,8 @@ class MailUpEmulator(Emulator):
     @_locked
     def configure(self, body: dict[str, Any]) -> dict[str, Any]:
         unknown = set(body) - {"rate_limit", "token_ttl", "import_polls",
-                               "webhook_retry_delays"}
+                               "webhook_retry_delays", "max_page_size", "optin_status_names",
+                               "date_zone"}
         if unknown:
             raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
         if "rate_limit" in body:
@@ -533,6 +549,14 @@ class MailUpEmulator(Emulator):
             self.import_polls = int(body["import_polls"])
         if "webhook_retry_delays" in body:
             self.dispatcher.retry_delays = [float(x) for x in body["webhook_retry_delays"]]
-        return {"rate_limit": self.rate_limit, "token_ttl": self.token_ttl,
+        if "max_page_size" in body:
+            self.max_page_size = int(body["max_page_size"]) if body["max_page_size"] else None
+        if "optin_status_names" in body:
+            self.optin_status_names = _status_names(body["optin_status_names"])
+        if "date_zone" in body:
+            self.date_zone = str(body["date_zone"])
+        return {"max_page_size": self.max_page_size, "date_zone": self.date_zone,
+                "optin_status_names": self.optin_status_names,
+                "rate_limit": self.rate_limit, "token_ttl": self.token_ttl,
                 "import_polls": self.import_polls,
                 "webhook_retry_delays": self.dispatcher.retry_delays}

@@ -14,6 +14,7 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from crmsync.files import allow_large_csv_fields
 
@@ -26,8 +27,9 @@ class BatchSpace:
     """The file space of one emulator (a local folder an FTP server may also serve)."""
 
     def __init__(self, store: MailUpStore, files_dir: Path | None, *, status_column: str,
-                 separator: str, encoding: str) -> None:
+                 separator: str, encoding: str, zone: str = "UTC") -> None:
         self.store = store
+        self.zone = ZoneInfo(zone)  # OptOut_Date is written in the console's zone
         self.files_dir = files_dir
         self.status_column = status_column
         self.separator = separator
@@ -124,6 +126,10 @@ class BatchSpace:
                 groups = [g for g in re.split(r"[,;]", cells.get("idgroup", "")) if g.strip()]
                 names = [g for g in re.split(r"[,;]", cells.get("externalgroupname", ""))
                          if g.strip()]
+                if groups and names:
+                    # The file format takes IdGroup *or* ExternalGroupName per row.
+                    raise ValueError("both IdGroup and ExternalGroupName are set: a row "
+                                     "names its groups one way only")
                 if "idgroup" in cells or "externalgroupname" in cells:
                     self.store.replace_groups(rec, list_id, groups, names)
             except (MailUpError, ValueError) as exc:
@@ -147,7 +153,8 @@ class BatchSpace:
         writer.writerow(["email", "idList", "OptOut_Date", "optout_nl", "optout_type",
                          "optout_subtype"])
         for item in rows:
-            writer.writerow([item["email"], item["list"], item["at"].strftime("%Y%m%dT%H%M%S"),
+            at = item["at"].astimezone(self.zone)
+            writer.writerow([item["email"], item["list"], at.strftime("%Y%m%dT%H%M%S"),
                              item["nl"] or "", item["type"],
                              "" if item["subtype"] is None else item["subtype"]])
         if row_delay_s > 0:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .store import MailUpError, MailUpStore
+from .store import NO_FORCE, MailUpError, MailUpStore
 
 if TYPE_CHECKING:
     from . import MailUpEmulator
@@ -33,9 +34,13 @@ def envelope(status: int, description: str) -> JSONResponse:
                         status_code=status)
 
 
-def _api_date(value: Any) -> str:
-    return str(value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}") \
-        if value else ""
+def _api_date(value: Any, zone: str = "UTC") -> str:
+    # EmailOptins dates carry no offset; the console writes them in its own zone (the
+    # webhook samples of an Italian console carry +01: Europe/Rome).
+    if not value:
+        return ""
+    local = value.astimezone(ZoneInfo(zone))
+    return str(local.strftime("%Y-%m-%d %H:%M:%S.") + f"{local.microsecond // 1000:03d}")
 
 
 def _flag(value: str | None) -> bool:
@@ -76,6 +81,11 @@ class ConsoleApi:
             raise MailUpError(400, "Invalid paging parameters") from None
         if size < 1 or number < 0:
             raise MailUpError(400, "Invalid paging parameters")
+        cap = self.settings.max_page_size
+        if cap and size > cap:
+            # A server may serve fewer items than asked (the maximum pageSize is not
+            # documented); the envelope then says the PageSize it used.
+            size = cap
         items = self._filtered(items, call.q("filterby"))
         skipped = size * number
         return {"IsPaginated": given, "Items": items[skipped:skipped + size],
@@ -163,14 +173,15 @@ class ConsoleApi:
         items = []
         for rec in self.store.members(list_id):
             m = rec["lists"][list_id]
+            zone = self.settings.date_zone
             items.append({
-                "Email": rec["email"], "Optin_Date": _api_date(m["optin_date"]),
-                "Optin_Request_Date": _api_date(m["optin_request_date"]),
-                "Optin_Request_IP": None, "Optout_Date": _api_date(m["optout_date"]),
+                "Email": rec["email"], "Optin_Date": _api_date(m["optin_date"], zone),
+                "Optin_Request_Date": _api_date(m["optin_request_date"], zone),
+                "Optin_Request_IP": None, "Optout_Date": _api_date(m["optout_date"], zone),
                 "Optout_MsgID": m["optout_nl"], "Optout_Subtype": m["optout_subtype"],
                 "Optout_Type": m["optout_type"],
-                "Status": {"subscribed": "OPTIN", "unsubscribed": "OPTOUT",
-                           "pending": "PENDING"}[m["status"]],
+                # Only OPTIN is in a public fixture: the other texts are configurable.
+                "Status": self.settings.optin_status_names[m["status"]],
                 "idRecipient": rec["id"]})
         return self._page(items, call)
 
@@ -191,13 +202,29 @@ class ConsoleApi:
     def _subscribe_one(self, call: Call) -> Any:
         list_id = call.path["id"]
         self.store.list_(list_id)
-        return self.store.upsert(call.body, list_id, confirm=_flag(call.q("ConfirmEmail")))["id"]
+        confirm = _flag(call.q("ConfirmEmail"))
+        before = self._status(call.body, list_id)
+        rec = self.store.upsert(call.body, list_id, confirm=confirm)
+        if confirm and rec["lists"][list_id]["status"] == "pending" and before != "pending":
+            # The synchronous subscribe sends the confirmation request itself.
+            self.store.send_confirmation([rec["email"]], list_id)
+        return rec["id"]
+
+    def _status(self, body: Any, list_id: str) -> str | None:
+        rec = self.store.find(str(body.get("Email") or "")) if isinstance(body, dict) else None
+        return None if rec is None else rec["lists"].get(list_id, {}).get("status")
 
     def _subscribe_group(self, call: Call) -> Any:
         gid = call.path["id"]
         group = self.store.group(gid)
-        rec = self.store.upsert(call.body, group["list"], confirm=_flag(call.q("ConfirmEmail")))
-        rec["lists"][group["list"]]["groups"].add(gid)
+        list_id = group["list"]
+        rec = self.store.upsert(call.body, list_id, confirm=_flag(call.q("ConfirmEmail")))
+        member = rec["lists"][list_id]
+        if member["status"] == "unsubscribed" and member["optout_type"] not in NO_FORCE:
+            # "confirmSubscription=true" is the default: the call "also subscribes to the
+            # MailUp list the group belongs to" (help.mailup.com, Recipients).
+            self.store.set_status(rec, list_id, "subscribed")
+        member["groups"].add(gid)
         return rec["id"]
 
     def _group_import(self, call: Call) -> Any:
@@ -217,9 +244,11 @@ class ConsoleApi:
         clear = _flag(call.q("clearMissingOrEmptyFields"))
         replace = _flag(call.q("removeFromPrevGroups"))
         counts = {"created": 0, "updated": 0, "valid": 0, "invalid": 0}
+        pending: list[str] = []
         for row in call.body:
             existed = isinstance(row, dict) and self.store.find(
                 str(row.get("Email") or "")) is not None
+            before = self._status(row, list_id)
             try:
                 rec = self.store.upsert(row, list_id, confirm=confirm, optout=optout,
                                    clear_empty=clear)
@@ -228,6 +257,8 @@ class ConsoleApi:
                 continue
             counts["valid"] += 1
             counts["updated" if existed else "created"] += 1
+            if confirm and rec["lists"][list_id]["status"] == "pending" and before != "pending":
+                pending.append(rec["email"])
             if gid is not None:
                 groups = rec["lists"][list_id]["groups"]
                 if replace:
@@ -235,7 +266,38 @@ class ConsoleApi:
                 groups.add(gid)
         import_id = self.store.next_id("import")
         self.store.imports[import_id] = {"polls": 0, **counts}
+        if confirm:
+            # "A confirmation request email is queued but not automatically sent": the
+            # caller asks GET /Import/{id}/Sending, then POST /Email/Sendings/{id}/Immediate.
+            sending = self.store.next_id("sending")
+            self.store.sendings[sending] = {"import": import_id, "list": list_id,
+                                            "to": pending, "sent": False}
+            self.store.imports[import_id]["sending"] = sending
         return import_id
+
+    def _import_sending(self, call: Call) -> Any:
+        try:
+            item = self.store.imports[int(call.path["id"])]
+        except (KeyError, ValueError):
+            raise MailUpError(404, f"Import {call.path['id']} not found") from None
+        if item["polls"] <= self.settings.import_polls:
+            raise MailUpError(400, f"Import {call.path['id']} is not completed yet")
+        if "sending" not in item:
+            raise MailUpError(404, f"Import {call.path['id']} has no confirmation sending")
+        return {"idSending": item["sending"],
+                "idMessage": 0, "Recipients": len(self.store.sendings[item["sending"]]["to"])}
+
+    def _sending_immediate(self, call: Call) -> Any:
+        try:
+            sending = self.store.sendings[int(call.path["id"])]
+        except (KeyError, ValueError):
+            raise MailUpError(404, f"Sending {call.path['id']} not found") from None
+        if not sending["sent"]:
+            sending["sent"] = True
+            still = [e for e in sending["to"] if (r := self.store.find(e)) is not None
+                     and r["lists"].get(sending["list"], {}).get("status") == "pending"]
+            self.store.send_confirmation(still, sending["list"])
+        return None
 
     def _import_status(self, call: Call) -> Any:
         try:
@@ -398,6 +460,8 @@ class ConsoleApi:
             ("/List/{id}/Recipient/{rid}", self._remove_list, ["DELETE"]),
             ("/Recipients/{rid}", self._delete_recipient, ["DELETE"]),
             ("/Import/{id}", self._import_status, ["GET"]),
+            ("/Import/{id}/Sending", self._import_sending, ["GET"]),
+            ("/Email/Sendings/{id}/Immediate", self._sending_immediate, ["POST"]),
             ("/Imports", self._all_imports, ["GET"]),
             ("/List/{id}/Subscribe/{rid}", self._force_list, ["POST"]),
             ("/Group/{id}/Subscribe/{rid}", self._force_group, ["POST"]),

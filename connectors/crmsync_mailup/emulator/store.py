@@ -51,9 +51,10 @@ class MailUpStore:
         self.messages: dict[int, dict[str, Any]] = {
             1: {"list": "1", "subject": "Welcome"}, 2: {"list": "2", "subject": "Invitation"}}
         self.sent: list[dict[str, Any]] = []
+        self.sendings: dict[int, dict[str, Any]] = {}  # confirmation sendings of imports
         self.optouts: list[dict[str, Any]] = []
         self.exported = 0
-        self._ids = {"recipient": 0, "group": 3, "import": 0, "message": 2}
+        self._ids = {"recipient": 0, "group": 3, "import": 0, "message": 2, "sending": 0}
 
     def next_id(self, kind: str) -> int:
         self._ids[kind] += 1
@@ -72,6 +73,16 @@ class MailUpStore:
             membership["groups"] = {g for g in ("1", "2") if rng.random() < 0.4}
             if rng.random() < 0.3:
                 self.set_status(rec, "2", "subscribed", log=False)
+
+    def send_confirmation(self, emails: list[str], list_id: str) -> None:
+        """The confirmation request (double opt-in) mail, as delivered."""
+        if emails:
+            self.sent.append({"confirmation": True, "list": list_id, "to": list(emails)})
+
+    def confirmations(self, email: str) -> list[str]:
+        """The lists ``email`` was sent a confirmation request for."""
+        return [str(item["list"]) for item in self.sent
+                if item.get("confirmation") and email in item["to"]]
 
     def create(self, email: str, fields: dict[int, str] | None = None) -> dict[str, Any]:
         rid = self.next_id("recipient")
@@ -136,7 +147,7 @@ class MailUpStore:
         return None if rid is None or self.recipients[rid]["deleted"] else self.recipients[rid]
 
     def upsert(self, body: Any, list_id: str, *, confirm: bool = False, optout: bool = False,
-                clear_empty: bool = False) -> dict[str, Any]:
+                clear_empty: bool = False, reoptin: bool = False) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise MailUpError(400, "Invalid request: expected a recipient object")
         email = str(body.get("Email") or "").strip().lower()
@@ -170,9 +181,12 @@ class MailUpStore:
             self.set_status(rec, list_id, "pending" if confirm else "subscribed")
         elif confirm and current == "subscribed":
             self.set_status(rec, list_id, "pending")
-        elif (confirm and current == "unsubscribed"
+        elif (confirm and reoptin and current == "unsubscribed"
               and member["optout_type"] not in NO_FORCE):
-            # A re-opt-in through the confirmation flow (UNCONFIRMED, see docs).
+            # The person's own re-subscription through a form: the confirmation flow.
+            # Through the API, Unsubscribed -> Pending needs ConfirmEmail *and* a forced
+            # opt-in (import flags table, help.mailup.com pageId=32604162): a plain
+            # ConfirmEmail leaves an unsubscribed recipient unsubscribed.
             self.set_status(rec, list_id, "pending")
         return rec
 

@@ -15,6 +15,9 @@ Vendor control routes, besides the harness's ``/_emulator/...``::
     POST /_emulator/salesforce/reject    {"emails": [...]}    a validation rule on Email
     POST /_emulator/salesforce/bulk_failure {"message"}       the next Bulk job ends Failed
     POST /_emulator/salesforce/convert   {"lead_id"}          convert a Lead to a Contact
+    POST /_emulator/salesforce/merge     {"master_id", "loser_ids"}  merge duplicates
+    POST /_emulator/salesforce/busy      {"calls"}  the next calls meet a full org
+                                         (403 ConcurrentPerOrgLongTxn Limit exceeded)
     POST /_emulator/salesforce/purge                          empty the recycle bin
 """
 
@@ -99,10 +102,16 @@ class SalesforceEmulator(Emulator):
     api_version: ClassVar[str] = "59.0"
 
     def __init__(self, *, contacts: int = 0, seed: int = 0, daily_limit: int | str = 1_000_000,
-                 bulk_polls: int | str = 1) -> None:
+                 bulk_polls: int | str = 1, id_limit: int | str = 600_000,
+                 bulk_order_by_limit: int | str = 100_000, jwt_audiences: str = "any") -> None:
         self.daily_limit = int(daily_limit)
+        self.id_limit = int(id_limit)  # Get Updated / Get Deleted: EXCEEDED_ID_LIMIT above
+        # A Bulk 2.0 query with ORDER BY runs without PK chunking: over this many rows it
+        # times out (the job ends Failed).
+        self.bulk_order_by_limit = int(bulk_order_by_limit)
         self.bulk_polls = int(bulk_polls)
         self.login = LoginServer()
+        self.login.jwt_audiences = jwt_audiences
         self.outbound_url: str | None = None
         self.outbound_fields: tuple[str, ...] = ("Email", "FirstName", "LastName",
                                                  "HasOptedOutOfEmail", "SystemModstamp")
@@ -118,6 +127,7 @@ class SalesforceEmulator(Emulator):
         self.locators: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.next_bulk_failure: str | None = None
+        self.busy_calls = 0  # calls refused because the org's long-request slots are full
         self._ids = itertools.count(1)
         self.events_campaign = self.org.insert("Campaign", {"Name": "Events", "IsActive": True})
         self.org.campaign_statuses[self.events_campaign] = EVENTS_STATUSES
@@ -257,6 +267,12 @@ class SalesforceEmulator(Emulator):
             self.org.changed.clear()
             return contact_id
 
+    def merge(self, master_id: str, loser_ids: list[str]) -> None:
+        """Merge duplicate Contacts (or Leads) into ``master_id``, as the UI's Merge does."""
+        with self.lock:
+            self.org.merge(master_id, loser_ids)
+            self.org.changed.clear()
+
     def app(self) -> ASGIApp:
         # uvicorn's interface detection takes a bound coroutine method for ASGI 2; a plain
         # coroutine function is recognised as ASGI 3.
@@ -312,6 +328,8 @@ class SalesforceEmulator(Emulator):
             Route(f"{prefix}/reject", self._control_reject, methods=["POST"]),
             Route(f"{prefix}/bulk_failure", self._control_bulk_failure, methods=["POST"]),
             Route(f"{prefix}/convert", self._control_convert, methods=["POST"]),
+            Route(f"{prefix}/merge", self._control_merge, methods=["POST"]),
+            Route(f"{prefix}/busy", self._control_busy, methods=["POST"]),
             Route(f"{prefix}/purge", self._control_purge, methods=["POST"]),
         ]
 
@@ -332,6 +350,13 @@ class SalesforceEmulator(Emulator):
             return _error(404, "NOT_FOUND", "The requested resource does not exist")
         if self.used >= self.daily_limit:
             response = _error(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+        elif self.busy_calls > 0:
+            # Other clients hold the org's long-running request slots (25 long requests
+            # at once): the same code as the daily limit, with another message. Not
+            # counted against the daily budget.
+            self.busy_calls -= 1
+            response = _error(403, "REQUEST_LIMIT_EXCEEDED",
+                              "ConcurrentPerOrgLongTxn Limit exceeded")
         else:
             self.used += 1
             try:
@@ -482,6 +507,8 @@ class SalesforceEmulator(Emulator):
         deleted = [{"id": r["Id"], "deletedDate": format_datetime(r["SystemModstamp"])}
                    for r in self.org.records[obj].values()
                    if r["IsDeleted"] and start <= r["SystemModstamp"] < end]
+        if len(deleted) > self.id_limit:
+            raise _ApiError(400, "EXCEEDED_ID_LIMIT", "too many ids: use a smaller window")
         return JSONResponse({"deletedRecords": deleted,
                              "earliestDateAvailable": format_datetime(self.org.recycle_bin_start),
                              "latestDateCovered": format_datetime(min(end, self.org.now()))})
@@ -491,7 +518,7 @@ class SalesforceEmulator(Emulator):
         start, end = self._window(request)
         ids = [r["Id"] for r in self.org.records[obj].values()
                if not r["IsDeleted"] and start <= r["SystemModstamp"] < end]
-        if len(ids) > 600_000:
+        if len(ids) > self.id_limit:
             raise _ApiError(400, "EXCEEDED_ID_LIMIT", "too many ids: use a smaller window")
         return JSONResponse({"ids": ids,
                              "latestDateCovered": format_datetime(min(end, self.org.now()))})
@@ -702,6 +729,14 @@ class SalesforceEmulator(Emulator):
             else:
                 query = job["_query"]
                 rows = self._run(query, include_deleted=job["operation"] == "queryAll")
+                if query.order and len(rows) > self.bulk_order_by_limit:
+                    job.update(state="Failed", numberRecordsProcessed=0, errorMessage=(
+                        "QUERY_TIMEOUT: Your query request was running for too long. ORDER BY "
+                        "disables PK chunking for Bulk API 2.0 queries"))
+                    return
+                if not query.order:
+                    # PK chunks run in parallel: the rows come in no particular order.
+                    random.Random(job["id"]).shuffle(rows)
                 job["_rows"] = [[_csv_value(r.get(f)) for f in query.fields] for r in rows]
                 job.update(state="JobComplete", numberRecordsProcessed=len(rows))
 
@@ -909,6 +944,22 @@ class SalesforceEmulator(Emulator):
         except KeyError as exc:
             return JSONResponse({"error": f"unknown lead {exc}"}, status_code=404)
         return JSONResponse({"contact_id": contact_id})
+
+    async def _control_busy(self, request: Request) -> Response:
+        body = json.loads(await request.body() or b"{}")
+        with self.lock:
+            self.busy_calls = int(body.get("calls", 1))
+        return JSONResponse({"calls": self.busy_calls})
+
+    async def _control_merge(self, request: Request) -> Response:
+        body = json.loads(await request.body() or b"{}")
+        try:
+            self.merge(str(body["master_id"]), [str(i) for i in body.get("loser_ids", [])])
+        except KeyError as exc:
+            return JSONResponse({"error": f"unknown record {exc}"}, status_code=404)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"master_id": body["master_id"]})
 
     async def _control_purge(self, request: Request) -> Response:
         with self.lock:

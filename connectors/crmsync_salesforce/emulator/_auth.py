@@ -44,6 +44,11 @@ class LoginServer:
     """Issues and checks access tokens."""
 
     def __init__(self) -> None:
+        #: Which JWT ``aud`` the org takes: "any" (login, test or its My Domain), "standard"
+        #: (login.salesforce.com / test.salesforce.com only, as the JWT flow documents for a
+        #: Connected App, even when the token is asked at My Domain) or "mydomain" (its My
+        #: Domain only, as some External Client Apps want).
+        self.jwt_audiences = "any"
         # Emulator credentials, published in its demo profile: not secrets.
         self.consumer_secret = "emulator-consumer-secret"  # noqa: S105
         self.password = "emulator-password"  # noqa: S105
@@ -106,7 +111,8 @@ class LoginServer:
         try:
             claims = jwt.decode(
                 assertion, _key().public_key(), algorithms=["RS256"],
-                audience=[*_AUDIENCES, base_url], issuer=CONSUMER_KEY,
+                audience={"standard": list(_AUDIENCES), "mydomain": [base_url]}.get(
+                    self.jwt_audiences, [*_AUDIENCES, base_url]), issuer=CONSUMER_KEY,
                 options={"require": ["iss", "sub", "aud", "exp"]}, leeway=5)
         except jwt.ExpiredSignatureError:
             return "expired authorization code"

@@ -31,9 +31,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "HasOptedOutOfEmail": "boolean", "DoNotCall": "boolean", "Phone": "string",
             "Interests__c": "multipicklist", "IsEmailBounced": "boolean",
             "CreatedDate": "datetime", "LastModifiedDate": "datetime",
-            "SystemModstamp": "datetime", "IsDeleted": "boolean",
+            "SystemModstamp": "datetime", "IsDeleted": "boolean", "MasterRecordId": "id",
         },
-        "readonly": {"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted"},
+        "readonly": {"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted",
+                     "MasterRecordId"},
         "required": ("LastName",),
         "children": {"CampaignMembers": "ContactId"},
     },
@@ -45,9 +46,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "DoNotCall": "boolean", "Interests__c": "multipicklist", "IsConverted": "boolean",
             "ConvertedContactId": "id", "CreatedDate": "datetime",
             "LastModifiedDate": "datetime", "SystemModstamp": "datetime", "IsDeleted": "boolean",
+            "MasterRecordId": "id",
         },
         "readonly": {"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted",
-                     "IsConverted", "ConvertedContactId"},
+                     "IsConverted", "ConvertedContactId", "MasterRecordId"},
         "required": ("LastName", "Company"),
         "children": {"CampaignMembers": "LeadId"},
     },
@@ -199,12 +201,57 @@ class Org:
         obj = self.object_of(record_id)
         assert obj is not None
         record = self.records[obj][record_id]
+        if obj == "CampaignMember":
+            # CampaignMember has no undelete(), and what cannot be undeleted skips the
+            # recycle bin: the row is gone at once, queryAll never shows it deleted.
+            self._index(obj, record, False)
+            del self.records[obj][record_id]
+            self.changed.append((obj, record_id))
+            return
         when = self.now()
         record.update(IsDeleted=True, LastModifiedDate=when, SystemModstamp=when)
         self.changed.append((obj, record_id))
         if obj in ("Contact", "Lead"):
             for member in self.members_of(record_id):
                 member.update(IsDeleted=True, SystemModstamp=when, LastModifiedDate=when)
+
+    def merge(self, master_id: str, loser_ids: list[str]) -> None:
+        """Merge duplicates as Salesforce does: up to two losers of the master's object go
+        to the recycle bin with ``MasterRecordId`` set, their campaign memberships move to
+        the master (a campaign it is already in keeps the master's), the master is touched."""
+        obj = self.object_of(master_id)
+        if obj not in ("Contact", "Lead"):
+            raise KeyError(master_id)
+        assert obj is not None
+        master = self.records[obj].get(master_id)
+        if master is None or master["IsDeleted"]:
+            raise KeyError(master_id)
+        if not 1 <= len(loser_ids) <= 2:
+            raise ValueError("a merge takes the master and one or two other records")
+        losers = [self.records[obj].get(i) for i in loser_ids]
+        if any(r is None or r["IsDeleted"] or r["Id"] == master_id for r in losers):
+            raise ValueError(f"merge: {loser_ids} are not live {obj} records besides the master")
+        key = "ContactId" if obj == "Contact" else "LeadId"
+        campaigns = {m["CampaignId"] for m in self.members_of(master_id) if not m["IsDeleted"]}
+        when = self.tick()
+        for loser in losers:
+            assert loser is not None
+            for member in self.members_of(loser["Id"]):
+                if member["IsDeleted"]:
+                    continue
+                self._index("CampaignMember", member, False)
+                if member["CampaignId"] in campaigns:
+                    del self.records["CampaignMember"][member["Id"]]  # no recycle bin
+                    continue
+                member[key] = master_id
+                campaigns.add(member["CampaignId"])
+                self._derive_member(member)
+                member["LastModifiedDate"] = member["SystemModstamp"] = when
+                self._index("CampaignMember", member, True)
+            loser.update(IsDeleted=True, MasterRecordId=master_id, LastModifiedDate=when,
+                         SystemModstamp=when)
+            self.changed.append((obj, loser["Id"]))
+        self.update(master_id, {}, stamp=when)
 
     def purge_recycle_bin(self) -> int:
         """Hard-delete what is in the recycle bin, as Salesforce does after 15 days."""

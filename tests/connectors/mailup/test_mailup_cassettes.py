@@ -58,8 +58,9 @@ def test_email_optins_become_changes(connector):
     out = records["email+2@email.email"]
     assert out.status is Status.UNSUBSCRIBED and out.reason == "unsubscribe link (2/21)"
     assert out.groups == frozenset({"Gruppo"})
-    assert out.changed_at == datetime(2020, 2, 3, 9, tzinfo=UTC)
-    assert pages[-1].cursor.at == datetime(2020, 2, 3, 9, tzinfo=UTC)
+    # "2020-02-03 09:00:00" read in api_timezone, Europe/Rome by default (+01 in February)
+    assert out.changed_at == datetime(2020, 2, 3, 8, tzinfo=UTC)
+    assert pages[-1].cursor.at == datetime(2020, 2, 3, 8, tzinfo=UTC)
 
 
 def test_expired_token_is_refreshed(connector):

@@ -66,13 +66,27 @@ def test_group_set_is_replaced_but_never_added_for_an_unsubscribe(connector, emu
         "status": "unsubscribed", "groups": []}
 
 
-def test_explicit_resubscribe_confirm_makes_pending(connector, emulator, control):
+def test_explicit_resubscribe_confirm_is_reported_when_mailup_keeps_the_unsubscribe(
+        connector, emulator, control):
+    # Issue 14.4: through the API, ConfirmEmail alone leaves an unsubscribed recipient
+    # unsubscribed (Unsubscribed -> Pending needs ConfirmEmail and ForceOptIn): the CRM's
+    # re-opt-in must not be reported as done.
     connector.write([change("r@example.com", sub("1", Status.SUBSCRIBED))])
     control.post("/unsubscribe", json={"email": "r@example.com", "list": "1"})
     [result] = connector.write([change("r@example.com",
                                        sub("1", Status.SUBSCRIBED, explicit=True))])
-    assert result.ok
-    assert status_of(emulator, "r@example.com") == "pending"
+    assert not result.ok and not result.retryable
+    assert result.code == "RESUBSCRIBE_REFUSED"
+    assert 'resubscribe = "force"' in result.error and "MailUp form" in result.error
+    assert status_of(emulator, "r@example.com") == "unsubscribed"
+    assert emulator.store.confirmations("r@example.com") == []
+
+
+def test_a_form_resubscription_still_goes_through_confirmation(connector, emulator, control):
+    connector.write([change("f@example.com", sub("1", Status.SUBSCRIBED))])
+    control.post("/unsubscribe", json={"email": "f@example.com", "list": "1"})
+    control.post("/subscribe", json={"email": "f@example.com", "list": "1", "confirm": True})
+    assert status_of(emulator, "f@example.com") == "pending"
 
 
 def test_explicit_resubscribe_force_and_never(make_connector, emulator, control):
@@ -303,6 +317,8 @@ def test_webhook_ack_is_one(connector):
 
 
 def test_changed_at_in_utc(connector, emulator, control):
+    # Issue 14.5: EmailOptins dates carry no offset and are in the console's zone
+    # (api_timezone, Europe/Rome by default); changed_at is the real moment, in UTC.
     connector.write([change("utc@example.com", sub("1", Status.SUBSCRIBED))])
     before = datetime.now(UTC)
     control.post("/unsubscribe", json={"email": "utc@example.com", "list": "1"})

@@ -52,11 +52,30 @@ def test_header_and_rows():
     ])
     assert rows == 3
     assert data.decode().splitlines() == [
-        "111|1|2|idList|IdGroup|ExternalGroupName|Status",
-        "a@example.com|Ann||1|7|news|OPTIN",
-        "b@example.com|||2|||OPTOUT",
-        "c@example.com||Cole|1|||PENDING",
+        "111|1|2|idList|ExternalGroupName|Status",
+        "a@example.com|Ann||1|7,news|OPTIN",
+        "b@example.com|||2||OPTOUT",
+        "c@example.com||Cole|1||PENDING",
     ]
+
+
+def test_group_ids_column_when_configured():
+    exchange = files(file_group_column="IdGroup")
+    _, data = written(exchange, [change("a@example.com", "1", Status.SUBSCRIBED, ["12", "7"])])
+    assert data.decode().splitlines() == ["111|1|2|idList|IdGroup|Status",
+                                          "a@example.com|||1|7,12|OPTIN"]
+    with pytest.raises(DataError, match="names, not MailUp group ids"):
+        written(exchange, [change("b@example.com", "1", Status.SUBSCRIBED, ["news"])])
+
+
+def test_a_group_named_like_a_number_reaches_mailup_by_name(emulator):
+    # Issue 14.7: one group column per row; a group *named* "2024" is a name, not an id.
+    rows, data = written(files(), [change("y@example.com", "1", Status.SUBSCRIBED,
+                                          ["2024", "news"])])
+    upload(emulator.files_dir, "crmsync-import-y.csv", data, rows)
+    report = emulator.import_files()
+    assert report["imported"][0]["errors"] == []
+    assert contact(emulator, "y@example.com")["lists"]["1"]["groups"] == ["2024", "news"]
 
 
 @pytest.mark.parametrize("value", ["=SUM(A1)", "+1", "-2", "@cmd", "\tx", "\rx"])
@@ -73,7 +92,7 @@ def test_separator_quoting_and_encodings():
                                file_encoding="cp1252"),
                          [change("z@example.com", "1", Status.SUBSCRIBED, name="Zoë, Jr")])
     assert rows == 1
-    assert data.splitlines()[1] == "'z@example.com','Zoë, Jr','','1','','','OPTIN'".encode(
+    assert data.splitlines()[1] == "'z@example.com','Zoë, Jr','','1','','OPTIN'".encode(
         "cp1252")
     _, bom = written(files(file_encoding="utf-8-sig"), [])
     assert bom.startswith(b"\xef\xbb\xbf111|")
@@ -85,8 +104,8 @@ def test_a_delete_becomes_opt_out_rows_on_the_configured_lists():
     rows, data = written(files(lists=["1", "2"]),
                          [Change(email="gone@example.com", op=Op.DELETE)])
     assert rows == 2
-    assert data.decode().splitlines()[1:] == ["gone@example.com|||1|||OPTOUT",
-                                              "gone@example.com|||2|||OPTOUT"]
+    assert data.decode().splitlines()[1:] == ["gone@example.com|||1||OPTOUT",
+                                              "gone@example.com|||2||OPTOUT"]
     assert written(files(), [Change(email="gone@example.com", op=Op.DELETE)])[0] == 0
 
 
@@ -151,7 +170,8 @@ def test_export_dialects(separator, encoding):
     assert first.email == "ann@example.com"
     sub = first.subscriptions["1"]
     assert sub.status is Status.UNSUBSCRIBED
-    assert sub.changed_at.isoformat() == "2021-01-22T11:12:44+00:00"
+    # read in export_timezone, Europe/Rome by default (+01 in January)
+    assert sub.changed_at.isoformat() == "2021-01-22T10:12:44+00:00"
     assert first.reason == "unsubscribe link (2/21)"
     assert sub.reason == "unsubscribe link (2/21), message 12"
     assert second.email == "jürgen@example.com"
@@ -169,8 +189,15 @@ def test_export_single_quotes_and_headerless():
 
 def test_export_timezone_setting():
     data = b"email;idList;OptOut_Date\na@example.com;1;20210122T111244\n"
-    [result] = files(export_timezone="Europe/Rome").read_export_file(io.BytesIO(data), "z")
-    assert result.occurred_at.isoformat() == "2021-01-22T10:12:44+00:00"
+    [result] = files(export_timezone="UTC").read_export_file(io.BytesIO(data), "z")
+    assert result.occurred_at.isoformat() == "2021-01-22T11:12:44+00:00"
+    [result] = files().read_export_file(io.BytesIO(data), "z")
+    assert result.occurred_at.isoformat() == "2021-01-22T10:12:44+00:00"  # Europe/Rome
+
+
+def test_a_time_zone_that_does_not_exist_is_refused():
+    with pytest.raises(ValueError, match="not an IANA time zone"):
+        files(export_timezone="Rome")
 
 
 def test_every_bad_row_is_reported_with_its_line():
@@ -306,8 +333,7 @@ def test_import_rows_read_back_as_written(name, surname, separator, quotechar, q
                         quotechar=quotechar)
     header, row = list(reader)
     assert header == exchange.header()
-    assert row == ["p@example.com", neutralise(name), neutralise(surname), "1", "", "g",
-                   "OPTIN"]
+    assert row == ["p@example.com", neutralise(name), neutralise(surname), "1", "g", "OPTIN"]
 
 
 @settings(max_examples=40, deadline=None)

@@ -31,7 +31,10 @@ def emulator(server: EmulatorServer) -> SalesforceEmulator:
         emulator.outbound_log.clear()
         emulator.daily_limit = 1_000_000
         emulator.bulk_polls = 1
+        emulator.id_limit = 600_000
+        emulator.bulk_order_by_limit = 100_000
         emulator.login.logins.clear()
+        emulator.login.jwt_audiences = "any"
     return emulator
 
 

@@ -71,3 +71,28 @@ def test_crm_to_esp_and_unsubscribe_back(run: Any, emulator: SalesforceEmulator)
     emulator.update_contact("contact0-1@example.com", {"LastName": "Renamed"})
     stats = run()
     assert stats.status == "succeeded" and stats.esp_written == 1
+
+
+def test_merging_duplicates_keeps_the_survivor_subscribed(run: Any,
+                                                          emulator: SalesforceEmulator) -> None:
+    # Issue 14.8: merge losers come back from queryAll deleted, with MasterRecordId set.
+    # Read as deletions, the default deletes = "unsubscribe" unsubscribed the survivor.
+    with emulator.lock:
+        emulator.seed(9, 0)
+    people = {c["email"]: c for c in emulator.state()["contacts"]}
+    email = next(e for e, c in people.items() if not c["opted_out"] and c["lists"])
+    master = people[email]["ids"]["salesforce"]
+    with emulator.lock:
+        duplicate = emulator.org.insert("Contact", {"LastName": "Dup", "Email": email},
+                                        stamp=emulator.org.tick())
+        emulator.org.changed.clear()
+    assert run().status == "succeeded"
+    before = esp_lists(run, email)
+    assert before["1"]["status"] == "subscribed"
+    assert before["2"]["status"] in ("subscribed", "pending")
+    emulator.merge(master, [duplicate])
+    stats = run()
+    assert stats.status == "succeeded", stats.stopped_reason
+    after = esp_lists(run, email)
+    assert after["1"]["status"] == "subscribed"
+    assert after["2"]["status"] == before["2"]["status"]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from crmsync.errors import AuthError, QuotaExhausted
+from crmsync.errors import AuthError, QuotaExhausted, RateLimited
 from crmsync.model import Change
 from crmsync_salesforce.emulator import SalesforceEmulator
 
@@ -116,3 +116,55 @@ def test_check_names_fields_the_org_does_not_have(connect: Any) -> None:
     health = connect(fields=["LastName", "Shoe_Size__c"]).check()
     assert not health.ok
     assert "Contact.Shoe_Size__c" in health.detail and "Lead.Shoe_Size__c" in health.detail
+
+
+def test_concurrent_long_requests_are_waited_out_not_a_spent_budget(
+        emulator: SalesforceEmulator, connect: Any) -> None:
+    # Issue 14.13: REQUEST_LIMIT_EXCEEDED also answers "ConcurrentPerOrgLongTxn Limit
+    # exceeded" (too many long requests at once), which passes; only "TotalRequests" (or
+    # usage at the limit) is the daily budget.
+    with emulator.lock:
+        emulator.seed(5, 0)
+        emulator.busy_calls = 2
+    connector = connect()
+    slept: list[float] = []
+    connector.api.sleep = slept.append  # type: ignore[method-assign]
+    pages = list(connector.read(None))
+    assert len({r.email for p in pages for r in p.records}) == 5
+    assert len(slept) == 2 and connector.quota.reason is None
+
+
+def test_a_long_busy_org_is_a_retryable_rate_limit_and_the_next_run_goes_on(
+        emulator: SalesforceEmulator, connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(5, 0)
+        emulator.busy_calls = 10
+    connector = connect()
+    connector.api.sleep = lambda seconds: None  # type: ignore[method-assign]
+    with pytest.raises(RateLimited) as refused:
+        list(connector.read(None))
+    assert not isinstance(refused.value, QuotaExhausted) and refused.value.retryable
+    assert "ConcurrentPerOrgLongTxn" in str(refused.value)
+    with emulator.lock:
+        emulator.busy_calls = 0
+    assert len({r.email for p in connector.read(None) for r in p.records}) == 5
+
+
+def test_jwt_audience_for_a_token_asked_at_my_domain(emulator: SalesforceEmulator,
+                                                     connect: Any) -> None:
+    # Issue 14.11: the token is asked at the My Domain URL (the emulator's), but the
+    # connected app wants aud = https://login.salesforce.com.
+    with emulator.lock:
+        emulator.login.jwt_audiences = "standard"
+    refused = connect().check()
+    assert not refused.ok and "invalid_grant" in refused.detail
+    health = connect(jwt_audience="https://login.salesforce.com").check()
+    assert health.ok, health.detail
+
+
+def test_jwt_audience_defaults_to_the_login_url_for_my_domain_apps(
+        emulator: SalesforceEmulator, connect: Any) -> None:
+    with emulator.lock:
+        emulator.login.jwt_audiences = "mydomain"  # some External Client Apps
+    assert connect().check().ok
+    assert not connect(jwt_audience="https://login.salesforce.com").check().ok

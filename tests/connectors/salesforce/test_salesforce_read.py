@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -227,3 +228,81 @@ def test_a_bulk_result_page_that_keeps_being_cut_is_a_retryable_error(
     with pytest.raises(RemoteError) as failed:
         list(connector.read(None))
     assert failed.value.retryable and "cut off" in str(failed.value)
+
+
+def test_a_merge_loser_is_read_as_its_master_not_as_a_deletion(emulator: SalesforceEmulator,
+                                                                connect: Any) -> None:
+    with emulator.lock:
+        emulator.seed(3, 0)
+    master = next(c for c in emulator.state()["contacts"] if c["lists"])
+    with emulator.lock:
+        duplicate = emulator.org.insert("Contact", {"LastName": "Dup",
+                                                    "Email": master["email"]},
+                                        stamp=emulator.org.tick())
+        emulator.org.changed.clear()
+    connector = connect(overlap_seconds=0)
+    cursor = list(connector.read(None))[-1].cursor
+    emulator.merge(master["ids"]["salesforce"], [duplicate])
+    records = [r for page in connector.read(cursor) for r in page.records
+               if r.email == master["email"]]
+    assert records and not any(r.deleted for r in records)
+    assert {r.ids["salesforce"] for r in records} == {master["ids"]["salesforce"]}
+    assert {"salesforce": master["ids"]["salesforce"],
+            "salesforce:previous": duplicate} in [dict(r.ids) for r in records]
+    campaign = f"campaign:{emulator.events_campaign}"
+    assert all(campaign in r.memberships for r in records)
+
+
+def test_many_deletions_never_block_later_incremental_reads(emulator: SalesforceEmulator,
+                                                             connect: Any) -> None:
+    # Issue 14.12: Get Deleted over more than 600,000 ids answers EXCEEDED_ID_LIMIT; only
+    # earliestDateAvailable is needed, so a short window is asked (id_limit scales it down).
+    with emulator.lock:
+        emulator.seed(10, 0)
+        emulator.id_limit = 3
+    connector = connect(overlap_seconds=0)
+    old = Cursor(at=emulator.org.now() - timedelta(hours=2), tie_id="")
+    gone = [c["ids"]["salesforce"] for c in emulator.state()["contacts"][:5]]
+    for record_id in gone:
+        emulator.delete_record(record_id)
+    time.sleep(1.1)  # Get Deleted's window ends at a whole second
+    records = [r for page in connector.read(old) for r in page.records]
+    assert {r.ids["salesforce"] for r in records if r.deleted} == set(gone)
+    assert not any(page.cursor.data.get("resync") for page in connector.read(old))
+
+
+def test_bulk_reads_have_no_order_by_and_lose_nothing(emulator: SalesforceEmulator,
+                                                      connect: Any) -> None:
+    # Issue 14.10: ORDER BY disables PK chunking in Bulk 2.0, so large queries time out.
+    # The emulator fails ORDER BY over bulk_order_by_limit rows and returns the rest in
+    # no particular order; only the last page may advance the cursor.
+    with emulator.lock:
+        emulator.seed(250, 0)
+        emulator.bulk_order_by_limit = 50
+    connector = connect(bulk_read_threshold=100, bulk_page_size=60, query_batch_size=200,
+                        overlap_seconds=60)
+    before = emulator.org.now()
+    pages = list(connector.read(None))
+    assert len(set(emails(pages))) == 250
+    assert all(p.cursor.at.year == 1970 for p in pages[:-1])
+    final = pages[-1].cursor
+    assert before - timedelta(seconds=61) <= final.at <= before
+    emulator.update_contact("contact0-7@example.com", {"LastName": "Later"})
+    later = [r for p in connector.read(final) for r in p.records]
+    assert "contact0-7@example.com" in {r.email for r in later}
+
+
+def test_a_removed_campaign_member_skips_the_recycle_bin(emulator: SalesforceEmulator,
+                                                          connect: Any) -> None:
+    # Issue 14.9 (emulator side): CampaignMember has no undelete(), so a removal is a hard
+    # delete that queryAll never shows. The connector cannot see it (docs: "Campaign
+    # member removals"); this pins what the emulator does so that the gap stays visible.
+    with emulator.lock:
+        emulator.seed(3, 0)
+    member = next(iter(emulator.org.records["CampaignMember"].values()))
+    connector = connect(overlap_seconds=0)
+    emulator.delete_record(member["Id"])
+    assert member["Id"] not in emulator.org.records["CampaignMember"]
+    rows = list(connector.api.query(f"SELECT Id FROM CampaignMember WHERE Id = '{member['Id']}'",
+                                    all_rows=True))
+    assert rows == []
