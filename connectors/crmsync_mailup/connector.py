@@ -315,10 +315,17 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
                     self._import_opt_out(list_id, body)  # known, but not on this list
                 rid = target
                 known: Status | None = Status.UNSUBSCRIBED
+                existed = True
             else:
-                rid, known = self._subscribe(list_id, sub, body)
+                # Who is this on the list, before writing? Needed for a re-opt-in and for
+                # groups (a group add may lift an unsubscribe); for an address new to the
+                # list it also saves reading its (empty) group set.
+                looked = (self._manages_groups(list_id, sub) or self._reopt_in(sub))
+                prior = api.find(body["Email"], [list_id]) if looked else None
+                rid, known = self._subscribe(list_id, sub, body, prior)
+                existed = not looked or prior is not None
                 fields_written = True
-            self._sync_groups(list_id, sub, rid, body, known)
+            self._sync_groups(list_id, sub, rid, body, known, existed=existed)
         if change.fields and not fields_written:
             if rid is None:
                 found = api.find(change.email, self._lookup_lists(change))
@@ -338,39 +345,47 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
                                           {"importType": "asOptout"})
         self.bulk.wait(import_id)
 
-    def _subscribe(self, list_id: str, sub: Subscription, body: dict[str, Any]
+    def _manages_groups(self, list_id: str, sub: Subscription) -> bool:
+        return bool(sub.groups) or self.settings.clears_empty_groups(list_id)
+
+    def _reopt_in(self, sub: Subscription) -> bool:
+        return (sub.explicit and sub.status is Status.SUBSCRIBED
+                and self.settings.resubscribe != "never")
+
+    def _subscribe(self, list_id: str, sub: Subscription, body: dict[str, Any],
+                   found: tuple[str, str, Status | None] | None
                    ) -> tuple[str, Status | None]:
-        """Subscribe (or re-opt-in); the id and, when this call learnt it, the status."""
-        if (sub.explicit and sub.status is Status.SUBSCRIBED
-                and self.settings.resubscribe != "never"):
-            found = self.api.find(body["Email"], [list_id])
-            if found is not None and found[2] is Status.UNSUBSCRIBED:
-                if self.settings.resubscribe == "confirm":
-                    rid = self.api.subscribe(list_id, body, confirm=True)
-                    after = self.api.find(body["Email"], [list_id])
-                    if after is not None and after[2] is Status.UNSUBSCRIBED:
-                        # Unsubscribed -> pending needs ConfirmEmail *and* a forced opt-in
-                        # (MailUp's import flags table): nothing was sent, nothing changed.
-                        raise RemoteError(
-                            f"{body['Email']} stays unsubscribed from MailUp list {list_id}: "
-                            "MailUp sends no confirmation request to an unsubscribed "
-                            "recipient through the API. Set resubscribe = \"force\" to opt "
-                            "them in (refused after a bounce or spam complaint) or have them "
-                            "subscribe again through a MailUp form", code="RESUBSCRIBE_REFUSED",
-                            retryable=False)
-                    return rid, after[2] if after is not None else None
-                rid = self.api.subscribe(list_id, body, confirm=False)
-                self.api.force_subscribe(list_id, rid)
-                return rid, Status.SUBSCRIBED
-            known = found[2] if found is not None else None
-            return self.api.subscribe(list_id, body, confirm=False), known
-        return self.api.subscribe(list_id, body, confirm=sub.status is Status.PENDING), None
+        """Subscribe (or re-opt-in) given what EmailOptins said before (``found``); the
+        id and, when known, the status after."""
+        if self._reopt_in(sub) and found is not None and found[2] is Status.UNSUBSCRIBED:
+            if self.settings.resubscribe == "confirm":
+                rid = self.api.subscribe(list_id, body, confirm=True)
+                after = self.api.find(body["Email"], [list_id])
+                if after is not None and after[2] is Status.UNSUBSCRIBED:
+                    # Unsubscribed -> pending needs ConfirmEmail *and* a forced opt-in
+                    # (MailUp's import flags table): nothing was sent, nothing changed.
+                    raise RemoteError(
+                        f"{body['Email']} stays unsubscribed from MailUp list {list_id}: "
+                        "MailUp sends no confirmation request to an unsubscribed "
+                        "recipient through the API. Set resubscribe = \"force\" to opt "
+                        "them in (refused after a bounce or spam complaint) or have them "
+                        "subscribe again through a MailUp form", code="RESUBSCRIBE_REFUSED",
+                        retryable=False)
+                return rid, after[2] if after is not None else None
+            rid = self.api.subscribe(list_id, body, confirm=False)
+            self.api.force_subscribe(list_id, rid)
+            return rid, Status.SUBSCRIBED
+        rid = self.api.subscribe(list_id, body, confirm=sub.status is Status.PENDING)
+        if found is None:
+            return rid, None  # new to the list (or not looked up)
+        return rid, found[2]  # the default upsert keeps an existing status
 
     def _sync_groups(self, list_id: str, sub: Subscription, rid: str | None,
-                     body: dict[str, Any], known: Status | None = None) -> None:
-        if rid is None or (not sub.groups and not self.settings.clears_empty_groups(list_id)):
+                     body: dict[str, Any], known: Status | None = None, *,
+                     existed: bool = True) -> None:
+        if rid is None or not self._manages_groups(list_id, sub):
             return
-        current = self.api.recipient_groups(list_id, rid)
+        current = self.api.recipient_groups(list_id, rid) if existed else set()
         if sub.status is Status.UNSUBSCRIBED:
             # Adding to a group subscribes to its list: only removals for an unsubscribe.
             known_groups = self.directory.groups(list_id)
@@ -379,7 +394,7 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         else:
             wanted = set(self.directory.resolve(list_id, sorted(sub.groups)).values())
             missing = sorted(wanted - current)
-            if missing and known is None:
+            if missing and known is None and existed:
                 # The upsert keeps an existing unsubscribe, but a group add ("also
                 # subscribes to the list the group belongs to") may lift it: ask first.
                 found = self.api.find(body["Email"], [list_id])
@@ -457,7 +472,17 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         for list_id in lists:
             try:
                 rid = self.api.subscribe(list_id, body, confirm=confirm)
-                for gid in plan.get(list_id, []):
+                gids = plan.get(list_id, [])
+                found = self.api.find(body["Email"], [list_id]) if gids else None
+                if found is not None and found[2] is Status.UNSUBSCRIBED:
+                    # The upsert kept the unsubscribe; a group add could lift it.
+                    results.append(WriteResult(
+                        ok=False, record_id=rid, code="RESUBSCRIBE_REFUSED", retryable=False,
+                        error=f"{contact.email} stays unsubscribed from MailUp list {list_id}"
+                              ": no group was added; have them subscribe again through a "
+                              "MailUp form"))
+                    continue
+                for gid in gids:
                     self.api.add_to_group(gid, body)
                 results.append(WriteResult(ok=True, record_id=rid))
             except CrmsyncError as exc:

@@ -6,7 +6,8 @@ error envelope (``ErrorCode`` a string), OAuth password grant and refresh with
 rotation (tokens expire after ``token_ttl``), the 5 calls/s limit answered with the
 documented 429 body, bare-integer answers to subscribe and import, the upsert rules
 (a default subscribe or import never changes an existing status), unsubscribe keeping
-group memberships, the confirmation flow, webhooks (plain or RC4+Base64) fired for
+group memberships, the confirmation flow (a ConfirmEmail import holds its confirmation
+mail until ``POST /Email/Sendings/{id}/Immediate``), webhooks (plain or RC4+Base64) fired for
 console and recipient actions -- never for REST calls or imports --, and the batch
 side: files dropped in ``<files_dir>/in`` with a manifest are imported on
 ``POST /_emulator/import``; ``POST /_emulator/export`` writes the unsubscribers since
@@ -22,7 +23,8 @@ Control routes added to the harness's (all under ``/_emulator/``)::
     POST delete       {"email"}                         a console delete
     GET/POST/DELETE webhooks  {"url", "event", "method", "encrypted", "key", "params",
                                "list", "sources"}  (GET also lists the deliveries)
-    POST config       {"rate_limit", "token_ttl", "import_polls", "webhook_retry_delays"}
+    POST config       {"rate_limit", "token_ttl", "import_polls", "webhook_retry_delays",
+                       "max_page_size", "optin_status_names", "date_zone"}
     POST import / POST export {"row_delay_s"}           the batch file space (export
                                                         slowly, in place: not atomic)
 """

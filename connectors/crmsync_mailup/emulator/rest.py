@@ -284,8 +284,7 @@ class ConsoleApi:
             raise MailUpError(400, f"Import {call.path['id']} is not completed yet")
         if "sending" not in item:
             raise MailUpError(404, f"Import {call.path['id']} has no confirmation sending")
-        return {"idSending": item["sending"],
-                "idMessage": 0, "Recipients": len(self.store.sendings[item["sending"]]["to"])}
+        return {"idSending": item["sending"]}  # the answer's shape is UNCONFIRMED
 
     def _sending_immediate(self, call: Call) -> Any:
         try:

@@ -238,3 +238,16 @@ def test_connector_write_via_mock_transport(monkeypatch):
     body = json.loads(fake.calls[0].content)
     assert body["Email"] == "m0@example.com" and body["Fields"] == [{"Id": 1, "Value": "N"}]
     assert not http.is_closed, "an injected client belongs to the caller"
+
+
+def test_pages_without_a_total_follow_the_servers_own_page_size(monkeypatch):
+    # Issue 14.2: a server serving 2 where 5 were asked says PageSize 2; without a total,
+    # a short page ends the listing only when it is shorter than that PageSize.
+    fake = FakeMailUp([(200, {"Items": [1, 2], "PageSize": 2}),
+                       (200, {"Items": [3, 4], "PageSize": 2}),
+                       (200, {"Items": [5], "PageSize": 2})])
+    client = client_for(monkeypatch, fake)
+    assert list(client.pages("List", page_size=5)) == [[1, 2], [3, 4], [5]]
+    assert len(fake.calls) == 3
+    bare = FakeMailUp([(200, {"Items": [1, 2]}), (200, {"Items": []})])
+    assert list(client_for(monkeypatch, bare).pages("List", page_size=5)) == [[1, 2]]

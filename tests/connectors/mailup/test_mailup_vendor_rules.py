@@ -10,7 +10,7 @@ import logging
 
 from mailup_testbed import PREFIX, contact, requests_of
 
-from crmsync.model import Change, Status, Subscription
+from crmsync.model import Change, Contact, Status, Subscription
 
 
 def sub(list_id: str, status: Status, *groups: str) -> Subscription:
@@ -106,3 +106,16 @@ def test_group_add_still_happens_for_a_subscribed_recipient(connector, emulator)
     assert result.ok
     assert contact(emulator, "h@example.com")["lists"]["1"] == {"status": "subscribed",
                                                                 "groups": ["news"]}
+
+
+def test_multi_list_subscribe_adds_no_group_for_the_unsubscribed(connector, emulator, control):
+    connector.write([change("m@example.com", sub("1", Status.SUBSCRIBED))])
+    control.post("/unsubscribe", json={"email": "m@example.com", "list": "1"})
+    first, second = connector.subscribe(Contact(email="m@example.com"), ["1", "2"],
+                                        groups=["news", "vip"], confirm=False)
+    assert not first.ok and first.code == "RESUBSCRIBE_REFUSED" and not first.retryable
+    assert contact(emulator, "m@example.com")["lists"]["1"] == {"status": "unsubscribed",
+                                                                "groups": []}
+    assert second.ok
+    assert contact(emulator, "m@example.com")["lists"]["2"] == {"status": "subscribed",
+                                                                "groups": ["vip"]}
