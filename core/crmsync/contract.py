@@ -192,6 +192,14 @@ class Connector(ABC):
         """
         return None
 
+    def members(self, key: str) -> Iterable[str] | None:
+        """Every record id that holds the membership ``key`` now (``"campaign:701..."``,
+        as in :attr:`Contact.memberships`), or ``None`` when the connector cannot list
+        them. The engine reconciles each mapped list with it: a contact it holds on the
+        list whose membership is gone (a CRM that removes a member without touching the
+        person's record, which an incremental read never sees) is unsubscribed there."""
+        return None
+
     def event_ack(self, request: InboundRequest) -> tuple[int, str, bytes]:
         """The answer the sender expects once its event is stored: status, type, body."""
         return 200, "text/plain", b"OK"

@@ -705,3 +705,35 @@ def test_a_deletion_reported_without_its_address_reaches_the_person(tmp_path, mo
     gone = [e for e in journal if e["email"] == "ann@example.com"
             and e["reason"] == "deleted in the CRM"]
     assert len(gone) == 1, gone
+
+
+@pytest.mark.parametrize("mode", ["files", "api"])
+def test_a_contact_removed_from_a_campaign_is_unsubscribed_from_its_list(tmp_path,
+                                                                          mode) -> None:
+    """A removal from a campaign that the contact's own record does not show (a CRM
+    that deletes the membership row without touching the contact) still reaches the
+    ESP on the next diff run: the list's members are reconciled; nobody else moves."""
+    pair = Pair(tmp_path, write_config(tmp_path, mode=mode))
+    ann = pair.crm.add("ann@example.com", fields={"OptOut": "false"},
+                       memberships={"campaign:7": "Responded"})
+    pair.crm.add("bob@example.com", fields={"OptOut": "false"},
+                 memberships={"campaign:7": "Responded"})
+    pair.sync()
+    pair.esp_import()
+    assert pair.esp_status("ann@example.com", "2") == "subscribed"
+    # the membership goes, the contact's record is not modified
+    pair.crm._load()
+    del pair.crm.records[ann]["memberships"]["campaign:7"]
+    pair.crm.save()
+    stats = pair.sync()
+    pair.esp_import()
+    assert stats.status == "succeeded" and stats.failed == 0
+    assert pair.esp_status("ann@example.com", "2") == "unsubscribed"
+    assert pair.esp_status("ann@example.com", "1") == "subscribed"
+    assert pair.esp_status("bob@example.com", "2") == "subscribed"
+    [entry] = [e for e in pair.journal("ann@example.com") if e["list_id"] == "2"
+               and e["new_status"] == "unsubscribed"]
+    assert entry["source"] == "crm:memory" and "campaign:7" in entry["reason"]
+    again = pair.sync()  # done once: nothing more to send or journal
+    assert again.esp_written == 0
+    assert len([e for e in pair.journal("ann@example.com") if e["list_id"] == "2"]) == 2

@@ -981,6 +981,48 @@ class BatchSync:
                 subscriptions={e.list_id: subs[e.list_id] for e in journal})
         return pending
 
+    def _membership_removals(self) -> Iterator[list[_Pending]]:
+        """Each list fed by a CRM membership, reconciled with the CRM's members now: a
+        contact the CRM had put on the list whose membership is gone is unsubscribed
+        there (some CRMs remove a member without touching the person's record, so no
+        incremental read shows it). Connectors that cannot list members are skipped."""
+        for mapping in self.mapper.lists:
+            key = mapping.membership_key
+            members = None if key is None else self.crm.members(key)
+            if members is None:
+                continue
+            current = set(members)
+            after = ""
+            while rows := self.store.list_holders(mapping.esp_list, self.crm.name,
+                                                  after=after,
+                                                  limit=self.config.sync.batch_size):
+                after = rows[-1][0].contact_key
+                removed = [self._removal(snap, email, record_id, str(key))
+                           for snap, email, record_id in rows if record_id not in current]
+                if removed:
+                    yield removed
+
+    def _removal(self, snap: Snapshot, email: str, record_id: str, key: str) -> _Pending:
+        at = datetime.now(UTC)
+        source = f"crm:{self.crm.name}"
+        reason = f"removed from {key} in the CRM"
+        list_id = snap.list_id
+        change = _change(email=email, ids={self.crm.name: record_id}, source=source,
+                         reason=reason, occurred_at=at, subscriptions={list_id: _subscription(
+                             list_id=list_id, status=Status.UNSUBSCRIBED, groups=snap.groups,
+                             changed_at=at, source=source, reason=reason)})
+        self.stats.count(list_id, "esp", "unsubscribed")
+        pending = _Pending(change, snap.contact_key, [replace(
+            snap, status=Status.UNSUBSCRIBED, crm_status=Status.UNSUBSCRIBED,
+            hash=status_hash(Status.UNSUBSCRIBED, snap.groups), changed_at=at, source=source)],
+            [JournalEntry(contact_key=snap.contact_key, email=email, list_id=list_id,
+                          old_status=snap.status.value, new_status=Status.UNSUBSCRIBED.value,
+                          applied_to="esp", source=source, reason=reason,
+                          run_id=self.stats.run_id, at=at)])
+        if self._post_operations_on:
+            pending.post_operation = change
+        return pending
+
     def _known_unsubscribes(self) -> Iterator[Change]:
         """A resend's last pass: every unsubscribe crmsync knows (from the ESP, the CRM,
         a cascade, a deletion), one change per contact, for the configured lists, so an
@@ -1111,6 +1153,7 @@ class BatchSync:
         if dry_run:
             for _pendings, _cursor in self._pages(full):
                 pass
+            collections.deque(self._membership_removals(), maxlen=0)  # counts the plan
             if self._resend:
                 collections.deque(self._known_unsubscribes(), maxlen=0)  # counts the plan
             self._flush_crm_repairs(dry_run=True)
@@ -1166,6 +1209,8 @@ class BatchSync:
             if cursor is not None:
                 with self._tx() as conn:
                     self.store.set_cursor(conn, "crm", cursor)
+        for removed in self._membership_removals():
+            self.progress("esp written", self._send_and_commit(removed))
         if self._resend:
             unsubscribes = self._known_unsubscribes()
             while changes := list(itertools.islice(unsubscribes, size)):
@@ -1270,6 +1315,11 @@ class BatchSync:
                     if self._sendable(pending):
                         sent[0] += 1
                         yield pending.change
+            for removed in self._membership_removals():
+                for pending in removed:
+                    commit_rows.writerows(pending.spool_rows(db_time))
+                    sent[0] += 1
+                    yield pending.change
             if self._resend:
                 for change in self._known_unsubscribes():
                     sent[0] += 1

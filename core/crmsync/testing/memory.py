@@ -254,6 +254,11 @@ class MemoryConnector(_MemoryBase):
         with self.store.lock:
             return sum(1 for record in self.store.records.values() if not record.get("deleted"))
 
+    def members(self, key: str) -> list[str]:
+        with self.store.lock:
+            return [record_id for record_id, record in self.store.records.items()
+                    if key in record["memberships"] and not record.get("deleted")]
+
     def lists(self) -> list[MailingList]:
         with self.store.lock:
             keys = sorted({key for record in self.store.records.values()
