@@ -104,7 +104,7 @@ class ServerRoot:
     def __init__(self) -> None:
         require("vsftpd")
         require("sshd")
-        _BASE.mkdir(mode=0o755, exist_ok=True)
+        _BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
         os.chmod(_BASE, 0o755)
         self.root = Path(tempfile.mkdtemp(prefix="root-", dir=_BASE))
         os.chmod(self.root, 0o755)
