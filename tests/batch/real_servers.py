@@ -260,6 +260,28 @@ class SilentServer:
         self.sock.close()
 
 
+class HangUpServer:
+    """A socket that accepts each connection and closes it at once (a dropped connection)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @contextlib.contextmanager
 def tls_files(folder: Path) -> Iterator[dict[str, Path]]:
     """A throw-away CA and a certificate for 127.0.0.1 (vsftpd's and the client's)."""

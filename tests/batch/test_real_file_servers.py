@@ -27,6 +27,7 @@ from ..core.conftest import Pair, write_config
 from .real_servers import (
     PASSWORD,
     USER,
+    HangUpServer,
     ServerRoot,
     SilentServer,
     Sshd,
@@ -162,6 +163,21 @@ def test_a_server_that_never_answers_fails_within_the_timeout(kind, tmp_path, tl
     status, _ = cli(config, "--json", "status")
     runs = json.loads(status.stdout)["runs"]
     assert [r["status"] for r in runs] == ["failed"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_dropped_connection_is_said_in_words(kind, tmp_path, tls) -> None:
+    """Python says ``EOFError: `` (no text) when a server hangs up."""
+    server = HangUpServer()
+    try:
+        (tmp_path / "known_hosts").write_text("")
+        config = configure(tmp_path, kind, server.port, tls, timeout_s=3)
+        _seed(Pair(tmp_path, config))
+        result, _ = cli(config, "sync", timeout=60)
+    finally:
+        server.close()
+    assert result.returncode == 3
+    assert "the server closed the connection" in first_line(result), result.stderr
 
 
 # -- a server stopped in the middle of an upload --------------------------------------------
