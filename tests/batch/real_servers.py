@@ -104,7 +104,7 @@ class ServerRoot:
     def __init__(self) -> None:
         require("vsftpd")
         require("sshd")
-        _BASE.mkdir(mode=0o755, exist_ok=True)
+        _BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
         os.chmod(_BASE, 0o755)
         self.root = Path(tempfile.mkdtemp(prefix="root-", dir=_BASE))
         os.chmod(self.root, 0o755)
@@ -255,6 +255,28 @@ class SilentServer:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.port = int(self.sock.getsockname()[1])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class HangUpServer:
+    """A socket that accepts each connection and closes it at once (a dropped connection)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                conn.close()
 
     def close(self) -> None:
         self.sock.close()

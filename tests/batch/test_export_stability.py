@@ -85,3 +85,34 @@ def test_an_export_still_growing_is_left_for_the_next_run(tmp_path) -> None:
     after = pair.sync()
     assert after.esp_unsubscribes_read == 3 and after.files_archived == ["unsubscribed-1.csv"]
     assert _opted_out(pair) == ["ann@example.com", "bob@example.com", "cy@example.com"]
+
+
+def test_an_export_that_changes_while_it_is_read_is_left_whole(tmp_path, monkeypatch) -> None:
+    pair = _pair(tmp_path, 0)
+    with pair.esp_connector() as esp:
+        esp.unsubscribe("ann@example.com", "1")
+        esp.unsubscribe("bob@example.com", "1")
+        data = esp.export_unsubscribed()
+    export = pair.space / "out" / "unsubscribed-1.csv"
+    export.parent.mkdir(exist_ok=True)
+    head, _, tail = data.rstrip(b"\n").rpartition(b"\n")  # the last row comes later
+    export.write_bytes(head + b"\n")
+    stamp = FileSpace.stamp
+    calls = [0]
+
+    def stamp_then_the_esp_writes(self, folder, name):  # the ESP writes during the read
+        calls[0] += 1
+        result = stamp(self, folder, name)
+        if calls[0] == 1:
+            with export.open("ab") as out:
+                out.write(tail + b"\n")
+        return result
+
+    monkeypatch.setattr(FileSpace, "stamp", stamp_then_the_esp_writes)
+    stats = pair.sync()
+    monkeypatch.setattr(FileSpace, "stamp", stamp)
+    assert stats.status == "succeeded"
+    assert stats.esp_unsubscribes_read == 0 and stats.files_archived == []
+    stats = pair.sync()
+    assert stats.esp_unsubscribes_read == 2 and stats.files_archived == ["unsubscribed-1.csv"]
+    assert _opted_out(pair) == ["ann@example.com", "bob@example.com"]

@@ -27,6 +27,7 @@ from ..core.conftest import Pair, write_config
 from .real_servers import (
     PASSWORD,
     USER,
+    HangUpServer,
     ServerRoot,
     SilentServer,
     Sshd,
@@ -164,6 +165,21 @@ def test_a_server_that_never_answers_fails_within_the_timeout(kind, tmp_path, tl
     assert [r["status"] for r in runs] == ["failed"]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_dropped_connection_is_said_in_words(kind, tmp_path, tls) -> None:
+    """Python says ``EOFError: `` (no text) when a server hangs up."""
+    server = HangUpServer()
+    try:
+        (tmp_path / "known_hosts").write_text("")
+        config = configure(tmp_path, kind, server.port, tls, timeout_s=3)
+        _seed(Pair(tmp_path, config))
+        result, _ = cli(config, "sync", timeout=60)
+    finally:
+        server.close()
+    assert result.returncode == 3
+    assert "the server closed the connection" in first_line(result), result.stderr
+
+
 # -- a server stopped in the middle of an upload --------------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_server_stopped_mid_upload_fails_then_the_upload_recovers(kind, tmp_path, root,
@@ -202,6 +218,7 @@ def test_a_server_stopped_mid_upload_fails_then_the_upload_recovers(kind, tmp_pa
     assert process.returncode == 3, stderr
     assert took < 3 + 10, f"took {took:.1f} s after the server stopped, timeout_s = 3"
     assert "no answer from the server within 3 s" in stderr.strip().splitlines()[0], stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr  # one line, no library's log lines
     assert not [n for n in visible(inbox) if n.endswith(".csv")], "a partial file is visible"
     # back at full speed, the next run uploads the staged file again, whole
     if proxy is not None:

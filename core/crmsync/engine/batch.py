@@ -54,7 +54,7 @@ from ..errors import (
     StateError,
     TransportError,
 )
-from ..files import FileSpace, IncompleteFile, Manifest, allow_large_csv_fields
+from ..files import FileSpace, Manifest, allow_large_csv_fields
 from ..hooks import Hooks, PostOpContext
 from ..model import Change, Contact, Cursor, Op, Status, Subscription, WriteResult
 from ..state import (
@@ -425,6 +425,38 @@ class BatchSync:
     def _inbound_files(self, *, dry_run: bool) -> None:
         assert self.files is not None and isinstance(self.esp, FileExchange)
         folder = self.config.files.export_dir
+        for name in self._new_exports(folder, dry_run=dry_run):
+            batch = f"file:{name}"
+            count = 0
+            # One transaction stages the whole file (all of it or none), streamed in
+            # chunks so a large export does not have to fit in memory.
+            with self._tx() as conn, self.files.open_whole(folder, name) as handle:
+                if handle is None:  # it changed while it was read: left for the next run
+                    continue
+                chunk: list[Change] = []
+                for item in self.esp.read_export_file(handle, name):
+                    if isinstance(item, DataError):
+                        self.failures.append(Failure("esp", "", "", item.reason,
+                                                     f"{name}:{item.line or ''}"))
+                        continue
+                    count += 1
+                    chunk.append(item)
+                    if len(chunk) >= 2000:
+                        self._stage_inbound(conn, chunk, batch, name, dry_run=dry_run)
+                        chunk = []
+                self._stage_inbound(conn, chunk, batch, name, dry_run=dry_run)
+                if not dry_run:
+                    size, modified = self.files.read_stamps[name]  # only that is archived
+                    self.store.set_file(conn, f"in:{name}", direction="in",
+                                        run_id=self.stats.run_id, status="staged", rows=count,
+                                        info={"size": size, "modified": modified})
+            self.stats.esp_unsubscribes_read += count
+            self.progress("esp unsubscriptions", count)
+
+    def _new_exports(self, folder: str, *, dry_run: bool) -> Sequence[str]:
+        """Exports not read yet (an applied one is archived on the way), less those the
+        ESP may still be writing: they are left for a later run."""
+        assert self.files is not None and isinstance(self.esp, FileExchange)
         fresh = []
         for name in self.files.list(folder, self.esp.export_file_pattern()):
             known = self.store.file(f"in:{name}")
@@ -435,39 +467,7 @@ class BatchSync:
             if known and known["status"] == "archived":
                 continue
             fresh.append(name)
-        # an export the ESP may still be writing is left for a later run
-        for name in self.files.settled(folder, fresh, self.config.files.stable_s):
-            try:
-                self._stage_file(folder, name, dry_run=dry_run)
-            except IncompleteFile as exc:
-                log.warning("%s", exc)
-
-    def _stage_file(self, folder: str, name: str, *, dry_run: bool) -> None:
-        assert self.files is not None and isinstance(self.esp, FileExchange)
-        batch = f"file:{name}"
-        count = 0
-        # One transaction stages the whole file (all of it or none), streamed in
-        # chunks so a large export does not have to fit in memory.
-        with self._tx() as conn, self.files.open_read(folder, name) as handle:
-            chunk: list[Change] = []
-            for item in self.esp.read_export_file(handle, name):
-                if isinstance(item, DataError):
-                    self.failures.append(Failure("esp", "", "", item.reason,
-                                                 f"{name}:{item.line or ''}"))
-                    continue
-                count += 1
-                chunk.append(item)
-                if len(chunk) >= 2000:
-                    self._stage_inbound(conn, chunk, batch, name, dry_run=dry_run)
-                    chunk = []
-            self._stage_inbound(conn, chunk, batch, name, dry_run=dry_run)
-            if not dry_run:  # what was read, so that only that is archived
-                size, modified = self.files.read_stamps[name]
-                self.store.set_file(conn, f"in:{name}", direction="in",
-                                    run_id=self.stats.run_id, status="staged", rows=count,
-                                    info={"size": size, "modified": modified})
-        self.stats.esp_unsubscribes_read += count
-        self.progress("esp unsubscriptions", count)
+        return self.files.settled(folder, fresh, self.config.files.stable_s)
 
     def _stage_inbound(self, conn: Connection, changes: list[Change], batch: str, where: str,
                        *, dry_run: bool) -> None:

@@ -83,10 +83,12 @@ class _VerifiedSFTPFileSystem(SFTPFileSystem):  # type: ignore[misc]
         except paramiko.SSHException:
             transport = client.get_transport()
             client.close()
-            silent = transport is not None and not getattr(transport, "remote_version", "")
-            if silent and time.monotonic() - started >= self._timeout * 0.9:
-                # paramiko says "No existing session" when the SSH banner never came
-                raise TimeoutError("the server sent no SSH banner") from None
+            if transport is not None and not getattr(transport, "remote_version", ""):
+                # no SSH banner came: paramiko says "No existing session" or "Error
+                # reading SSH protocol banner"; say whether the server was silent or left
+                if time.monotonic() - started >= self._timeout * 0.9:
+                    raise TimeoutError("the server sent no SSH banner") from None
+                raise EOFError("the server sent no SSH banner") from None
             raise
         except BaseException:
             client.close()

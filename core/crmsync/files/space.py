@@ -302,6 +302,19 @@ class FileSpace:
             return archive.open(members[0])
         return handle
 
+    @contextlib.contextmanager
+    def open_whole(self, folder: str, name: str) -> Iterator[IO[bytes] | None]:
+        """:meth:`open_read` as a context, ``None`` (logged) for a file that changed while
+        it was read: the caller leaves it for the next run."""
+        try:
+            handle = self.open_read(folder, name)
+        except IncompleteFile as exc:
+            log.warning("%s", exc)
+            yield None
+            return
+        with handle:
+            yield handle
+
     def exists(self, folder: str, name: str) -> bool:
         return bool(self._call(f"checking {name}", self.fs.exists, self.path(folder, name)))
 
