@@ -6,8 +6,8 @@ import heapq
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import httpx
