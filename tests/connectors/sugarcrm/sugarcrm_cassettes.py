@@ -83,6 +83,8 @@ _REST_RECORDS = {"next_offset": -1, "records": [
                 "opt_out": True}],
      "_acl": {"fields": {}}, "_module": "Contacts"},
 ]}
+# GET /<module>/count (module_count_get_help): {"record_count": n}
+_REST_COUNT = {"record_count": 2}
 _INVALID = {"error": "invalid_grant", "error_message": "The access token provided is invalid."}
 
 # name -> (settings overrides, answers in order)
@@ -99,10 +101,10 @@ SCENARIOS: dict[str, tuple[dict[str, Any], list[Callable[[], tuple[int, Any]]]]]
         lambda: captured(4), _alice_found, lambda: captured(45),
         lambda: (200, {"ids": [ALICE_ADDRESS]}), lambda: captured(24), _logout]),
     "rest_read": ({"flavour": "rest", "target_lists": []}, [
-        lambda: (200, _token(1)), lambda: (200, _REST_RECORDS)]),
+        lambda: (200, _token(1)), lambda: (200, _REST_COUNT), lambda: (200, _REST_RECORDS)]),
     "rest_token_refresh": ({"flavour": "rest", "target_lists": []}, [
         lambda: (200, _token(1)), lambda: (401, _INVALID), lambda: (200, _token(2)),
-        lambda: (200, _REST_RECORDS)]),
+        lambda: (200, _REST_COUNT), lambda: (200, _REST_RECORDS)]),
 }
 
 
