@@ -6,8 +6,8 @@ import heapq
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import httpx
@@ -88,12 +88,24 @@ class SugarConnector(Connector):
 
     # -- contract ----------------------------------------------------------------------
     def check(self) -> Health:
+        """Log in, then make the reads a sync makes: a diff read with a recent cursor
+        (records, address changes, the mapped target lists' members) and a lookup by
+        address (what a write-back does first). A server that refuses any of them fails
+        the check, as it would fail every sync."""
         started = time.monotonic()
         try:
             detail = self.flavour.check()
+            since = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+            first = next(iter(self.read(Cursor(at=since))), None)
+            for module in self.settings.modules:
+                self.flavour.find(module, emails=["crmsync-check@example.invalid"])
         except (CrmsyncError, httpx.HTTPError) as exc:
             return Health(ok=False, detail=str(exc))
-        return Health(ok=True, detail=detail, latency_ms=(time.monotonic() - started) * 1000)
+        read = len(first.records) if first is not None else 0
+        return Health(ok=True, latency_ms=(time.monotonic() - started) * 1000,
+                      detail=f"{detail}; a diff read since {since:%Y-%m-%d %H:%M} UTC "
+                             f"({read} record(s) on its first page) and a lookup by address "
+                             "work")
 
     def lists(self) -> list[MailingList]:
         return [MailingList(id=f"target_list:{list_id}", name=name)

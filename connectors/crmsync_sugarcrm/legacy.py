@@ -158,9 +158,21 @@ class LegacyFlavour(SugarFlavour):
         if isinstance(data, dict) and {"name", "number", "description"} <= set(data) \
                 and "id" not in data:
             number = int(data["number"])
-            raise LegacyError(f"v4_1 {method}: {data['name']} ({number}): "
-                              f"{data['description']}", number=number)
+            message = f"v4_1 {method}: {data['name']} ({number}): {data['description']}"
+            if number == 40:
+                message += self._denied_hint(method, arguments)
+            raise LegacyError(message, number=number)
         return data
+
+    def _denied_hint(self, method: str, arguments: dict[str, Any]) -> str:
+        module = arguments.get("module_name") or "?"
+        user = self.settings.username
+        return (f" on {module}. Either SuiteCRM's SQL validator (SugarSQLValidate) refused "
+                f"the query or order_by crmsync sent, or user {user!r} may not read "
+                f"{module}. If {user!r} can list {module} in SuiteCRM, it is the query: "
+                "report it as a crmsync bug, with this message and the 'checkQuery - bad "
+                "query' line of suitecrm.log; otherwise give the user read access to "
+                f"{module} (Admin > Role Management) and run again")
 
     def _login(self) -> str:
         self.logins += 1

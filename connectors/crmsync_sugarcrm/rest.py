@@ -260,6 +260,10 @@ class RestFlavour(SugarFlavour):
             return [{"date_modified": {"$gte": _iso(since)}}]
         return []
 
+    def count(self, module: str) -> int:
+        data = self.call("GET", f"{module}/count", safe=True)
+        return int((data or {}).get("record_count") or 0)
+
     def scan(self, module: str, since: datetime | None) -> Iterator[list[SugarRecord]]:
         after: tuple[datetime, str] | None = None
         while True:

@@ -85,9 +85,16 @@ class VtigerApi:
             body = None
         if not isinstance(body, dict) or "success" not in body:
             if response.status_code >= 500:
+                hint = ""
+                if operation in ("sync", "logout"):
+                    hint = ("; on vTiger 8.0.0 under PHP 8 the stock "
+                            "include/Webservices/OperationManager.php dies here with "
+                            "\"Unknown named parameter\": patch it as "
+                            "docs/connectors/vtiger.md says (PHP 8), or set "
+                            "incremental = \"query\"")
                 raise RemoteError(
                     f"vTiger failed {operation} with HTTP {response.status_code} and no "
-                    "answer (a PHP error on the server: see its PHP error log)",
+                    f"answer (a PHP error on the server: see its PHP error log){hint}",
                     status=response.status_code, retryable=True)
             raise RemoteError(
                 f"{response.request.url.copy_with(query=None)} did not answer as the vTiger "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 import httpx
@@ -89,17 +90,26 @@ class VtigerConnector(Connector):
 
     # -- the contract ---------------------------------------------------------------------
     def check(self) -> Health:
+        """Log in, describe Contacts, and make the reads a sync makes: a diff read with a
+        recent cursor (``sync`` and/or VTQL, the campaigns' members). A server whose
+        ``sync`` dies (stock vTiger 8.0.0 on PHP 8) fails the check, as it would fail
+        every diff sync."""
         started = time.monotonic()
         try:
             session = self.api.session()
             contacts = self.codec("Contacts")
+            since = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+            first = next(iter(self.read(Cursor(at=since))), None)
         except CrmsyncError as exc:
             return Health(ok=False, detail=str(exc))
         version = f"vTiger {session.vtiger_version} (API {session.api_version})" \
             if session.vtiger_version else f"vTiger Cloud ({self.settings.base_url})"
+        read = len(first.records) if first is not None else 0
         return Health(ok=True, latency_ms=(time.monotonic() - started) * 1000,
                       detail=f"{version} as {self.settings.username} ({session.user_id}); "
-                             f"Contacts ids {contacts.id_prefix}x<n>")
+                             f"Contacts ids {contacts.id_prefix}x<n>; a diff read since "
+                             f"{since:%Y-%m-%d %H:%M} UTC works ({read} record(s) on its "
+                             "first page)")
 
     def lists(self) -> list[MailingList]:
         """Campaigns, as ``campaign:<ws id>`` (``emailoptout`` is global, not a list)."""

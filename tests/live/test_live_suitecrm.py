@@ -80,13 +80,14 @@ class SuiteRaw:
                              ["id", "email_address", "opt_out"])
         return row
 
-    def members(self, list_id: str) -> set[str]:
-        data = self.call("get_relationships", "ProspectLists", list_id, "contacts", "", ["id"],
+    def members(self, list_id: str, module: str = "contacts") -> set[str]:
+        data = self.call("get_relationships", "ProspectLists", list_id, module, "", ["id"],
                          [], 0, "", 0, False)
         return {e["id"] for e in data["entry_list"]}
 
-    def link(self, list_id: str, ids: list[str], *, delete: bool = False) -> None:
-        self.call("set_relationship", "ProspectLists", list_id, "contacts", ids, [],
+    def link(self, list_id: str, ids: list[str], *, delete: bool = False,
+             module: str = "contacts") -> None:
+        self.call("set_relationship", "ProspectLists", list_id, module, ids, [],
                   1 if delete else 0)
 
     def count(self, query: str = "") -> int:

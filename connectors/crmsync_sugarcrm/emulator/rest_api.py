@@ -228,6 +228,7 @@ class RestApi:
             ("/rest/{version}/ProspectLists/{record}/link/{link}/{related}",
              ["POST", "DELETE"], self.link_one),
             ("/rest/{version}/{module}/filter", ["GET", "POST"], self.listing),
+            ("/rest/{version}/{module}/count", ["GET"], self.count),
             ("/rest/{version}/{module}/{record}", ["GET", "PUT", "DELETE"], self.record),
             ("/rest/{version}/{module}", ["GET", "POST"], self.module),
         ]
@@ -463,6 +464,16 @@ class RestApi:
         if name not in values:
             raise ApiError(422, "invalid_parameter", f"Unknown field: {name}")
         return values[name]
+
+    def count(self, method: str, params: dict[str, Any], query: dict[str, Any],
+              body: dict[str, Any]) -> Result:
+        """``GET /<module>/count``: live records, ``{"record_count": n}`` (Sugar API help,
+        module_count_get; a filter is not emulated)."""
+        module = params["module"]
+        if module not in PERSON_MODULES:
+            return error(404, "not_found", f"Could not find module: {module}")
+        live = sum(1 for person in self.store.module(module).values() if not person.deleted)
+        return 200, {"record_count": live}
 
     def module(self, method: str, params: dict[str, Any], query: dict[str, Any],
                body: dict[str, Any]) -> Result:

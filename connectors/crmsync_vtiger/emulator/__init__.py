@@ -11,7 +11,9 @@ It reproduces what the real vTiger 8.0.0 captures show, quirks included:
 - most failures say ``ACCESS_DENIED``; VTQL caps at 100 rows; ``update`` blanks the
   fields it is not given, ``revise`` does not;
 - ``sync`` returns only the session user's records, pages on the first 100 modification
-  stamps and lists deleted ids; ``query_related`` is broken as on 8.0.0.
+  stamps and lists deleted ids; ``query_related`` is broken as on 8.0.0;
+- ``php8_stock=True``: an unpatched 8.0.0 on PHP 8, whose ``sync`` and ``logout`` answer
+  HTTP 500 with an empty body ("Unknown named parameter").
 
 The Cloud flavour lives under ``/restapi/v1/vtiger/default/<operation>`` with HTTP Basic
 ``username:accessKey`` and 4xx/5xx statuses for failures. Its clock can be moved
@@ -100,8 +102,12 @@ class VtigerEmulator(Emulator):
     name: ClassVar[str] = "vtiger"
 
     def __init__(self, *, contacts: int = 0, seed: int = 0, timezone: str = "UTC",
-                 sync_type_param: bool | str = False) -> None:
+                 sync_type_param: bool | str = False, php8_stock: bool | str = False) -> None:
         self.timezone = timezone
+        # stock vTiger 8.0.0 on PHP 8: OperationManager passes the parameters by name and
+        # sync (modifiedTime vs $mtime) and logout (sessionName vs $sessionId) die with
+        # "Unknown named parameter": HTTP 500, empty body (seen on the real server)
+        self.php8_stock = str(php8_stock).lower() in ("1", "true", "yes")
         self.tz = ZoneInfo(timezone)
         # forks such as F-RevoCRM register syncType for sync; the stock server does not
         self.sync_type_param = str(sync_type_param).lower() in ("1", "true", "yes")
@@ -439,6 +445,8 @@ class VtigerEmulator(Emulator):
                 "version": "0.22", "vtigerVersion": "8.0.0"}
 
     def op_logout(self, params: dict[str, str], user: int) -> dict[str, str]:
+        if self.php8_stock:
+            raise Http500
         for name, session in list(self.sessions.items()):
             if session["user"] == user and name == params.get("sessionName"):
                 del self.sessions[name]
@@ -591,6 +599,8 @@ class VtigerEmulator(Emulator):
         return {"message": "successfull"}
 
     def op_sync(self, params: dict[str, str], user: int) -> dict[str, Any]:
+        if self.php8_stock:
+            raise Http500
         raw = params.get("modifiedTime", "")
         if raw in ("", "0") or not raw.lstrip("-").isdigit():
             raise Http500  # PHP 8.2 TypeError in date(''), as captured

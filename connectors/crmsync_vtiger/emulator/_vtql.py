@@ -223,7 +223,8 @@ class _Parser:
             return Condition(column, "like", (self.value(),))
         kind, op = self.next("OPERATOR")
         if kind != "op":
-            raise _syntax(op, "expected OPERATOR")
+            # as vTiger 8.0.0 words it (e.g. for "email is null", seen on the real server)
+            raise _syntax(op, f"VALUE({op}), expected one of: EQ,LT,GT,LTE,GTE,NE,IN,LIKE")
         return Condition(column, "!=" if op == "<>" else op, (self.value(),))
 
 

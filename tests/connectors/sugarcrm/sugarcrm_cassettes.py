@@ -83,6 +83,8 @@ _REST_RECORDS = {"next_offset": -1, "records": [
                 "opt_out": True}],
      "_acl": {"fields": {}}, "_module": "Contacts"},
 ]}
+# GET /<module>/count (module_count_get_help): {"record_count": n}
+_REST_COUNT = {"record_count": 2}
 _INVALID = {"error": "invalid_grant", "error_message": "The access token provided is invalid."}
 
 # name -> (settings overrides, answers in order)
@@ -99,10 +101,10 @@ SCENARIOS: dict[str, tuple[dict[str, Any], list[Callable[[], tuple[int, Any]]]]]
         lambda: captured(4), _alice_found, lambda: captured(45),
         lambda: (200, {"ids": [ALICE_ADDRESS]}), lambda: captured(24), _logout]),
     "rest_read": ({"flavour": "rest", "target_lists": []}, [
-        lambda: (200, _token(1)), lambda: (200, _REST_RECORDS)]),
+        lambda: (200, _token(1)), lambda: (200, _REST_COUNT), lambda: (200, _REST_RECORDS)]),
     "rest_token_refresh": ({"flavour": "rest", "target_lists": []}, [
         lambda: (200, _token(1)), lambda: (401, _INVALID), lambda: (200, _token(2)),
-        lambda: (200, _REST_RECORDS)]),
+        lambda: (200, _REST_COUNT), lambda: (200, _REST_RECORDS)]),
 }
 
 
@@ -140,10 +142,32 @@ def _scrub_login(request: Any) -> Any:
     return vcr_config()["before_record_request"](request)
 
 
-def recorder(record: bool = False) -> vcr.VCR:
+def _scrub_sessions(request: Any) -> Any:
+    request = _scrub_login(request)
+    if request.body:
+        text = request.body.decode() if isinstance(request.body, bytes) else request.body
+        # in the form body the id sits between url-encoded quotes (%22)
+        request.body = re.sub(r"(?<=%22)[0-9a-f]{32}(?=%22)", SESSION, text).encode()
+    return request
+
+
+def _scrub_session_answers(response: dict[str, Any]) -> dict[str, Any]:
+    response = vcr_config()["before_record_response"](response)
+    body = response.get("body", {}).get("string")
+    if body:
+        text = body.decode(errors="replace") if isinstance(body, bytes) else body
+        response["body"]["string"] = SESSION_ID.sub(SESSION, text).encode()
+    return response
+
+
+def recorder(record: bool = False, *, real: bool = False) -> vcr.VCR:
+    """``real``: recordings of a real server, whose session ids (in requests and in the
+    login answer) are replaced by one placeholder."""
     config = vcr_config()
     config["match_on"] = ["method", "scheme", "host", "port", "path", "query", "sugar_body"]
-    config["before_record_request"] = _scrub_login
+    config["before_record_request"] = _scrub_sessions if real else _scrub_login
+    if real:
+        config["before_record_response"] = _scrub_session_answers
     if record:
         config["record_mode"] = "all"
     machine = vcr.VCR(cassette_library_dir=str(CASSETTES), **config)
