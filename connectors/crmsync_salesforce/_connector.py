@@ -92,6 +92,12 @@ class SalesforceConnector(Connector):
     def read(self, since: Cursor | None) -> Iterator[Page]:
         return self._reader.read(since)
 
+    def full_read_count(self) -> int | None:
+        return self._reader.full_read_count()
+
+    def members(self, key: str) -> list[str] | None:
+        return self._reader.members(key) if self.settings.memberships else None
+
     def write(self, changes: Sequence[Change]) -> list[WriteResult]:
         return self._writer.write(changes)
 

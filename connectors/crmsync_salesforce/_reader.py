@@ -76,6 +76,8 @@ class Reader:
         self.api = api
         self.settings = api.settings
         self.name = name
+        self.skipped_without_email = 0  # records read that have no usable address
+        self._full: tuple[int, int] | None = None  # the last full read: count, skipped
 
     # -- SOQL ----------------------------------------------------------------------------
     def _fields(self, obj: str) -> list[str]:
@@ -165,6 +167,7 @@ class Reader:
         try:
             email = normalize_email(str(row.get("Email") or ""))
         except ValueError:
+            self.skipped_without_email += 1
             return None  # a record without a usable address cannot be synced to an ESP
         ids = {self.name: str(row["Id"])}
         converted = row.get("ConvertedContactId")
@@ -251,14 +254,63 @@ class Reader:
             yield page(batch, True)  # unordered: possibly empty, to carry the final cursor
 
     # -- entry points --------------------------------------------------------------------
+    def _count(self, soql: str) -> int:
+        return int(self.api.json("GET", "query/", params={"q": soql}).get("totalSize", 0))
+
+    def people_count(self, counts: dict[str, int] | None = None) -> int:
+        """How many distinct people a full read yields: every record of the objects read,
+        less the converted Leads when Contacts are read too (a converted Lead is read as
+        its Contact: one person)."""
+        counts = counts or {obj: self._count(f"SELECT COUNT() FROM {obj}")
+                            for obj in self.settings.objects}
+        total = sum(counts.values())
+        if "Lead" in counts and "Contact" in counts:
+            total -= self._count("SELECT COUNT() FROM Lead WHERE IsConverted = true")
+        return total
+
+    def full_read_count(self) -> int | None:
+        """After :meth:`full`: the smaller of the counts before and after it, less the
+        records it skipped for want of an address."""
+        if self._full is None:
+            return None
+        before, skipped = self._full
+        return min(before, self.people_count()) - (self.skipped_without_email - skipped)
+
+    def members(self, key: str) -> list[str] | None:
+        """The people in campaign ``campaign:<id>`` now (a removed CampaignMember skips
+        the recycle bin, so no read shows its removal: the engine reconciles with this)."""
+        kind, _, campaign = key.partition(":")
+        if kind != "campaign" or not campaign:
+            return None
+        soql = format_soql("SELECT ContactId, LeadId FROM CampaignMember WHERE CampaignId = {}",
+                           campaign)
+        found: list[str] = []
+        for row in self.api.query(soql):
+            person = row.get("ContactId") or row.get("LeadId")
+            if person:
+                found.append(str(person))
+        # a converted Lead is read as its Contact: its membership is the Contact's
+        converted = [p for p in found if p.startswith("00Q")]
+        for start in range(0, len(converted), _IN_CHUNK):
+            chunk = converted[start:start + _IN_CHUNK]
+            for row in self.api.query(format_soql(
+                    "SELECT ConvertedContactId FROM Lead WHERE Id IN {} AND IsConverted = true",
+                    chunk)):
+                if row.get("ConvertedContactId"):
+                    found.append(str(row["ConvertedContactId"]))
+        return found
+
     def full(self, *, resync: bool = False) -> Iterator[Page]:
         started = datetime.now(UTC)
         streams: list[Iterator[_Item]] = []
         unordered: list[Iterator[_Item]] = []
         members: dict[str, dict[str, str]] | None = None
+        counts: dict[str, int] = {}
         for obj in self.settings.objects:
-            count = self.api.json("GET", "query/", params={"q": f"SELECT COUNT() FROM {obj}"})
-            if int(count.get("totalSize", 0)) > self.settings.bulk_read_threshold:
+            counts[obj] = self._count(f"SELECT COUNT() FROM {obj}")
+        self._full = (self.people_count(counts), self.skipped_without_email)
+        for obj in self.settings.objects:
+            if counts[obj] > self.settings.bulk_read_threshold:
                 if members is None:
                     members = self._bulk_members() if self.settings.memberships else {}
                 unordered.append(self._bulk_stream(obj, members))

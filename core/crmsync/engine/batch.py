@@ -997,8 +997,10 @@ class BatchSync:
                                                   after=after,
                                                   limit=self.config.sync.batch_size):
                 after = rows[-1][0].contact_key
-                removed = [self._removal(snap, email, record_id, str(key))
-                           for snap, email, record_id in rows if record_id not in current]
+                # a contact with several CRM records (duplicates) is a member while any is
+                removed = [self._removal(snap, email, min(record_ids), str(key))
+                           for snap, email, record_ids in rows
+                           if record_ids and record_ids.isdisjoint(current)]
                 if removed:
                     yield removed
 

@@ -468,15 +468,13 @@ class StateStore:
                     for key, list_id, groups, email in conn.execute(query)]
 
     def list_holders(self, list_id: str, system: str, *, after: str = "",
-                     limit: int = 1000) -> list[tuple[Snapshot, str, str]]:
+                     limit: int = 1000) -> list[tuple[Snapshot, str, frozenset[str]]]:
         """Who the CRM put on ``list_id`` and crmsync still holds there, a page at a time
         in contact key order after ``after``: ``(snapshot, current email, the CRM
-        system's record id)`` for every snapshot not unsubscribed whose CRM status is
-        subscribed or pending, of a contact not deleted."""
+        system's record ids for that contact)`` for every snapshot not unsubscribed whose
+        CRM status is subscribed or pending, of a contact not deleted."""
         s, c, m = t.snapshots, t.contacts, t.id_map
-        query = (select(s, c.c.email, m.c.record_id)
-                 .join(c, c.c.key == s.c.contact_key)
-                 .join(m, and_(m.c.contact_key == s.c.contact_key, m.c.system == system))
+        query = (select(s, c.c.email).join(c, c.c.key == s.c.contact_key)
                  .where(and_(s.c.list_id == list_id, s.c.contact_key > after,
                              s.c.status != Status.UNSUBSCRIBED.value,
                              s.c.crm_status.in_([Status.SUBSCRIBED.value,
@@ -484,8 +482,15 @@ class StateStore:
                              c.c.deleted.is_not(True)))
                  .order_by(s.c.contact_key).limit(limit))
         with self.begin() as conn:
-            return [(_snapshot(row), row.email, row.record_id)
-                    for row in conn.execute(query)]
+            rows = [(_snapshot(row), row.email) for row in conn.execute(query)]
+            ids: dict[str, set[str]] = {}
+            for chunk in _chunks([snap.contact_key for snap, _ in rows]):
+                for key, record_id in conn.execute(
+                        select(m.c.contact_key, m.c.record_id)
+                        .where(and_(m.c.system == system, m.c.contact_key.in_(chunk)))):
+                    ids.setdefault(key, set()).add(record_id)
+        return [(snap, email, frozenset(ids.get(snap.contact_key, ())))
+                for snap, email in rows]
 
     def status_counts(self) -> dict[str, dict[str, int]]:
         with self.begin() as conn:

@@ -96,3 +96,68 @@ def test_merging_duplicates_keeps_the_survivor_subscribed(run: Any,
     after = esp_lists(run, email)
     assert after["1"]["status"] == "subscribed"
     assert after["2"]["status"] == before["2"]["status"]
+
+
+def test_a_removed_campaign_member_is_unsubscribed_from_its_list(
+        run: Any, emulator: SalesforceEmulator) -> None:
+    # Issue 14.9: a removed CampaignMember is hard-deleted (no undelete(), no recycle bin),
+    # and the person's record does not change, so no read shows the removal. The list is
+    # reconciled with the campaign's members on the next diff run.
+    with emulator.lock:
+        emulator.seed(9, 0)
+    assert run().status == "succeeded"
+    assert esp_lists(run, "contact0-3@example.com")["2"]["status"] == "subscribed"
+    member = next(m for m in emulator.org.records["CampaignMember"].values()
+                  if m.get("Status") == "Responded")
+    person = member.get("ContactId") or member.get("LeadId")
+    email = next(c["email"] for c in emulator.state()["contacts"]
+                 if c["ids"]["salesforce"] == person)
+    others = [c["email"] for c in emulator.state()["contacts"] if c["email"] != email
+              and esp_lists(run, c["email"]).get("2", {}).get("status") == "subscribed"]
+    emulator.delete_record(member["Id"])
+    stats = run()
+    assert stats.status == "succeeded", stats.stopped_reason
+    assert esp_lists(run, email)["2"]["status"] == "unsubscribed"
+    assert esp_lists(run, email)["1"]["status"] in ("subscribed", "unsubscribed")
+    for other in others:  # nobody else moves
+        assert esp_lists(run, other)["2"]["status"] == "subscribed"
+    assert run().esp_written == 0  # once
+
+
+def test_a_full_read_is_checked_against_salesforce_counts(run: Any,
+                                                          emulator: SalesforceEmulator) -> None:
+    # Issue 13.2 for Salesforce: COUNT() of each object read, less the converted Leads
+    # (read as their Contacts) and the records without an address, is what a full read
+    # must yield; a read that comes up short fails loudly.
+    from crmsync_salesforce._reader import Reader
+
+    with emulator.lock:
+        emulator.seed(9, 0)
+    lead = emulator.add_lead("lead@example.com", FirstName="Lea")
+    emulator.add_member(lead, "Responded")
+    emulator.convert_lead(lead)
+    stats = run()
+    assert stats.status == "succeeded", stats.stopped_reason
+
+    original = Reader._contact
+    dropped: list[str] = []
+
+    def lossy(self: Reader, item: Any, *args: Any, **kwargs: Any) -> Any:
+        contact = original(self, item, *args, **kwargs)
+        if contact is not None and not dropped:
+            dropped.append(contact.email)  # a page that loses a record
+            return None
+        return contact
+
+    Reader._contact = lossy  # type: ignore[method-assign]
+    try:
+        from crmsync.runtime import build_batch, open_store
+        state = open_store(run.config)
+        try:
+            with open_side(run.config, "crm") as crm, open_side(run.config, "esp") as esp:
+                with pytest.raises(Exception, match="came up short"):
+                    build_batch(run.config, crm, esp, state).run(full=True)
+        finally:
+            state.close()
+    finally:
+        Reader._contact = original  # type: ignore[method-assign]
