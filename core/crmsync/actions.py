@@ -52,9 +52,9 @@ def subscribe(esp: Connector, email: str, lists: Sequence[str], *,
     if config is not None:
         unknown = [item for item in wanted if item not in config.list_ids()]
         if unknown:
-            known = ", ".join(config.list_ids()) or "none"
+            configured = ", ".join(config.list_ids()) or "none"
             raise ConfigError(f"list(s) {', '.join(unknown)} are not configured "
-                              f"(configured [[lists]] esp_list: {known})")
+                              f"(configured [[lists]] esp_list: {configured})")
     status = Status.PENDING if confirm else Status.SUBSCRIBED
     known: dict[str, Snapshot] = {}
     if store is not None:

@@ -154,9 +154,9 @@ def test_a_full_read_is_checked_against_salesforce_counts(run: Any,
         from crmsync.runtime import build_batch, open_store
         state = open_store(run.config)
         try:
-            with open_side(run.config, "crm") as crm, open_side(run.config, "esp") as esp:
-                with pytest.raises(Exception, match="came up short"):
-                    build_batch(run.config, crm, esp, state).run(full=True)
+            with (open_side(run.config, "crm") as crm, open_side(run.config, "esp") as esp,
+                  pytest.raises(Exception, match="came up short")):
+                build_batch(run.config, crm, esp, state).run(full=True)
         finally:
             state.close()
     finally:
