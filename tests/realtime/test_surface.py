@@ -24,7 +24,7 @@ def test_public_api_is_pinned() -> None:
     assert sorted(crmsync.engine.realtime.__all__) == [
         "ENDPOINTS", "NullObserver", "RealtimeWorker", "WorkerObserver", "backoff_delay",
         "change_to_contact", "mapped_crm_fields", "should_poll"]
-    assert sorted(crmsync.actions.__all__) == ["send", "subscribe"]
+    assert sorted(crmsync.actions.__all__) == ["ConsentRefused", "send", "subscribe"]
     for module in (crmsync.server, crmsync.engine.realtime, crmsync.actions):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
