@@ -158,10 +158,16 @@ def test_connectors_marks_the_test_doubles() -> None:
 
 
 def test_a_missing_sftp_module_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
     from crmsync.errors import TransportError
     from crmsync.files.space import FileSpace
 
+    registry = importlib.import_module("fsspec.registry")  # the module, not fsspec.registry
+    # as if paramiko had never been installed, even when fsspec loaded its SFTP class
     monkeypatch.setitem(sys.modules, "paramiko", None)
+    monkeypatch.setitem(sys.modules, "fsspec.implementations.sftp", None)
+    monkeypatch.delitem(registry._registry, "sftp", raising=False)
     with pytest.raises(TransportError) as missing:
         FileSpace("sftp://u@127.0.0.1:1/x", username="u", timeout=1)
     assert "None" not in str(missing.value)
