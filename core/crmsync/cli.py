@@ -157,13 +157,19 @@ def cli(ctx: click.Context, connector: str | None, config_path: Path, as_json: b
 @cli.command()
 @click.pass_obj
 def connectors(obj: Context) -> None:
-    """List installed connectors: name, kind, version, capabilities, distribution."""
+    """List installed connectors: name, kind, version, capabilities, distribution.
+
+    Test doubles (the in-memory CRM and ESP, for tests and the demo) are marked.
+    """
     rows = []
     emulators = {info.name for info in available(EMULATORS) if info.error is None}
     for info in available(CONNECTORS):
         caps = info.plugin.capabilities if info.plugin is not None else None
+        double = info.plugin is not None and info.plugin.__module__.startswith(
+            "crmsync.testing")
         rows.append({
             "name": info.name,
+            "test_double": double,
             "kind": caps.kind if caps else None,
             "version": info.version,
             "distribution": info.distribution,
@@ -174,14 +180,16 @@ def connectors(obj: Context) -> None:
 
     def render() -> None:
         table = Table(title="crmsync connectors")
-        for column in ("name", "kind", "version", "capabilities", "distribution"):
+        table.add_column("name", no_wrap=True)
+        for column in ("kind", "version", "capabilities", "distribution"):
             table.add_column(column)
         for row in rows:
             if row["error"]:
                 table.add_row(row["name"], "[red]broken[/red]", row["version"], "",
                               row["distribution"])
             else:
-                table.add_row(row["name"], row["kind"], row["version"],
+                table.add_row(row["name"] + (" (test double)" if row["test_double"] else ""),
+                              row["kind"], row["version"],
                               ", ".join(c for c in row["capabilities"] if c != "kind"),
                               row["distribution"])
         obj.console.print(table)

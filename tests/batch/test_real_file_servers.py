@@ -109,7 +109,10 @@ def cli(config: Path, *args: str, timeout: float = 120) -> tuple[subprocess.Comp
 
 
 def first_line(result: subprocess.CompletedProcess[str]) -> str:
-    return (result.stderr.strip().splitlines() or [""])[0]
+    """The error's line: the first ``crmsync: error:`` line of stderr (progress lines,
+    printed on stderr when it is not a terminal, come before it), else the first line."""
+    lines = result.stderr.strip().splitlines() or [""]
+    return next((line for line in lines if line.startswith("crmsync: error")), lines[0])
 
 
 def visible(folder: Path) -> list[str]:

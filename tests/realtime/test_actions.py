@@ -159,8 +159,9 @@ def test_serve_and_replay_refuse_an_incomplete_configuration(tmp_path) -> None:
     config.write_text('[crm]\nconnector = "memory"\n[[lists]]\nname = "N"\nesp_list = 1\n')
     result = CliRunner().invoke(cli, ["--config", str(config), "serve"], env=ENV)
     assert result.exit_code == 2 and "needs both [crm] and [esp]" in result.output
-    usage = CliRunner().invoke(cli, ["--config", str(config), "replay"], env=ENV)
-    assert usage.exit_code == 2 and "--dead-letters" in usage.output
+    # issue 12 point 15: --dead-letters is what replay replays, so it is not required
+    nothing = CliRunner().invoke(cli, ["--config", str(config), "replay"], env=ENV)
+    assert nothing.exit_code == 0 and "put 0 dead letter(s) back" in nothing.output
 
 
 def test_subscribe_no_confirm_never_resubscribes_an_unsubscribed_address(tmp_path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from ..cli import Context, cli, emulator_options, make_emulator
@@ -171,7 +172,7 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None,
         report["full_sync"] = run("1. full sync: every CRM contact to the ESP, by file over FTP",
                                   full=True)
         imported = esp_emulator.import_files()
-        say(f"   the ESP imported the file: {imported}\n")
+        say(f"   the ESP imported the file: {escape(_plain(imported))}\n")
 
         people = [c | {"email": c["email"].strip().lower()}
                   for c in _crm_contacts(crm_name, crm_emulator, folder)
@@ -197,7 +198,7 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None,
                 _crm_update(crm_emulator, folder, email, {opt_out_field: "true"})
                 say(f"   {email} is opted out by a sales rep in the CRM")
         exported = esp_emulator.export_unsubscribers()
-        say(f"   the ESP drops its unsubscription export: {exported}\n")
+        say(f"   the ESP drops its unsubscription export: {escape(_plain(exported))}\n")
 
         report["diff_sync"] = run("3. diff sync: unsubscribes into the CRM, CRM changes to the "
                                   "ESP", full=False)
@@ -228,16 +229,29 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None,
             obj.emit(report)
             return
         table = Table(title="4. where the touched contacts stand now")
-        for column in ("email", "what happened", "CRM opted out", "ESP list 1", "ESP list 2",
+        # an address is never cut: the other columns wrap instead
+        table.add_column("email", no_wrap=True,
+                         min_width=max([len(row["email"]) for row in rows] + [5]))
+        for column in ("what happened", "CRM opted out", "ESP list 1", "ESP list 2",
                        "journal"):
             table.add_column(column)
         for row in rows:
-            table.add_row(row["email"], row["what happened"], "yes" if row["crm_opted_out"]
-                          else "no", str(row["esp_list_1"]), str(row["esp_list_2"]),
-                          "\n".join(row["journal"]))
+            table.add_row(escape(row["email"]), row["what happened"],
+                          "yes" if row["crm_opted_out"] else "no",
+                          row["esp_list_1"] or "not on it", row["esp_list_2"] or "not on it",
+                          escape("\n".join(row["journal"])))
         console.print(table)
         console.print("Every status change above is in the append-only journal "
                       "(`crmsync --config ... status`, or StateStore.journal()).")
+
+
+def _plain(value: Any) -> str:
+    """A report of an emulator's file exchange, in words rather than a Python dict."""
+    if isinstance(value, dict):
+        return "; ".join(f"{key} {_plain(item)}" for key, item in value.items()) or "nothing"
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(item) for item in value) or "none"
+    return "-" if value is None else str(value)
 
 
 def _clean(settings: dict[str, Any]) -> dict[str, Any]:

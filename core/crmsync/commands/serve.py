@@ -10,6 +10,7 @@ from ..cli import EXIT_FAILED, Context, cli, email_param
 from ..config import Config
 from ..errors import ConfigError
 from ..runtime import build_hooks, open_side, open_store
+from .sync import live_status
 
 
 def _both_sides(config: Config, obj: Context, what: str) -> None:
@@ -35,11 +36,12 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
     config = obj.config()
     _both_sides(config, obj, "serve")
     default_host, default_port = parse_listen(config.server.listen)
+    where = (host or default_host, default_port if port is None else port)
+    _check_free(*where)
     store = open_store(config)
     crm = open_side(config, "crm")
     esp = open_side(config, "esp")
     service = RealtimeService(config, crm, esp, store, hooks=build_hooks(config))
-    where = (host or default_host, default_port if port is None else port)
     endpoints = ", ".join(f"/hooks/{side}" for side in service.endpoints) or "none"
     polling = f"polling {crm.name} every {config.server.poll_interval_s:g}s" \
         if service.worker.poll_enabled else "not polling"
@@ -52,9 +54,26 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
         store.close()
 
 
+def _check_free(host: str, port: int) -> None:
+    """Fail before saying anything when the address is taken (uvicorn would only log
+    it after the banner)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}: stop "
+                              "what uses it, or pick another --port / [server] listen"
+                              ) from None
+
+
 @cli.command()
-@click.option("--dead-letters", is_flag=True, required=True,
-              help="Put every dead event back in the inbox and apply it again.")
+@click.option("--dead-letters", is_flag=True, default=True,
+              help="Put every dead event back in the inbox and apply it again (the "
+                   "default: dead letters are what replay replays).")
 @click.option("--queue-only", is_flag=True,
               help="Only put them back: a running `crmsync serve` applies them.")
 @click.option("--apply", "force_apply", is_flag=True,
@@ -72,9 +91,11 @@ def replay(obj: Context, dead_letters: bool, queue_only: bool, force_apply: bool
     store = open_store(config)
     try:
         # the latest real-time run tells whether a server runs (one killed with SIGKILL
-        # stays "running" until the next start replaces it)
-        latest = next((run for run in store.runs(50) if run["mode"] == "realtime"), None)
-        serving = [latest] if latest is not None and latest["status"] == "running" else []
+        # has left its lock: it is not running)
+        recent = store.runs(50)
+        latest = next((run for run in recent if run["mode"] == "realtime"), None)
+        serving = [latest] if latest is not None and \
+            live_status(store, latest, recent) == "running" else []
         count = store.replay_dead_letters()
         result: dict[str, object] = {"requeued": count}
         if serving and not queue_only and not force_apply:

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..cli import EXIT_ERROR, EXIT_FAILED, EXIT_USAGE, Context, cli
-from ..errors import ConfigError, CrmsyncError, PluginError
+from ..config import Config
+from ..errors import ConfigError, CrmsyncError, PluginError, StateBusy
 from ..runtime import build_batch, open_side, open_store
 
 
@@ -51,7 +58,8 @@ def render_stats(obj: Context, stats: dict[str, Any]) -> None:
               help="Send again, changed or not, every subscribed contact's lists and fields "
                    "and every unsubscribe crmsync knows (repairs an ESP that lost data). "
                    "Pending subscriptions are not re-sent.")
-@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan; write nothing (on SQLite not even the state file).")
 @click.pass_obj
 def sync(obj: Context, full: bool, resend: bool, dry_run: bool) -> None:
     """Run one batch sync: ESP unsubscriptions into the CRM, CRM changes to the ESP.
@@ -61,43 +69,110 @@ def sync(obj: Context, full: bool, resend: bool, dry_run: bool) -> None:
     space or a vendor unreachable, ...: the message says what to do); with --json the
     error is also printed on stdout as {"status": "failed", "error", "exit_code"}.
     """
-    try:
-        stats = _sync(obj, full=full, resend=resend, dry_run=dry_run)
-    except CrmsyncError as exc:
-        if obj.as_json:  # the error object on stdout; the one-line message still on stderr
-            code = EXIT_USAGE if isinstance(exc, ConfigError | PluginError) else EXIT_ERROR
-            click.echo(json.dumps({"status": "failed", "error": str(exc), "exit_code": code},
-                                  sort_keys=True))
-        raise
-    obj.emit(stats, lambda: render_stats(obj, stats))
-    if stats["failed"] or stats["status"] == "stopped":
-        sys.exit(EXIT_FAILED)
-
-
-def _sync(obj: Context, *, full: bool, resend: bool, dry_run: bool) -> dict[str, Any]:
     config = obj.config()
     if config.crm is None or config.esp is None:
         raise ConfigError(f"{obj.config_path} needs both [crm] and [esp] to sync")
+    scratch = contextlib.ExitStack()
+    if dry_run:
+        config = _scratch_state(config, scratch)
+    with scratch:
+        try:
+            _sync(obj, config, full=full, resend=resend, dry_run=dry_run)
+        except CrmsyncError as exc:
+            if obj.as_json:  # the error object on stdout; the one-line message on stderr
+                code = EXIT_USAGE if isinstance(exc, ConfigError | PluginError) else EXIT_ERROR
+                click.echo(json.dumps({"status": "failed", "error": str(exc),
+                                       "exit_code": code}, sort_keys=True))
+            raise
+
+
+def _scratch_state(config: Config, stack: contextlib.ExitStack) -> Config:
+    """A dry run writes nothing: on SQLite it plans against a copy of the state file
+    (no file created, no run row); PostgreSQL keeps its rolled-back transaction."""
+    url = config.state_url()
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return config
+    source = Path(url[len("sqlite:///"):])
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crmsync-dry-")))
+    copy = folder / "state.db"
+    if source.exists():
+        with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src, \
+                sqlite3.connect(copy) as dst:
+            src.backup(dst)
+    state = config.state.model_copy(update={"url": f"sqlite:///{copy}"})
+    return config.model_copy(update={"state": state})
+
+
+class _Lines:
+    """Progress as plain lines on stderr (not a terminal): each phase when it starts,
+    then its count at most every ``every`` seconds, so a log shows what a long run does."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every = every
+        self.started = time.monotonic()
+        self.counts: dict[str, int] = {}
+        self.said = 0.0
+
+    def say(self, text: str) -> None:
+        click.echo(f"crmsync: {text} ({time.monotonic() - self.started:.0f}s)", err=True)
+
+    def __call__(self, phase: str, n: int) -> None:
+        first = phase not in self.counts
+        self.counts[phase] = self.counts.get(phase, 0) + n
+        now = time.monotonic()
+        if first or now - self.said >= self.every:
+            self.said = now
+            self.say(f"{phase}: {self.counts[phase]:,}")
+
+
+def _sync(obj: Context, config: Config, *, full: bool, resend: bool, dry_run: bool) -> None:
     store = open_store(config)
-    with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
-        show = sys.stderr.isatty() and not obj.as_json
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                      TextColumn("{task.completed:>10,.0f}"), TimeElapsedColumn(),
-                      disable=not show, transient=True) as progress:
-            tasks: dict[str, Any] = {}
+    assert config.crm is not None and config.esp is not None
+    what = (f"{'dry run' if dry_run else 'sync'} {'full' if full else 'diff'}: "
+            f"{config.esp.connector} unsubscriptions, then {config.crm.connector} "
+            f"{'contacts' if full else 'changes'} to {config.esp.connector}")
+    tty = sys.stderr.isatty()
+    lines = None if obj.as_json or tty else _Lines()
+    if lines is not None:
+        lines.say(what)
+    if not dry_run and not obj.as_json:
+        try:
+            with store.exclusive("batch"):
+                pass
+        except StateBusy:
+            message = ("waiting up to 120 s for another crmsync run on this state store "
+                       "to finish")
+            if lines is not None:
+                lines.say(message)
+            else:
+                click.echo(f"crmsync: {message}", err=True)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                        TextColumn("{task.completed:>10,.0f}"), TimeElapsedColumn(),
+                        disable=not tty or obj.as_json, transient=True,
+                        console=Console(stderr=True))
+    with open_side(config, "crm") as crm, open_side(config, "esp") as esp, progress:
+        tasks: dict[str, Any] = {"start": progress.add_task(what, total=None)}
 
-            def advance(phase: str, n: int) -> None:
-                if phase not in tasks:
-                    tasks[phase] = progress.add_task(phase, total=None)
-                progress.advance(tasks[phase], n)
+        def advance(phase: str, n: int) -> None:
+            if lines is not None:
+                lines(phase, n)
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=None)
+            progress.advance(tasks[phase], n)
 
-            batch = build_batch(config, crm, esp, store, progress=advance)
-            try:
-                return batch.run(full=full, dry_run=dry_run, resend=resend).as_dict()
-            finally:
-                if batch.files is not None:
-                    batch.files.close()
-                store.close()
+        batch = build_batch(config, crm, esp, store, progress=advance)
+        try:
+            stats = batch.run(full=full, dry_run=dry_run, resend=resend).as_dict()
+        finally:
+            if batch.files is not None:
+                batch.files.close()
+            store.close()
+    if lines is not None:
+        lines.say(f"{stats['status']}: {stats['crm_read']:,} read, {stats['esp_written']:,} "
+                  f"to the ESP, {stats['crm_written']:,} to the CRM, {stats['failed']:,} failed")
+    obj.emit(stats, lambda: render_stats(obj, stats))
+    if stats["failed"] or stats["status"] == "stopped":
+        sys.exit(EXIT_FAILED)
 
 
 @cli.command()
@@ -107,12 +182,14 @@ def status(obj: Context, runs: int) -> None:
     """Show the last runs, the cursors, pending work and dead letters."""
     config = obj.config()
     store = open_store(config)
+    recent = store.runs(runs)
     data: dict[str, Any] = {
-        "runs": [{k: r[k] for k in ("id", "mode", "full", "dry_run", "status", "started_at",
+        "runs": [{k: r[k] for k in ("id", "mode", "full", "dry_run", "started_at",
                                     "finished_at")}
+                 | {"status": live_status(store, r, recent)}
                  | {"stats": {k: r["stats"].get(k) for k in ("crm_read", "esp_written",
                                                              "crm_written", "failed")}}
-                 for r in store.runs(runs)],
+                 for r in recent],
         "cursors": {name: c.model_dump(mode="json") for name, c in store.cursors().items()},
         "pending": store.count_pending(),
         "inbox": store.inbox_counts(),
@@ -123,22 +200,59 @@ def status(obj: Context, runs: int) -> None:
 
     def render() -> None:
         table = Table(title="recent runs")
-        for column in ("run", "mode", "status", "started", "read", "esp", "crm", "failed"):
+        width = max([len(run["id"]) for run in data["runs"]] + [3])
+        table.add_column("run", no_wrap=True, min_width=width)
+        table.add_column("mode", no_wrap=True, min_width=9)
+        table.add_column("status", no_wrap=True, min_width=9)
+        for column in ("started", "read", "esp", "crm", "failed"):
             table.add_column(column)
         for run in data["runs"]:
             s = run["stats"]
-            table.add_row(run["id"], "dry-run" if run["dry_run"] else
-                          ("full" if run["full"] else "diff"), run["status"],
+            table.add_row(run["id"], _mode(run), run["status"],
                           str(run["started_at"])[:19], *(str(s.get(k) or 0) for k in (
                               "crm_read", "esp_written", "crm_written", "failed")))
         obj.console.print(table)
+        if any(run["status"] == "died" for run in data["runs"]):
+            obj.console.print("died: its process ended without finishing the run (killed?); "
+                              "a new run resumes what it left")
         for name, cursor in data["cursors"].items():
             obj.console.print(f"cursor {name}: {cursor['at']} {cursor['tie_id']}")
-        obj.console.print(f"pending writes: {data['pending'] or 'none'}")
-        obj.console.print(f"inbox: {data['inbox'] or 'empty'}; dead letters: "
-                          f"{data['dead_letters']}")
+        pending = data["pending"]
+        obj.console.print("pending writes: " + (", ".join(
+            f"{side} {count}" for side, count in sorted(pending.items())) or "none"))
+        inbox = data["inbox"]
+        obj.console.print("inbox: " + (", ".join(
+            f"{state} {count}" for state, count in sorted(inbox.items())) or "empty")
+            + f"; dead letters: {data['dead_letters']}")
         for list_id, counts in sorted(data["lists"].items()):
             obj.console.print(f"list {list_id}: " + ", ".join(
                 f"{k} {v}" for k, v in sorted(counts.items())))
 
     obj.emit(data, render)
+
+
+def _mode(run: dict[str, Any]) -> str:
+    if run["dry_run"]:
+        return "dry-run"
+    if run["mode"] == "realtime":
+        return "real-time"
+    if run["mode"] == "batch":
+        return "full" if run["full"] else "diff"
+    return str(run["mode"])
+
+
+def live_status(store: Any, run: dict[str, Any], recent: list[dict[str, Any]]) -> str:
+    """A run still "running" whose process is gone (SIGKILL, a power cut) says so: the
+    lock its process holds while it lives is free, or a later run of its kind took over."""
+    if run["status"] != "running":
+        return str(run["status"])
+    lock = "serve" if run["mode"] == "realtime" else "batch"
+    later = [r for r in recent if r["mode"] == run["mode"] and r["started_at"] >
+             run["started_at"]]
+    if run["mode"] == "realtime" and later:
+        return "died"  # a later server took over
+    try:
+        with store.exclusive(lock):
+            return "died"  # its process ended without finishing it (killed?)
+    except StateBusy:
+        return "running"

@@ -27,6 +27,7 @@ partial record would blank the missing fields on the ESP.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -213,6 +214,7 @@ class RealtimeWorker:
         self._thread: threading.Thread | None = None
         self._next_poll = 0.0
         self._next_flush = 0.0
+        self._alive = contextlib.ExitStack()
         self.poll_failures = 0  # polls that failed in a row (readiness reports them)
         self.poll_error = ""
         self._pause_until: dict[str, float] = {}
@@ -440,6 +442,13 @@ class RealtimeWorker:
     def start(self) -> RealtimeWorker:
         if self._thread is not None:
             return self
+        # held while this worker lives, released by the OS if the process is killed:
+        # `crmsync status` tells a live server from one SIGKILLed mid-run
+        self._alive = contextlib.ExitStack()
+        try:
+            self._alive.enter_context(self.store.exclusive("serve"))
+        except StateBusy:
+            log.warning("another crmsync serve applies events on this state store")
         self.run_id = self.store.start_run("realtime", full=False, dry_run=False)
         self.hooks.run_started(self.run_id, "realtime", False)
         self._stop.clear()
@@ -465,6 +474,7 @@ class RealtimeWorker:
         self.store.finish_run(self.run_id, "stopped", stats)
         self.hooks.run_finished(self.run_id, stats)
         self._thread = None
+        self._alive.close()
         return finished
 
     def _loop(self) -> None:

@@ -146,8 +146,12 @@ class FileSpace:
         except TransportError:
             raise
         except ImportError as exc:
-            raise TransportError(
-                f"{self.scheme}:// needs {exc.name}: run pip install 'crmsync[sftp]'") from None
+            # fsspec re-raises a failed import as a bare ImportError: no module name then
+            extra = "sftp" if self.scheme == "sftp" else "ftp"
+            needs = exc.name or ("paramiko" if extra == "sftp" else "a module it could not "
+                                 f"import ({exc})")
+            raise TransportError(f"{self.scheme}:// needs {needs}, which is not installed: run "
+                                 f"pip install 'crmsync[{extra}]'") from None
         except Exception as exc:
             hint = ""
             if _is_login_error(exc):

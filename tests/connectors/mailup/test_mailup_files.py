@@ -179,9 +179,11 @@ def test_export_dialects(separator, encoding):
 
 
 def test_export_single_quotes_and_headerless():
-    quoted = "'email';'idList';'OptOut_Date'\n'o''brien@example.com';'1';'20210122T111244'\n"
+    # the separator inside a quoted cell (an address cannot hold ';' unquoted: RFC 5322)
+    quoted = ("'email';'idList';'OptOut_Date';'optout_nl'\n"
+              "'a.b@example.com';'1';'20210122T111244';'x;y'\n")
     [result] = files().read_export_file(io.BytesIO(quoted.encode()), "x.csv")
-    assert isinstance(result, Change) and result.email == "o'brien@example.com"
+    assert isinstance(result, Change) and result.email == "a.b@example.com"
     headerless = "ann@example.com;1;20210122T111244;;2;21\n"
     [result] = files().read_export_file(io.BytesIO(headerless.encode()), "y.csv")
     assert isinstance(result, Change) and result.subscriptions["1"].reason
@@ -337,10 +339,9 @@ def test_import_rows_read_back_as_written(name, surname, separator, quotechar, q
 
 
 @settings(max_examples=40, deadline=None)
-@given(locals_=st.lists(  # local parts RFC 5322 allows unquoted (no leading, trailing or
-                        # doubled dot), which every way in now checks
-    st.from_regex(r"[a-z0-9_%+-]([a-z0-9._%+-]{0,10}[a-z0-9_%+-])?", fullmatch=True)
-    .filter(lambda local: ".." not in local), min_size=1, max_size=8, unique=True),
+@given(locals_=st.lists(st.from_regex(r"[a-z0-9_%+-]{1,6}(\.[a-z0-9_%+-]{1,5})?",
+                                      fullmatch=True),  # RFC 5322 dot-atoms
+                        min_size=1, max_size=8, unique=True),
        separator=st.sampled_from([";", ",", "|"]),
        encoding=st.sampled_from(["utf-8", "utf-8-sig", "cp1252"]))
 def test_export_rows_all_come_back(locals_, separator, encoding):
