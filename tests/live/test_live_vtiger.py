@@ -155,10 +155,6 @@ def test_joining_a_campaign_is_read(scene, raw):
     assert live.esp_status(people["bob"], "2") == "subscribed"
 
 
-@pytest.mark.xfail(reason="issue #13 point 3: the unsubscribe of a deletion goes to the "
-                          "stand-in address deleted-12x<n>@vtiger.invalid; the lead's fix in "
-                          "core/crmsync/engine/batch.py _outbound_delete makes this pass",
-                   strict=False)
 def test_deletion_reaches_the_esp(scene, raw):
     live, people, ids = scene["live"], scene["people"], scene["ids"]
     next_second()
