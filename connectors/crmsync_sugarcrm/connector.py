@@ -203,6 +203,15 @@ class SugarConnector(Connector):
                           for record_id in self.flavour.list_members(list_id, module)}
                 for list_id in lists}
 
+    def members(self, key: str) -> set[str] | None:
+        """The people in target list ``target_list:<id>`` now (a link removed from a
+        target list does not touch the person's record: the engine reconciles with this)."""
+        kind, _, list_id = key.partition(":")
+        if kind != "target_list" or not list_id:
+            return None
+        return {record_id for module in self.settings.modules
+                for record_id in self.flavour.list_members(list_id, module)}
+
     def _count(self) -> int | None:
         counts = [self.flavour.count(module) for module in self.settings.modules]
         return None if any(n is None for n in counts) else sum(n or 0 for n in counts)

@@ -203,8 +203,8 @@ def test_target_list_membership_follows_the_list(scene, raw):
     assert changed[people["bob"]] == {key: ""} and changed[people["cyd"]] == {}
     live.sync()
     assert live.esp_status(people["bob"], "2") == "subscribed"
-    # (leaving a list changes nothing at the ESP: the engine ignores lists a contact is
-    # not in; that is the engine's policy, not the connector's)
+    # leaving the list: reconciled with the target list's members, in the same run
+    assert live.esp_status(people["cyd"], "2") == "unsubscribed"
 
 
 def test_deletion_reaches_the_esp(scene, raw):

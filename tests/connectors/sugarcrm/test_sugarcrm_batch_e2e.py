@@ -78,3 +78,28 @@ def test_crm_to_esp_and_unsubscribe_back(run: Any) -> None:
     assert stats.status == "succeeded", stats.stopped_reason
     assert esp_lists(run, other)["1"]["status"] == "unsubscribed"
     assert sum(requests_made(server).values()) < 20
+
+
+def test_leaving_a_target_list_unsubscribes_from_its_list(run: Any) -> None:
+    """Removing someone from a target list does not touch their record; the list is
+    reconciled with the target list's members on the next diff run (both flavours)."""
+    server = run.server
+    with server.emulator.lock:
+        server.emulator.seed(8, 0)
+    assert run().status == "succeeded"
+    people = state(server)
+    key = f"target_list:{EVENTS_LIST_ID}"
+    inside = [e for e, s in people.items() if key in s["lists"]
+              and esp_lists(run, e).get("2", {}).get("status") == "subscribed"]
+    assert len(inside) >= 2
+    leaver, stayer = inside[0], inside[1]
+    time.sleep(1.05)
+    with server.emulator.lock:
+        store_ = server.emulator.store
+        store_.remove_member(store_.lists[EVENTS_LIST_ID], "Contacts",
+                             people[leaver]["ids"]["sugarcrm"])
+    stats = run()
+    assert stats.status == "succeeded", stats.stopped_reason
+    assert esp_lists(run, leaver)["2"]["status"] == "unsubscribed"
+    assert esp_lists(run, stayer)["2"]["status"] == "subscribed"
+    assert run().esp_written == 0  # once
