@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from crmsync.errors import AuthError, ConfigError, RemoteError
+from crmsync.errors import AuthError, ConfigError, RateLimited, RemoteError
 
 from .settings import MailUpSettings
 
@@ -81,10 +81,12 @@ class PasswordGrant:
         secret = self.settings.client_secret.get_secret_value()
         data = {**form, "client_id": self.settings.client_id, "client_secret": secret}
         # A grant is safe to repeat (a spent refresh token falls back to the password
-        # grant), so a 5xx or a dropped connection is retried, unlike other POSTs.
+        # grant), so a 5xx, a 429 or a dropped connection is retried, unlike other POSTs.
+        wait: float | None = None
         for attempt in range(self.settings.retries):
             if attempt:
-                self._sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
+                self._sleep(wait if wait is not None else min(8.0, 0.5 * 2 ** (attempt - 1)))
+                wait = None
             try:
                 response = self._http.post(
                     self.settings.auth_url, data=data,
@@ -93,6 +95,14 @@ class PasswordGrant:
                 error = RemoteError(f"MailUp token endpoint {self.settings.auth_url} "
                                     f"unreachable ({type(exc).__name__}): check auth_url and "
                                     "the network", retryable=True)
+                continue
+            if response.status_code == 429:  # MailUp asks to slow down: no credential issue
+                wait = _retry_after(response)
+                error = RateLimited(
+                    f"MailUp's token endpoint is rate-limiting crmsync (HTTP 429: "
+                    f"{_describe(_json(response)) or 'too many requests'}): the run stops "
+                    "here and can be run again in a minute; lower [esp.settings] rate if "
+                    "other tools share this MailUp account", retry_after=wait, code="429")
                 continue
             if response.status_code < 500:
                 break
@@ -116,6 +126,13 @@ class PasswordGrant:
             self._refresh = refresh
         expires = float(body.get("expires_in") or 3600)
         self._expires_at = self._clock() + max(1.0, expires - min(_MARGIN_S, expires / 10))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return min(60.0, max(0.0, float(response.headers.get("Retry-After", ""))))
+    except ValueError:
+        return None
 
 
 def _json(response: httpx.Response) -> Any:

@@ -460,3 +460,20 @@ def test_unsubscribe_on_a_list_the_recipient_is_not_on(connector, emulator):
     assert contact(emulator, "one@example.com")["lists"] == {
         "1": {"status": "subscribed", "groups": []},
         "2": {"status": "unsubscribed", "groups": []}}
+
+
+def test_a_rate_limited_token_endpoint_is_waited_out_not_blamed_on_credentials(
+        make_connector, control):
+    """Issue 12.15: a 429 from the token endpoint is MailUp asking to slow down: the grant
+    is tried again, and when MailUp keeps refusing the error says so (a retryable rate
+    limit), never 'check your credentials'."""
+    from crmsync.errors import RateLimited
+
+    assert control.post("/faults", json={"error_count": 2, "error_status": 429}).is_success
+    assert make_connector(retries=3).lists()  # the token came on the third try
+    assert control.post("/faults", json={"error_count": 50, "error_status": 429}).is_success
+    with pytest.raises(RateLimited) as info:
+        make_connector(retries=3).lists()
+    assert info.value.retryable
+    assert "429" in str(info.value) and "check client_id" not in str(info.value)
+    control.delete("/faults")
