@@ -23,7 +23,7 @@ from typing import Any
 from simple_salesforce.format import format_soql
 
 from crmsync.errors import RemoteError
-from crmsync.model import Contact, Cursor, Page, normalize_email
+from crmsync.model import Contact, Cursor, Page, Rejected, normalize_email, rejected_address
 
 from ._bulk import bulk_query
 from ._rest import SalesforceApi
@@ -77,6 +77,7 @@ class Reader:
         self.settings = api.settings
         self.name = name
         self.skipped_without_email = 0  # records read that have no usable address
+        self._rejected: list[Rejected] = []  # of the page being built: invalid addresses
         self._full: tuple[int, int] | None = None  # the last full read: count, skipped
 
     # -- SOQL ----------------------------------------------------------------------------
@@ -168,6 +169,9 @@ class Reader:
             email = normalize_email(str(row.get("Email") or ""))
         except ValueError:
             self.skipped_without_email += 1
+            rejected = rejected_address(str(row["Id"]), str(row.get("Email") or ""))
+            if rejected is not None:  # an address that is no address: reported
+                self._rejected.append(rejected)
             return None  # a record without a usable address cannot be synced to an ESP
         ids = {self.name: str(row["Id"])}
         converted = row.get("ConvertedContactId")
@@ -222,8 +226,9 @@ class Reader:
             if contact is not None:
                 records.append(contact)
         last = batch[-1].key
-        return Page(records=records, cursor=Cursor(at=last[0], tie_id=last[1],
-                                                   data={"resync": True} if resync else {}))
+        rejected, self._rejected = self._rejected, []
+        return Page(records=records, rejected=rejected, cursor=Cursor(
+            at=last[0], tie_id=last[1], data={"resync": True} if resync else {}))
 
     def _pages(self, items: Iterator[_Item], resync: bool = False,
                unordered_since: datetime | None = None) -> Iterator[Page]:
@@ -239,7 +244,7 @@ class Reader:
             if unordered_since is None:
                 return done
             at = unordered_since - timedelta(seconds=self.settings.overlap_seconds)
-            return Page(records=done.records, cursor=Cursor(
+            return Page(records=done.records, rejected=done.rejected, cursor=Cursor(
                 at=at if last else _EPOCH, tie_id="" if last else f"{number:08d}",
                 data={"resync": True} if resync else {}))
 

@@ -24,7 +24,9 @@ from crmsync.model import (
     MailingList,
     Op,
     Page,
+    Rejected,
     WriteResult,
+    rejected_address,
 )
 
 from .flavour import SugarFlavour
@@ -133,6 +135,7 @@ class SugarConnector(Connector):
         if full is not None:
             full.before = self._count()
         page: list[Contact] = []
+        rejected: list[Rejected] = []  # of this page: addresses that are no address
         last: tuple[datetime, str] | None = None
         for key, record, stamp in heapq.merge(*streams, key=lambda item: item[0]):
             if key == last:
@@ -147,14 +150,23 @@ class SugarConnector(Connector):
                     "deleted record" if record.deleted else "record", record.id)
                 if full is not None and not record.deleted:
                     full.skipped.add(record.id)
+                primary = record.primary()
+                invalid = None if record.deleted or primary is None else rejected_address(
+                    record.id, primary.email)
+                if invalid is not None:
+                    rejected.append(invalid)
                 continue
             page.append(contact)
             last = key
             if len(page) >= self.settings.page_size:
-                yield Page(records=page, cursor=Cursor(at=key[0], tie_id=key[1], data=data))
-                page = []
-        if page and last is not None:
-            yield Page(records=page, cursor=Cursor(at=last[0], tie_id=last[1], data=data))
+                yield Page(records=page, rejected=rejected,
+                           cursor=Cursor(at=key[0], tie_id=key[1], data=data))
+                page, rejected = [], []
+        if (page or rejected) and last is not None:
+            yield Page(records=page, rejected=rejected,
+                       cursor=Cursor(at=last[0], tie_id=last[1], data=data))
+        elif rejected:
+            yield Page(records=[], rejected=rejected)
 
     def full_read_count(self) -> int | None:
         """After a full read: the live records it should have yielded, by Sugar's count.

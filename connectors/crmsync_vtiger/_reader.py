@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from crmsync.model import Contact, Cursor, Page
+from crmsync.model import Contact, Cursor, Page, Rejected, rejected_address
 
 from ._api import VtigerApi, is_denied
 from ._settings import VtigerSettings
@@ -105,6 +105,7 @@ class ContactReader:
         self._memberships = memberships
         self.warned_owner_scope = False
         self.skipped_without_email = 0
+        self._rejected: list[Rejected] = []  # of the page being built: invalid addresses
         self._full: tuple[int, int] | None = None  # count before the full read, skips then
 
     @property
@@ -259,6 +260,9 @@ class ContactReader:
         except ValueError:
             # vTiger does not require an address; a contact without one cannot be mailed
             self.skipped_without_email += 1
+            rejected = rejected_address(item.ws_id, email)
+            if rejected is not None:  # an address that is no address: reported
+                self._rejected.append(rejected)
             log.debug("skipping vTiger contact %s: no usable email (%r)", item.ws_id, email)
             return None
 
@@ -278,10 +282,14 @@ class ContactReader:
                 records.append(contact)
             count += 1
             if count >= PAGE_SIZE:
-                yield Page(records=records, cursor=Cursor(at=at, tie_id=f"{tie:012d}", data=data))
+                rejected, self._rejected = self._rejected, []
+                yield Page(records=records, rejected=rejected,
+                           cursor=Cursor(at=at, tie_id=f"{tie:012d}", data=data))
                 records, count = [], 0
         if count and at is not None:
-            yield Page(records=records, cursor=Cursor(at=at, tie_id=f"{tie:012d}", data=data))
+            rejected, self._rejected = self._rejected, []
+            yield Page(records=records, rejected=rejected,
+                       cursor=Cursor(at=at, tie_id=f"{tie:012d}", data=data))
 
     def _data(self, members: Memberships) -> dict[str, Any]:
         return {"members": members.snapshot(), "user": self.api.session().user_id}

@@ -27,11 +27,14 @@ __all__ = [
     "MailingList",
     "Op",
     "Page",
+    "Rejected",
     "SendResult",
     "Status",
     "Subscription",
     "WriteResult",
+    "address_problem",
     "normalize_email",
+    "rejected_address",
     "utc",
 ]
 
@@ -58,6 +61,27 @@ def normalize_email(value: str) -> str:
         shown = email if len(email) <= 80 else email[:77] + "..."
         raise ValueError(f"not an email address: {shown!r} ({exc})") from None
     return email
+
+
+def address_problem(value: str) -> str | None:
+    """Why ``value`` is not an email address, or ``None`` when it is one (or is empty:
+    a record without an address is no error, just nothing to mail)."""
+    if not str(value or "").strip():
+        return None
+    try:
+        normalize_email(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def rejected_address(record_id: str, value: str) -> Rejected | None:
+    """The :class:`Rejected` for a record whose address is not empty and not valid."""
+    problem = address_problem(value)
+    if problem is None:
+        return None
+    shown = str(value).strip()
+    return Rejected(record_id=record_id, address=shown[:320], reason=problem)
 
 
 def utc(value: datetime) -> datetime:
@@ -226,11 +250,22 @@ class Cursor(_Frozen):
         return (self.at, self.tie_id)
 
 
+class Rejected(_Frozen):
+    """A record a connector read but could not hand over: which one, and why (an address
+    that is no email address, say). The engine reports it as a failed record."""
+
+    record_id: str
+    address: str
+    reason: str
+
+
 class Page(_Frozen):
-    """A page of records and the cursor after them (``None`` when the system has none)."""
+    """A page of records and the cursor after them (``None`` when the system has none),
+    with the records of the page the connector had to leave out (``rejected``)."""
 
     records: Sequence[Contact]
     cursor: Cursor | None = None
+    rejected: Sequence[Rejected] = ()
 
 
 class Health(_Frozen):

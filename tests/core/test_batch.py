@@ -737,3 +737,26 @@ def test_a_contact_removed_from_a_campaign_is_unsubscribed_from_its_list(tmp_pat
     again = pair.sync()  # done once: nothing more to send or journal
     assert again.esp_written == 0
     assert len([e for e in pair.journal("ann@example.com") if e["list_id"] == "2"]) == 2
+
+
+def test_a_crm_record_with_an_invalid_address_is_reported_not_sent(tmp_path) -> None:
+    """Issue 12.7: an address that is no address (markup, a 390-character local part)
+    never reaches the ESP, and the run says which record it is: a failed record in the
+    report (exit 1), not a silent skip."""
+    import csv as csv_module
+
+    pair = Pair(tmp_path, write_config(tmp_path, mode="api"))
+    pair.crm.add("ann@example.com", fields={"OptOut": "false"})
+    bad = pair.crm.add("bob@example.com", fields={"OptOut": "false"})
+    pair.crm.records[bad]["email"] = "<script>alert(1)</script>@example.com"
+    pair.crm.save()
+    stats = pair.sync()
+    assert stats.status == "partial" and stats.failed == 1
+    assert pair.esp_status("ann@example.com") == "subscribed"
+    pair.esp._load()
+    assert [r["email"] for r in pair.esp.records.values()] == ["ann@example.com"]
+    with open(stats.report, newline="", encoding="utf-8") as report:
+        [row] = list(csv_module.DictReader(report))
+    assert row["side"] == "crm" and row["code"] == "invalid_address"
+    assert row["email"] == "<script>alert(1)</script>@example.com"
+    assert bad in row["where"] and "not an email address" in row["reason"]

@@ -107,7 +107,9 @@ def test_a_crm_record_with_an_invalid_address_is_not_sent(tmp_path: Path,
                  "settings": {"path": str(tmp_path / "esp.json")}},
             state=f"sqlite:///{tmp_path / 'state.db'}"))
         stats = sync_once(config, full=True)
-    assert stats.status == "succeeded"
+    assert stats.status == "partial" and stats.failed == 1  # reported, not sent
+    report = Path(stats.report).read_text(encoding="utf-8")
+    assert "invalid_address" in report and SCRIPT in report
     esp = store(path=tmp_path / "esp.json")
     esp._load()
     emails = sorted(r["email"] for r in esp.records.values())

@@ -819,6 +819,11 @@ class BatchSync:
         if since is None:  # a full read must come back whole: see completeness.py
             pages = checked_full_read(self.crm, pages, self._forget_crm_cursor)
         for number, page in enumerate(pages, 1):
+            for rejected in page.rejected:  # an address that is no address: never sent
+                self.failures.append(Failure(
+                    "crm", rejected.address, "", f"not sent to the ESP: {rejected.reason}; "
+                    f"correct the address in {self.crm.name}",
+                    f"{self.crm.name} record {rejected.record_id}", code="invalid_address"))
             records = list(page.records)
             if self.hooks.has_transforms:
                 records = [self.hooks.transform_contact(r, "crm_to_esp") for r in records]

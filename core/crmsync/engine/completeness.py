@@ -29,6 +29,7 @@ def checked_full_read(crm: Connector, pages: Iterator[Page],
     for page in pages:
         for record in page.records:
             seen.add(hash(record.ids.get(crm.name) or record.email))
+        seen.update(hash(rejected.record_id) for rejected in page.rejected)  # read, reported
         yield page
     expected = crm.full_read_count()
     if expected is None or len(seen) >= expected:

@@ -41,11 +41,13 @@ from ..model import (
     MailingList,
     Op,
     Page,
+    Rejected,
     SendResult,
     Status,
     Subscription,
     WriteResult,
     normalize_email,
+    rejected_address,
 )
 
 __all__ = [
@@ -216,10 +218,16 @@ class _MemoryBase(Connector):
         size = max(1, int(self.settings.page_size))
         for offset in range(0, len(items), size):
             chunk = items[offset:offset + size]
-            records = [self._contact(record_id, record) for record_id, record in chunk
-                       if record["email"] not in self.settings.lose_emails]
+            records: list[Contact] = []
+            rejected: list[Rejected] = []
+            for record_id, record in chunk:
+                problem = rejected_address(record_id, record["email"])
+                if problem is not None:  # a store edited by hand (tests) may hold one
+                    rejected.append(problem)
+                elif record["email"] not in self.settings.lose_emails:
+                    records.append(self._contact(record_id, record))
             last_id, last = chunk[-1]
-            yield Page(records=records, cursor=Cursor(
+            yield Page(records=records, rejected=rejected, cursor=Cursor(
                 at=datetime.fromisoformat(last["modified"]), tie_id=last_id))
 
     def _contact(self, record_id: str, record: dict[str, Any]) -> Contact:

@@ -103,3 +103,28 @@ def test_leaving_a_target_list_unsubscribes_from_its_list(run: Any) -> None:
     assert esp_lists(run, leaver)["2"]["status"] == "unsubscribed"
     assert esp_lists(run, stayer)["2"]["status"] == "subscribed"
     assert run().esp_written == 0  # once
+
+
+def test_a_record_with_an_invalid_address_is_reported_not_sent(run: Any) -> None:
+    """Issue 12.7: Sugar stores whatever address it is given; one that is no address
+    never reaches the ESP, and the run names the record (a failed record, exit 1)."""
+    import csv
+
+    from crmsync_sugarcrm.emulator.store import EmailLink
+
+    script = "<script>alert(1)</script>@example.com"
+    server = run.server
+    with server.emulator.lock:
+        server.emulator.seed(3, 0)
+        store_ = server.emulator.store
+        person = store_.create("Contacts", {"first_name": "Evil", "last_name": "E"})
+        row = store_.address(script)
+        store_._link(person, [EmailLink(address_id=row.id, primary=True, id=store_.new_id())])
+    stats = run()
+    assert stats.status == "partial" and stats.failed == 1, stats.stopped_reason
+    run.esp._load()
+    assert len(run.esp.records) == 3
+    assert not any("script" in r["email"] for r in run.esp.records.values())
+    with open(stats.report, newline="", encoding="utf-8") as report:
+        [failed] = list(csv.DictReader(report))
+    assert failed["code"] == "invalid_address" and person.id in failed["where"]

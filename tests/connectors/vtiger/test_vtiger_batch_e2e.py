@@ -72,3 +72,22 @@ def test_crm_to_esp_and_unsubscribe_back(run: Any) -> None:
     stats = run()
     assert stats.status == "succeeded", stats.stopped_reason
     assert stats.esp_written == 1
+
+
+def test_a_record_with_an_invalid_address_is_reported_not_sent(run: Any) -> None:
+    """Issue 12.7: an address that is no address never reaches the ESP, and the run
+    names the record (a failed record in the report, exit 1), not a silent skip."""
+    import csv
+
+    emulator = run.emulator
+    with emulator.lock:
+        emulator.seed(3, 0)
+        crmid = emulator._insert("Contacts", {
+            "firstname": "Evil", "lastname": "E", "emailoptout": "0",
+            "email": "<script>alert(1)</script>@example.com", "assigned_user_id": "19x1"},
+            emulator.now())
+    stats = run()
+    assert stats.status == "partial" and stats.failed == 1, stats.stopped_reason
+    with open(stats.report, newline="", encoding="utf-8") as report:
+        [failed] = list(csv.DictReader(report))
+    assert failed["code"] == "invalid_address" and f"x{crmid}" in failed["where"]
