@@ -6,44 +6,48 @@ change. A test pins this list.
 
 from __future__ import annotations
 
-from .contract import (
-    Capabilities,
-    Connector,
-    ConnectorSettings,
-    FileExchange,
-    MessageSender,
-    MultiListSubscriber,
-)
-from .errors import (
-    AuthError,
-    ConfigError,
-    CrmsyncError,
-    DataError,
-    EventRejected,
-    PluginError,
-    QuotaExhausted,
-    RateLimited,
-    RemoteError,
-    StateError,
-    TransportError,
-)
-from .model import (
-    Change,
-    Contact,
-    Cursor,
-    Group,
-    Health,
-    InboundRequest,
-    MailingList,
-    Op,
-    Page,
-    SendResult,
-    Status,
-    Subscription,
-    WriteResult,
-    normalize_email,
-)
-from .registry import load
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below are imported on first use: `import crmsync` stays cheap
+    from .contract import (
+        Capabilities,
+        Connector,
+        ConnectorSettings,
+        FileExchange,
+        MessageSender,
+        MultiListSubscriber,
+    )
+    from .errors import (
+        AuthError,
+        ConfigError,
+        CrmsyncError,
+        DataError,
+        EventRejected,
+        PluginError,
+        QuotaExhausted,
+        RateLimited,
+        RemoteError,
+        StateError,
+        TransportError,
+    )
+    from .model import (
+        Change,
+        Contact,
+        Cursor,
+        Group,
+        Health,
+        InboundRequest,
+        MailingList,
+        Op,
+        Page,
+        SendResult,
+        Status,
+        Subscription,
+        WriteResult,
+        normalize_email,
+    )
+    from .registry import load
 
 __version__ = "0.1.0"
 
@@ -82,3 +86,54 @@ __all__ = [
     "load",
     "normalize_email",
 ]
+
+# Where each public name lives. They are imported on first use (PEP 562), so that a
+# command as small as `crmsync --version` (every cron run pays it) does not import
+# httpx, SQLAlchemy or pydantic-settings.
+_LAZY = {
+    "Capabilities": "contract",
+    "Connector": "contract",
+    "ConnectorSettings": "contract",
+    "FileExchange": "contract",
+    "MessageSender": "contract",
+    "MultiListSubscriber": "contract",
+    "AuthError": "errors",
+    "ConfigError": "errors",
+    "CrmsyncError": "errors",
+    "DataError": "errors",
+    "EventRejected": "errors",
+    "PluginError": "errors",
+    "QuotaExhausted": "errors",
+    "RateLimited": "errors",
+    "RemoteError": "errors",
+    "StateError": "errors",
+    "TransportError": "errors",
+    "Change": "model",
+    "Contact": "model",
+    "Cursor": "model",
+    "Group": "model",
+    "Health": "model",
+    "InboundRequest": "model",
+    "MailingList": "model",
+    "Op": "model",
+    "Page": "model",
+    "SendResult": "model",
+    "Status": "model",
+    "Subscription": "model",
+    "WriteResult": "model",
+    "normalize_email": "model",
+    "load": "registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'crmsync' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -8,6 +8,7 @@ crmsync error (the message says what to do).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -17,19 +18,22 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from pydantic import BaseModel
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from . import __version__
-from .config import Config, load_config
 from .errors import ConfigError, CrmsyncError, DataError, PluginError
-from .model import normalize_email
-from .registry import CONNECTORS, EMULATORS, available, load, load_emulator
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .config import Config
+
+# Start-up cost is paid by every cron run: what a command needs (pydantic, httpx,
+# SQLAlchemy, rich, the connectors' registry) is imported inside it, and the commands
+# of crmsync/commands/ are imported when invoked (CrmsyncGroup), so that
+# `crmsync --version` imports none of it.
 
 __all__ = ["main"]
 
@@ -45,6 +49,8 @@ class Context:
     console: Console
 
     def config(self, *, required: bool = True) -> Config:
+        from .config import Config, load_config
+
         if not self.config_path.exists() and not required:
             return Config()
         config = load_config(self.config_path)
@@ -67,6 +73,8 @@ class Context:
 
 
 def _json_default(value: Any) -> Any:
+    from pydantic import BaseModel
+
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if hasattr(value, "isoformat"):
@@ -79,6 +87,8 @@ def email_param(ctx: click.Context, param: click.Parameter, value: str | None) -
     other way in; a bad one is a usage error (exit 2)."""
     if value is None:
         return None
+    from .model import normalize_email
+
     try:
         return normalize_email(value)
     except ValueError as exc:
@@ -91,6 +101,10 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 
 _ANYWHERE = frozenset({"--json", "-v", "-vv", "-vvv", "--verbose"})
+
+# The commands defined in crmsync/commands/<module>.py, imported when one is invoked.
+LAZY_COMMANDS = {"demo": "demo", "serve": "serve", "replay": "serve", "subscribe": "serve",
+                 "send": "serve", "sync": "sync", "status": "sync"}
 
 
 class CrmsyncGroup(click.Group):
@@ -108,6 +122,16 @@ class CrmsyncGroup(click.Group):
         moved = [arg for arg in head if arg in _ANYWHERE]
         rest = [arg for arg in head if arg not in _ANYWHERE]
         return super().parse_args(ctx, moved + rest + tail)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            importlib.import_module(f"{__package__}.commands.{LAZY_COMMANDS[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in sorted(set(LAZY_COMMANDS.values())):
+            importlib.import_module(f"{__package__}.commands.{module}")
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -139,6 +163,8 @@ def cli(ctx: click.Context, connector: str | None, config_path: Path, as_json: b
 
     `crmsync --connector NAME` alone runs `sync`. Start with `crmsync demo`.
     """
+    from rich.console import Console
+
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -161,6 +187,11 @@ def connectors(obj: Context) -> None:
 
     Test doubles (the in-memory CRM and ESP, for tests and the demo) are marked.
     """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .registry import CONNECTORS, EMULATORS, available
+
     rows = []
     emulators = {info.name for info in available(EMULATORS) if info.error is None}
     for info in available(CONNECTORS):
@@ -223,6 +254,8 @@ def emulator_options(options: tuple[str, ...]) -> dict[str, Any]:
 def make_emulator(name: str, options: tuple[str, ...], **kwargs: Any) -> Any:
     """The emulator of connector ``name`` with ``--option`` values; a bad option is a
     usage error naming the emulator."""
+    from .registry import load_emulator
+
     emulator_class = load_emulator(name)
     try:
         return emulator_class(**kwargs, **emulator_options(options))
@@ -247,7 +280,10 @@ def emulate(obj: Context, name: str, port: int, contacts: int, seed: int, tls: b
     The control API is under /_emulator/ (reset, seed, state, requests, faults,
     unsubscribe); see docs/emulators.md.
     """
+    from rich.markup import escape
+
     from .emulator import EmulatorServer
+    from .registry import load
     from .template import side_text
 
     emulator = make_emulator(name, options, contacts=contacts, seed=seed)
@@ -305,6 +341,7 @@ def init(obj: Context, name: str | None, esp: str, emulators: tuple[str, ...],
          ca_file: str | None, force: bool) -> None:
     """Write a commented crmsync.toml template for a connector (or, with --emulator, a
     working one for running emulators)."""
+    from .registry import CONNECTORS, available, load
     from .template import render_emulator_config, render_template, secrets_text
 
     name = name or obj.connector
@@ -356,6 +393,8 @@ def _emulator_profile(url: str, ca_file: str | None) -> tuple[str, str, dict[str
     """(kind, connector, profile) of the running emulator at ``url``."""
     import httpx
 
+    from .registry import load
+
     try:
         answer = httpx.get(url.rstrip("/") + "/_emulator/profile", timeout=10,
                            verify=ssl_context(ca_file) if ca_file else True)
@@ -382,6 +421,8 @@ def ssl_context(ca_file: str) -> Any:
 @click.pass_obj
 def check(obj: Context) -> None:
     """Authenticate and reach both sides; print what each reports."""
+    from rich.markup import escape
+
     from .runtime import open_side
 
     config = obj.config()
@@ -416,6 +457,3 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("PYTHONIOENCODING", "utf-8")
     cli.main(args=argv, prog_name="crmsync")
 
-
-# Commands that live in their own modules register themselves on import.
-from . import commands as _commands  # noqa: E402,F401

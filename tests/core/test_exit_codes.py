@@ -120,3 +120,35 @@ def test_json_and_verbose_go_after_the_command_too(setup: Callable[..., Path]) -
                                       "-v"], env=ENV)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["crm_read"] == 2
+
+
+def test_version_imports_no_heavy_library() -> None:
+    """Every cron run pays the start-up: `crmsync --version` (and `import crmsync`)
+    import neither httpx, SQLAlchemy, pydantic nor rich (benchmarks/batch.py measures
+    the time; this pins the cause)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom crmsync.cli import main\ntry:\n    main(['--version'])\n"
+             "except SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('httpx', 'sqlalchemy', 'pydantic', 'rich', "
+             "'crmsync.engine', 'crmsync.commands.sync') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()
+    assert out[0].startswith("crmsync, version") and out[-1] == "[]", out
+
+
+def test_every_command_module_is_named_for_lazy_loading() -> None:
+    import importlib
+    import pkgutil
+
+    import crmsync.commands
+    from crmsync.cli import LAZY_COMMANDS, cli
+
+    before = set(cli.commands)
+    for module in pkgutil.iter_modules(crmsync.commands.__path__):
+        importlib.import_module(f"crmsync.commands.{module.name}")
+    for name, command in cli.commands.items():
+        if name not in before or name in LAZY_COMMANDS:
+            assert LAZY_COMMANDS.get(name) == command.callback.__module__.rsplit(".", 1)[-1], \
+                name

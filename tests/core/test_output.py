@@ -168,8 +168,9 @@ def test_a_missing_sftp_module_is_named(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "paramiko", None)
     monkeypatch.setitem(sys.modules, "fsspec.implementations.sftp", None)
     monkeypatch.delitem(registry._registry, "sftp", raising=False)
-    with pytest.raises(TransportError) as missing:
-        FileSpace("sftp://u@127.0.0.1:1/x", username="u", timeout=1)
+    monkeypatch.delitem(sys.modules, "crmsync.files.sftp", raising=False)  # imported anew
+    with pytest.raises(TransportError) as missing:  # the file space connects on first use
+        FileSpace("sftp://u@127.0.0.1:1/x", username="u", timeout=1).list("x")
     assert "None" not in str(missing.value)
     assert "paramiko" in str(missing.value) and "crmsync[sftp]" in str(missing.value)
 

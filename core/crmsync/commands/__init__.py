@@ -1,12 +1,6 @@
 """Commands registered on the ``crmsync`` group, one module each.
 
-Every module of this package is imported, and registers its commands on import.
+A module is imported when one of its commands is invoked (or when ``--help`` lists
+them all): ``crmsync.cli.LAZY_COMMANDS`` names each command's module, so that a command
+never pays for the imports of another (``crmsync --version`` imports none of them).
 """
-
-from __future__ import annotations
-
-import importlib
-import pkgutil
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
