@@ -9,6 +9,7 @@ what one side asks the other to do. Connectors yield :class:`Page` objects whose
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -43,6 +44,22 @@ __all__ = [
 _STAND_IN_TLD = ".invalid"
 
 
+# A strict subset of what email-validator accepts (a test holds it so): ASCII dot-atoms of
+# the usual characters, at most 64 before the @, host names of letters, digits and inner
+# hyphens (never two in a row) under a letters-only top-level domain that is not a special-use one. Every
+# address read from a CRM goes through here, so the common case skips the validator.
+_PLAIN = re.compile(r"[a-z0-9_%+'-]+(?:\.[a-z0-9_%+'-]+)*@"
+                    r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+([a-z]{2,63})")
+_SPECIAL_USE = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
+
+
+def _plainly_valid(email: str) -> bool:
+    match = _PLAIN.fullmatch(email)
+    # no "--" in the host: IDNA reserves it (xn--, and "ab--" is refused outright)
+    return (match is not None and email.index("@") <= 64 and len(email) <= 254
+            and match.group(1) not in _SPECIAL_USE and "--" not in email[email.index("@"):])
+
+
 def normalize_email(value: str) -> str:
     """Case-fold and trim an address; raise ``ValueError`` if it cannot be one.
 
@@ -52,6 +69,8 @@ def normalize_email(value: str) -> str:
     spaces, quotes or a 390-character local part are refused at every way in.
     """
     email = str(value).strip().lower()
+    if _plainly_valid(email):
+        return email  # the common case, without the validator's ~40 us per address
     checked = email
     if checked.endswith(_STAND_IN_TLD):
         checked = checked[: -len(_STAND_IN_TLD)] + ".example"
