@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from crmsync.errors import AuthError, ConfigError, RateLimited, RemoteError
+from crmsync.http import idempotent
 
 from .settings import MailUpSettings
 
@@ -81,36 +82,27 @@ class PasswordGrant:
         secret = self.settings.client_secret.get_secret_value()
         data = {**form, "client_id": self.settings.client_id, "client_secret": secret}
         # A grant is safe to repeat (a spent refresh token falls back to the password
-        # grant), so a 5xx, a 429 or a dropped connection is retried, unlike other POSTs.
-        wait: float | None = None
-        for attempt in range(self.settings.retries):
-            if attempt:
-                self._sleep(wait if wait is not None else min(8.0, 0.5 * 2 ** (attempt - 1)))
-                wait = None
-            try:
-                response = self._http.post(
-                    self.settings.auth_url, data=data,
-                    auth=httpx.BasicAuth(self.settings.client_id, secret))
-            except httpx.HTTPError as exc:
-                error = RemoteError(f"MailUp token endpoint {self.settings.auth_url} "
-                                    f"unreachable ({type(exc).__name__}): check auth_url and "
-                                    "the network", retryable=True)
-                continue
-            if response.status_code == 429:  # MailUp asks to slow down: no credential issue
-                wait = _retry_after(response)
-                error = RateLimited(
-                    f"MailUp's token endpoint is rate-limiting crmsync (HTTP 429: "
-                    f"{_describe(_json(response)) or 'too many requests'}): the run stops "
-                    "here and can be run again in a minute; lower [esp.settings] rate if "
-                    "other tools share this MailUp account", retry_after=wait, code="429")
-                continue
-            if response.status_code < 500:
-                break
-            error = RemoteError(f"MailUp token endpoint answered {response.status_code}: "
-                                "try again later", status=response.status_code,
-                                code=str(response.status_code), retryable=True)
-        else:
-            raise error
+        # grant), so it is marked idempotent: the transport's one retry policy retries a
+        # 5xx, a 429 or a dropped connection (no loop here: it would multiply the calls).
+        try:
+            response = self._http.post(
+                self.settings.auth_url, data=data, extensions=idempotent(),
+                auth=httpx.BasicAuth(self.settings.client_id, secret))
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"MailUp token endpoint {self.settings.auth_url} "
+                              f"unreachable ({type(exc).__name__}): check auth_url and "
+                              "the network", retryable=True) from None
+        if response.status_code == 429:  # MailUp asks to slow down: no credential issue
+            raise RateLimited(
+                f"MailUp's token endpoint is rate-limiting crmsync (HTTP 429: "
+                f"{_describe(_json(response)) or 'too many requests'}): the run stops "
+                "here and can be run again in a minute; lower [esp.settings] rate if "
+                "other tools share this MailUp account", retry_after=_retry_after(response),
+                code="429")
+        if response.status_code >= 500:
+            raise RemoteError(f"MailUp token endpoint answered {response.status_code}: "
+                              "try again later", status=response.status_code,
+                              code=str(response.status_code), retryable=True)
         grant = form["grant_type"]
         body = _json(response)
         token = body.get("access_token") if isinstance(body, dict) else None

@@ -29,7 +29,7 @@ from crmsync.model import (
     rejected_address,
 )
 
-from .flavour import SugarFlavour
+from .flavour import RETRYABLE_STATUSES, SugarFlavour
 from .hooks import WebLogicHookDecoder
 from .legacy import LegacyFlavour
 from .records import RecordWrite, SugarRecord, in_key_order
@@ -82,7 +82,8 @@ class SugarConnector(Connector):
             http = build_client(timeout=self.settings.timeout_s, rate=self.settings.rate,
                                 verify=self.settings.verify,
                                 policy=RetryPolicy(attempts=self.settings.retries,
-                                                   backoff=self.settings.retry_backoff_s))
+                                                   backoff=self.settings.retry_backoff_s,
+                                                   statuses=RETRYABLE_STATUSES))
         self._http = http
         self.flavour: SugarFlavour = FLAVOURS[self.settings.flavour](self.settings, http)
         self._hooks = WebLogicHookDecoder(self.name, self.settings, self._fetch)

@@ -8,7 +8,6 @@ resolved writes in as few calls as the API allows.
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -16,7 +15,6 @@ from datetime import datetime
 import httpx
 
 from crmsync.errors import RemoteError
-from crmsync.http import retry_after_seconds
 from crmsync.model import WriteResult
 
 from .records import AddressChange, RecordWrite, SugarRecord
@@ -87,31 +85,15 @@ def send_once(send: Callable[[], httpx.Response], *, what: str) -> httpx.Respons
             retryable=True) from None
 
 
-def retry_safe(settings: SugarSettings, send: Callable[[], httpx.Response],
-               *, what: str) -> httpx.Response:
-    """Send a call that is safe to repeat (a read) and retry 429 / 5xx answers.
-
-    The shared transport retries only idempotent HTTP methods, but both flavours read
-    with POST (REST ``/filter``, every v4_1 call), so reads are retried here.
-    """
-    attempt = 0
-    while True:
-        try:
-            response = send()
-        except httpx.TransportError as exc:
-            if attempt + 1 >= settings.retries:
-                raise RemoteError(
-                    f"{what}: could not reach the server ({type(exc).__name__}: {exc}); "
-                    "check base_url and the network, then run again", retryable=True,
-                ) from None
-        else:
-            if response.status_code not in RETRYABLE_STATUSES or attempt + 1 >= settings.retries:
-                return response
-            wait = retry_after_seconds(response.headers.get("Retry-After"))
-            if wait is None:
-                wait = settings.retry_backoff_s * (2 ** attempt)
-            time.sleep(min(wait, 30.0))
-            attempt += 1
-            continue
-        time.sleep(settings.retry_backoff_s * (2 ** attempt))
-        attempt += 1
+def retry_safe(send: Callable[[], httpx.Response], *, what: str) -> httpx.Response:
+    """Send a call that is safe to repeat (a read), once: ``send`` marks its request
+    ``extensions=idempotent()`` and the transport's one retry policy retries it (both
+    flavours read with POST: REST ``/filter``, every v4_1 call). A connection still
+    failing once that policy is spent is a retryable error for the engine."""
+    try:
+        return send()
+    except httpx.TransportError as exc:
+        raise RemoteError(
+            f"{what}: could not reach the server ({type(exc).__name__}: {exc}); "
+            "check base_url and the network, then run again", retryable=True,
+        ) from None

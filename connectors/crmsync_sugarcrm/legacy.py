@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from crmsync.errors import AuthError, RemoteError
+from crmsync.http import idempotent
 from crmsync.model import WriteResult
 
 from .flavour import SugarFlavour, retry_safe, send_once
@@ -136,10 +137,11 @@ class LegacyFlavour(SugarFlavour):
         form = {"method": method, "input_type": "JSON", "response_type": "JSON",
                 "rest_data": rest_data(method, **arguments)}
         def send() -> httpx.Response:
-            return self.http.post(self.url, data=form)
+            return self.http.post(self.url, data=form,
+                                  extensions=None if method in _WRITES else idempotent())
 
         response = (send_once(send, what=f"v4_1 {method}") if method in _WRITES
-                    else retry_safe(self.settings, send, what=f"v4_1 {method}"))
+                    else retry_safe(send, what=f"v4_1 {method}"))
         if response.status_code >= 400:
             hint = ("SuiteCRM answers a bad SQL query or an argument name PHP 8 does not "
                     "know this way: check the fields and modules settings and the server's "

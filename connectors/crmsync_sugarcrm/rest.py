@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from crmsync.errors import AuthError, RemoteError
+from crmsync.http import idempotent
 from crmsync.model import WriteResult
 
 from .flavour import SugarFlavour, retry_safe, send_once
@@ -135,7 +136,8 @@ class SugarOAuth2:
         self._refresh = str(data["refresh_token"]) if data.get("refresh_token") else None
 
     def _post(self, body: dict[str, Any], what: str) -> dict[str, Any]:
-        response = retry_safe(self.settings, lambda: self.http.post(self.url, json=body),
+        response = retry_safe(lambda: self.http.post(self.url, json=body,
+                                                     extensions=idempotent()),
                               what=f"Sugar: {what}")
         if response.status_code in (400, 401):
             error = rest_error(response, f"Sugar refused to {what}")
@@ -169,8 +171,9 @@ class RestFlavour(SugarFlavour):
         def send(token: str) -> httpx.Response:
             def once() -> httpx.Response:
                 return self.http.request(method, url, json=body, params=params,
-                                         headers={"OAuth-Token": token})
-            return (retry_safe(self.settings, once, what=what) if safe
+                                         headers={"OAuth-Token": token},
+                                         extensions=idempotent() if safe else None)
+            return (retry_safe(once, what=what) if safe
                     else send_once(once, what=what))
 
         token = self.auth.token()

@@ -2,16 +2,17 @@
 
 Every table is validated; an error names the key (``lists[1].members``) and says what
 is expected. Secrets are never read from the TOML: connector secrets come from
-``CRMSYNC_<CONNECTOR>_<FIELD>`` or the secrets file, the file-space password from
-``CRMSYNC_FILES_PASSWORD``, a post-operation's signing key from its ``secret_env``.
+``CRMSYNC_<CONNECTOR>_<FIELD>``, the file-space password from ``CRMSYNC_FILES_PASSWORD``,
+a post-operation's signing key from its ``secret_env``: each looked up in
+:meth:`Config.secrets` (the environment first, then the secrets file, parsed once by
+:func:`load_config`; the process environment is never written).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -28,6 +30,7 @@ from pydantic import (
 from .contract import format_validation_error
 from .errors import ConfigError
 from .model import Status
+from .secrets import Secrets, read_secrets_file
 
 __all__ = [
     "Config",
@@ -36,6 +39,7 @@ __all__ = [
     "GroupMapping",
     "ListMapping",
     "PostOperation",
+    "Secrets",
     "ServerConfig",
     "SideConfig",
     "StateConfig",
@@ -149,10 +153,12 @@ class PostOperation(_Strict):
             raise ValueError(f"call_url must be an http(s) URL, got {self.call_url!r}")
         return self
 
-    def secret(self) -> SecretStr | None:
+    def secret(self, secrets: Mapping[str, str] | None = None) -> SecretStr | None:
+        """The signing key, looked up in ``secrets`` (:meth:`Config.secrets`; default:
+        the environment alone)."""
         if not self.secret_env:
             return None
-        value = os.environ.get(self.secret_env)
+        value = (Secrets() if secrets is None else secrets).get(self.secret_env)
         if not value:
             raise ConfigError(
                 f"post-operation calling {self.call_url} signs with ${self.secret_env}, "
@@ -191,8 +197,10 @@ class FilesConfig(_Strict):
             raise ValueError(f"expected a file://, ftp://, ftps:// or sftp:// URL, got {value!r}")
         return value
 
-    def password(self) -> SecretStr | None:
-        value = os.environ.get("CRMSYNC_FILES_PASSWORD")
+    def password(self, secrets: Mapping[str, str] | None = None) -> SecretStr | None:
+        """``CRMSYNC_FILES_PASSWORD`` looked up in ``secrets`` (:meth:`Config.secrets`;
+        default: the environment alone)."""
+        value = (Secrets() if secrets is None else secrets).get("CRMSYNC_FILES_PASSWORD")
         return SecretStr(value) if value else None
 
 
@@ -266,6 +274,12 @@ class Config(_Strict):
     server: ServerConfig = ServerConfig()
     secrets_file: str | None = None
     base_dir: str = "."  # the folder of the config file; relative paths are from there
+    _secrets: Secrets | None = PrivateAttr(default=None)
+
+    def secrets(self) -> Secrets:
+        """Every secret by name: the environment first, then the secrets file (as read
+        by :func:`load_config`)."""
+        return self._secrets if self._secrets is not None else Secrets()
 
     @model_validator(mode="after")
     def _unique_lists(self) -> Config:
@@ -291,30 +305,11 @@ class Config(_Strict):
         return tuple(item.esp_list for item in self.lists)
 
 
-def read_secrets_file(path: Path) -> dict[str, str]:
-    """Read ``KEY=value`` lines (dotenv style) into a dict."""
-    values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise ConfigError(f"{path}, line {number}: expected KEY=value")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"' and "\\" in value:
-            # dotenv's double-quoted value: \n and friends (a PEM key on one line)
-            try:
-                value = json.loads(value)
-            except ValueError:
-                raise ConfigError(f"{path}, line {number}: a bad escape in a double-quoted "
-                                  "value") from None
-        values[key.strip()] = value.strip("'\"")
-    return values
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate ``crmsync.toml``; a missing file is a clear ``ConfigError``.
 
-
-def load_config(path: str | Path, *, environ: dict[str, str] | None = None) -> Config:
-    """Read and validate ``crmsync.toml``; a missing file is a clear ``ConfigError``."""
+    The secrets file is read here, once, into :meth:`Config.secrets`, where ``environ``
+    (default: the process environment, only read) wins over it."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(
@@ -340,7 +335,7 @@ def load_config(path: str | Path, *, environ: dict[str, str] | None = None) -> C
         secrets = config.path(config.secrets_file)
         if not secrets.exists():
             raise ConfigError(f"secrets_file {secrets} does not exist: create it or remove the key")
-        target = os.environ if environ is None else environ
-        for key, value in read_secrets_file(secrets).items():
-            target.setdefault(key, value)
+        config._secrets = Secrets(read_secrets_file(secrets), environ)
+    elif environ is not None:
+        config._secrets = Secrets({}, environ)
     return config

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar, Literal, Self
 
@@ -107,11 +107,15 @@ class ConnectorSettings(BaseSettings):
         values: dict[str, Any] | None = None,
         *,
         secrets_file: str | Path | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> Self:
-        """Validate ``values`` with secrets from the environment or ``secrets_file``.
+        """Validate ``values`` with secrets from the environment, then from ``secrets``
+        (``Config.secrets()``: the environment first, then the secrets file) or, when
+        only a path is given, from ``secrets_file``.
 
         Raises :class:`ConfigError` naming each bad key and what is expected, and
-        refuses a secret written inline in the configuration.
+        refuses a secret written inline in the configuration. The process environment
+        is read, never written.
         """
         values = dict(values or {})
         inline = sorted(set(values) & set(cls.secret_fields()))
@@ -122,17 +126,20 @@ class ConnectorSettings(BaseSettings):
                 f"remove them and set {env} in the environment or the secrets file instead"
             )
         prefix = f"CRMSYNC_{connector.upper()}_"
-        if secrets_file:
+        if secrets is None and secrets_file:
+            from .secrets import Secrets, read_secrets_file
+
+            secrets = Secrets(read_secrets_file(secrets_file))
+        if secrets is not None:
             # one secrets file serves both sides: take this connector's keys only (a
             # dotenv file handed to pydantic-settings whole makes the others "extra");
-            # the environment wins over the file
-            from .config import read_secrets_file
-
-            for key, value in read_secrets_file(Path(secrets_file)).items():
+            # a key of the process environment is left to pydantic-settings, which reads
+            # it itself: the environment wins over the file
+            for key in secrets:
                 name = key[len(prefix):].lower()
                 if key.startswith(prefix) and name in cls.model_fields \
                         and key not in os.environ:
-                    values[name] = value
+                    values[name] = secrets[key]
         try:
             return cls(_env_prefix=prefix, **values)
         except ValidationError as exc:

@@ -2,8 +2,11 @@
 
 :func:`build_client` returns an ``httpx.Client`` whose transport paces requests to a
 calls-per-second limit, retries 429 and 5xx answers (and dropped connections) with
-exponential backoff that honours ``Retry-After``, and gives up after a cap so the
-connector can raise a clear error. Connectors receive the client injected; tests pass
+exponential backoff that honours ``Retry-After``, and gives up after a cap: a 429 that
+is still refused then raises :class:`~crmsync.errors.RateLimited` (with the server's
+``Retry-After``). It is the ONE retry policy of a request: a connector does not loop
+around it; a POST that is safe to repeat (a search, a token grant) is marked with
+``extensions=idempotent()`` instead. Connectors receive the client injected; tests pass
 ``transport=httpx.MockTransport(...)``.
 """
 
@@ -16,16 +19,25 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
-from .errors import ConfigError
+from .errors import ConfigError, RateLimited
 
-__all__ = ["Pacer", "RetryPolicy", "RetryTransport", "build_client", "mark_streamed",
-           "retry_after_seconds"]
+__all__ = ["Pacer", "RetryPolicy", "RetryTransport", "build_client", "idempotent",
+           "mark_streamed", "retry_after_seconds"]
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _STREAMED = "crmsync.streamed"
+_SAFE = "crmsync.idempotent"
+
+
+def idempotent() -> dict[str, Any]:
+    """Request extensions marking a call safe to send again whatever its method (a read
+    or a grant made with POST): ``client.post(url, json=body, extensions=idempotent())``.
+    The transport then retries its 5xx and dropped connections like a GET's."""
+    return {_SAFE: True}
 
 
 def mark_streamed(request: httpx.Request) -> httpx.Request:
@@ -145,7 +157,8 @@ class RetryTransport(httpx.BaseTransport):
     def _may_retry(self, request: httpx.Request, status: int | None) -> bool:
         if status == 429:
             return True
-        return request.method in _IDEMPOTENT or self.policy.retry_non_idempotent
+        return (request.method in _IDEMPOTENT or bool(request.extensions.get(_SAFE))
+                or self.policy.retry_non_idempotent)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         attempt = 0
@@ -185,6 +198,17 @@ class RetryTransport(httpx.BaseTransport):
                 self._sleep(wait)
                 attempt += 1
                 continue
+            if status == 429:
+                # still refused when the policy is spent: the caller gets the one error
+                # that says "slow down", with the server's own Retry-After
+                after = retry_after_seconds(response.headers.get("Retry-After"))
+                response.read()
+                response.close()
+                raise RateLimited(
+                    f"{request.method} {request.url.host}{request.url.path}: the server "
+                    f"still answered 429 Too Many Requests after {attempt + 1} attempt(s): "
+                    "run again later, or lower the connector's rate setting",
+                    retry_after=after, code="429")
             return response
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -20,10 +21,13 @@ __all__ = ["build_batch", "build_connector", "build_hooks", "open_files", "open_
 
 
 def build_connector(name: str, settings: dict[str, object] | None = None, *,
-                    secrets_file: str | None = None) -> Connector:
-    """Load connector ``name`` and validate its settings (secrets from the environment)."""
+                    secrets_file: str | None = None,
+                    secrets: Mapping[str, str] | None = None) -> Connector:
+    """Load connector ``name`` and validate its settings (secrets from the environment,
+    then ``secrets`` / ``secrets_file``)."""
     connector_class = load(name)
-    loaded = connector_class.Settings.load(name, dict(settings or {}), secrets_file=secrets_file)
+    loaded = connector_class.Settings.load(name, dict(settings or {}), secrets_file=secrets_file,
+                                           secrets=secrets)
     return connector_class(loaded)
 
 
@@ -34,9 +38,7 @@ def open_side(config: Config, side: Literal["crm", "esp"]) -> Connector:
         raise ConfigError(f"the configuration has no [{side}] table: add one "
                           f"(`crmsync init` writes a template)")
     connector = build_connector(
-        side_config.connector, side_config.settings,
-        secrets_file=str(config.path(config.secrets_file)) if config.secrets_file else None,
-    )
+        side_config.connector, side_config.settings, secrets=config.secrets())
     if connector.capabilities.kind != side:
         raise ConfigError(f"[{side}] connector {side_config.connector!r} is a "
                           f"{connector.capabilities.kind} connector, not a {side} one")
@@ -51,7 +53,7 @@ def open_store(config: Config) -> StateStore:
 def open_files(config: Config) -> FileSpace:
     """The batch file space of ``[files]``."""
     files = config.files
-    return FileSpace(files.url, username=files.username, password=files.password(),
+    return FileSpace(files.url, username=files.username, password=files.password(config.secrets()),
                      timeout=files.timeout_s, base_dir=Path(config.base_dir),
                      ca_file=str(config.path(files.ca_file)) if files.ca_file else None,
                      known_hosts=config.path(str(Path(files.known_hosts).expanduser())))
@@ -61,7 +63,8 @@ def build_hooks(config: Config) -> Hooks:
     """Hooks with the configured post-operation rules registered like any plugin."""
     # registered only when there are rules: with no post-operation at all, the engine
     # queues nothing after a status change
-    rules = [PostOperationRules(config.post_operations)] if config.post_operations else []
+    rules = ([PostOperationRules(config.post_operations, secrets=config.secrets())]
+             if config.post_operations else [])
     return Hooks(build_plugin_manager(rules))
 
 

@@ -216,10 +216,16 @@ def emulator_block(side: str, name: str, profile: dict[str, Any]) -> list[str]:
 
 def secrets_text(secrets: dict[str, str]) -> str:
     """A secrets file (``KEY=value`` lines; a multi-line value double-quoted with
-    ``\\n``), as :func:`crmsync.config.read_secrets_file` reads it."""
+    ``\\n``, one with spaces, ``#`` or quotes single-quoted), as
+    :func:`crmsync.config.read_secrets_file` (python-dotenv) reads it back."""
     lines = ["# throw-away credentials of crmsync's emulators (published, not secret)"]
     for key, value in secrets.items():
-        text = json.dumps(value) if "\n" in value else value
+        if re.fullmatch(r"[\w./:@+=,-]*", value):
+            text = value
+        elif "\n" in value or "'" in value:
+            text = json.dumps(value, ensure_ascii=False)
+        else:
+            text = f"'{value}'"
         lines.append(f"{key}={text}")
     return "\n".join(lines) + "\n"
 

@@ -143,9 +143,6 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None,
 
         secrets_env = {**profile["secrets"], **esp_profile["secrets"],
                        "CRMSYNC_FILES_PASSWORD": password}
-        previous = {key: os.environ.get(key) for key in secrets_env}
-        os.environ.update(secrets_env)
-        stack.callback(_restore, previous)
 
         config_path = folder / "crmsync.toml"
         write_profile_config(
@@ -155,8 +152,9 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None,
             files={"url": f"ftp://demo@127.0.0.1:{port}/"},
             post_operations=[{"on": "unsubscribe", "from_list": "1",
                               "unsubscribe_from": ["2"]}])
-        say(f"  config      {config_path} (secrets in the environment only)\n")
-        config = load_config(config_path)
+        say(f"  config      {config_path} (secrets held in memory, not written to disk)\n")
+        # the secrets are handed over, not written into the process environment
+        config = load_config(config_path, environ={**os.environ, **secrets_env})
         store = open_store(config)
         stack.callback(store.close)
         report: dict[str, Any] = {"connector": crm_name, "folder": str(folder)}
@@ -258,10 +256,3 @@ def _clean(settings: dict[str, Any]) -> dict[str, Any]:
     """TOML has no null: drop unset settings."""
     return {key: value for key, value in settings.items() if value is not None}
 
-
-def _restore(previous: dict[str, str | None]) -> None:
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value

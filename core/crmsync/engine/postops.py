@@ -21,7 +21,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,12 +45,14 @@ class PostOperationRules:
     """The configured rules, as a plugin."""
 
     def __init__(self, rules: Sequence[PostOperation], *, http: httpx.Client | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 secrets: Mapping[str, str] | None = None) -> None:
         self.rules = list(rules)
+        self._secrets = secrets  # Config.secrets(): the environment, then the secrets file
         self._http = http
         self._sleep = sleep
         for rule in self.rules:
-            rule.secret()  # fail at start-up, not at the first unsubscribe
+            rule.secret(self._secrets)  # fail at start-up, not at the first unsubscribe
 
     @hookimpl
     def crmsync_post_operation(self, change: Change, context: PostOpContext) -> list[Change]:
@@ -99,7 +101,7 @@ class PostOperationRules:
                    "at": at, "fields": dict(change.fields), "delivery_id": delivery}
         body = json.dumps(payload, sort_keys=True).encode()
         headers = {"Content-Type": "application/json", "X-Crmsync-Delivery": delivery}
-        secret = rule.secret()
+        secret = rule.secret(self._secrets)
         if secret is not None:
             headers["X-Crmsync-Signature"] = sign(secret.get_secret_value(), body)
         if self._http is None:

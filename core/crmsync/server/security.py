@@ -2,7 +2,8 @@
 addresses, and the subscription form's CSRF tokens.
 
 Every comparison of a secret runs in constant time (:func:`hmac.compare_digest`).
-Secrets come from the environment only, never from ``crmsync.toml``.
+Secrets come from the environment or the secrets file (``Config.secrets()``), never
+from ``crmsync.toml``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 import uuid
@@ -54,7 +53,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class RealtimeService:
     """Everything ``crmsync serve`` runs, built from open connectors and a store.
 
-    ``environ`` (default ``os.environ``) holds the endpoint secrets. ``inbox`` replaces
+    ``environ`` (default ``config.secrets()``: the environment, then the secrets file)
+    holds the endpoint secrets. ``inbox`` replaces
     the durable inbox (the benchmark's floor only). ``worker=False`` receives without
     applying (another process applies).
     """
@@ -62,7 +62,7 @@ class RealtimeService:
     def __init__(self, config: Config, crm: Connector, esp: Connector, store: StateStore, *,
                  hooks: Hooks | None = None, inbox: Inbox | None = None,
                  environ: Mapping[str, str] | None = None, worker: bool = True) -> None:
-        env = os.environ if environ is None else environ
+        env = config.secrets() if environ is None else environ
         self.config = config
         self.crm = crm
         self.esp = esp
