@@ -44,10 +44,11 @@ __all__ = [
 _STAND_IN_TLD = ".invalid"
 
 
-# A strict subset of what email-validator accepts (a test holds it so): ASCII dot-atoms of
-# the usual characters, at most 64 before the @, host names of letters, digits and inner
-# hyphens (never two in a row) under a letters-only top-level domain that is not a special-use one. Every
-# address read from a CRM goes through here, so the common case skips the validator.
+# A strict subset of what email-validator accepts (a test holds it so): ASCII dot-atoms
+# of the usual characters, at most 64 before the @, host names of letters, digits and
+# inner hyphens (never two in a row) under a letters-only top-level domain that is not a
+# special-use one. Every address read from a CRM goes through here, so the common case
+# skips the validator.
 _PLAIN = re.compile(r"[a-z0-9_%+'-]+(?:\.[a-z0-9_%+'-]+)*@"
                     r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+([a-z]{2,63})")
 _SPECIAL_USE = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
