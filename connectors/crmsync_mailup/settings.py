@@ -7,11 +7,10 @@ come from ``CRMSYNC_MAILUP_<FIELD>`` or the secrets file, never from the TOML.
 from __future__ import annotations
 
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 
-from crmsync.contract import ConnectorSettings
+from crmsync.contract import ConnectorSettings, iana_time_zone
 
 __all__ = ["PLACEHOLDERS", "MailUpSettings"]
 
@@ -118,12 +117,7 @@ class MailUpSettings(ConnectorSettings):
     @field_validator("api_timezone", "export_timezone", "webhook_timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Rome, "
-                             "UTC)") from None
-        return value
+        return iana_time_zone(value)
 
     @field_validator("field_ids")
     @classmethod

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 
-from crmsync.contract import ConnectorSettings
+from crmsync.contract import ConnectorSettings, iana_time_zone
 
 __all__ = ["VtigerSettings"]
 
@@ -53,12 +52,7 @@ class VtigerSettings(ConnectorSettings):
     @field_validator("server_timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as "
-                             "'Europe/Rome' or 'UTC'") from None
-        return value
+        return iana_time_zone(value)
 
     @field_validator("base_url")
     @classmethod

@@ -40,6 +40,7 @@ __all__ = [
     "MessageSender",
     "MultiListSubscriber",
     "format_validation_error",
+    "iana_time_zone",
 ]
 
 
@@ -65,6 +66,19 @@ class Capabilities(BaseModel):
     def enabled(self) -> list[str]:
         """The names of the capabilities that are on (for tables and JSON)."""
         return [name for name, value in self.model_dump().items() if value is True]
+
+
+def iana_time_zone(value: str) -> str:
+    """A settings validator's check: ``value`` names an IANA time zone (``Europe/Rome``,
+    ``UTC``); raises ``ValueError`` saying so otherwise."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Rome, UTC)"
+                         ) from None
+    return value
 
 
 def format_validation_error(error: ValidationError, *, prefix: str = "") -> str:
