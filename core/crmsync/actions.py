@@ -62,15 +62,16 @@ def subscribe(esp: Connector, email: str, lists: Sequence[str], *,
             [(key, _, _)] = store.resolve(conn, [(esp.name, None, address)])
             known = {list_id: snap for (_, list_id), snap in
                      store.snapshots(conn, [key]).items()}
-    # The consent rule: an unsubscribed address is re-subscribed only through the ESP's
-    # confirmation email, never by a forced opt-in.
+    # The consent rules: an unsubscribed address is re-subscribed only through the ESP's
+    # confirmation email, never by a forced opt-in; and a pending one becomes subscribed
+    # only by the person's own click (which an earlier confirmation request asked for).
     refused = {list_id: WriteResult(ok=False, retryable=False, error=(
-        f"{address} unsubscribed from list {list_id} ({known[list_id].source}, "
-        f"{known[list_id].changed_at:%Y-%m-%d %H:%M} UTC): an unsubscribed address is "
-        "re-subscribed only through the ESP's confirmation email: subscribe with "
-        "confirmation (without --no-confirm) so the person confirms"))
+        f"{address} {_state_words(known[list_id])} list {list_id} "
+        f"({known[list_id].source}, {known[list_id].changed_at:%Y-%m-%d %H:%M} UTC): "
+        "only the person's click on the ESP's confirmation email subscribes them now; "
+        "subscribe with confirmation (without --no-confirm) so the person confirms"))
         for list_id in wanted if not confirm and list_id in known
-        and known[list_id].status == Status.UNSUBSCRIBED}
+        and known[list_id].status in (Status.UNSUBSCRIBED, Status.PENDING)}
     allowed = [list_id for list_id in wanted if list_id not in refused]
     sent = iter(esp.subscribe(Contact(email=address, fields=dict(fields or {})), allowed,
                               groups=list(groups), confirm=confirm) if allowed else [])
@@ -80,6 +81,11 @@ def subscribe(esp: Connector, email: str, lists: Sequence[str], *,
                 [(list_id, known.get(list_id)) for list_id, result in
                  zip(wanted, results, strict=True) if result.ok])
     return results
+
+
+def _state_words(snap: Snapshot) -> str:
+    return ("unsubscribed from" if snap.status == Status.UNSUBSCRIBED
+            else "awaits the confirmation of")
 
 
 def _record(store: StateStore, key: str, address: str, status: Status,

@@ -210,6 +210,11 @@ class SyncConfig(_Strict):
     overlap_s: float = 600.0
     batch_size: int = Field(200, ge=1, le=10_000)
     report_dir: str = "reports"
+    # The share of a membership-fed list's holders one run may unsubscribe because the
+    # CRM no longer lists them as members (more than 10 people): above it the removals
+    # are not applied and the run reports it, since a short answer from the CRM would
+    # otherwise unsubscribe a whole list. 1.0 lets a deliberate mass removal through.
+    max_removal_share: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class ServerConfig(_Strict):

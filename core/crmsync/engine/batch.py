@@ -56,7 +56,7 @@ from ..errors import (
 )
 from ..files import FileSpace, Manifest, allow_large_csv_fields
 from ..hooks import Hooks, PostOpContext
-from ..model import Change, Contact, Cursor, Op, Status, Subscription, WriteResult
+from ..model import Change, Contact, Cursor, Op, Page, Status, Subscription, WriteResult
 from ..state import (
     JournalEntry,
     Snapshot,
@@ -66,7 +66,7 @@ from ..state import (
     snapshot_row,
     status_hash,
 )
-from .completeness import checked_full_read
+from .completeness import IncompleteRead, checked_full_read
 from .consent import decide
 from .mapping import ListMapper
 
@@ -296,6 +296,7 @@ class BatchSync:
         self._dry_conn: Connection | None = None
         self._repairs: list[tuple[Contact, str, str, Status, Snapshot]] = []
         self._resend = False
+        self._short_read: IncompleteRead | None = None
 
     # -- transactions (a dry run shares one that is rolled back) --------------------------
     @contextlib.contextmanager
@@ -818,6 +819,15 @@ class BatchSync:
         pages = self.crm.read(since)
         if since is None:  # a full read must come back whole: see completeness.py
             pages = checked_full_read(self.crm, pages, self._forget_crm_cursor)
+        try:
+            yield from self._read_pages(pages)
+        except IncompleteRead as exc:
+            # What was read still goes out (the file is finished and committed, without
+            # the cursor); the run fails once the outbound half is done.
+            self._short_read = exc
+
+    def _read_pages(self, pages: Iterable[Page]
+                    ) -> Iterator[tuple[list[_Pending], Cursor | None]]:
         for number, page in enumerate(pages, 1):
             for rejected in page.rejected:  # an address that is no address: never sent
                 self.failures.append(Failure(
@@ -980,10 +990,15 @@ class BatchSync:
             return _Pending(_change(email=record.email), key, new_snaps, journal, fields_hash,
                             fields)
         pending = _Pending(change, key, new_snaps, journal, fields_hash, fields)
-        if journal and self._post_operations_on:
+        # A status change runs the post-operations; a contact's first appearance only
+        # when it arrives unsubscribed (as an ESP-side one does), so that a first full
+        # export does not queue one per contact nor call every on="subscribe" URL.
+        changed = [e.list_id for e in journal
+                   if e.old_status is not None or e.new_status == Status.UNSUBSCRIBED.value]
+        if changed and self._post_operations_on:
             pending.post_operation = _change(
                 email=record.email, ids=record.ids, source=source, occurred_at=at,
-                subscriptions={e.list_id: subs[e.list_id] for e in journal})
+                subscriptions={list_id: subs[list_id] for list_id in changed})
         return pending
 
     def _membership_removals(self) -> Iterator[list[_Pending]]:
@@ -997,17 +1012,30 @@ class BatchSync:
             if members is None:
                 continue
             current = set(members)
-            after = ""
+            after, holders = "", 0
+            gone: list[tuple[Snapshot, str, str]] = []
             while rows := self.store.list_holders(mapping.esp_list, self.crm.name,
-                                                  after=after,
-                                                  limit=self.config.sync.batch_size):
+                                                  after=after, limit=1000):
                 after = rows[-1][0].contact_key
+                holders += len(rows)
                 # a contact with several CRM records (duplicates) is a member while any is
-                removed = [self._removal(snap, email, min(record_ids), str(key))
-                           for snap, email, record_ids in rows
-                           if record_ids and record_ids.isdisjoint(current)]
-                if removed:
-                    yield removed
+                gone.extend((snap, email, min(record_ids)) for snap, email, record_ids in rows
+                            if record_ids and record_ids.isdisjoint(current))
+            share = self.config.sync.max_removal_share
+            if gone and (not current or (len(gone) > 10 and len(gone) > share * holders)):
+                # An empty or short answer from the CRM must not unsubscribe a whole list.
+                self.failures.append(Failure(
+                    "crm", "", mapping.esp_list,
+                    f"{self.crm.name} lists {len(current)} member(s) of {key}, so {len(gone)} "
+                    f"of the {holders} people crmsync holds on list {mapping.esp_list} would "
+                    "be unsubscribed: not applied. If the CRM really removed them, set "
+                    "[sync] max_removal_share = 1.0 for one run; otherwise check the CRM",
+                    code="mass_removal_refused"))
+                continue
+            size = self.config.sync.batch_size
+            for start in range(0, len(gone), size):
+                yield [self._removal(snap, email, record_id, str(key))
+                       for snap, email, record_id in gone[start:start + size]]
 
     def _removal(self, snap: Snapshot, email: str, record_id: str, key: str) -> _Pending:
         at = datetime.now(UTC)
@@ -1168,6 +1196,7 @@ class BatchSync:
                 change = Change.model_validate(row["payload"])
                 for list_id, sub in change.subscriptions.items():
                     self.stats.count(list_id, "esp", sub.status.value)
+            self._raise_short_read()
             return
         if self.file_mode:
             self._outbound_file(full)
@@ -1181,6 +1210,11 @@ class BatchSync:
             self._flush_followups_api()
         elif self.store.pending("esp", batch="followups", limit=1):
             self._outbound_file(full, followups_only=True)
+        self._raise_short_read()
+
+    def _raise_short_read(self) -> None:
+        if self._short_read is not None:
+            raise self._short_read
 
     def _sendable(self, pending: _Pending) -> bool:
         return bool(pending.change.subscriptions or pending.change.fields
@@ -1290,7 +1324,7 @@ class BatchSync:
     def _outbound_file(self, full: bool, *, followups_only: bool = False) -> None:
         assert isinstance(self.esp, FileExchange)
         name = self.esp.import_file_name(
-            f"{self.stats.run_id}-followups" if followups_only else self.stats.run_id)
+            f"{self.stats.run_id}.followups" if followups_only else self.stats.run_id)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         spool = self.spool_dir / name
         with self._tx() as conn:
@@ -1350,13 +1384,15 @@ class BatchSync:
             with self._tx() as conn:
                 self.store.set_file(conn, name, direction="out", run_id=self.stats.run_id,
                                     status="staged", rows=0, info=info)
-            self._commit_export(name, last_cursor[0], followup_ids)
+            self._commit_export(name, None if self._short_read else last_cursor[0],
+                                followup_ids)
             return
         with self._tx() as conn:
             self.store.set_file(conn, name, direction="out", run_id=self.stats.run_id,
                                 status="staged", rows=rows, sha256=hasher.hexdigest(), info=info)
         self._upload(name, spool, rows, hasher.hexdigest(), self.stats.run_id, info)
-        self._commit_export(name, last_cursor[0], followup_ids)
+        self._commit_export(name, None if self._short_read else last_cursor[0],
+                                followup_ids)
         self.stats.esp_written += sent[0]
 
     def _upload(self, name: str, spool: Path, rows: int, sha256: str, run_id: str,

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Engine,
     and_,
     create_engine,
+    delete,
     event,
     func,
     or_,
@@ -352,30 +353,41 @@ class StateStore:
 
     def known(self, conn: Connection, items: Sequence[tuple[str, str | None, str]]
               ) -> list[tuple[str, str, bool] | None]:
-        """The contact each ``(system, record_id, email)`` item is, by id then by email,
-        as ``(key, email crmsync holds, deletion sent)``, or ``None``: a read that never
-        creates a contact nor moves an address (a deleted record, which some CRMs report
-        with a stand-in address, is no email change)."""
-        found: dict[tuple[str, str], tuple[str, str, bool]] = {}
-        for system, record_id, _ in items:
-            if record_id and (system, record_id) not in found:
-                row = conn.execute(
-                    select(t.id_map.c.contact_key, t.contacts.c.email, t.contacts.c.deleted)
-                    .select_from(t.id_map.join(t.contacts,
-                                               t.contacts.c.key == t.id_map.c.contact_key))
-                    .where(and_(t.id_map.c.system == system,
-                                t.id_map.c.record_id == record_id))).first()
-                if row is not None:
-                    found[(system, record_id)] = (row[0], row[1], bool(row[2]))
+        """The contact each deleted ``(system, record_id, email)`` record was, as ``(key,
+        email crmsync holds, deletion sent)``, or ``None``: a read that never creates a
+        contact nor moves an address (some CRMs report a deletion with a stand-in
+        address, which is no email change).
+
+        A record with an id is matched by that id only: a record crmsync never mapped
+        is nobody it knows, whatever its address. When the contact is held by other
+        records of the same system too (duplicates, a merge), the deleted record's id is
+        unmapped and ``None`` returned: the person lives on in the others."""
         out: list[tuple[str, str, bool] | None] = []
         for system, record_id, email in items:
-            hit = found.get((system, record_id)) if record_id else None
-            if hit is None:
+            if not record_id:
                 row = conn.execute(select(t.contacts.c.key, t.contacts.c.email,
                                           t.contacts.c.deleted)
                                    .where(t.contacts.c.email == email)).first()
-                hit = (row[0], row[1], bool(row[2])) if row is not None else None
-            out.append(hit)
+                out.append((row[0], row[1], bool(row[2])) if row is not None else None)
+                continue
+            row = conn.execute(
+                select(t.id_map.c.contact_key, t.contacts.c.email, t.contacts.c.deleted)
+                .select_from(t.id_map.join(t.contacts,
+                                           t.contacts.c.key == t.id_map.c.contact_key))
+                .where(and_(t.id_map.c.system == system,
+                            t.id_map.c.record_id == record_id))).first()
+            if row is None:
+                out.append(None)
+                continue
+            others = conn.execute(select(t.id_map.c.record_id).where(and_(
+                t.id_map.c.system == system, t.id_map.c.contact_key == row[0],
+                t.id_map.c.record_id != record_id)).limit(1)).first()
+            if others is not None:
+                conn.execute(delete(t.id_map).where(and_(t.id_map.c.system == system,
+                                                         t.id_map.c.record_id == record_id)))
+                out.append(None)
+                continue
+            out.append((row[0], row[1], bool(row[2])))
         return out
 
     def emails(self, conn: Connection, keys: Sequence[str]) -> dict[str, str]:
