@@ -291,9 +291,8 @@ class Reader:
                            campaign)
         found: list[str] = []
         for row in self.api.query(soql):
-            person = row.get("ContactId") or row.get("LeadId")
-            if person:
-                found.append(str(person))
+            # both: a member row of a converted Lead carries the Lead and its Contact
+            found.extend(str(row[name]) for name in ("ContactId", "LeadId") if row.get(name))
         # a converted Lead is read as its Contact: its membership is the Contact's
         converted = [p for p in found if p.startswith("00Q")]
         for start in range(0, len(converted), _IN_CHUNK):
