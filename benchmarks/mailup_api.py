@@ -38,15 +38,14 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from batch import SyntheticCrm  # noqa: E402
-
-from crmsync.config import load_config  # noqa: E402
-from crmsync.emulator import EmulatorServer  # noqa: E402
-from crmsync.model import Cursor  # noqa: E402
-from crmsync.runtime import build_batch, build_connector, open_store  # noqa: E402
-from crmsync_mailup import MailUpConnector  # noqa: E402
-from crmsync_mailup.emulator import MailUpEmulator  # noqa: E402
-from crmsync_mailup.recipients import recipient_body  # noqa: E402
+from batch import SyntheticCrm
+from crmsync.config import load_config
+from crmsync.emulator import EmulatorServer
+from crmsync.model import Cursor
+from crmsync.runtime import build_batch, build_connector, open_store
+from crmsync_mailup import MailUpConnector
+from crmsync_mailup.emulator import MailUpEmulator
+from crmsync_mailup.recipients import recipient_body
 
 CONFIG = """
 [state]
@@ -114,7 +113,8 @@ def crmsync_runs(server: EmulatorServer, folder: Path, contacts: int,
         try:
             stats: Any = None
 
-            def run(full: bool = full) -> None:
+            def run(full: bool = full, crm: Any = crm, esp: Any = esp,
+                    store: Any = store) -> None:
                 nonlocal stats
                 stats = build_batch(config, crm, esp, store).run(full=full)
             out.append(counted(server, run))
