@@ -167,6 +167,10 @@ class BulkImporter:
         """Drop the kept group listings (memberships were changed some other way)."""
         self._members.clear()
 
+    def remember_members(self, gid: str, members: dict[str, str | None]) -> None:
+        """Keep a listing of the group taken elsewhere (a read), as if listed here."""
+        self._members[gid] = (self._clock(), members)
+
     def members(self, gid: str) -> dict[str, str | None]:
         """The group's members (lowercased email -> idRecipient), listed once and then
         kept up to date with this importer's own changes for ``MEMBERS_TTL_S``."""

@@ -47,11 +47,6 @@ from .webhooks import WebhookDecoder
 __all__ = ["MailUpConnector"]
 
 log = logging.getLogger(__name__)
-
-
-class _TooMany(Exception):
-    """Listing the groups would take more calls than looking each recipient up."""
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -132,7 +127,7 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         seq = 0
         pending: Page | None = None
         for list_id in self.list_ids():
-            groups = self._group_members(list_id)
+            groups = self._group_members(list_id) or {}
             for status in (Status.SUBSCRIBED, Status.UNSUBSCRIBED, Status.PENDING):
                 for items in self.api.listing(list_id, status):
                     records = [c for c in (self._contact(item, list_id, status, groups)
@@ -147,12 +142,25 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         yield Page(records=last, cursor=Cursor(at=started, tie_id=f"{seq:08d}",
                                                data={"full": True}))
 
-    def _group_members(self, list_id: str) -> dict[str, set[str]]:
+    def _group_members(self, list_id: str, *, budget: int | None = None
+                       ) -> dict[str, set[str]] | None:
+        """idRecipient -> group names, from one listing per group (handed on to the bulk
+        importer, which prunes from it); None once it would take ``budget`` pages."""
         members: dict[str, set[str]] = {}
+        listings: dict[str, dict[str, str | None]] = {}
+        pages = 0
         for gid, name in self.directory.groups(list_id, refresh=True).items():
+            listing = listings[gid] = {}
             for items in self.api.group_members(gid):
+                pages += 1
+                if budget is not None and pages >= budget:
+                    return None
                 for item in items:
-                    members.setdefault(str(item["idRecipient"]), set()).add(name)
+                    rid = str(item["idRecipient"])
+                    members.setdefault(rid, set()).add(name)
+                    listing[str(item.get("Email", "")).lower()] = rid
+        for gid, listing in listings.items():
+            self.bulk.remember_members(gid, listing)
         return members
 
     def _contact(self, item: dict[str, Any], list_id: str, status: Status,
@@ -208,19 +216,8 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
     def _groups_lookup(self, list_id: str, rows: int) -> Callable[[str], frozenset[str]]:
         """rid -> group names: from the groups' listings when they take fewer than
         ``rows`` pages (stopped as soon as they would not), else one lookup per rid."""
-        members: dict[str, set[str]] = {}
-        pages = 0
-        try:
-            if rows <= 2:
-                raise _TooMany
-            for gid, name in self.directory.groups(list_id, refresh=True).items():
-                for items in self.api.group_members(gid):
-                    pages += 1
-                    if pages >= rows:
-                        raise _TooMany
-                    for item in items:
-                        members.setdefault(str(item["idRecipient"]), set()).add(name)
-        except _TooMany:
+        members = self._group_members(list_id, budget=rows) if rows > 2 else None
+        if members is None:
             return lambda rid: frozenset(self.directory.name(list_id, gid)
                                          for gid in self.api.recipient_groups(list_id, rid))
         return lambda rid: frozenset(members.get(rid, ()))

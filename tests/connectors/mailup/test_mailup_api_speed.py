@@ -117,3 +117,20 @@ def test_the_read_of_a_few_changes_looks_each_recipient_up(make_connector, emula
     assert read[0].subscriptions["1"].groups == frozenset({"news"})
     calls = requests_of(control)
     assert calls.get(GROUP_LISTING, 0) == 0 and calls[RECIPIENT_GROUPS] == 1, calls
+
+
+def test_a_write_after_a_read_prunes_from_the_read_s_group_listings(make_connector,
+                                                                  emulator, control):
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    writer = make_connector(bulk_threshold=10)
+    assert all(r.ok for r in writer.write(
+        [change(f"w{i}@example.com", "1", Status.SUBSCRIBED, "news", "offers")
+         for i in range(60)]))
+    run = make_connector(bulk_threshold=10)  # a new run: reads, then writes
+    assert len([c for page in run.read(Cursor(at=before)) for c in page.records]) == 60
+    listed = requests_of(control)[GROUP_LISTING]
+    assert all(r.ok for r in run.write(
+        [change(f"w{i}@example.com", "1", Status.SUBSCRIBED, "news") for i in range(20)]))
+    assert requests_of(control)[GROUP_LISTING] == listed
+    assert contact(emulator, "w3@example.com")["lists"]["1"]["groups"] == ["news"]
+    assert contact(emulator, "w30@example.com")["lists"]["1"]["groups"] == ["news", "offers"]
