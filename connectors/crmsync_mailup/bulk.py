@@ -3,19 +3,22 @@
 Rows go to ``POST /List/{id}/Recipients`` (one import per list and target status:
 plain, ``ConfirmEmail=true`` for pending, ``importType=asOptout`` for unsubscribes),
 then, once those are completed, group memberships to ``POST /Group/{id}/Recipients``;
-each import is polled at ``GET /Import/{idImport}`` until ``Completed``. The
-confirmation request of a ``ConfirmEmail`` import is queued, not sent, by MailUp: it is
-sent with ``GET /Import/{id}/Sending`` and ``POST /Email/Sendings/{id}/Immediate``.
+the imports of a phase are polled together at ``GET /Import/{idImport}`` until each is
+``Completed``, first after 0.1 s, then twice as long each round up to ``import_poll_s``.
+The confirmation request of a ``ConfirmEmail`` import is queued, not sent, by MailUp: it
+is sent with ``GET /Import/{id}/Sending`` and ``POST /Email/Sendings/{id}/Immediate``.
 Memberships outside a recipient's desired group set are then removed one by one (an
-import cannot remove them). A default import never changes an existing status, so it
-cannot lift an unsubscribe.
+import cannot remove them); which memberships exist is listed once per group and kept,
+with this importer's own adds and removals, for ``MEMBERS_TTL_S`` (a run writes its
+changes in many batches: re-listing every group after each would cost N² pages). A
+default import never changes an existing status, so it cannot lift an unsubscribe.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from crmsync.errors import CrmsyncError, RemoteError
@@ -27,6 +30,8 @@ from .settings import MailUpSettings
 __all__ = ["BulkImporter"]
 
 CHUNK = 5000  # rows per import call; MailUp documents no maximum
+FIRST_POLL_S = 0.1  # the first wait before polling again; doubled up to import_poll_s
+MEMBERS_TTL_S = 600.0  # how long a group's listed members are trusted without re-listing
 _PARAMS = {Status.SUBSCRIBED: {}, Status.PENDING: {"ConfirmEmail": "true"},
            Status.UNSUBSCRIBED: {"importType": "asOptout"}}
 
@@ -42,6 +47,8 @@ class BulkImporter:
         self.groups = groups
         self._sleep = sleep
         self._clock = clock
+        #: group id -> (listed at, lowercased email -> idRecipient or None if unknown)
+        self._members: dict[str, tuple[float, dict[str, str | None]]] = {}
 
     def run(self, items: Sequence[tuple[int, Change]]) -> dict[int, WriteResult]:
         failures: dict[int, WriteResult] = {}
@@ -83,26 +90,41 @@ class BulkImporter:
         for (_, gid), rows in members.items():
             self._start(f"Group/{gid}/Recipients", rows, {}, started, failures)
         self._finish(started, failures, set())
+        for (_, gid), rows in members.items():
+            cached = self._members.get(gid)
+            if cached is not None:  # keep a listing taken by an earlier batch current
+                for index, body in rows:
+                    if index not in failures:
+                        cached[1].setdefault(str(body["Email"]).lower(), None)
         for list_id, targets in desired.items():
             self._prune(list_id, targets, failures)
         return {index: failures.get(index, WriteResult(ok=True)) for index, _ in items}
 
     def _finish(self, started: list[tuple[str, list[int]]], failures: dict[int, WriteResult],
                 confirming: set[str]) -> None:
-        """Wait for each import; send the confirmation request of a ConfirmEmail one.
+        """Wait for every import together; send the confirmation request of each
+        ConfirmEmail one as soon as it completes.
 
         MailUp queues that mail without sending it ("a confirmation request email is
         queued but not automatically sent"): ``GET /Import/{id}/Sending`` names the
         sending, ``POST /Email/Sendings/{id}/Immediate`` sends it.
         """
-        for import_id, indices in started:
-            try:
-                self.wait(import_id)
-                if import_id in confirming:
+        def failed(indices: list[int], exc: CrmsyncError) -> None:
+            for index in indices:
+                failures.setdefault(index, _failed(exc))
+
+        def done(import_id: str, indices: list[int]) -> None:
+            if import_id in confirming:
+                try:
                     self.send_confirmation(import_id)
-            except CrmsyncError as exc:
-                for index in indices:
-                    failures.setdefault(index, _failed(exc))
+                except CrmsyncError as exc:
+                    failed(indices, exc)
+
+        for import_id, indices, error in self.wait_all(started):
+            if error is None:
+                done(import_id, indices)
+            else:
+                failed(indices, error)
 
     def send_confirmation(self, import_id: str) -> None:
         sending = self.api.import_sending(import_id)
@@ -111,8 +133,8 @@ class BulkImporter:
 
     def _prune(self, list_id: str, targets: dict[str, tuple[int, set[str]]],
                failures: dict[int, WriteResult]) -> None:
-        """Remove memberships outside each recipient's desired set: one listing per group
-        of the list, then one removal per extra membership (imports cannot remove)."""
+        """Remove memberships outside each recipient's desired set, then one removal per
+        extra membership (imports cannot remove). Members come from :meth:`members`."""
         try:
             groups = list(self.groups.groups(list_id))
         except CrmsyncError as exc:
@@ -121,19 +143,46 @@ class BulkImporter:
             return
         for gid in groups:
             try:
-                extra = [(str(item["idRecipient"]), targets[email][0])
-                         for page in self.api.group_members(gid) for item in page
-                         if (email := str(item.get("Email", "")).lower()) in targets
-                         and gid not in targets[email][1]]
+                members = self.members(gid)
             except CrmsyncError as exc:
                 for index, _ in targets.values():
                     failures.setdefault(index, _failed(exc))
                 continue
-            for rid, index in extra:
+            for email, (index, wanted) in targets.items():
+                key = email.lower()
+                if gid in wanted or key not in members:
+                    continue
                 try:
-                    self.api.remove_from_group(gid, rid)
+                    rid = members[key]
+                    if rid is None:  # added by this importer: its id was not listed
+                        found = self.api.find(key, [list_id])
+                        rid = found[0] if found else None
+                    if rid is not None:
+                        self.api.remove_from_group(gid, rid)
+                    del members[key]
                 except CrmsyncError as exc:
                     failures.setdefault(index, _failed(exc))
+
+    def forget_members(self) -> None:
+        """Drop the kept group listings (memberships were changed some other way)."""
+        self._members.clear()
+
+    def remember_members(self, gid: str, members: dict[str, str | None]) -> None:
+        """Keep a listing of the group taken elsewhere (a read), as if listed here."""
+        self._members[gid] = (self._clock(), members)
+
+    def members(self, gid: str) -> dict[str, str | None]:
+        """The group's members (lowercased email -> idRecipient), listed once and then
+        kept up to date with this importer's own changes for ``MEMBERS_TTL_S``."""
+        now = self._clock()
+        cached = self._members.get(gid)
+        if cached is not None and now - cached[0] < MEMBERS_TTL_S:
+            return cached[1]
+        members: dict[str, str | None] = {
+            str(item.get("Email", "")).lower(): str(item["idRecipient"])
+            for page in self.api.group_members(gid) for item in page}
+        self._members[gid] = (now, members)
+        return members
 
     def _start(self, path: str, rows: list[tuple[int, dict[str, Any]]], params: dict[str, str],
                started: list[tuple[str, list[int]]], failures: dict[int, WriteResult]) -> None:
@@ -148,19 +197,43 @@ class BulkImporter:
                 continue
             started.append((import_id, indices))
 
-    def wait(self, import_id: str) -> dict[str, Any]:
+    def wait(self, import_id: str) -> None:
         """Poll ``GET /Import/{idImport}`` until ``Completed`` (or ``import_timeout_s``)."""
+        for _, _, error in self.wait_all([(import_id, [])]):
+            if error is not None:
+                raise error
+
+    def wait_all(self, started: Sequence[tuple[str, list[int]]]
+                 ) -> Iterator[tuple[str, list[int], CrmsyncError | None]]:
+        """Poll every import in ``started`` each round, until all are ``Completed`` or
+        ``import_timeout_s`` passed; yields ``(import, indices, error or None)`` as each
+        one ends. Rounds are ``FIRST_POLL_S`` apart, doubling up to ``import_poll_s``."""
+        pending = list(started)
         deadline = self._clock() + self.settings.import_timeout_s
-        while True:
-            status = self.api.import_status(import_id)
-            if status.get("Completed") is True:
-                return status
-            if self._clock() >= deadline:
-                raise RemoteError(f"MailUp import {import_id} not completed after "
-                                  f"{self.settings.import_timeout_s:.0f} s: check it in the "
-                                  "console (Recipients > Import) and raise import_timeout_s",
-                                  retryable=True)
-            self._sleep(self.settings.import_poll_s)
+        pause = min(FIRST_POLL_S, self.settings.import_poll_s)
+        while pending:
+            still = []
+            for import_id, indices in pending:
+                try:
+                    status = self.api.import_status(import_id)
+                except CrmsyncError as exc:
+                    yield import_id, indices, exc
+                    continue
+                if status.get("Completed") is True:
+                    yield import_id, indices, None
+                else:
+                    still.append((import_id, indices))
+            pending = still
+            if pending and self._clock() >= deadline:
+                for import_id, indices in pending:
+                    yield import_id, indices, RemoteError(
+                        f"MailUp import {import_id} not completed after "
+                        f"{self.settings.import_timeout_s:.0f} s: check it in the console "
+                        "(Recipients > Import) and raise import_timeout_s", retryable=True)
+                return
+            if pending:
+                self._sleep(pause)
+                pause = min(pause * 2, self.settings.import_poll_s)
 
 
 def _failed(exc: CrmsyncError) -> WriteResult:

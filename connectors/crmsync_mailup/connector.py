@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, ClassVar
 from zoneinfo import ZoneInfo
@@ -127,7 +127,7 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         seq = 0
         pending: Page | None = None
         for list_id in self.list_ids():
-            groups = self._group_members(list_id)
+            groups = self._group_members(list_id) or {}
             for status in (Status.SUBSCRIBED, Status.UNSUBSCRIBED, Status.PENDING):
                 for items in self.api.listing(list_id, status):
                     records = [c for c in (self._contact(item, list_id, status, groups)
@@ -142,12 +142,25 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         yield Page(records=last, cursor=Cursor(at=started, tie_id=f"{seq:08d}",
                                                data={"full": True}))
 
-    def _group_members(self, list_id: str) -> dict[str, set[str]]:
+    def _group_members(self, list_id: str, *, budget: int | None = None
+                       ) -> dict[str, set[str]] | None:
+        """idRecipient -> group names, from one listing per group (handed on to the bulk
+        importer, which prunes from it); None once it would take ``budget`` pages."""
         members: dict[str, set[str]] = {}
+        listings: dict[str, dict[str, str | None]] = {}
+        pages = 0
         for gid, name in self.directory.groups(list_id, refresh=True).items():
+            listing = listings[gid] = {}
             for items in self.api.group_members(gid):
+                pages += 1
+                if budget is not None and pages >= budget:
+                    return None
                 for item in items:
-                    members.setdefault(str(item["idRecipient"]), set()).add(name)
+                    rid = str(item["idRecipient"])
+                    members.setdefault(rid, set()).add(name)
+                    listing[str(item.get("Email", "")).lower()] = rid
+        for gid, listing in listings.items():
+            self.bulk.remember_members(gid, listing)
         return members
 
     def _contact(self, item: dict[str, Any], list_id: str, status: Status,
@@ -170,20 +183,44 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         start = since.at - timedelta(seconds=self.settings.read_overlap_s)
         newest = since.at
         for list_id in self.list_ids():
-            for items in self.api.optins(list_id):
-                records = []
-                for item in items:
-                    contact = self._optin_contact(item, list_id, start)
-                    if contact is None:
-                        continue
-                    records.append(contact)
-                    changed = contact.subscriptions[list_id].changed_at
-                    if changed is not None and changed > newest:
-                        newest = changed
-                if records:
+            # The rows changed in the window first, then their groups: one listing per
+            # group when that is fewer calls than one lookup per row (after a bulk
+            # import, every imported row is in the window).
+            rows = [item for items in self.api.optins(list_id) for item in items
+                    if self._in_window(item, start)]
+            if not rows:
+                continue
+            groups_of = self._groups_lookup(list_id, len(rows))
+            records = []
+            for item in rows:
+                contact = self._optin_contact(item, list_id, groups_of)
+                if contact is None:
+                    continue
+                records.append(contact)
+                changed = contact.subscriptions[list_id].changed_at
+                if changed is not None and changed > newest:
+                    newest = changed
+                if len(records) >= self.settings.page_size:
                     yield Page(records=records, cursor=since)
+                    records = []
+            if records:
+                yield Page(records=records, cursor=since)
         tie = since.tie_id if newest == since.at else ""
         yield Page(records=[], cursor=Cursor(at=newest, tie_id=tie, data={"incremental": True}))
+
+    def _in_window(self, item: dict[str, Any], start: datetime) -> bool:
+        dates = [d for d in (self._api_date(item.get(k)) for k in (
+            "Optin_Date", "Optout_Date", "Optin_Request_Date")) if d]
+        return bool(dates) and max(dates) >= start
+
+    def _groups_lookup(self, list_id: str, rows: int) -> Callable[[str], frozenset[str]]:
+        """rid -> group names: from the groups' listings when they take fewer than
+        ``rows`` pages (stopped as soon as they would not), else one lookup per rid."""
+        members = self._group_members(list_id, budget=rows) if rows > 2 else None
+        if members is None:
+            return lambda rid: frozenset(self.directory.name(list_id, gid)
+                                         for gid in self.api.recipient_groups(list_id, rid))
+        return lambda rid: frozenset(members.get(rid, ()))
 
     def _optin_status(self, item: dict[str, Any], optin: datetime | None,
                       optout: datetime | None, request: datetime | None) -> Status | None:
@@ -208,13 +245,11 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         return status
 
     def _optin_contact(self, item: dict[str, Any], list_id: str,
-                       start: datetime) -> Contact | None:
+                       groups_of: Callable[[str], frozenset[str]]) -> Contact | None:
         optin = self._api_date(item.get("Optin_Date"))
         optout = self._api_date(item.get("Optout_Date"))
         request = self._api_date(item.get("Optin_Request_Date"))
         dates = [d for d in (optin, optout, request) if d]
-        if not dates or max(dates) < start:
-            return None
         status = self._optin_status(item, optin, optout, request)
         if status is None:
             return None  # no date says anything (counted in unknown_statuses)
@@ -222,8 +257,7 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         reason = None
         if status is Status.UNSUBSCRIBED:
             reason = optout_reason(item.get("Optout_Type"), item.get("Optout_Subtype"))
-        groups = frozenset(self.directory.name(list_id, gid)
-                           for gid in self.api.recipient_groups(list_id, rid))
+        groups = groups_of(rid)
         try:
             return Contact(email=str(item.get("Email") or ""), ids={self.name: rid},
                            modified_at=max(dates), subscriptions={list_id: Subscription(
@@ -256,6 +290,9 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
             results.update(self.bulk.run(bulk))
         else:
             single = sorted(single + bulk)
+        if single:
+            # Per-recipient writes change memberships behind the importer's kept listings.
+            self.bulk.forget_members()
         for index, change in single:
             try:
                 results[index] = self._write_one(change)
