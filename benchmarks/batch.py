@@ -270,7 +270,8 @@ def _cell(values: list[float]) -> str:
 
 def startup(repeat: int) -> tuple[list[float], list[float]]:
     """Wall seconds of ``crmsync --version`` and of a bare ``python -c pass``, interleaved."""
-    tool, bare = [], []
+    tool: list[float] = []
+    bare: list[float] = []
     for _ in range(max(repeat, 5)):
         for argv, into in (([sys.executable, "-m", "crmsync", "--version"], tool),
                            ([sys.executable, "-c", "pass"], bare)):
