@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from crmsync.errors import RemoteError
-from crmsync.files import allow_large_csv_fields
+from crmsync.files import large_csv_fields
 
 from ._rest import SalesforceApi
 
@@ -75,36 +75,36 @@ def bulk_query(api: SalesforceApi, soql: str, *, all_rows: bool = False
         "columnDelimiter": "COMMA", "lineEnding": "LF"})
     _wait(api, "query", job["id"])
     locator = ""
-    allow_large_csv_fields()  # a long text area holds up to 131,072 characters
-    while True:
-        params = {"maxRecords": str(api.settings.bulk_page_size)}
-        if locator:
-            params["locator"] = locator
-        # A page is streamed, so the retrying transport does not read it: a connection
-        # cut in the middle of a page asks for the same page again (a locator gives the
-        # same rows) and skips the rows already passed on.
-        done = 0
-        for attempt in range(_PAGE_ATTEMPTS):
-            response = api.request("GET", f"jobs/query/{job['id']}/results", params=params,
-                                   headers={"Accept": "text/csv"}, stream=True)
-            try:
-                for index, row in enumerate(csv.DictReader(_lines(response.iter_text()))):
-                    if index >= done:
-                        done += 1
-                        yield row
-                next_locator = response.headers.get("Sforce-Locator", "")
-                break
-            except httpx.TransportError as exc:
-                if attempt + 1 == _PAGE_ATTEMPTS:
-                    raise RemoteError(
-                        f"Salesforce cut off Bulk query {job['id']} results {_PAGE_ATTEMPTS} "
-                        f"times ({type(exc).__name__}); the next run reads them again",
-                        retryable=True) from None
-            finally:
-                response.close()
-        locator = next_locator
-        if not locator or locator == "null":  # the last page says the string "null"
-            return
+    with large_csv_fields():  # a long text area holds up to 131,072 characters
+        while True:
+            params = {"maxRecords": str(api.settings.bulk_page_size)}
+            if locator:
+                params["locator"] = locator
+            # A page is streamed, so the retrying transport does not read it: a connection
+            # cut in the middle of a page asks for the same page again (a locator gives the
+            # same rows) and skips the rows already passed on.
+            done = 0
+            for attempt in range(_PAGE_ATTEMPTS):
+                response = api.request("GET", f"jobs/query/{job['id']}/results", params=params,
+                                       headers={"Accept": "text/csv"}, stream=True)
+                try:
+                    for index, row in enumerate(csv.DictReader(_lines(response.iter_text()))):
+                        if index >= done:
+                            done += 1
+                            yield row
+                    next_locator = response.headers.get("Sforce-Locator", "")
+                    break
+                except httpx.TransportError as exc:
+                    if attempt + 1 == _PAGE_ATTEMPTS:
+                        raise RemoteError(
+                            f"Salesforce cut off Bulk query {job['id']} results {_PAGE_ATTEMPTS} "
+                            f"times ({type(exc).__name__}); the next run reads them again",
+                            retryable=True) from None
+                finally:
+                    response.close()
+            locator = next_locator
+            if not locator or locator == "null":  # the last page says the string "null"
+                return
 
 
 class BulkResults:
@@ -144,8 +144,8 @@ def bulk_ingest(api: SalesforceApi, obj: str, operation: str, header: list[str],
                                        ("failedResults", results.failed, "sf__Error")):
         response = api.request("GET", f"jobs/ingest/{job['id']}/{name}/",
                                headers={"Accept": "text/csv"})
-        allow_large_csv_fields()
-        for row in csv.DictReader(io.StringIO(response.text)):
-            key = row.get(key_column) or row.get("sf__Id") or ""
-            target[key] = row.get(value_column, "")
+        with large_csv_fields():
+            for row in csv.DictReader(io.StringIO(response.text)):
+                key = row.get(key_column) or row.get("sf__Id") or ""
+                target[key] = row.get(value_column, "")
     return results

@@ -8,6 +8,7 @@ from typing import Literal
 
 from .config import Config
 from .contract import Connector
+from .engine.apply import Observer
 from .engine.batch import BatchSync, Progress
 from .engine.postops import PostOperationRules
 from .errors import ConfigError
@@ -69,8 +70,10 @@ def build_hooks(config: Config) -> Hooks:
 
 
 def build_batch(config: Config, crm: Connector, esp: Connector, store: StateStore, *,
-                progress: Progress | None = None) -> BatchSync:
-    """A batch run wired from the configuration (file space only in files mode)."""
+                progress: Progress | None = None,
+                observer: Observer | None = None) -> BatchSync:
+    """A batch run wired from the configuration (file space only in files mode);
+    ``observer`` sees each contact's decision (``sync --dry-run -v`` prints them)."""
     files = open_files(config) if config.esp is not None and config.esp.mode == "files" else None
     return BatchSync(config, crm, esp, store, hooks=build_hooks(config), files=files,
-                     progress=progress)
+                     progress=progress, observer=observer)

@@ -243,24 +243,26 @@ def test_unknown_list_in_export_is_reported_not_dropped(pair: Pair) -> None:
     assert "unknown ESP list id '9'" in report and "unsubscribed-9.csv:3" in report
 
 
-@pytest.mark.parametrize("crash_at", ["_upload", "_commit_export"])
+@pytest.mark.parametrize("crash_at", ["upload", "commit_spool"])
 def test_crash_between_upload_and_commit_resumes_without_resending(pair: Pair, crash_at,
                                                                    monkeypatch) -> None:
-    from crmsync.engine.batch import BatchSync
+    from crmsync.files import FileSpace
+    from crmsync.state import StateStore
 
-    original = getattr(BatchSync, crash_at)
+    owner = FileSpace if crash_at == "upload" else StateStore
+    original = getattr(owner, crash_at)
     calls = {"n": 0}
 
     def crash(self, *args, **kwargs):
-        if crash_at == "_upload":
+        if crash_at == "upload":
             original(self, *args, **kwargs)  # the file is up; the process dies before commit
         calls["n"] += 1
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(BatchSync, crash_at, crash)
+    monkeypatch.setattr(owner, crash_at, crash)
     with pytest.raises(KeyboardInterrupt):
         pair.sync()
-    monkeypatch.setattr(BatchSync, crash_at, original)
+    monkeypatch.setattr(owner, crash_at, original)
     stats = pair.sync()
     assert stats.recovered == 1
     uploads = list((pair.space / "in").glob("import-*.csv"))
@@ -340,7 +342,7 @@ def test_a_url_call_repeated_after_a_crash_carries_the_same_delivery_id(tmp_path
     from starlette.routing import Route
 
     from crmsync.emulator import EmulatorServer
-    from crmsync.engine.batch import BatchSync
+    from crmsync.engine.apply import Pipeline
 
     received = []
 
@@ -348,7 +350,7 @@ def test_a_url_call_repeated_after_a_crash_carries_the_same_delivery_id(tmp_path
         received.append(json.loads(await request.body()))
         return PlainTextResponse("ok")
 
-    original = BatchSync._post_operations
+    original = Pipeline.post_operations
 
     def killed_after_the_call(self, applied):
         original(self, applied)
@@ -366,10 +368,10 @@ call_url = "{server.url}/unsubscribed"
         pair.sync()
         pair.esp_import()
         pair.esp_unsubscribe("ann@example.com")
-        monkeypatch.setattr(BatchSync, "_post_operations", killed_after_the_call)
+        monkeypatch.setattr(Pipeline, "post_operations", killed_after_the_call)
         with pytest.raises(KeyboardInterrupt):
             pair.sync()
-        monkeypatch.setattr(BatchSync, "_post_operations", original)
+        monkeypatch.setattr(Pipeline, "post_operations", original)
         pair.sync()  # the queued post-operation runs again
         pair.esp_unsubscribe("bob@example.com", export="unsubscribed-2.csv")
         pair.sync()
@@ -395,7 +397,7 @@ secret_env = "CRMSYNC_HOOK_SECRET"
 
 def test_crash_before_post_operations_still_cascades(tmp_path, monkeypatch) -> None:
     """The cascade is queued in the same transaction as the unsubscribe it follows."""
-    from crmsync.engine.batch import BatchSync
+    from crmsync.engine.apply import Pipeline
 
     pair = Pair(tmp_path, write_config(tmp_path, extra=CASCADE_1_TO_2))
     pair.crm.add("ann@example.com", fields={"OptOut": "false"},
@@ -403,7 +405,7 @@ def test_crash_before_post_operations_still_cascades(tmp_path, monkeypatch) -> N
     pair.sync()
     pair.esp_import()
     pair.esp_unsubscribe("ann@example.com")
-    original = BatchSync._run_post_operations
+    original = Pipeline.run_post_operations
     calls = {"n": 0}
 
     def killed(self):
@@ -412,10 +414,10 @@ def test_crash_before_post_operations_still_cascades(tmp_path, monkeypatch) -> N
             raise KeyboardInterrupt("killed after the unsubscribe was committed")
         return original(self)
 
-    monkeypatch.setattr(BatchSync, "_run_post_operations", killed)
+    monkeypatch.setattr(Pipeline, "run_post_operations", killed)
     with pytest.raises(KeyboardInterrupt):
         pair.sync()
-    monkeypatch.setattr(BatchSync, "_run_post_operations", original)
+    monkeypatch.setattr(Pipeline, "run_post_operations", original)
     assert pair.crm_record("ann@example.com")["fields"]["OptOut"] == "true"
     assert pair.crm_record("ann@example.com")["memberships"]["campaign:7"] == "Responded"
     pair.sync()
@@ -459,56 +461,6 @@ def test_esp_profile_change_reaches_the_crm_without_an_echo(tmp_path) -> None:
     assert pair.crm_record("ann@example.com")["fields"]["LastName"] == "New"
     stats = pair.sync()
     assert stats.crm_read == 1 and stats.esp_written == 0, "the CRM's copy was echoed back"
-
-
-def test_a_commit_spool_left_by_an_earlier_version_is_still_committed(pair: Pair,
-                                                                      monkeypatch) -> None:
-    """A run killed after its upload, then crmsync upgraded: the old JSON-lines spool is
-    committed by the new version, so nothing is sent twice or lost from the journal."""
-    _killed_after_the_upload(pair, monkeypatch)
-    # rewrite the spool as the earlier version wrote it: one JSON object per contact
-    [spool] = (pair.tmp / ".crmsync-spool").glob("*.commit.csv")
-    contacts: dict[str, dict] = {}
-    rows = list(csv.reader(spool.open(newline="")))
-
-    def iso(text: str) -> str:  # SQLite's stored form, or PostgreSQL's ISO text
-        return datetime.fromisoformat(text).replace(tzinfo=UTC).isoformat()
-
-    for tag, *values in rows:
-        if tag == "s":
-            key, list_id, status, groups, crm_status, hash_, changed_at, source = values
-            contacts.setdefault(key, {"key": key, "fields_hash": None, "fields_view": None,
-                                      "snapshots": [], "journal": []})["snapshots"].append({
-                "contact_key": key, "list_id": list_id, "status": status,
-                "groups": [g for g in groups.split(",") if g], "crm_status": crm_status or None,
-                "hash": hash_, "changed_at": iso(changed_at),
-                "source": source})
-        elif tag == "j":
-            (at, run_id, key, email, list_id, old, new, applied_to, source, reason,
-             event_id) = values
-            contacts[key]["journal"].append({
-                "contact_key": key, "email": email, "list_id": list_id,
-                "old_status": old or None, "new_status": new, "applied_to": applied_to,
-                "source": source, "reason": reason or None, "event_id": event_id or None,
-                "run_id": run_id, "at": iso(at)})
-        else:
-            fields_hash, fields_json, key = values
-            contacts.setdefault(key, {"key": key, "snapshots": [], "journal": []})
-            contacts[key] |= {"fields_hash": fields_hash, "fields_view": json.loads(fields_json)}
-    legacy = spool.with_name(spool.name.replace(".commit.csv", ".commit.jsonl"))
-    legacy.write_text("".join(json.dumps(c) + "\n" for c in contacts.values()))
-    spool.unlink()
-    assert any(r[0] == "j" for r in rows) and any(r[0] == "f" for r in rows)
-
-    stats = pair.sync()
-    assert stats.recovered == 1 and not legacy.exists()
-    assert len(list((pair.space / "in").glob("import-*.csv"))) == 1
-    assert pair.sync().esp_written == 0, "the legacy spool's snapshots and fields were lost"
-    journal = [e for e in pair.journal() if e["applied_to"] == "esp"]
-    assert sorted((e["email"], e["list_id"], e["new_status"]) for e in journal) == [
-        ("ann@example.com", "1", "subscribed"), ("ann@example.com", "2", "subscribed"),
-        ("bob@example.com", "1", "subscribed"), ("cyd@example.com", "1", "unsubscribed"),
-        ("dee@example.com", "1", "subscribed"), ("dee@example.com", "2", "pending")]
 
 
 @pytest.mark.parametrize("mode", ["files", "api"])
@@ -610,8 +562,8 @@ def test_an_unreadable_commit_spool_is_a_clear_error(pair: Pair, monkeypatch) ->
     from crmsync.errors import StateError
 
     _killed_after_the_upload(pair, monkeypatch)
-    [spool] = (pair.tmp / ".crmsync-spool").glob("*.commit.csv")
-    spool.write_text('s,"unterminated\n')
+    [spool] = (pair.tmp / ".crmsync-spool").glob("*.commit")
+    spool.write_bytes(spool.read_bytes()[:-7])  # a frame cut short (a damaged disk)
     with pytest.raises(StateError) as failed:
         pair.sync()
     assert str(spool) in str(failed.value) and "delete the spool" in str(failed.value)
@@ -631,18 +583,18 @@ def test_a_group_name_with_a_comma_is_not_re_sent_every_run(pair: Pair) -> None:
 
 def _killed_after_the_upload(pair: Pair, monkeypatch) -> None:
     """A sync killed once its import file is up, before it committed: the spool stays."""
-    from crmsync.engine.batch import BatchSync
+    from crmsync.files import FileSpace
 
-    original = BatchSync._upload
+    original = FileSpace.upload
 
     def killed(self, *args, **kwargs):
         original(self, *args, **kwargs)
         raise KeyboardInterrupt("killed after the upload")
 
-    monkeypatch.setattr(BatchSync, "_upload", killed)
+    monkeypatch.setattr(FileSpace, "upload", killed)
     with pytest.raises(KeyboardInterrupt):
         pair.sync()
-    monkeypatch.setattr(BatchSync, "_upload", original)
+    monkeypatch.setattr(FileSpace, "upload", original)
 
 
 def pair_runs(pair: Pair) -> list[dict]:

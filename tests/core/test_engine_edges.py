@@ -115,17 +115,17 @@ def _check_cascade_end_state(pair):
 @pytest.mark.parametrize("mode", ["files", "api"])
 def test_killed_after_the_main_commit_before_the_post_operations(tmp_path, mode,
                                                                   monkeypatch) -> None:
-    from crmsync.engine.batch import BatchSync
+    from crmsync.engine.apply import Pipeline
     pair = _cascade_pair(tmp_path, mode)
     calls = []
-    real = BatchSync._run_post_operations
+    real = Pipeline.run_post_operations
 
     def dying(self):
         calls.append(1)
         if len(calls) == 2:  # the one after the outbound half
             raise KeyboardInterrupt
         return real(self)
-    monkeypatch.setattr(BatchSync, "_run_post_operations", dying)
+    monkeypatch.setattr(Pipeline, "run_post_operations", dying)
     with pytest.raises(KeyboardInterrupt):
         pair.sync()
     monkeypatch.undo()
@@ -138,15 +138,15 @@ def test_killed_after_the_main_commit_before_the_post_operations(tmp_path, mode,
 
 
 def test_killed_after_the_followups_upload_before_its_commit(tmp_path, monkeypatch) -> None:
-    from crmsync.engine.batch import BatchSync
+    from crmsync.state import StateStore
     pair = _cascade_pair(tmp_path, "files")
-    real = BatchSync._commit_export
+    real = StateStore.commit_spool
 
-    def dying(self, name, cursor, ids):
-        if "followups" in name:
+    def dying(self, conn, path, **kwargs):
+        if "followups" in str(path):
             raise KeyboardInterrupt
-        return real(self, name, cursor, ids)
-    monkeypatch.setattr(BatchSync, "_commit_export", dying)
+        return real(self, conn, path, **kwargs)
+    monkeypatch.setattr(StateStore, "commit_spool", dying)
     with pytest.raises(KeyboardInterrupt):
         pair.sync()
     monkeypatch.undo()
@@ -161,7 +161,7 @@ def test_killed_after_the_followups_upload_before_its_commit(tmp_path, monkeypat
 
 @pytest.mark.parametrize("mode", ["files", "api"])
 def test_killed_mid_reconciliation(tmp_path, mode, monkeypatch) -> None:
-    from crmsync.engine.batch import BatchSync
+    from crmsync.engine import apply
     pair = Pair(tmp_path, write_config(
         tmp_path, mode=mode, extra="[sync]\nbatch_size = 2\nmax_removal_share = 1.0"))
     ids = [pair.crm.add(f"p{n}@example.com", fields={"OptOut": "false"},
@@ -172,15 +172,15 @@ def test_killed_mid_reconciliation(tmp_path, mode, monkeypatch) -> None:
     for record_id in ids[:4]:
         del pair.crm.records[record_id]["memberships"]["campaign:7"]
     pair.crm.save()
-    real = BatchSync._removal
+    real = apply.plan_removal
     seen = []
 
-    def dying(self, *args):
+    def dying(*args):
         seen.append(1)
         if len(seen) == 3:
             raise KeyboardInterrupt
-        return real(self, *args)
-    monkeypatch.setattr(BatchSync, "_removal", dying)
+        return real(*args)
+    monkeypatch.setattr(apply, "plan_removal", dying)
     with pytest.raises(KeyboardInterrupt):
         pair.sync()
     monkeypatch.undo()

@@ -92,6 +92,27 @@ def test_a_dry_run_writes_nothing_not_even_the_state_file(tmp_path: Path) -> Non
     assert [r["dry_run"] for r in runs] == [False]
 
 
+def test_a_dry_run_in_a_fresh_folder_leaves_no_file_and_prints_each_contacts_plan(
+        tmp_path: Path) -> None:
+    """Files mode (a local file space, a spool folder, a report folder): the dry run
+    creates none of them, and ``-v`` prints what would happen to each contact."""
+    config = pair(tmp_path)
+    config.write_text(config.read_text().replace(
+        "[esp.settings]", f'mode = "files"\n[esp.settings]') + f"""
+[files]
+url = "file://{tmp_path / 'space'}"
+""")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    dry = run("--config", str(config), "sync", "--dry-run", "-v")
+    assert dry.exit_code == 0, dry.output
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    plan = [line.split() for line in dry.stdout.splitlines() if line.startswith("plan:")]
+    assert sorted(plan) == [["plan:", "esp", "ann@example.com", "1:", "subscribed", "(new)"],
+                            ["plan:", "esp", "bob@example.com", "1:", "subscribed", "(new)"]]
+    quiet = run("--config", str(config), "sync", "--dry-run")
+    assert not [line for line in quiet.stdout.splitlines() if line.startswith("plan:")]
+
+
 def test_status_shows_whole_run_ids_and_readable_counts(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:

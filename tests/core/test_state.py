@@ -8,6 +8,7 @@ be skipped silently.
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -99,22 +100,46 @@ def test_group_names_with_commas_round_trip(store) -> None:
                                    Snapshot("k2", "1", Status.SUBSCRIBED, frozenset({"a", "b"}),
                                             Status.SUBSCRIBED, "h", now, "crm:x")])
         found = store.snapshots(conn, ["k1", "k2"])
-        raw = dict(conn.execute(text("SELECT contact_key, groups FROM crmsync_snapshots")).all())
+        raw = dict(conn.execute(text('SELECT contact_key, "groups" FROM crmsync_snapshots'))
+                   .all())
     assert found[("k1", "1")].groups == groups
-    assert found[("k2", "1")].groups == {"a", "b"} and raw["k2"] == "a,b"  # the plain form
+    assert found[("k2", "1")].groups == {"a", "b"}
+    stored = raw["k2"] if isinstance(raw["k2"], list) else json.loads(raw["k2"])
+    assert stored == ["a", "b"]  # a JSON array (a list on PostgreSQL's JSONB)
 
 
-def test_groups_written_by_earlier_versions_still_read(store) -> None:
-    """Before names with commas were kept whole, groups were only ever comma-joined:
-    such rows (one starting with "[" included) read as they always did."""
-    now = datetime.now(UTC)
-    with store.begin() as conn:
-        store.put_snapshot_rows(conn, [
-            ("k1", "1", "subscribed", "[beta],news", "subscribed", "h", store.db_time(now), "x"),
-            ("k2", "1", "subscribed", "[1]", "subscribed", "h", store.db_time(now), "x")])
-        found = store.snapshots(conn, ["k1", "k2"])
-    assert found[("k1", "1")].groups == {"[beta]", "news"}
-    assert found[("k2", "1")].groups == {"[1]"}
+def test_groups_written_before_the_json_column_are_migrated(db_url) -> None:
+    """A state store at schema v3 held groups as comma-joined text, or a marker and a
+    JSON array for names holding a comma: the v4 migration reads each as it was meant."""
+    from sqlalchemy import create_engine
+
+    from crmsync.state import migrations
+
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        for step in migrations.MIGRATIONS[:3]:
+            step(conn)
+        conn.execute(migrations.schema_version.insert().values(version=3))
+        if conn.dialect.name == "postgresql":  # v3 created the column as text
+            conn.execute(text('ALTER TABLE crmsync_snapshots ALTER COLUMN "groups" '
+                              "TYPE TEXT USING \"groups\"::text"))
+        now = datetime.now(UTC)
+        for key, raw in [("k1", "[beta],news"), ("k2", "[1]"), ("k3", ""),
+                         ("k4", '\x1e["Sales, EMEA", "news"]'), ("k5", "a,b")]:
+            conn.execute(text(
+                'INSERT INTO crmsync_snapshots (contact_key, list_id, status, "groups", '
+                "crm_status, hash, changed_at, source) VALUES (:k, '1', 'subscribed', :g, "
+                "'subscribed', 'h', :at, 'x')"), {"k": key, "g": raw, "at": now})
+    engine.dispose()
+    migrated = StateStore(db_url)
+    try:
+        with migrated.begin() as conn:
+            found = migrated.snapshots(conn, ["k1", "k2", "k3", "k4", "k5"])
+    finally:
+        migrated.close()
+    assert {k: found[(k, "1")].groups for k in ("k1", "k2", "k3", "k4", "k5")} == {
+        "k1": {"[beta]", "news"}, "k2": {"[1]"}, "k3": frozenset(),
+        "k4": {"Sales, EMEA", "news"}, "k5": {"a", "b"}}
 
 
 def test_snapshots_upsert(store) -> None:
@@ -148,7 +173,7 @@ def test_raw_rows_read_back_as_sqlalchemy_wrote_them(store) -> None:
     at = datetime(2026, 3, 4, 5, 6, 7, 890, tzinfo=UTC)
     with store.begin() as conn:
         [(key, _, _)], hashes = store.resolve(conn, [("sf", "003A", "ann@example.com")]), {}
-        store.put_snapshot_rows(conn, [(key, "1", "unsubscribed", "a,b", None, "h",
+        store.put_snapshot_rows(conn, [(key, "1", "unsubscribed", '["a", "b"]', None, "h",
                                         store.db_time(at), "esp:y")])
         store.append_journal_rows(conn, [(store.db_time(at), "run", key, "ann@example.com",
                                           "1", None, "unsubscribed", "crm", "esp:y", None, None)])
@@ -171,9 +196,9 @@ def test_raw_rows_repeating_a_key_apply_in_order(store) -> None:
     with store.begin() as conn:
         [(key, _, _)] = store.resolve(conn, [("sf", "003A", "ann@example.com")])
         store.put_snapshot_rows(conn, [
-            (key, "1", "subscribed", "", "subscribed", "h1", at, "crm:x"),
-            (key, "1", "unsubscribed", "a", "subscribed", "h2", at, "esp:y"),
-            (key, "2", "pending", "", "pending", "h3", at, "crm:x")])
+            (key, "1", "subscribed", "[]", "subscribed", "h1", at, "crm:x"),
+            (key, "1", "unsubscribed", '["a"]', "subscribed", "h2", at, "esp:y"),
+            (key, "2", "pending", "[]", "pending", "h3", at, "crm:x")])
         store.set_fields_rows(conn, [("f1", '{"name": "A"}', key), ("f2", '{"name": "B"}', key)])
         store._sql.many(conn, "id_map", [("esp", "E1", key), ("esp", "E1", "other")])
         snaps = store.snapshots(conn, [key])
@@ -285,7 +310,7 @@ def test_upgrades_a_version_1_database(db_url) -> None:
         conn.execute(text("UPDATE crmsync_schema_version SET version = 1"))
     store.close()
     upgraded = StateStore(db_url)
-    assert upgraded.version == len(MIGRATIONS) == 3
+    assert upgraded.version == len(MIGRATIONS) == 4
     with upgraded.begin() as conn:
         [(key, _, _)] = upgraded.resolve(conn, [("x", "1", "a@example.com")])
         upgraded.set_fields_hashes(conn, {key: "h"}, {key: {"name": "A"}})

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from crmsync.files import allow_large_csv_fields
+from crmsync.files import large_csv_fields
 
 from .store import MailUpError, MailUpStore, now
 
@@ -92,51 +92,51 @@ class BatchSpace:
         first = text.split("\n", 1)[0]
         delimiter = max(";,|\t", key=first.count)
         quote_char = "'" if first.startswith("'") else '"'
-        allow_large_csv_fields()
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
-                            quotechar=quote_char)
-        header = [h.strip() for h in next(reader, [])]
-        lowered = [h.lower() for h in header]
-        errors: list[str] = []
-        rows = applied = 0
-        if "111" not in header:
-            return {"rows": 0, "applied": 0, "errors": ["header lacks 111 (email)"]}
-        status_col = self.status_column.lower()
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            rows += 1
-            line = reader.line_num
-            if len(row) != len(header):
-                errors.append(f"line {line}: {len(row)} columns, header has {len(header)}")
-                continue
-            cells = dict(zip(lowered, row, strict=True))
-            list_id = cells.get("idlist", "").strip()
-            if list_id not in self.store.lists:
-                errors.append(f"line {line}: unknown list {list_id!r}")
-                continue
-            status = cells.get(status_col, "OPTIN").strip().upper() or "OPTIN"
-            fields = [{"Id": int(h), "Value": cells[h.lower()]} for h in header
-                      if h.isdigit() and int(h) in self.store.fields]
-            try:
-                rec = self.store.upsert({"Email": cells["111"], "Fields": fields}, list_id,
-                                   confirm=status == "PENDING", optout=status == "OPTOUT")
-                if status == "PENDING" and rec["lists"][list_id]["status"] == "subscribed":
-                    pass  # a file never demotes a subscribed recipient to pending
-                groups = [g for g in re.split(r"[,;]", cells.get("idgroup", "")) if g.strip()]
-                names = [g for g in re.split(r"[,;]", cells.get("externalgroupname", ""))
-                         if g.strip()]
-                if groups and names:
-                    # The file format takes IdGroup *or* ExternalGroupName per row.
-                    raise ValueError("both IdGroup and ExternalGroupName are set: a row "
-                                     "names its groups one way only")
-                if "idgroup" in cells or "externalgroupname" in cells:
-                    self.store.replace_groups(rec, list_id, groups, names)
-            except (MailUpError, ValueError) as exc:
-                errors.append(f"line {line}: {exc}")
-                continue
-            applied += 1
-        return {"rows": rows, "applied": applied, "errors": errors}
+        with large_csv_fields():  # a long text field is one cell
+            reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                                quotechar=quote_char)
+            header = [h.strip() for h in next(reader, [])]
+            lowered = [h.lower() for h in header]
+            errors: list[str] = []
+            rows = applied = 0
+            if "111" not in header:
+                return {"rows": 0, "applied": 0, "errors": ["header lacks 111 (email)"]}
+            status_col = self.status_column.lower()
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                rows += 1
+                line = reader.line_num
+                if len(row) != len(header):
+                    errors.append(f"line {line}: {len(row)} columns, header has {len(header)}")
+                    continue
+                cells = dict(zip(lowered, row, strict=True))
+                list_id = cells.get("idlist", "").strip()
+                if list_id not in self.store.lists:
+                    errors.append(f"line {line}: unknown list {list_id!r}")
+                    continue
+                status = cells.get(status_col, "OPTIN").strip().upper() or "OPTIN"
+                fields = [{"Id": int(h), "Value": cells[h.lower()]} for h in header
+                          if h.isdigit() and int(h) in self.store.fields]
+                try:
+                    rec = self.store.upsert({"Email": cells["111"], "Fields": fields}, list_id,
+                                       confirm=status == "PENDING", optout=status == "OPTOUT")
+                    if status == "PENDING" and rec["lists"][list_id]["status"] == "subscribed":
+                        pass  # a file never demotes a subscribed recipient to pending
+                    groups = [g for g in re.split(r"[,;]", cells.get("idgroup", "")) if g.strip()]
+                    names = [g for g in re.split(r"[,;]", cells.get("externalgroupname", ""))
+                             if g.strip()]
+                    if groups and names:
+                        # The file format takes IdGroup *or* ExternalGroupName per row.
+                        raise ValueError("both IdGroup and ExternalGroupName are set: a row "
+                                         "names its groups one way only")
+                    if "idgroup" in cells or "externalgroupname" in cells:
+                        self.store.replace_groups(rec, list_id, groups, names)
+                except (MailUpError, ValueError) as exc:
+                    errors.append(f"line {line}: {exc}")
+                    continue
+                applied += 1
+            return {"rows": rows, "applied": applied, "errors": errors}
 
     def export_unsubscribers(self, *, row_delay_s: float = 0.0) -> dict[str, Any]:
         """Write the unsubscribers since the last export to ``out/``: atomically (a

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from ..cli import EXIT_ERROR, EXIT_FAILED, EXIT_USAGE, Context, cli
 from ..config import Config
+from ..engine.plan import ContactDecision
 from ..errors import ConfigError, CrmsyncError, PluginError, StateBusy
 from ..runtime import build_batch, open_side, open_store
 
@@ -59,7 +60,8 @@ def render_stats(obj: Context, stats: dict[str, Any]) -> None:
                    "and every unsubscribe crmsync knows (repairs an ESP that lost data). "
                    "Pending subscriptions are not re-sent.")
 @click.option("--dry-run", is_flag=True,
-              help="Print the plan; write nothing (on SQLite not even the state file).")
+              help="Print the plan (with -v, each contact's); write nothing anywhere: no "
+                   "state file, run, cursor, import file or report.")
 @click.pass_obj
 def sync(obj: Context, full: bool, resend: bool, dry_run: bool) -> None:
     """Run one batch sync: ESP unsubscriptions into the CRM, CRM changes to the ESP.
@@ -101,6 +103,25 @@ def _scratch_state(config: Config, stack: contextlib.ExitStack) -> Config:
             src.backup(dst)
     state = config.state.model_copy(update={"url": f"sqlite:///{copy}"})
     return config.model_copy(update={"state": state})
+
+
+def _print_plan(side: str, decision: ContactDecision) -> None:
+    """One line per contact a dry run would change: ``plan: <side> <email> <what>``."""
+    what = [f"{e.list_id}: {e.new_status} "
+            f"({'new' if e.old_status is None else 'was ' + e.old_status})"
+            for e in decision.update.journal]
+    changed = {e.list_id for e in decision.update.journal}
+    send = decision.send
+    if send is not None:
+        what += [f"{list_id}: {sub.status.value} (update)"
+                 for list_id, sub in send.subscriptions.items() if list_id not in changed]
+        if send.previous_email:
+            what.append(f"address was {send.previous_email}")
+        if send.fields and not send.subscriptions:
+            what.append("fields")
+    if not what:
+        what.append("state only")
+    click.echo(f"plan: {side} {decision.email} {', '.join(what)}")
 
 
 class _Lines:
@@ -160,7 +181,8 @@ def _sync(obj: Context, config: Config, *, full: bool, resend: bool, dry_run: bo
                 tasks[phase] = progress.add_task(phase, total=None)
             progress.advance(tasks[phase], n)
 
-        batch = build_batch(config, crm, esp, store, progress=advance)
+        observer = (_print_plan if dry_run and obj.verbose and not obj.as_json else None)
+        batch = build_batch(config, crm, esp, store, progress=advance, observer=observer)
         try:
             stats = batch.run(full=full, dry_run=dry_run, resend=resend).as_dict()
         finally:

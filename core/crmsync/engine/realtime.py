@@ -5,7 +5,7 @@ Events are stored in the inbox by the server *before* the sender is acknowledged
 worker claims the due ones in the order they were received, one contact at a time: a
 contact whose oldest event waits for a retry blocks that contact's later events (never
 anyone else's). Each event goes through the same engine as a batch run
-(:meth:`BatchSync.apply_esp_changes` / :meth:`BatchSync.apply_crm_records`): mapping,
+(:meth:`Pipeline.apply_esp_events` / :meth:`Pipeline.apply_crm_records`): mapping,
 consent, the write, the journal and the post-operations are the batch ones.
 
 A failed event is retried with exponential backoff (``retry_base_s`` doubling up to
@@ -31,7 +31,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -39,9 +39,10 @@ from ..config import Config
 from ..contract import Connector
 from ..errors import ConfigError, RateLimited, StateBusy
 from ..hooks import Hooks
-from ..model import Change, Contact, Cursor, Op, WriteResult
+from ..model import Change, Contact, Cursor, Op
 from ..state import StateStore
-from .batch import BatchSync, Failure
+from .apply import Pipeline, RunStats
+from .plan import Failure
 
 __all__ = [
     "ENDPOINTS",
@@ -150,32 +151,6 @@ class _RetryAfter:
             self.value = seconds if self.value is None else max(self.value, seconds)
 
 
-class _Observed:
-    """A connector whose ``RateLimited`` answers are remembered before the engine turns
-    them into failed write results (which carry no ``Retry-After``)."""
-
-    def __init__(self, inner: Connector, retry_after: _RetryAfter) -> None:
-        self._inner = inner
-        self._retry_after = retry_after
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def write(self, changes: Sequence[Change]) -> list[WriteResult]:
-        try:
-            return self._inner.write(changes)
-        except RateLimited as exc:
-            self._retry_after.note(exc.retry_after)
-            raise
-
-    def read(self, since: Cursor | None) -> Iterator[Any]:
-        try:
-            yield from self._inner.read(since)
-        except RateLimited as exc:
-            self._retry_after.note(exc.retry_after)
-            raise
-
-
 class RealtimeWorker:
     """Applies inbox events and polls the CRM, in one background thread.
 
@@ -197,13 +172,12 @@ class RealtimeWorker:
         self.server = config.server
         self.store = store
         self.hooks = hooks or Hooks()
-        self._engine_hooks = self.hooks  # the engine tells post-operations its mode
         self.observer: WorkerObserver = observer or NullObserver()
         self.lock = lock or threading.RLock()
         self._clock = clock
         self._retry_after = _RetryAfter()
-        self.crm = _Observed(crm, self._retry_after)
-        self.esp = _Observed(esp, self._retry_after)
+        self.crm = crm
+        self.esp = esp
         self.crm_name = crm.name
         self.poll_enabled = should_poll(config, crm)
         self._catch_up_possible = crm.capabilities.incremental_read or crm.capabilities.full_read
@@ -223,13 +197,15 @@ class RealtimeWorker:
         self.run_id = ""
         self.counts = {"applied": 0, "retried": 0, "dead": 0, "polled": 0, "catch_up": 0}
 
-    # -- the engine, fresh for each application (its failure list starts empty) ----------
-    def _engine(self) -> BatchSync:
-        engine = BatchSync(self.config, self.crm, self.esp, self.store,  # type: ignore[arg-type]
-                           hooks=self._engine_hooks)
-        engine.stats.run_id = self.run_id
-        engine.stats.mode = "realtime"
-        return engine
+    # -- the pipeline, fresh for each application (its failure list starts empty) --------
+    def _pipeline(self) -> Pipeline:
+        return Pipeline(self.config, self.crm, self.esp, self.store, hooks=self.hooks,
+                        stats=RunStats(run_id=self.run_id, mode="realtime"))
+
+    def _noted(self, failures: list[Failure]) -> list[Failure]:
+        for failure in failures:  # a vendor's Retry-After holds back its other events too
+            self._retry_after.note(failure.retry_after)
+        return failures
 
     # -- events ---------------------------------------------------------------------------
     def run_once(self) -> int:
@@ -282,12 +258,14 @@ class RealtimeWorker:
         self._retry_after.clear()
         try:
             with self.lock:
-                engine = self._engine()
+                pipeline = self._pipeline()
                 if endpoint == "esp":
-                    failures = engine.apply_esp_changes(self._esp_changes(changes))
+                    failures = self._noted(pipeline.apply_esp_events(self._esp_changes(changes)))
                 else:
-                    failures = self._apply_crm(engine, changes)
+                    failures = self._noted(self._apply_crm(pipeline, changes))
         except Exception as exc:
+            if isinstance(exc, RateLimited):
+                self._retry_after.note(exc.retry_after)
             log.warning("applying %d %s event(s) failed: %s", len(rows), endpoint, exc)
             retryable = not isinstance(exc, ConfigError)
             self._pause(endpoint)
@@ -327,7 +305,7 @@ class RealtimeWorker:
                 kept.append(change.model_copy(update={"subscriptions": subs}))
         return kept
 
-    def _apply_crm(self, engine: BatchSync, changes: list[Change]) -> list[Failure]:
+    def _apply_crm(self, pipeline: Pipeline, changes: list[Change]) -> list[Failure]:
         complete: list[Contact] = []
         partial = False
         for change in changes:
@@ -338,14 +316,14 @@ class RealtimeWorker:
                 complete.append(contact)
             else:
                 partial = True
-        failures = engine.apply_crm_records(complete) if complete else []
+        failures = pipeline.apply_crm_records(complete) if complete else []
         if partial:
             if not self._catch_up_possible:
                 raise ConfigError(
                     f"a {self.crm_name} event lacks mapped fields and the connector cannot "
                     "read records back: send every mapped field in the notification")
             self.counts["catch_up"] += 1
-            self._poll(engine)
+            self._poll(pipeline)
         return failures
 
     def _failed(self, row: dict[str, Any], error: str, *, retryable: bool) -> None:
@@ -379,10 +357,12 @@ class RealtimeWorker:
         self._retry_after.clear()
         try:
             with self.lock, self.store.exclusive("batch"):
-                count = self._poll(self._engine())
+                count = self._poll(self._pipeline())
         except StateBusy:
             return 0  # a batch run is reading the CRM; the next poll catches up
         except Exception as exc:  # counted for /readyz, then handled as before
+            if isinstance(exc, RateLimited):
+                self._retry_after.note(exc.retry_after)
             self.poll_failures += 1
             self.poll_error = f"{type(exc).__name__}: {exc}"
             raise
@@ -391,7 +371,7 @@ class RealtimeWorker:
         self.poll_failures, self.poll_error = 0, ""
         return count
 
-    def _poll(self, engine: BatchSync) -> int:
+    def _poll(self, pipeline: Pipeline) -> int:
         cursor = self.store.get_cursor("crm")
         since = None
         if cursor is not None:
@@ -402,7 +382,7 @@ class RealtimeWorker:
             records = list(page.records)
             if self.hooks.has_transforms:
                 records = [self.hooks.transform_contact(r, "crm_to_esp") for r in records]
-            failures = engine.apply_crm_records(records)
+            failures = self._noted(pipeline.apply_crm_records(records))
             count += len(records)
             if any(f.retryable for f in failures):
                 # The cursor stays where it is: the next poll reads these records again.
@@ -423,7 +403,7 @@ class RealtimeWorker:
         """Write pending post-operation follow-ups to the ESP (an earlier write failed)."""
         if self.store.count_pending().get("esp"):
             with self.lock:
-                self._engine().apply_esp_changes([])
+                self._pipeline().flush_followups()
 
     def prune(self) -> int:
         """Forget applied events older than ``[server] inbox_keep_days``."""

@@ -6,9 +6,9 @@ from .space import (
     FileSpace,
     IncompleteFile,
     Manifest,
-    allow_large_csv_fields,
+    large_csv_fields,
     neutralise_formula,
 )
 
-__all__ = ["FileSpace", "IncompleteFile", "Manifest", "allow_large_csv_fields",
+__all__ = ["FileSpace", "IncompleteFile", "Manifest", "large_csv_fields",
            "neutralise_formula"]

@@ -21,6 +21,7 @@ import shutil
 import socket
 import ssl
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -34,7 +35,7 @@ from pydantic import SecretStr
 
 from ..errors import TransportError
 
-__all__ = ["FileSpace", "IncompleteFile", "Manifest", "allow_large_csv_fields",
+__all__ = ["FileSpace", "IncompleteFile", "Manifest", "large_csv_fields",
            "neutralise_formula"]
 
 log = logging.getLogger(__name__)
@@ -42,17 +43,36 @@ log = logging.getLogger(__name__)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def allow_large_csv_fields() -> None:
-    """Let ``csv`` readers take cells of any size (its default cap is 128 KiB).
+_csv_lock = threading.Lock()
+_csv_users = 0
+_csv_limit = 0
+
+
+@contextlib.contextmanager
+def large_csv_fields() -> Iterator[None]:
+    """Let ``csv`` readers take cells of any size (its default cap is 128 KiB) for
+    the block.
 
     CRM text fields can be that long (a Salesforce long text area holds 131,072
     characters, more once escaped), and a reader refusing one would stop a run on every
-    attempt. Process-wide and only ever raised, never lowered again, so readers running
-    at the same time cannot undo each other.
+    attempt. The limit is process-wide in ``csv``: it is raised while any block holds
+    it (blocks in several threads share it) and put back as it was when the last one
+    ends, so a library call leaves the embedding program's setting untouched.
     """
     import csv
 
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    global _csv_users, _csv_limit
+    with _csv_lock:
+        if _csv_users == 0:
+            _csv_limit = csv.field_size_limit(2**31 - 1)
+        _csv_users += 1
+    try:
+        yield
+    finally:
+        with _csv_lock:
+            _csv_users -= 1
+            if _csv_users == 0:
+                csv.field_size_limit(_csv_limit)
 
 
 def neutralise_formula(value: str) -> str:
@@ -113,7 +133,7 @@ class FileSpace:
             root = Path(raw)
             if not root.is_absolute() and base_dir is not None:
                 root = base_dir / root
-            root.mkdir(parents=True, exist_ok=True)
+            # made on the first upload or archive, not here: a dry run creates nothing
             self._fs = fsspec.filesystem("file")
             self.root = str(root.resolve())
         elif self.scheme == "sftp":

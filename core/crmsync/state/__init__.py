@@ -1,10 +1,13 @@
-"""The state store (SQLAlchemy Core; SQLite by default, PostgreSQL by URL)."""
+"""The state store (SQLAlchemy Core; SQLite by default, PostgreSQL by URL).
+
+The engine hands it typed records (:class:`StateUpdate`, :class:`Snapshot`,
+:class:`JournalEntry`); the row layouts, the commit spool and the queues are its own.
+"""
 
 from __future__ import annotations
 
+from .records import FileStatus, JournalEntry, QueueStatus, Snapshot, StateUpdate
 from .store import (
-    JournalEntry,
-    Snapshot,
     StateStore,
     content_hash,
     journal_row,
@@ -14,9 +17,12 @@ from .store import (
 )
 
 __all__ = [
+    "FileStatus",
     "JournalEntry",
+    "QueueStatus",
     "Snapshot",
     "StateStore",
+    "StateUpdate",
     "content_hash",
     "journal_row",
     "new_contact_key",

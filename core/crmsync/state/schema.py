@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["metadata"]
 
@@ -64,7 +65,7 @@ snapshots = Table(
     Column("contact_key", String(64), primary_key=True),
     Column("list_id", String(100), primary_key=True),
     Column("status", String(20), nullable=False),
-    Column("groups", Text, nullable=False, default=""),
+    Column("groups", JSON().with_variant(JSONB(), "postgresql"), nullable=False),
     Column("crm_status", String(20)),
     Column("hash", String(64), nullable=False),
     Column("changed_at", DateTime(timezone=True), nullable=False),

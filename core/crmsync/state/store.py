@@ -17,7 +17,6 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +42,8 @@ from ..errors import ConfigError, StateBusy, StateError
 from ..model import Change, Cursor, Status, utc
 from . import schema as t
 from .migrations import migrate
+from .records import JournalEntry, Snapshot, StateUpdate
+from .spool import SpoolWriter, read_spool
 
 __all__ = [
     "JournalEntry",
@@ -110,37 +111,6 @@ def status_hash(status: Status, groups: frozenset[str]) -> str:
 
 def _aware(value: datetime | None) -> datetime | None:
     return None if value is None else utc(value)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What crmsync believes about one contact on one list."""
-
-    contact_key: str
-    list_id: str
-    status: Status
-    groups: frozenset[str]
-    crm_status: Status | None
-    hash: str
-    changed_at: datetime
-    source: str
-
-
-@dataclass(frozen=True)
-class JournalEntry:
-    """One status change, appended to the audit journal."""
-
-    contact_key: str
-    email: str
-    list_id: str
-    old_status: str | None
-    new_status: str
-    applied_to: str
-    source: str
-    reason: str | None = None
-    event_id: str | None = None
-    run_id: str = ""
-    at: datetime | None = None
 
 
 class StateStore:
@@ -270,7 +240,8 @@ class StateStore:
     # -- identities -----------------------------------------------------------------------
     def resolve(self, conn: Connection, items: Sequence[tuple[str, str | None, str]], *,
                 hashes: dict[str, str | None] | None = None,
-                deleted: set[str] | None = None) -> list[tuple[str, bool, str | None]]:
+                deleted: set[str] | None = None,
+                create: bool = True) -> list[tuple[str, bool, str | None]]:
         """Contact keys for ``(system, record_id, email)`` items: by id, then by email.
 
         Returns ``(key, created, previous_email)`` per item. A known id whose email
@@ -278,7 +249,8 @@ class StateStore:
         was): an email change is never a new contact. ``hashes``, when given, receives
         each contact's recorded fields hash (the mapped fields last sent), read in the
         same queries; ``deleted`` receives the keys whose deletion was sent to
-        the ESP (:meth:`mark_deleted`).
+        the ESP (:meth:`mark_deleted`). ``create=False`` (a dry run) writes nothing:
+        new contacts get keys that are not stored, and no address moves.
         """
         by_id: dict[tuple[str, str], str] = {}
         current: dict[str, str | None] = {}
@@ -337,16 +309,17 @@ class StateStore:
                     # a later item of this call with this id and another email is a move
                     current.setdefault(key, email)
             out.append((key, created, None))
-        if new_contacts:
-            stamp = self.db_time(now)
-            self._sql.many(conn, "contacts", [(key, email, False, stamp)
-                                              for key, email in new_contacts.items()])
-        if new_ids:
-            self._sql.many(conn, "id_map", [(s, r, k) for (s, r), k in new_ids.items()])
         moved = {key: was for key, was in moved.items() if current[key] != was}
-        for key in moved:
-            conn.execute(update(t.contacts).where(t.contacts.c.key == key)
-                         .values(email=current[key], updated_at=now))
+        if create:
+            if new_contacts:
+                stamp = self.db_time(now)
+                self._sql.many(conn, "contacts", [(key, email, False, stamp)
+                                                  for key, email in new_contacts.items()])
+            if new_ids:
+                self._sql.many(conn, "id_map", [(s, r, k) for (s, r), k in new_ids.items()])
+            for key in moved:
+                conn.execute(update(t.contacts).where(t.contacts.c.key == key)
+                             .values(email=current[key], updated_at=now))
         if moved:
             out = [(key, created, moved.get(key)) for key, created, _ in out]
         return out
@@ -476,7 +449,7 @@ class StateStore:
                              tuple_(s.c.contact_key, s.c.list_id) > tuple_(*after)))
                  .order_by(s.c.contact_key, s.c.list_id).limit(limit))
         with self.begin() as conn:
-            return [(key, list_id, groups_from_text(groups), email)
+            return [(key, list_id, groups_of(groups), email)
                     for key, list_id, groups, email in conn.execute(query)]
 
     def list_holders(self, list_id: str, system: str, *, after: str = "",
@@ -514,6 +487,68 @@ class StateStore:
             out.setdefault(list_id, {})[status] = count
         return out
 
+    # -- the unit of work: the only way a decision's state changes --------------------------
+    def update_rows(self, updates: Iterable[StateUpdate]) -> list[tuple[Any, ...]]:
+        """The rows that commit ``updates``, each tagged ``s`` (snapshot), ``j``
+        (journal entry), ``f`` (fields last sent), ``d`` (deletion sent) or ``p``
+        (post-operation to run): what :meth:`commit` executes and a commit spool holds."""
+        db_time = self.db_time
+        rows: list[tuple[Any, ...]] = []
+        for u in updates:
+            rows.extend(("s", *snapshot_row(s, db_time)) for s in u.snapshots)
+            rows.extend(("j", *journal_row(j, db_time)) for j in u.journal)
+            if u.fields_hash is not None:
+                rows.append(("f", u.fields_hash, None if u.fields_view is None
+                             else json.dumps(u.fields_view), u.key))
+            if u.deleted:
+                rows.append(("d", u.key))
+            if u.follow_up is not None:
+                rows.append(("p", u.follow_up.model_dump_json()))
+        return rows
+
+    def commit(self, conn: Connection, updates: Iterable[StateUpdate], *,
+               run_id: str = "") -> None:
+        """Commit acknowledged decisions in ``conn``'s transaction."""
+        self._commit_rows(conn, self.update_rows(updates), run_id)
+
+    def spool(self, path: Any) -> Spool:
+        """A commit spool at ``path``: :meth:`Spool.add` what the import file being
+        written will commit; :meth:`commit_spool` executes it once the file is up."""
+        return Spool(self, SpoolWriter(path))
+
+    def commit_spool(self, conn: Connection, path: Any, *, run_id: str = "") -> None:
+        """Execute a commit spool in ``conn``'s transaction. A spool that cannot be read
+        (a damaged disk) is a clear error: it would stop every run at recovery."""
+        try:
+            for frame in read_spool(path):
+                self._commit_rows(conn, frame, run_id)
+        except (ValueError, KeyError, IndexError) as exc:
+            raise StateError(
+                f"the commit spool {path} is unreadable ({exc}). Its import file was "
+                f"uploaded; delete the spool and the next run diffs those contacts again "
+                f"and re-sends them (an import is an idempotent upsert)") from None
+
+    def _commit_rows(self, conn: Connection, tagged: Iterable[tuple[Any, ...]],
+                     run_id: str) -> None:
+        rows: dict[str, list[tuple[Any, ...]]] = {"s": [], "j": [], "f": [], "d": [], "p": []}
+
+        def flush() -> None:
+            self.put_snapshot_rows(conn, rows["s"])
+            self.append_journal_rows(conn, rows["j"])
+            self.set_fields_rows(conn, rows["f"])
+            self.mark_deleted(conn, [key for (key,) in rows["d"]])
+            self.stage(conn, "postop", [{"payload": json.loads(payload)}
+                                        for (payload,) in rows["p"]],
+                       run_id=run_id, batch="postop")
+            for bucket in rows.values():
+                bucket.clear()
+
+        for count, row in enumerate(tagged, 1):
+            rows[row[0]].append(row[1:])
+            if count % 5000 == 0:
+                flush()
+        flush()
+
     # -- journal --------------------------------------------------------------------------
     def append_journal(self, conn: Connection, entries: Iterable[JournalEntry]) -> int:
         return self.append_journal_rows(conn, [journal_row(e, self.db_time) for e in entries])
@@ -533,8 +568,13 @@ class StateStore:
             return [dict(row._mapping) for row in conn.execute(query.limit(limit))]
 
     # -- runs -----------------------------------------------------------------------------
+    @staticmethod
+    def new_run_id() -> str:
+        """A run id: its start time (sortable), and four random hex digits."""
+        return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:4]
+
     def start_run(self, mode: str, *, full: bool, dry_run: bool) -> str:
-        run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:4]
+        run_id = self.new_run_id()
         with self.begin() as conn:
             conn.execute(t.runs.insert().values(id=run_id, mode=mode, full=full, dry_run=dry_run,
                                                 started_at=_now(), status="running", stats={}))
@@ -595,6 +635,12 @@ class StateStore:
         for chunk in _chunks(list(ids)):
             conn.execute(update(t.outbox).where(t.outbox.c.id.in_(chunk)).values(
                 status=status, last_error=error, attempts=t.outbox.c.attempts + 1))
+
+    def outbox_retry(self, conn: Connection, row_id: int, attempts: int,
+                     error: str | None) -> None:
+        """A queued write failed and will be tried again (``attempts`` so far)."""
+        conn.execute(update(t.outbox).where(t.outbox.c.id == row_id).values(
+            attempts=attempts, last_error=error))
 
     def outbox_batch_done(self, conn: Connection, batch: str) -> None:
         conn.execute(update(t.outbox).where(and_(t.outbox.c.batch == batch,
@@ -812,22 +858,16 @@ class StateStore:
         return stored
 
 
-_GROUPS_JSON = "\x1e"  # marks a JSON array; no group name of the comma format has it
-
-
 def groups_text(groups: frozenset[str]) -> str:
-    """A snapshot's groups as stored: comma-separated (the format since the start), or,
-    when a name holds a comma (``Sales, EMEA``), a marker character and a JSON array."""
-    names = sorted(groups)
-    if any("," in name or name.startswith(_GROUPS_JSON) for name in names):
-        return _GROUPS_JSON + json.dumps(names)
-    return ",".join(names)
+    """A snapshot's groups as stored: a JSON array of names, sorted."""
+    return json.dumps(sorted(groups)) if groups else "[]"
 
 
-def groups_from_text(text: str | None) -> frozenset[str]:
-    if text and text.startswith(_GROUPS_JSON):
-        return frozenset(json.loads(text[1:]))
-    return frozenset(filter(None, (text or "").split(",")))
+def groups_of(value: Any) -> frozenset[str]:
+    """Stored groups back (a JSON array: a list from the driver, or its text)."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return frozenset(value or ())
 
 
 def snapshot_row(s: Snapshot, db_time: Any) -> tuple[Any, ...]:
@@ -905,7 +945,7 @@ class _BulkSql:
 def _snapshot(row: Any) -> Snapshot:
     return Snapshot(
         contact_key=row.contact_key, list_id=row.list_id, status=Status(row.status),
-        groups=groups_from_text(row.groups),
+        groups=groups_of(row.groups),
         crm_status=Status(row.crm_status) if row.crm_status else None, hash=row.hash,
         changed_at=utc(row.changed_at), source=row.source)
 
@@ -928,3 +968,17 @@ def _safe_url(url: str) -> str:
     import re
 
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+class Spool:
+    """A commit spool being written (see :meth:`StateStore.spool`)."""
+
+    def __init__(self, store: StateStore, writer: SpoolWriter) -> None:
+        self._store = store
+        self._writer = writer
+
+    def add(self, updates: Iterable[StateUpdate]) -> None:
+        self._writer.write(self._store.update_rows(updates))
+
+    def close(self) -> None:
+        self._writer.close()

@@ -31,7 +31,7 @@ from ..contract import (
     MultiListSubscriber,
 )
 from ..errors import DataError, EventRejected
-from ..files import allow_large_csv_fields
+from ..files import large_csv_fields
 from ..model import (
     Change,
     Contact,
@@ -453,11 +453,10 @@ class MemoryEspConnector(_MemoryBase, FileExchange, MessageSender, MultiListSubs
     # -- what the real ESP does on its side, for tests and the demo ----------------------
     def import_file(self, data: bytes) -> int:
         """Apply an import file the way an ESP would: never lift an unsubscribe."""
-        allow_large_csv_fields()
         reader = csv.DictReader(io.StringIO(data.decode("utf-8")),
                                 delimiter=self.settings.delimiter)
         count = 0
-        with self.store.lock:
+        with self.store.lock, large_csv_fields():
             for row in reader:
                 record_id = self.store.by_email(row["email"])
                 current = self.store.records[record_id]["lists"].get(row["list"]) \
