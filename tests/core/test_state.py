@@ -329,3 +329,30 @@ def test_exclusive_lock_refuses_a_second_holder(db_url) -> None:
     finally:
         first.close()
         second.close()
+
+
+@given(st.frozensets(st.text()))
+def test_groups_text_is_the_json_array_of_the_sorted_names(groups) -> None:
+    from crmsync.state.store import groups_of, groups_text
+
+    assert json.loads(groups_text(groups)) == sorted(groups)
+    assert groups_of(groups_text(groups)) == groups
+
+
+@given(st.dictionaries(st.sampled_from(["a", "b", "name"]), st.one_of(st.none(), st.text())),
+       st.sets(st.text(min_size=1), max_size=3), st.booleans())
+def test_models_assumed_valid_equal_the_validated_ones(fields, lists, explicit) -> None:
+    """The engine's per-contact constructor (no validation) builds the same models."""
+    from crmsync.engine.plan import change, subscription
+
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    subs = {name: subscription(name, Status.PENDING, frozenset({"g"}), at, source="crm:x",
+                               explicit=explicit) for name in lists}
+    fast = change("ann@example.com", ids={"crm": "1"}, fields=fields, subscriptions=subs,
+                  occurred_at=at, source="crm:x")
+    slow = Change(email="ann@example.com", ids={"crm": "1"}, fields=fields, occurred_at=at,
+                  source="crm:x", subscriptions={name: Subscription(
+                      list_id=name, status=Status.PENDING, groups=frozenset({"g"}),
+                      changed_at=at, source="crm:x", explicit=explicit) for name in lists})
+    assert fast == slow and fast.model_dump() == slow.model_dump()
+    assert fast.model_dump_json() == slow.model_dump_json()

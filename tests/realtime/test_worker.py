@@ -179,3 +179,18 @@ def test_an_unreadable_stored_event_is_set_aside_and_the_rest_go_on(serve_pair) 
     [dead] = rt.state.dead_letters()
     assert "unreadable stored event" in dead["error"]
     assert rt.crm_record("ann@example.com")["fields"]["OptOut"] == "true"
+
+
+def test_a_batch_run_holding_the_store_pauses_the_worker_without_killing_it(serve_pair
+                                                                            ) -> None:
+    """While a batch run holds the state store the worker waits (no Retry-After pause is
+    pending then): it used to die in its idle wait, leaving every later event unapplied."""
+    rt = serve_pair()
+    store = rt.service.worker.store
+    with store.exclusive("batch"):
+        rt.post_esp(esp_unsubscribe("ann@example.com", event_id="held-1"))
+        time.sleep(1.5)  # several idle waits while held
+        assert rt.service.worker.running
+        assert rt.crm_record("ann@example.com")["fields"]["OptOut"] != "true"
+    eventually(lambda: rt.crm_record("ann@example.com")["fields"]["OptOut"] == "true")
+    assert rt.service.worker.running

@@ -17,8 +17,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ..model import Change, Contact, Op, Status, Subscription
-from ..state import JournalEntry, Snapshot, StateUpdate, content_hash, status_hash
+from ..model import Change, Contact, Op, Status, Subscription, assume_valid
+from ..state import (
+    JournalEntry,
+    Snapshot,
+    StateUpdate,
+    canonical_json,
+    content_hash,
+    status_hash,
+    text_hash,
+)
 from .consent import decide
 from .mapping import ListMapper
 
@@ -118,9 +126,9 @@ def subscription(list_id: str, status: Status, groups: frozenset[str] = frozense
                  changed_at: datetime | None = None, reason: str | None = None,
                  source: str | None = None, explicit: bool = False) -> Subscription:
     """A Subscription from values already validated (the per-contact hot path)."""
-    return Subscription.model_construct(
-        list_id=list_id, status=status, groups=groups, changed_at=changed_at, reason=reason,
-        source=source, explicit=explicit)
+    return assume_valid(Subscription, {
+        "list_id": list_id, "status": status, "groups": groups, "changed_at": changed_at,
+        "reason": reason, "source": source, "explicit": explicit})
 
 
 def change(email: str, *, op: Op = Op.UPSERT, ids: Mapping[str, str] | None = None,
@@ -130,13 +138,13 @@ def change(email: str, *, op: Op = Op.UPSERT, ids: Mapping[str, str] | None = No
            occurred_at: datetime | None = None, source: str = "", reason: str | None = None,
            event_id: str | None = None) -> Change:
     """A Change from a validated contact's values (the hot path): email already normal."""
-    return Change.model_construct(
-        email=email, op=op, ids={} if ids is None else ids, previous_email=previous_email,
-        fields={} if fields is None else fields,
-        memberships={} if memberships is None else memberships,
-        subscriptions={} if subscriptions is None else subscriptions,
-        occurred_at=datetime.now(UTC) if occurred_at is None else occurred_at,
-        source=source, reason=reason, event_id=event_id)
+    return assume_valid(Change, {
+        "email": email, "op": op, "ids": {} if ids is None else ids,
+        "previous_email": previous_email, "fields": {} if fields is None else fields,
+        "memberships": {} if memberships is None else memberships,
+        "subscriptions": {} if subscriptions is None else subscriptions,
+        "occurred_at": datetime.now(UTC) if occurred_at is None else occurred_at,
+        "source": source, "reason": reason, "event_id": event_id})
 
 
 # -- the CRM side: records read from the CRM, towards the ESP -----------------------------
@@ -198,7 +206,8 @@ def plan_crm_record(rules: Rules, plan: Plan, record: Contact, key: str,
                 applied_to="esp", source=source, run_id=rules.run_id, at=at,
                 reason="explicit opt-in in the CRM" if explicit else None))
     fields = rules.mapper.esp_fields(record)
-    fields_hash = content_hash(fields)
+    fields_json = canonical_json(fields)
+    fields_hash = text_hash(fields_json)
     fields_changed = fields_hash != old_hash
     if fields_changed and not subs and desired:
         # a field update travels with the contact's current lists
@@ -229,7 +238,7 @@ def plan_crm_record(rules: Rules, plan: Plan, record: Contact, key: str,
         # on no list crmsync sends to: the ESP gets nobody's data it does not mail
         plan.unchanged += 1
         return
-    update = StateUpdate(key, new_snaps, journal, fields_hash, fields)
+    update = StateUpdate(key, new_snaps, journal, fields_hash, fields, fields_json=fields_json)
     sent_fields = fields if (fields_changed or previous or rules.resend) else {}
     if not subs and not sent_fields:
         plan.decisions.append(ContactDecision(record.email, None, update))

@@ -489,8 +489,9 @@ class RealtimeWorker:
         if self._held:
             # Due events wait for a vendor's Retry-After: sleep until it has passed.
             now = self._clock()
-            timeout = min(timeout, *(max(0.0, until - now)
-                                     for until in self._pause_until.values()))
+            # (held by a batch run's lock, there may be no pause at all)
+            timeout = min([timeout, *(max(0.0, until - now)
+                                      for until in self._pause_until.values())])
         else:
             due = self.store.inbox_next_due()
             if due is not None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 from .records import FileStatus, JournalEntry, QueueStatus, Snapshot, StateUpdate
 from .store import (
     StateStore,
+    canonical_json,
     content_hash,
     journal_row,
     new_contact_key,
     snapshot_row,
     status_hash,
+    text_hash,
 )
 
 __all__ = [
@@ -23,9 +25,11 @@ __all__ = [
     "Snapshot",
     "StateStore",
     "StateUpdate",
+    "canonical_json",
     "content_hash",
     "journal_row",
     "new_contact_key",
     "snapshot_row",
     "status_hash",
+    "text_hash",
 ]

@@ -92,3 +92,5 @@ class StateUpdate:
     fields_view: dict[str, str | None] | None = None
     deleted: bool = False
     follow_up: Change | None = None
+    #: ``fields_view`` as canonical JSON text, when the caller already made it
+    fields_json: str | None = None

@@ -60,17 +60,25 @@ _NOTHING = object()
 _json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
-def content_hash(value: Any) -> str:
-    """A stable hash of a JSON-able value (sorted keys)."""
+def canonical_json(value: Any) -> str:
+    """A JSON-able value as compact JSON text with sorted keys (ASCII)."""
     if type(value) is dict and all(type(v) is str or v is None for v in value.values()):
         # The batch hot path: a contact's mapped fields. The same text json.dumps makes
         # (a test holds them equal), without its encoder set-up per call.
-        raw = "{" + ",".join(
+        return "{" + ",".join(
             f"{_json_str(k)}:{'null' if v is None else _json_str(v)}"
             for k, v in sorted(value.items())) + "}"
-    else:
-        raw = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def content_hash(value: Any) -> str:
+    """A stable hash of a JSON-able value (sorted keys)."""
+    return text_hash(canonical_json(value))
+
+
+def text_hash(text: str) -> str:
+    """The hash :func:`content_hash` gives the value whose canonical JSON is ``text``."""
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _now() -> datetime:
@@ -498,8 +506,10 @@ class StateStore:
             rows.extend(("s", *snapshot_row(s, db_time)) for s in u.snapshots)
             rows.extend(("j", *journal_row(j, db_time)) for j in u.journal)
             if u.fields_hash is not None:
-                rows.append(("f", u.fields_hash, None if u.fields_view is None
-                             else json.dumps(u.fields_view), u.key))
+                view = u.fields_json
+                if view is None and u.fields_view is not None:
+                    view = canonical_json(u.fields_view)
+                rows.append(("f", u.fields_hash, view, u.key))
             if u.deleted:
                 rows.append(("d", u.key))
             if u.follow_up is not None:
@@ -860,7 +870,7 @@ class StateStore:
 
 def groups_text(groups: frozenset[str]) -> str:
     """A snapshot's groups as stored: a JSON array of names, sorted."""
-    return json.dumps(sorted(groups)) if groups else "[]"
+    return "[" + ",".join(map(_json_str, sorted(groups))) + "]" if groups else "[]"
 
 
 def groups_of(value: Any) -> frozenset[str]:
