@@ -217,7 +217,7 @@ def test_sqlite_time_text_is_sqlalchemys() -> None:
     from sqlalchemy.dialects import sqlite
 
     from crmsync.state import schema
-    from crmsync.state.store import _sqlite_time
+    from crmsync.state.rows import _sqlite_time
 
     dialect = sqlite.dialect()
     process = schema.snapshots.c.changed_at.type.dialect_impl(dialect).bind_processor(dialect)
@@ -333,7 +333,7 @@ def test_exclusive_lock_refuses_a_second_holder(db_url) -> None:
 
 @given(st.frozensets(st.text()))
 def test_groups_text_is_the_json_array_of_the_sorted_names(groups) -> None:
-    from crmsync.state.store import groups_of, groups_text
+    from crmsync.state.rows import groups_of, groups_text
 
     assert json.loads(groups_text(groups)) == sorted(groups)
     assert groups_of(groups_text(groups)) == groups
