@@ -15,22 +15,27 @@ A dry run plans and counts, and writes nothing anywhere.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from sqlalchemy import Connection
 
 from ..config import Config
-from ..contract import Connector
+from ..contract import Connector, FileExchange
 from ..errors import AuthError, QuotaExhausted, RateLimited, RemoteError
 from ..files import FileSpace, Manifest
 from ..hooks import Hooks, PostOpContext
-from ..model import Change, Contact, Status, WriteResult
-from ..state import JournalEntry, Snapshot, StateStore, StateUpdate
+from ..model import Change, Contact, Cursor, Status, WriteResult
+from ..state import FileStatus, JournalEntry, Snapshot, StateStore, StateUpdate
+from ..state.spool import SPOOL_SUFFIX
+from ..state.store import Spool
 from .mapping import ListMapper
 from .plan import (
     ContactDecision,
@@ -46,7 +51,7 @@ from .plan import (
     resend_unsubscribes,
 )
 
-__all__ = ["Pipeline", "RunStats", "upload_import", "write_all"]
+__all__ = ["Export", "ImportFileSink", "Pipeline", "RunStats", "write_all"]
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +108,169 @@ def write_all(connector: Connector, changes: Sequence[Change]) -> list[WriteResu
                             retry_after=after) for _ in changes]
 
 
-def upload_import(files: FileSpace, config: Config, spool: Path, name: str, rows: int,
-                  sha256: str, run_id: str) -> str:
-    """The file sink's last step: the import file, then its manifest, up to the file
-    space atomically (see :meth:`FileSpace.upload`); returns the name it got there."""
-    return files.upload(spool, config.files.import_dir, name,
-                        Manifest(file=name + (".zip" if config.files.zip else ""), rows=rows,
-                                 sha256=sha256, run_id=run_id),
-                        zip_it=config.files.zip)
+@dataclass
+class Export:
+    """One import file being written: the driver's change stream adds each decision's
+    state update to ``spool`` and records the CRM ``cursor`` the file reaches and the
+    queued follow-ups (``followup_ids``) it carries; ``sent`` counts the changes."""
+
+    spool: Spool
+    cursor: Cursor | None = None
+    followup_ids: list[int] = field(default_factory=list)
+    sent: int = 0
+
+
+class ImportFileSink:
+    """The file sink: an import file streamed with its commit spool, uploaded with its
+    manifest, then committed — and recovery of a file a killed run left behind.
+
+    The files table says how far each file got (``writing`` → ``staged`` → ``uploaded``
+    → ``committed``); the spool folder holds the file and its commit spool until then.
+    """
+
+    def __init__(self, config: Config, esp: FileExchange, files: FileSpace,
+                 store: StateStore, stats: RunStats, spool_dir: Path) -> None:
+        self.config = config
+        self.esp = esp
+        self.files = files
+        self.store = store
+        self.stats = stats
+        self.spool_dir = spool_dir
+
+    def export(self, name: str, stream: Callable[[Export], Iterator[Change]]) -> None:
+        """Write ``name`` from ``stream``'s changes, upload it, commit what it carries."""
+        run_id = self.stats.run_id
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        path = self.spool_dir / name
+        with self.store.begin() as conn:
+            self.store.set_file(conn, name, direction="out", run_id=run_id,
+                                status=FileStatus.WRITING)
+        export = Export(self.store.spool(self.commit_path(name)))
+        hasher = hashlib.sha256()
+        try:
+            with path.open("wb") as raw:
+                rows = self.esp.write_import_file(
+                    _HashingWriter(raw, hasher), stream(export))  # type: ignore[arg-type]
+                raw.flush()
+                os.fsync(raw.fileno())
+        finally:
+            export.spool.close()  # durable before the file can be uploaded
+        info: dict[str, Any] = {
+            "cursor": export.cursor.model_dump(mode="json") if export.cursor else None,
+            "followups": export.followup_ids, "changes": export.sent}
+        if export.sent == 0:
+            path.unlink()
+            with self.store.begin() as conn:
+                self.store.set_file(conn, name, direction="out", run_id=run_id,
+                                    status=FileStatus.STAGED, rows=0, info=info)
+            self.commit(name, export.cursor, export.followup_ids)
+            return
+        with self.store.begin() as conn:
+            self.store.set_file(conn, name, direction="out", run_id=run_id,
+                                status=FileStatus.STAGED, rows=rows, sha256=hasher.hexdigest(),
+                                info=info)
+        self.upload(name, path, rows, hasher.hexdigest(), run_id, info)
+        self.commit(name, export.cursor, export.followup_ids)
+        self.stats.esp_written += export.sent
+
+    def recover(self) -> None:
+        """Finish what a killed run left: a half-written file is abandoned; a staged one
+        is uploaded; an uploaded one is committed."""
+        for record in self.store.files_in("out", [FileStatus.WRITING]):
+            self._abandon(record)
+        for record in self.store.files_in("out", [FileStatus.STAGED, FileStatus.UPLOADED]):
+            name = record["name"]
+            if record["status"] == FileStatus.STAGED:
+                spool = self.spool_dir / name
+                if not spool.exists() or not self.commit_path(name).exists():
+                    self._abandon(record)
+                    continue
+                self.upload(name, spool, record["rows"], record["sha256"], record["run_id"],
+                            record["info"])
+            cursor = record["info"].get("cursor")
+            self.commit(name, Cursor.model_validate(cursor) if cursor else None,
+                        record["info"].get("followups", []))
+            self.stats.recovered += 1
+
+    def _abandon(self, record: dict[str, Any]) -> None:
+        name = record["name"]
+        with self.store.begin() as conn:
+            self.store.drop_batch(conn, name)
+            self.store.set_file(conn, name, direction="out", run_id=record["run_id"],
+                                status=FileStatus.ABANDONED)
+        for path in (self.spool_dir / name, self.commit_path(name)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def upload(self, name: str, spool: Path, rows: int, sha256: str, run_id: str,
+               info: dict[str, Any]) -> None:
+        """The import file, then its manifest, up to the file space atomically."""
+        zip_it = self.config.files.zip
+        final = self.files.upload(spool, self.config.files.import_dir, name, Manifest(
+            file=name + (".zip" if zip_it else ""), rows=rows, sha256=sha256, run_id=run_id),
+            zip_it=zip_it)
+        with self.store.begin() as conn:
+            self.store.set_file(conn, name, direction="out", run_id=run_id,
+                                status=FileStatus.UPLOADED, rows=rows, sha256=sha256, info=info)
+        self.stats.files_uploaded.append(final)
+        with contextlib.suppress(FileNotFoundError):
+            spool.unlink()
+            spool.with_suffix(spool.suffix + ".zip").unlink()
+
+    def commit_path(self, name: str) -> Path:
+        return self.spool_dir / f"{name}{SPOOL_SUFFIX}"
+
+    def commit(self, name: str, cursor: Cursor | None, followup_ids: list[int]) -> None:
+        """Commit an uploaded file: its spool, its follow-ups, the cursor it reached."""
+        commit_path = self.commit_path(name)
+        if not commit_path.exists():
+            log.warning("the commit spool of %s is gone: its contacts will be diffed and sent "
+                        "again by the next run", name)
+            cursor = None
+        with self.store.begin() as conn:
+            if commit_path.exists():
+                self.store.commit_spool(conn, commit_path, run_id=self.stats.run_id)
+            self.store.outbox_done(conn, followup_ids)
+            if cursor is not None:
+                self.store.set_cursor(conn, "crm", cursor)
+            record = self.store.file(name)
+            self.store.set_file(conn, name, direction="out", run_id=self.stats.run_id,
+                                status=FileStatus.COMMITTED, rows=record["rows"] if record else 0,
+                                sha256=record["sha256"] if record else "",
+                                info=record["info"] if record else {})
+        with contextlib.suppress(FileNotFoundError):
+            commit_path.unlink()
+
+
+class _HashingWriter:
+    """A binary file wrapper that hashes what goes through it."""
+
+    def __init__(self, raw: BinaryIO, hasher: Any) -> None:
+        self._raw = raw
+        self._hasher = hasher
+
+    def write(self, data: bytes) -> int:
+        self._hasher.update(data)
+        return int(self._raw.write(data))
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._raw.closed)
+
+    def close(self) -> None:
+        """The caller closes the underlying file."""
 
 
 class Pipeline:

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from ..config import Config
 from ..contract import Connector, FileExchange
@@ -40,8 +39,7 @@ from ..files import FileSpace
 from ..hooks import Hooks
 from ..model import Change, Contact, Cursor, Status
 from ..state import FileStatus, StateStore
-from ..state.spool import SPOOL_SUFFIX
-from .apply import Observer, Pipeline, RunStats, upload_import
+from .apply import Export, ImportFileSink, Observer, Pipeline, RunStats
 from .completeness import IncompleteRead, checked_full_read
 from .plan import ContactDecision, Failure
 
@@ -92,6 +90,9 @@ class BatchSync:
         self.sync = Pipeline(config, crm, esp, store, hooks=self.hooks, stats=self.stats,
                              max_attempts=max_attempts, observer=observer)
         self._short_read: IncompleteRead | None = None
+        self.sink = (ImportFileSink(config, esp, files, store, self.stats, self.spool_dir)
+                     if self.file_mode and isinstance(esp, FileExchange) and files is not None
+                     else None)
 
     @property
     def failures(self) -> list[Failure]:
@@ -123,7 +124,8 @@ class BatchSync:
             else:
                 # one writer of snapshots at a time: a real-time worker pauses meanwhile
                 with self.store.exclusive("batch", wait_s=120):
-                    self._recover()
+                    if self.sink is not None:
+                        self.sink.recover()
                     self.sync.run_post_operations()
                     self._inbound()
                     self._outbound(stats.full)
@@ -166,34 +168,6 @@ class BatchSync:
     def apply_crm_records(self, records: list[Contact]) -> list[Failure]:
         """Send CRM records to the ESP API now; returns what failed."""
         return self.sync.apply_crm_records(records)
-
-    # -- recovery -------------------------------------------------------------------------
-    def _recover(self) -> None:
-        for record in self.store.files_in("out", [FileStatus.WRITING]):
-            self._abandon(record)
-        for record in self.store.files_in("out", [FileStatus.STAGED, FileStatus.UPLOADED]):
-            name = record["name"]
-            if record["status"] == FileStatus.STAGED:
-                spool = self.spool_dir / name
-                if not spool.exists() or not self._commit_path(name).exists():
-                    self._abandon(record)
-                    continue
-                self._upload(name, spool, record["rows"], record["sha256"], record["run_id"],
-                             record["info"])
-            cursor = record["info"].get("cursor")
-            self._commit_export(name, Cursor.model_validate(cursor) if cursor else None,
-                                record["info"].get("followups", []))
-            self.stats.recovered += 1
-
-    def _abandon(self, record: dict[str, Any]) -> None:
-        name = record["name"]
-        with self.store.begin() as conn:
-            self.store.drop_batch(conn, name)
-            self.store.set_file(conn, name, direction="out", run_id=record["run_id"],
-                                status=FileStatus.ABANDONED)
-        for path in (self.spool_dir / name, self._commit_path(name)):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
 
     # -- inbound: the ESP's unsubscriptions into the CRM ---------------------------------
     def _inbound(self) -> None:
@@ -429,110 +403,40 @@ class BatchSync:
         if self.stats.resend:
             sync.send_resend_unsubscribes()
 
-    # File mode: stream the import file and its commit spool, upload, then commit.
+    # File mode: the import file with its commit spool, through the file sink.
     def _export_file(self, full: bool, *, followups_only: bool = False) -> None:
-        assert isinstance(self.esp, FileExchange)
+        assert self.sink is not None and isinstance(self.esp, FileExchange)
         run_id = self.stats.run_id
         name = self.esp.import_file_name(f"{run_id}.followups" if followups_only else run_id)
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        path = self.spool_dir / name
-        with self.store.begin() as conn:
-            self.store.set_file(conn, name, direction="out", run_id=run_id,
-                                status=FileStatus.WRITING)
-        last_cursor: Cursor | None = None
-        followup_ids: list[int] = []
-        sent = 0
-        spool = self.store.spool(self._commit_path(name))
 
-        def changes() -> Iterator[Change]:
-            nonlocal last_cursor, sent
+        def stream(export: Export) -> Iterator[Change]:
             for row in self.store.pending("esp", batch="followups", limit=1_000_000):
-                followup_ids.append(row["id"])
-                sent += 1
+                export.followup_ids.append(row["id"])
+                export.sent += 1
                 yield Change.model_validate(row["payload"])
             if followups_only:
                 return
             for decisions, cursor in self._pages(full):
-                spool.add(d.update for d in decisions)
-                if cursor is not None:
-                    last_cursor = cursor
+                export.spool.add(d.update for d in decisions)
+                export.cursor = cursor or export.cursor
                 for decision in decisions:
                     if decision.send is not None:
-                        sent += 1
+                        export.sent += 1
                         yield decision.send
+            if self._short_read is not None:
+                export.cursor = None  # what was read is committed, the cursor is not
             for removed in self.sync.membership_removals():
-                spool.add(d.update for d in removed.decisions)
+                export.spool.add(d.update for d in removed.decisions)
                 for decision in removed.decisions:
                     assert decision.send is not None
-                    sent += 1
+                    export.sent += 1
                     yield decision.send
             if self.stats.resend:
                 for change in self.sync.resend_unsubscribes():
-                    sent += 1
+                    export.sent += 1
                     yield change
 
-        hasher = hashlib.sha256()
-        try:
-            with path.open("wb") as raw:
-                rows = self.esp.write_import_file(
-                    _HashingWriter(raw, hasher), changes())  # type: ignore[arg-type]
-                raw.flush()
-                _fsync(raw)
-        finally:
-            spool.close()  # durable before the file can be uploaded
-        info: dict[str, Any] = {
-            "cursor": last_cursor.model_dump(mode="json") if last_cursor else None,
-            "followups": followup_ids, "changes": sent}
-        cursor = None if self._short_read else last_cursor
-        if sent == 0:
-            path.unlink()
-            with self.store.begin() as conn:
-                self.store.set_file(conn, name, direction="out", run_id=run_id,
-                                    status=FileStatus.STAGED, rows=0, info=info)
-            self._commit_export(name, cursor, followup_ids)
-            return
-        with self.store.begin() as conn:
-            self.store.set_file(conn, name, direction="out", run_id=run_id,
-                                status=FileStatus.STAGED, rows=rows, sha256=hasher.hexdigest(),
-                                info=info)
-        self._upload(name, path, rows, hasher.hexdigest(), run_id, info)
-        self._commit_export(name, cursor, followup_ids)
-        self.stats.esp_written += sent
-
-    def _upload(self, name: str, spool: Path, rows: int, sha256: str, run_id: str,
-                info: dict[str, Any]) -> None:
-        assert self.files is not None
-        final = upload_import(self.files, self.config, spool, name, rows, sha256, run_id)
-        with self.store.begin() as conn:
-            self.store.set_file(conn, name, direction="out", run_id=run_id,
-                                status=FileStatus.UPLOADED, rows=rows, sha256=sha256, info=info)
-        self.stats.files_uploaded.append(final)
-        with contextlib.suppress(FileNotFoundError):
-            spool.unlink()
-            spool.with_suffix(spool.suffix + ".zip").unlink()
-
-    def _commit_path(self, name: str) -> Path:
-        return self.spool_dir / f"{name}{SPOOL_SUFFIX}"
-
-    def _commit_export(self, name: str, cursor: Cursor | None, followup_ids: list[int]) -> None:
-        commit_path = self._commit_path(name)
-        if not commit_path.exists():
-            log.warning("the commit spool of %s is gone: its contacts will be diffed and sent "
-                        "again by the next run", name)
-            cursor = None
-        with self.store.begin() as conn:
-            if commit_path.exists():
-                self.store.commit_spool(conn, commit_path, run_id=self.stats.run_id)
-            self.store.outbox_done(conn, followup_ids)
-            if cursor is not None:
-                self.store.set_cursor(conn, "crm", cursor)
-            record = self.store.file(name)
-            self.store.set_file(conn, name, direction="out", run_id=self.stats.run_id,
-                                status=FileStatus.COMMITTED, rows=record["rows"] if record else 0,
-                                sha256=record["sha256"] if record else "",
-                                info=record["info"] if record else {})
-        with contextlib.suppress(FileNotFoundError):
-            commit_path.unlink()
+        self.sink.export(name, stream)
 
     # -- the report -----------------------------------------------------------------------
     def _write_report(self, run_id: str) -> Path:
@@ -546,40 +450,3 @@ class BatchSync:
                 writer.writerow([failure.side, failure.email, failure.list_id, failure.code,
                                  failure.reason, failure.where])
         return path
-
-
-def _fsync(handle: BinaryIO) -> None:
-    import os
-
-    os.fsync(handle.fileno())
-
-
-class _HashingWriter:
-    """A binary file wrapper that hashes what goes through it."""
-
-    def __init__(self, raw: BinaryIO, hasher: Any) -> None:
-        self._raw = raw
-        self._hasher = hasher
-
-    def write(self, data: bytes) -> int:
-        self._hasher.update(data)
-        return int(self._raw.write(data))
-
-    def flush(self) -> None:
-        self._raw.flush()
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._raw.closed)
-
-    def close(self) -> None:
-        """The caller closes the underlying file."""
