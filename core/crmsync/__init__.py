@@ -1,7 +1,10 @@
 """crmsync: keep a CRM and an email-marketing platform in sync, both ways.
 
 The public API is what this module exports; everything else is internal and may
-change. A test pins this list.
+change. A test pins this list. Embedding: ``load_config`` reads a ``crmsync.toml``,
+``open_side`` / ``open_store`` give its connectors and state store, ``build_batch`` a
+batch run over them (``.run(full=False)``). Connector authors test with
+``crmsync.testing`` (the contract suite, the emulator harness).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names below are imported on first use: `import crmsync` stays cheap
+    from .config import Config, load_config
     from .contract import (
         Capabilities,
         Connector,
@@ -48,6 +52,7 @@ if TYPE_CHECKING:  # the names below are imported on first use: `import crmsync`
         normalize_email,
     )
     from .registry import load
+    from .runtime import build_batch, build_connector, open_side, open_store
 
 __version__ = "0.1.0"
 
@@ -55,6 +60,7 @@ __all__ = [
     "AuthError",
     "Capabilities",
     "Change",
+    "Config",
     "ConfigError",
     "Connector",
     "ConnectorSettings",
@@ -83,13 +89,19 @@ __all__ = [
     "TransportError",
     "WriteResult",
     "__version__",
+    "build_batch",
+    "build_connector",
     "load",
+    "load_config",
     "normalize_email",
+    "open_side",
+    "open_store",
 ]
 
 # Where each public name lives. They are imported on first use (PEP 562), so that a
 # command as small as `crmsync --version` (every cron run pays it) does not import
-# httpx, SQLAlchemy or pydantic-settings.
+# httpx, SQLAlchemy or pydantic-settings; none of them imports Starlette, uvicorn or an
+# emulator (those come with `crmsync serve` and `crmsync.testing`).
 _LAZY = {
     "Capabilities": "contract",
     "Connector": "contract",
@@ -123,6 +135,12 @@ _LAZY = {
     "WriteResult": "model",
     "normalize_email": "model",
     "load": "registry",
+    "Config": "config",
+    "load_config": "config",
+    "build_batch": "runtime",
+    "build_connector": "runtime",
+    "open_side": "runtime",
+    "open_store": "runtime",
 }
 
 
