@@ -135,19 +135,24 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _missing_extra(distribution: str, module: str) -> str | None:
-    """The extra of ``distribution`` that would install ``module``, if one would."""
+def _missing_extra(distribution: str, module: str, plugin: str = "") -> str | None:
+    """The extra of ``distribution`` that would install ``module``, if one would: the one
+    requiring a package of that name or, as a module's name need not be its package's
+    (``jwt`` comes with ``pyjwt``), the extra named after the plugin, if there is one."""
     try:
         requires = md.distribution(distribution).requires or []
     except md.PackageNotFoundError:
         return None
     wanted = _normal(module.split(".")[0])
+    extras = set()
     for requirement in requires:
         marker = re.search(r"""extra\s*==\s*["']([^"']+)["']""", requirement)
         package = re.match(r"[A-Za-z0-9_.\-]+", requirement)
         if marker and package and _normal(package.group(0)) == wanted:
             return marker.group(1)
-    return None
+        if marker:
+            extras.add(marker.group(1))
+    return _normal(plugin) if plugin and _normal(plugin) in extras else None
 
 
 def explain(ep: md.EntryPoint, exc: BaseException) -> str:
@@ -155,7 +160,7 @@ def explain(ep: md.EntryPoint, exc: BaseException) -> str:
     distribution, version = _dist(ep)
     where = f"connector {ep.name!r} (distribution {distribution} {version}, entry point {ep.value})"
     if isinstance(exc, ModuleNotFoundError) and exc.name:
-        extra = _missing_extra(distribution, exc.name)
+        extra = _missing_extra(distribution, exc.name, ep.name)
         if extra:
             return (f"{where} needs the module {exc.name!r}, which is not installed: "
                     f"run pip install '{distribution}[{extra}]'")

@@ -181,3 +181,24 @@ def test_the_demo_without_its_extra_says_which_to_install() -> None:
     assert result.exit_code == 2, result.output
     assert result.output.startswith("crmsync: error: the demo needs an ESP connector")
     assert "pip install 'crmsync[demo]'" in result.output
+
+
+def test_a_module_named_unlike_its_package_still_names_the_extra(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain install lists Salesforce as broken for want of ``jwt`` (package ``pyjwt``):
+    the message names the extra named after the connector, not "reinstall"."""
+    from crmsync.registry import available
+
+    (tmp_path / "crmsync_acme.py").write_text("import acme_jwt_module_not_here\n")
+    dist = tmp_path / "crmsync_acme-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: crmsync-acme\nVersion: 1.0\nProvides-Extra: acme\n"
+        "Requires-Dist: py-acme-jwt>=2; extra == \"acme\"\n")
+    (dist / "entry_points.txt").write_text("[crmsync.connectors]\nacme = crmsync_acme:Acme\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = {info.name: info for info in available()}
+    assert found["acme"].error is not None
+    assert found["acme"].error.endswith(
+        "needs the module 'acme_jwt_module_not_here', which is not installed: "
+        "run pip install 'crmsync-acme[acme]'")
