@@ -57,3 +57,16 @@ def test_an_emulator_app_is_served_by_a_plain_uvicorn_as_it_sniffs_it() -> None:
         thread.join(timeout=10)
     assert answer.status_code == 200 and answer.json() == {"pong": 3}
     assert counts == {"GET /api/ping": 1}
+
+
+def test_a_closing_factory_closes_what_it_made_in_order_even_on_failure() -> None:
+    from crmsync.testing import closing_factory
+
+    closed: list[str] = []
+    try:
+        with closing_factory(lambda name: name.upper(), closed.append) as make:
+            assert make("a") == "A" and make("b") == "B"
+            raise RuntimeError("the test failed")
+    except RuntimeError:
+        pass
+    assert closed == ["A", "B"]

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 TESTING_API = [
     "ConnectorContract", "Emulator", "EmulatorServer", "Faults", "MemoryConnector",
-    "MemoryEspConnector", "free_port", "ftp_server", "scrub_text", "serving", "sftp_server",
+    "MemoryEspConnector", "MemoryEspPair", "closing_factory", "connector_on", "eventually",
+    "free_port", "ftp_server", "scrub_text", "serving", "serving_realtime", "sftp_server",
     "sync_once", "vcr_config", "write_profile_config",
 ]
 

@@ -6,8 +6,13 @@
   throw-away CA when asked), ``Faults``, ``free_port``;
 - the in-memory test doubles ``MemoryConnector`` / ``MemoryEspConnector``;
 - ``write_profile_config`` / ``sync_once``: a CRM emulator paired with an ESP in a
-  ``crmsync.toml``, and one batch run over it;
+  ``crmsync.toml``, and one batch run over it; ``MemoryEspPair``: the same with the
+  in-memory ESP, ready to run; ``serving_realtime``: ``crmsync serve`` over a
+  configuration, on 127.0.0.1;
 - ``ftp_server`` / ``sftp_server``: real file servers on 127.0.0.1;
+- ``closing_factory`` / ``connector_on``: factory fixtures whose emulators and connectors
+  are stopped and closed at the end of the test, connectors made from a demo profile;
+  ``eventually``: wait for what happens in the background;
 - ``vcr_config`` / ``scrub_text``: cassettes with the secrets scrubbed.
 
 Installed with ``pip install 'crmsync[emulators]'`` (``[test]`` and ``[demo]`` pull it in).
@@ -25,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..emulator import Emulator, EmulatorServer, Faults, free_port, serving
     from .contract import ConnectorContract
+    from .helpers import closing_factory, connector_on, eventually
     from .memory import MemoryConnector, MemoryEspConnector
-    from .pairs import sync_once, write_profile_config
+    from .pairs import MemoryEspPair, serving_realtime, sync_once, write_profile_config
     from .plugin import scrub_text, vcr_config
     from .servers import ftp_server, sftp_server
 
@@ -37,10 +43,15 @@ __all__ = [
     "Faults",
     "MemoryConnector",
     "MemoryEspConnector",
+    "MemoryEspPair",
+    "closing_factory",
+    "connector_on",
+    "eventually",
     "free_port",
     "ftp_server",
     "scrub_text",
     "serving",
+    "serving_realtime",
     "sftp_server",
     "sync_once",
     "vcr_config",
@@ -50,6 +61,9 @@ __all__ = [
 # Where each public name lives (relative to this package).
 _LAZY = {
     "ConnectorContract": ".contract",
+    "closing_factory": ".helpers",
+    "connector_on": ".helpers",
+    "eventually": ".helpers",
     "Emulator": "..emulator",
     "EmulatorServer": "..emulator",
     "Faults": "..emulator",
@@ -57,6 +71,8 @@ _LAZY = {
     "serving": "..emulator",
     "MemoryConnector": ".memory",
     "MemoryEspConnector": ".memory",
+    "MemoryEspPair": ".pairs",
+    "serving_realtime": ".pairs",
     "sync_once": ".pairs",
     "write_profile_config": ".pairs",
     "scrub_text": ".plugin",

@@ -107,15 +107,12 @@ def crmsync_emulator() -> Iterator[Callable[..., EmulatorServer]]:
     except ModuleNotFoundError as exc:  # crmsync installed without its emulators extra
         pytest.fail(f"crmsync_emulator needs {exc.name!r}: "
                     "run pip install 'crmsync[emulators]'", pytrace=False)
-    servers: list[EmulatorServer] = []
+    from .helpers import closing_factory
 
     def start(name: str, *, contacts: int = 0, seed: int = 0, tls: bool = False,
               **kwargs: Any) -> EmulatorServer:
         emulator = load_emulator(name)(contacts=contacts, seed=seed, **kwargs)
-        server = EmulatorServer(emulator, tls=tls).start()
-        servers.append(server)
-        return server
+        return EmulatorServer(emulator, tls=tls).start()
 
-    yield start
-    for server in servers:
-        server.stop()
+    with closing_factory(start, EmulatorServer.stop) as factory:
+        yield factory
