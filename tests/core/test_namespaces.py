@@ -203,3 +203,22 @@ def test_a_module_named_unlike_its_package_still_names_the_extra(
     assert found["acme"].error.endswith(
         "needs the module 'acme_jwt_module_not_here', which is not installed: "
         "run pip install 'crmsync-acme[acme]'")
+
+
+def test_the_emulator_fixture_fails_in_one_line_when_the_emulator_cannot_load(
+        tmp_path: Path) -> None:
+    """Without the emulators extra (here: an allow-list without it) a test asking for an
+    emulator fails with the one line saying what to install, not a traceback."""
+    (tmp_path / "test_uses_fixture.py").write_text(textwrap.dedent("""
+        def test_uses_fixture(crmsync_emulator):
+            crmsync_emulator("mailup")
+    """))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
+         str(tmp_path), "-c", os.devnull, str(tmp_path / "test_uses_fixture.py")],
+        capture_output=True, text=True, cwd=tmp_path,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"},
+             "CRMSYNC_CONNECTORS": "memory"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "'mailup' is not in CRMSYNC_CONNECTORS='memory'" in result.stdout
+    assert "registry.py" not in result.stdout, result.stdout

@@ -103,6 +103,7 @@ def crmsync_emulator() -> Iterator[Callable[..., EmulatorServer]]:
     """``server = crmsync_emulator("name", contacts=10, tls=False)``: served until teardown."""
     try:
         from ..emulator import EmulatorServer
+        from ..errors import PluginError
         from ..registry import load_emulator
     except ModuleNotFoundError as exc:  # crmsync installed without its emulators extra
         pytest.fail(f"crmsync_emulator needs {exc.name!r}: "
@@ -111,7 +112,11 @@ def crmsync_emulator() -> Iterator[Callable[..., EmulatorServer]]:
 
     def start(name: str, *, contacts: int = 0, seed: int = 0, tls: bool = False,
               **kwargs: Any) -> EmulatorServer:
-        emulator = load_emulator(name)(contacts=contacts, seed=seed, **kwargs)
+        try:
+            emulator_class = load_emulator(name)
+        except PluginError as exc:  # not installed, or without the emulators extra
+            pytest.fail(str(exc), pytrace=False)
+        emulator = emulator_class(contacts=contacts, seed=seed, **kwargs)
         return EmulatorServer(emulator, tls=tls).start()
 
     with closing_factory(start, EmulatorServer.stop) as factory:
