@@ -9,8 +9,9 @@ batch run over them (``.run(full=False)``). Connector authors test with
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import exports
 
 if TYPE_CHECKING:  # the names below are imported on first use: `import crmsync` stays cheap
     from .config import Config, load_config
@@ -103,55 +104,45 @@ __all__ = [
 # httpx, SQLAlchemy or pydantic-settings; none of them imports Starlette, uvicorn or an
 # emulator (those come with `crmsync serve` and `crmsync.testing`).
 _LAZY = {
-    "Capabilities": "contract",
-    "Connector": "contract",
-    "ConnectorSettings": "contract",
-    "FileExchange": "contract",
-    "MessageSender": "contract",
-    "MultiListSubscriber": "contract",
-    "AuthError": "errors",
-    "ConfigError": "errors",
-    "CrmsyncError": "errors",
-    "DataError": "errors",
-    "EventRejected": "errors",
-    "PluginError": "errors",
-    "QuotaExhausted": "errors",
-    "RateLimited": "errors",
-    "RemoteError": "errors",
-    "StateError": "errors",
-    "TransportError": "errors",
-    "Change": "model",
-    "Contact": "model",
-    "Cursor": "model",
-    "Group": "model",
-    "Health": "model",
-    "InboundRequest": "model",
-    "MailingList": "model",
-    "Op": "model",
-    "Page": "model",
-    "SendResult": "model",
-    "Status": "model",
-    "Subscription": "model",
-    "WriteResult": "model",
-    "normalize_email": "model",
-    "load": "registry",
-    "Config": "config",
-    "load_config": "config",
-    "build_batch": "runtime",
-    "build_connector": "runtime",
-    "open_side": "runtime",
-    "open_store": "runtime",
+    "Capabilities": ".contract",
+    "Connector": ".contract",
+    "ConnectorSettings": ".contract",
+    "FileExchange": ".contract",
+    "MessageSender": ".contract",
+    "MultiListSubscriber": ".contract",
+    "AuthError": ".errors",
+    "ConfigError": ".errors",
+    "CrmsyncError": ".errors",
+    "DataError": ".errors",
+    "EventRejected": ".errors",
+    "PluginError": ".errors",
+    "QuotaExhausted": ".errors",
+    "RateLimited": ".errors",
+    "RemoteError": ".errors",
+    "StateError": ".errors",
+    "TransportError": ".errors",
+    "Change": ".model",
+    "Contact": ".model",
+    "Cursor": ".model",
+    "Group": ".model",
+    "Health": ".model",
+    "InboundRequest": ".model",
+    "MailingList": ".model",
+    "Op": ".model",
+    "Page": ".model",
+    "SendResult": ".model",
+    "Status": ".model",
+    "Subscription": ".model",
+    "WriteResult": ".model",
+    "normalize_email": ".model",
+    "load": ".registry",
+    "Config": ".config",
+    "load_config": ".config",
+    "build_batch": ".runtime",
+    "build_connector": ".runtime",
+    "open_side": ".runtime",
+    "open_store": ".runtime",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'crmsync' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = exports(__name__, _LAZY, globals())
