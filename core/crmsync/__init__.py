@@ -1,15 +1,20 @@
 """crmsync: keep a CRM and an email-marketing platform in sync, both ways.
 
 The public API is what this module exports; everything else is internal and may
-change. A test pins this list.
+change. A test pins this list. Embedding: ``load_config`` reads a ``crmsync.toml``,
+``open_side`` / ``open_store`` give its connectors and state store, ``build_batch`` a
+batch run over them (``.run(full=False)``). Connector authors test with
+``crmsync.testing`` (the contract suite, the emulator harness).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import exports
 
 if TYPE_CHECKING:  # the names below are imported on first use: `import crmsync` stays cheap
+    from .config import Config, load_config
     from .contract import (
         Capabilities,
         Connector,
@@ -48,6 +53,7 @@ if TYPE_CHECKING:  # the names below are imported on first use: `import crmsync`
         normalize_email,
     )
     from .registry import load
+    from .runtime import build_batch, build_connector, open_side, open_store
 
 __version__ = "0.1.0"
 
@@ -55,6 +61,7 @@ __all__ = [
     "AuthError",
     "Capabilities",
     "Change",
+    "Config",
     "ConfigError",
     "Connector",
     "ConnectorSettings",
@@ -83,57 +90,59 @@ __all__ = [
     "TransportError",
     "WriteResult",
     "__version__",
+    "build_batch",
+    "build_connector",
     "load",
+    "load_config",
     "normalize_email",
+    "open_side",
+    "open_store",
 ]
 
 # Where each public name lives. They are imported on first use (PEP 562), so that a
 # command as small as `crmsync --version` (every cron run pays it) does not import
-# httpx, SQLAlchemy or pydantic-settings.
+# httpx, SQLAlchemy or pydantic-settings; none of them imports Starlette, uvicorn or an
+# emulator (those come with `crmsync serve` and `crmsync.testing`).
 _LAZY = {
-    "Capabilities": "contract",
-    "Connector": "contract",
-    "ConnectorSettings": "contract",
-    "FileExchange": "contract",
-    "MessageSender": "contract",
-    "MultiListSubscriber": "contract",
-    "AuthError": "errors",
-    "ConfigError": "errors",
-    "CrmsyncError": "errors",
-    "DataError": "errors",
-    "EventRejected": "errors",
-    "PluginError": "errors",
-    "QuotaExhausted": "errors",
-    "RateLimited": "errors",
-    "RemoteError": "errors",
-    "StateError": "errors",
-    "TransportError": "errors",
-    "Change": "model",
-    "Contact": "model",
-    "Cursor": "model",
-    "Group": "model",
-    "Health": "model",
-    "InboundRequest": "model",
-    "MailingList": "model",
-    "Op": "model",
-    "Page": "model",
-    "SendResult": "model",
-    "Status": "model",
-    "Subscription": "model",
-    "WriteResult": "model",
-    "normalize_email": "model",
-    "load": "registry",
+    "Capabilities": ".contract",
+    "Connector": ".contract",
+    "ConnectorSettings": ".contract",
+    "FileExchange": ".contract",
+    "MessageSender": ".contract",
+    "MultiListSubscriber": ".contract",
+    "AuthError": ".errors",
+    "ConfigError": ".errors",
+    "CrmsyncError": ".errors",
+    "DataError": ".errors",
+    "EventRejected": ".errors",
+    "PluginError": ".errors",
+    "QuotaExhausted": ".errors",
+    "RateLimited": ".errors",
+    "RemoteError": ".errors",
+    "StateError": ".errors",
+    "TransportError": ".errors",
+    "Change": ".model",
+    "Contact": ".model",
+    "Cursor": ".model",
+    "Group": ".model",
+    "Health": ".model",
+    "InboundRequest": ".model",
+    "MailingList": ".model",
+    "Op": ".model",
+    "Page": ".model",
+    "SendResult": ".model",
+    "Status": ".model",
+    "Subscription": ".model",
+    "WriteResult": ".model",
+    "normalize_email": ".model",
+    "load": ".registry",
+    "Config": ".config",
+    "load_config": ".config",
+    "build_batch": ".runtime",
+    "build_connector": ".runtime",
+    "open_side": ".runtime",
+    "open_store": ".runtime",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'crmsync' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = exports(__name__, _LAZY, globals())

@@ -185,22 +185,21 @@ def cli(ctx: click.Context, connector: str | None, config_path: Path, as_json: b
 def connectors(obj: Context) -> None:
     """List installed connectors: name, kind, version, capabilities, distribution.
 
-    Test doubles (the in-memory CRM and ESP, for tests and the demo) are marked.
+    Test doubles are marked: the in-memory CRM and ESP, and each connector's emulator
+    (`crmsync emulate NAME`), for tests and the demo; crmsync[emulators] installs them.
     """
     from rich.markup import escape
     from rich.table import Table
 
-    from .registry import CONNECTORS, EMULATORS, available
+    from .registry import CONNECTORS, EMULATORS, available, registered
 
     rows = []
-    emulators = {info.name for info in available(EMULATORS) if info.error is None}
+    emulators = set(registered(EMULATORS))  # named, not imported
     for info in available(CONNECTORS):
         caps = info.plugin.capabilities if info.plugin is not None else None
-        double = info.plugin is not None and info.plugin.__module__.startswith(
-            "crmsync.testing")
         rows.append({
             "name": info.name,
-            "test_double": double,
+            "test_double": info.test_double,
             "kind": caps.kind if caps else None,
             "version": info.version,
             "distribution": info.distribution,
@@ -212,17 +211,18 @@ def connectors(obj: Context) -> None:
     def render() -> None:
         table = Table(title="crmsync connectors")
         table.add_column("name", no_wrap=True)
-        for column in ("kind", "version", "capabilities", "distribution"):
+        for column in ("kind", "version", "capabilities", "distribution", "emulator"):
             table.add_column(column)
         for row in rows:
+            emulator = "test double" if row["emulator"] else ""
             if row["error"]:
                 table.add_row(row["name"], "[red]broken[/red]", row["version"], "",
-                              row["distribution"])
+                              row["distribution"], emulator)
             else:
                 table.add_row(row["name"] + (" (test double)" if row["test_double"] else ""),
                               row["kind"], row["version"],
                               ", ".join(c for c in row["capabilities"] if c != "kind"),
-                              row["distribution"])
+                              row["distribution"], emulator)
         obj.console.print(table)
         for row in rows:
             if row["error"]:
@@ -377,7 +377,7 @@ def init(obj: Context, name: str | None, esp: str, emulators: tuple[str, ...],
     if esp is None:
         esps = [info.name for info in available(CONNECTORS) if info.error is None
                 and info.plugin.capabilities.kind == "esp"
-                and not info.plugin.__module__.startswith("crmsync.")]
+                and not info.test_double]
         if not esps:
             raise ConfigError("no ESP connector is installed: pass --esp NAME "
                               "(see `crmsync connectors`)")

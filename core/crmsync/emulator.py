@@ -191,7 +191,15 @@ class Emulator(ABC):
             ]
             self._vendor_routes = self.routes()
             self._app = Starlette(routes=control + self._vendor_routes)
-        return self._middleware
+        # uvicorn (and any server that sniffs the interface) reads a bound method as an
+        # ASGI2 app, its __call__ being no coroutine function: a plain coroutine function
+        # is ASGI3 wherever the app is served
+        middleware = self._middleware
+
+        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+            await middleware(scope, receive, send)
+
+        return asgi
 
     def template_of(self, scope: Scope) -> str:
         for route in self._vendor_routes:
@@ -379,9 +387,7 @@ class EmulatorServer:
     def start(self) -> EmulatorServer:
         extra: dict[str, Any] = self._tls_files() if self.tls else {}
         config = uvicorn.Config(self._asgi, host=self.host, port=self.port, log_level="warning",
-                                lifespan="off", access_log=False,
-                                # a bound method looks like ASGI2 to uvicorn's sniffing
-                                interface="asgi3", **extra)
+                                lifespan="off", access_log=False, interface="asgi3", **extra)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True,
                                         name=f"emulator-{self.port}")

@@ -6,6 +6,12 @@ stevedore's ``DriverManager`` to load exactly one; ``available`` lists them all,
 broken or half-installed plugin becomes a :class:`PluginInfo` carrying one clear
 message while the others still load. ``CRMSYNC_CONNECTORS=a,b`` restricts what is
 loaded (tests set it so they never depend on whatever happens to be installed).
+
+An entry point may name the extra it needs, ``memory = "crmsync.testing.memory:MemoryConnector
+[emulators]"``: it is registered only where that extra is installed (every requirement of
+the extra is), so a plain ``pip install crmsync`` lists no test doubles and
+``load("memory")`` says which extra to install. Emulators are loaded only when asked
+for: listing or loading a connector imports no emulator, Starlette or uvicorn.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ import importlib.metadata as md
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stevedore import DriverManager, ExtensionManager
 
 from .contract import Connector
-from .emulator import Emulator
 from .errors import PluginError
+
+if TYPE_CHECKING:
+    from .emulator import Emulator
 
 __all__ = [
     "CONNECTORS",
@@ -29,11 +37,13 @@ __all__ = [
     "available",
     "load",
     "load_emulator",
+    "registered",
 ]
 
 CONNECTORS = "crmsync.connectors"
 EMULATORS = "crmsync.emulators"
 ALLOW_ENV = "CRMSYNC_CONNECTORS"
+TEST_DOUBLES = "emulators"  # the extra that installs the emulators and the in-memory doubles
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class PluginInfo:
     version: str
     plugin: Any = None
     error: str | None = None
+    test_double: bool = False  # installed by the emulators extra (or from crmsync.testing)
 
 
 def _allowed() -> set[str] | None:
@@ -55,13 +66,55 @@ def _allowed() -> set[str] | None:
     return {part.strip() for part in raw.split(",") if part.strip()}
 
 
-def _entry_points(group: str) -> list[md.EntryPoint]:
+def _entry_points(group: str, *, with_unmet_extras: bool = False) -> list[md.EntryPoint]:
     allowed = _allowed()
     seen: dict[str, md.EntryPoint] = {}
     for ep in md.entry_points(group=group):
-        if allowed is None or ep.name in allowed:
+        if (allowed is None or ep.name in allowed) and (
+                with_unmet_extras or not _unmet_extras(ep)):
             seen.setdefault(ep.name, ep)
     return sorted(seen.values(), key=lambda ep: ep.name)
+
+
+def _requirement_name(requirement: str) -> str:
+    match = re.match(r"[A-Za-z0-9_.\-]+", requirement)
+    return _normal(match.group(0)) if match else ""
+
+
+def _installed(name: str) -> bool:
+    try:
+        md.distribution(name)
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+def _unmet_extras(ep: md.EntryPoint) -> list[str]:
+    """The extras ``ep`` names (``module:attr [extra]``) whose requirements are not all
+    installed: the entry point is then not registered."""
+    if not ep.extras:
+        return []
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return []
+    own = _normal(str(dist.metadata["Name"]))
+    unmet = []
+    for extra in ep.extras:
+        needed = [_requirement_name(r) for r in dist.requires or []
+                  if re.search(rf"""extra\s*==\s*["']{re.escape(extra)}["']""", r)]
+        if not all(_installed(name) for name in needed if name and name != own):
+            unmet.append(extra)
+    return unmet
+
+
+def _is_test_double(ep: md.EntryPoint, plugin: Any) -> bool:
+    return TEST_DOUBLES in ep.extras or str(getattr(plugin, "__module__", "")).startswith(
+        "crmsync.testing")
+
+
+def registered(group: str = CONNECTORS) -> list[str]:
+    """The names registered in ``group``, without importing any of them."""
+    return [ep.name for ep in _entry_points(group)]
 
 
 def _dist(ep: md.EntryPoint) -> tuple[str, str]:
@@ -82,19 +135,24 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _missing_extra(distribution: str, module: str) -> str | None:
-    """The extra of ``distribution`` that would install ``module``, if one would."""
+def _missing_extra(distribution: str, module: str, plugin: str = "") -> str | None:
+    """The extra of ``distribution`` that would install ``module``, if one would: the one
+    requiring a package of that name or, as a module's name need not be its package's
+    (``jwt`` comes with ``pyjwt``), the extra named after the plugin, if there is one."""
     try:
         requires = md.distribution(distribution).requires or []
     except md.PackageNotFoundError:
         return None
     wanted = _normal(module.split(".")[0])
+    extras = set()
     for requirement in requires:
         marker = re.search(r"""extra\s*==\s*["']([^"']+)["']""", requirement)
         package = re.match(r"[A-Za-z0-9_.\-]+", requirement)
         if marker and package and _normal(package.group(0)) == wanted:
             return marker.group(1)
-    return None
+        if marker:
+            extras.add(marker.group(1))
+    return _normal(plugin) if plugin and _normal(plugin) in extras else None
 
 
 def explain(ep: md.EntryPoint, exc: BaseException) -> str:
@@ -102,7 +160,7 @@ def explain(ep: md.EntryPoint, exc: BaseException) -> str:
     distribution, version = _dist(ep)
     where = f"connector {ep.name!r} (distribution {distribution} {version}, entry point {ep.value})"
     if isinstance(exc, ModuleNotFoundError) and exc.name:
-        extra = _missing_extra(distribution, exc.name)
+        extra = _missing_extra(distribution, exc.name, ep.name)
         if extra:
             return (f"{where} needs the module {exc.name!r}, which is not installed: "
                     f"run pip install '{distribution}[{extra}]'")
@@ -137,7 +195,8 @@ def available(group: str = CONNECTORS) -> list[PluginInfo]:
             error = _check_plugin(group, ep.name, plugin)
             if error:
                 plugin = None
-        found.append(PluginInfo(ep.name, ep.value, distribution, version, plugin, error))
+        found.append(PluginInfo(ep.name, ep.value, distribution, version, plugin, error,
+                                _is_test_double(ep, plugin)))
     return found
 
 
@@ -147,7 +206,11 @@ def _forget_cached(group: str) -> None:
 
 
 def _check_plugin(group: str, name: str, plugin: Any) -> str | None:
-    base = Connector if group == CONNECTORS else Emulator
+    base: type[Any] = Connector
+    if group == EMULATORS:  # only an emulator's loading imports the harness (Starlette)
+        from .emulator import Emulator
+
+        base = Emulator
     if not (isinstance(plugin, type) and issubclass(plugin, base)):
         return f"plugin {name!r} in {group} is not a {base.__name__} subclass: {plugin!r}"
     return None
@@ -161,6 +224,14 @@ def _load(group: str, name: str) -> Any:
             name=name,
         )
     eps = {ep.name: ep for ep in _entry_points(group)}
+    hidden = {ep.name: ep for ep in _entry_points(group, with_unmet_extras=True)}
+    if name not in eps and name in hidden:
+        distribution, _ = _dist(hidden[name])
+        kind = "connector" if group == CONNECTORS else "emulator"
+        extras = ",".join(_unmet_extras(hidden[name]))
+        raise PluginError(
+            f"the {kind} {name!r} is installed with the {extras} extra: "
+            f"run pip install '{distribution}[{extras}]'", name=name, distribution=distribution)
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none"
         kind = "connector" if group == CONNECTORS else "emulator"

@@ -19,12 +19,13 @@ from crmsync.hooks import Hooks, HookSpecs, build_plugin_manager, hookimpl
 from crmsync.registry import available, load
 
 PUBLIC_API = [
-    "AuthError", "Capabilities", "Change", "ConfigError", "Connector", "ConnectorSettings",
-    "Contact", "CrmsyncError", "Cursor", "DataError", "EventRejected", "FileExchange", "Group",
-    "Health", "InboundRequest", "MailingList", "MessageSender", "MultiListSubscriber", "Op",
-    "Page", "PluginError", "QuotaExhausted", "RateLimited", "RemoteError", "SendResult",
-    "StateError", "Status", "Subscription", "TransportError", "WriteResult", "__version__",
-    "load", "normalize_email",
+    "AuthError", "Capabilities", "Change", "Config", "ConfigError", "Connector",
+    "ConnectorSettings", "Contact", "CrmsyncError", "Cursor", "DataError", "EventRejected",
+    "FileExchange", "Group", "Health", "InboundRequest", "MailingList", "MessageSender",
+    "MultiListSubscriber", "Op", "Page", "PluginError", "QuotaExhausted", "RateLimited",
+    "RemoteError", "SendResult", "StateError", "Status", "Subscription", "TransportError",
+    "WriteResult", "__version__", "build_batch", "build_connector", "load", "load_config",
+    "normalize_email", "open_side", "open_store",
 ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +12,10 @@ import pytest
 
 from crmsync.config import Config, load_config
 from crmsync.contract import Connector
-from crmsync.runtime import build_hooks, open_side, open_store
 from crmsync.server import RealtimeService, ServerThread
+from crmsync.testing import eventually  # noqa: F401 - the tests here import it from this module
 from crmsync.testing.memory import MemoryStore, store
+from crmsync.testing.pairs import serving_realtime
 
 ESP_SECRET = "esp-secret-123"
 CRM_SECRET = "crm-secret-456"
@@ -71,18 +72,6 @@ def _server_table(lines: str) -> str:
     given = {line.split("=", 1)[0].strip() for line in lines.splitlines() if "=" in line}
     defaults = [f"{k} = {v}" for k, v in _SERVER_DEFAULTS.items() if k not in given]
     return "\n".join([*defaults, lines])
-
-
-def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    """Wait until ``check()`` is truthy; fail with what it last returned."""
-    deadline = time.monotonic() + timeout
-    value = check()
-    while not value:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
-        time.sleep(interval)
-        value = check()
-    return value
 
 
 def crm_event(email: str, *, fields: dict[str, str] | None = None,
@@ -158,8 +147,6 @@ class Running:
 @pytest.fixture
 def serve_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Running]]:
     """``serve_pair(server="...", esp=connector, env={...})`` starts a served service."""
-    started: list[tuple[Running, Any]] = []
-
     def start(*, server: str = "", extra: str = "", esp: Connector | None = None,
               crm: Connector | None = None, env: dict[str, str] | None = None,
               prime: bool = True, worker: bool = True,
@@ -173,23 +160,15 @@ def serve_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
                                                          LastName="B"))
         environ = {"CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET, "CRMSYNC_HOOK_SECRET_CRM": CRM_SECRET}
         environ.update(env or {})
-        state = open_store(config)
-        service = RealtimeService(config, crm or open_side(config, "crm"),
-                                  esp or open_side(config, "esp"), state,
-                                  hooks=build_hooks(config), environ=environ, worker=worker)
-        if prime:
-            service.worker.poll_once()  # the first full read: the ESP and the id map
-        http_server = ServerThread(service).start()
+        # primed: the first full read fills the ESP and the id map
+        service, http_server = stack.enter_context(serving_realtime(
+            config, environ=environ, crm=crm, esp=esp, prime=prime, worker=worker))
         running = Running(tmp_path, config, service, http_server)
-        started.append((running, state))
+        stack.callback(running.http.close)
         return running
 
-    yield start
-    for running, state in started:
-        running.http.close()
-        running.server.stop()
-        running.service.close()
-        state.close()
+    with contextlib.ExitStack() as stack:
+        yield start
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

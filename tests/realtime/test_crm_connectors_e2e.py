@@ -16,13 +16,10 @@ from crmsync.config import load_config
 from crmsync.emulator import EmulatorServer
 from crmsync.errors import PluginError
 from crmsync.registry import load_emulator
-from crmsync.runtime import build_hooks, open_side, open_store
-from crmsync.server import RealtimeService, ServerThread
 from crmsync.testing.memory import store
+from crmsync.testing.pairs import serving_realtime, write_profile_config
 
 from .conftest import CRM_SECRET, ESP_SECRET, esp_unsubscribe, eventually
-
-tomli_w = pytest.importorskip("tomli_w")
 
 
 def _crm_contact(emulator_url: str, email: str) -> dict[str, Any]:
@@ -41,34 +38,21 @@ def _served(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, poll:
     profile = emulator.demo_profile()
     for key, value in profile["secrets"].items():
         monkeypatch.setenv(key, value)
-    config = {
-        "state": {"url": "sqlite:///state.db"},
-        "crm": {"connector": name,
-                "settings": {k: v for k, v in profile["settings"].items() if v is not None}},
-        "esp": {"connector": "memory-esp", "settings": {"path": str(tmp_path / "esp.json")}},
-        "fields": profile["fields"],
-        "lists": profile["lists"],
-        "server": {"poll": poll, "poll_interval_s": 0.2, "retry_base_s": 0.1},
-        "sync": {"overlap_s": 0},
-    }
-    path = tmp_path / "crmsync.toml"
-    path.write_text(tomli_w.dumps(config))
-    loaded = load_config(path)
-    state = open_store(loaded)
+    loaded = load_config(write_profile_config(
+        tmp_path / "crmsync.toml", crm=name, profile=profile,
+        esp={"connector": "memory-esp", "settings": {"path": str(tmp_path / "esp.json")}},
+        tables={"server": {"poll": poll, "poll_interval_s": 0.2, "retry_base_s": 0.1},
+                "sync": {"overlap_s": 0}}))
     environ = {"CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET}
     if crm_secret:
         environ["CRMSYNC_HOOK_SECRET_CRM"] = CRM_SECRET
-    service = RealtimeService(loaded, open_side(loaded, "crm"), open_side(loaded, "esp"), state,
-                              hooks=build_hooks(loaded), environ=environ)
-    service.worker.poll_once()  # the first full read: the ESP and the id map know everyone
-    server = ServerThread(service).start()
     opt_out = next(item["opt_out"] for item in profile["lists"] if item["esp_list"] == "1")
     try:
-        yield crm_server.url, server.url, store(path=tmp_path / "esp.json"), opt_out, state
+        # the first full read: the ESP and the id map know everyone
+        with serving_realtime(loaded, environ=environ) as (service, server):
+            yield (crm_server.url, server.url, store(path=tmp_path / "esp.json"), opt_out,
+                   service.store)
     finally:
-        server.stop()
-        service.close()
-        state.close()
         crm_server.stop()
 
 

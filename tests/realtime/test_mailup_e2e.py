@@ -9,9 +9,8 @@ import httpx
 import pytest
 
 from crmsync.config import load_config
-from crmsync.runtime import build_hooks, open_side, open_store
-from crmsync.server import RealtimeService, ServerThread
 from crmsync.testing.memory import store
+from crmsync.testing.pairs import serving_realtime
 
 from .conftest import CRM_SECRET, ESP_SECRET, FIELDS, crm_event, eventually
 
@@ -67,26 +66,21 @@ retry_base_s = 0.05
     crm = store(path=tmp_path / "crm.json")
     crm.add("ann@example.com", fields=dict(FIELDS))
     crm.add("bob@example.com", fields=dict(FIELDS, FirstName="Bob"))
-    state = open_store(config)
-    service = RealtimeService(config, open_side(config, "crm"), open_side(config, "esp"), state,
-                              hooks=build_hooks(config),
-                              environ={"CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET,
-                                       "CRMSYNC_HOOK_SECRET_CRM": CRM_SECRET})
-    service.worker.poll_once()  # everyone reaches MailUp; the id map is filled
-    server = ServerThread(service).start()
-    # configured as the console's Developer's Corner would, through the control API
-    hook = httpx.post(f"{esp_server.url}/_emulator/webhooks", json={
-        "url": f"{server.url}/hooks/esp/{ESP_SECRET}/unsubscribe", "event": "UNSUBSCRIBE",
-        "method": "POST", "params": {"email": "[Email]", "list": "[IdList]",
-                                     "date": "[EventDate]", "type": "[EventType]",
-                                     "reason": "[Reason]", "groups": "[Groups]"}})
-    assert hook.status_code == 200, hook.text
     try:
-        yield esp_server, server, crm, state
+        # the first full read: everyone reaches MailUp; the id map is filled
+        with serving_realtime(config, environ={"CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET,
+                                               "CRMSYNC_HOOK_SECRET_CRM": CRM_SECRET}
+                              ) as (service, server):
+            # configured as the console's Developer's Corner would, through the control API
+            hook = httpx.post(f"{esp_server.url}/_emulator/webhooks", json={
+                "url": f"{server.url}/hooks/esp/{ESP_SECRET}/unsubscribe",
+                "event": "UNSUBSCRIBE", "method": "POST",
+                "params": {"email": "[Email]", "list": "[IdList]", "date": "[EventDate]",
+                           "type": "[EventType]", "reason": "[Reason]",
+                           "groups": "[Groups]"}})
+            assert hook.status_code == 200, hook.text
+            yield esp_server, server, crm, service.store
     finally:
-        server.stop()
-        service.close()
-        state.close()
         esp_server.stop()
 
 

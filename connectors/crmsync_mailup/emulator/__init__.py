@@ -48,7 +48,6 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crmsync.emulator import Emulator
 
@@ -385,16 +384,6 @@ class MailUpEmulator(Emulator):
         return "3" if already else "0"
 
     # -- routes ------------------------------------------------------------------------------
-    def app(self) -> ASGIApp:
-        # uvicorn reads a bound method as an ASGI2 app (its __call__ is no coroutine
-        # function), so the harness's app is handed over inside a plain function.
-        inner = super().app()
-
-        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-            await inner(scope, receive, send)
-
-        return asgi
-
     def routes(self) -> list[BaseRoute]:
         return [Route(OAUTH, self._token, methods=["POST"]),
                 Route(TRANSACTIONAL, self._transactional, methods=["POST"]),

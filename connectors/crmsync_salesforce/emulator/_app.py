@@ -39,7 +39,6 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crmsync.emulator import Emulator
 
@@ -272,16 +271,6 @@ class SalesforceEmulator(Emulator):
         with self.lock:
             self.org.merge(master_id, loser_ids)
             self.org.changed.clear()
-
-    def app(self) -> ASGIApp:
-        # uvicorn's interface detection takes a bound coroutine method for ASGI 2; a plain
-        # coroutine function is recognised as ASGI 3.
-        inner = super().app()
-
-        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-            await inner(scope, receive, send)
-
-        return asgi
 
     # -- routes ------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:

@@ -41,7 +41,6 @@ from zoneinfo import ZoneInfo
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crmsync.emulator import Emulator
 
@@ -307,16 +306,6 @@ class VtigerEmulator(Emulator):
         return [Route("/_emulator/advance", advance, methods=["POST"])]
 
     # -- HTTP ---------------------------------------------------------------------------
-    def app(self) -> ASGIApp:
-        # uvicorn takes a bound method for an ASGI2 app (its __call__ is no coroutine
-        # function): hand it a plain coroutine function so it speaks ASGI3
-        inner = super().app()
-
-        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-            await inner(scope, receive, send)
-
-        return asgi
-
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/webservice.php", self._webservice, methods=["GET", "POST"]),

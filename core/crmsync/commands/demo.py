@@ -106,7 +106,8 @@ def demo(obj: Context, crm_name: str | None, contacts: int, folder: Path | None,
     esps = _emulated("esp")
     if not esps:
         raise ConfigError("the demo needs an ESP connector with an emulator and file exchange; "
-                          "none is installed (see `crmsync connectors`)")
+                          "none is installed: run pip install 'crmsync[demo]' (the emulators "
+                          "and the FTP server it runs on)")
     esp_name = esps[0]
     console = obj.console
     say = (lambda *a, **k: None) if obj.as_json else console.print

@@ -1,5 +1,10 @@
 """The crmsync pytest plugin (opt-in: ``-p crmsync.testing.plugin`` or auto via entry point).
 
+pytest loads it wherever crmsync is installed (it loads every ``pytest11`` entry point), so
+it costs nothing until used: it imports pytest and the standard library only, and the
+``crmsync_emulator`` fixture imports the harness (Starlette, uvicorn, the emulator) when a
+test asks for it, failing that test with the extra to install if it is missing.
+
 Gives connector authors:
 
 - ``crmsync_emulator(name, **kwargs)``: a factory fixture that serves a registered
@@ -15,13 +20,13 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
 
-from ..emulator import EmulatorServer
-from ..registry import load_emulator
+if TYPE_CHECKING:
+    from ..emulator import EmulatorServer
 
 __all__ = ["SCRUB", "crmsync_emulator", "scrub_text", "vcr_config"]
 
@@ -96,15 +101,23 @@ def vcr_config() -> dict[str, Any]:
 @pytest.fixture
 def crmsync_emulator() -> Iterator[Callable[..., EmulatorServer]]:
     """``server = crmsync_emulator("name", contacts=10, tls=False)``: served until teardown."""
-    servers: list[EmulatorServer] = []
+    try:
+        from ..emulator import EmulatorServer
+        from ..errors import PluginError
+        from ..registry import load_emulator
+    except ModuleNotFoundError as exc:  # crmsync installed without its emulators extra
+        pytest.fail(f"crmsync_emulator needs {exc.name!r}: "
+                    "run pip install 'crmsync[emulators]'", pytrace=False)
+    from .helpers import closing_factory
 
     def start(name: str, *, contacts: int = 0, seed: int = 0, tls: bool = False,
               **kwargs: Any) -> EmulatorServer:
-        emulator = load_emulator(name)(contacts=contacts, seed=seed, **kwargs)
-        server = EmulatorServer(emulator, tls=tls).start()
-        servers.append(server)
-        return server
+        try:
+            emulator_class = load_emulator(name)
+        except PluginError as exc:  # not installed, or without the emulators extra
+            pytest.fail(str(exc), pytrace=False)
+        emulator = emulator_class(contacts=contacts, seed=seed, **kwargs)
+        return EmulatorServer(emulator, tls=tls).start()
 
-    yield start
-    for server in servers:
-        server.stop()
+    with closing_factory(start, EmulatorServer.stop) as factory:
+        yield factory

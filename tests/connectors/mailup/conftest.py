@@ -10,6 +10,7 @@ import pytest
 from mailup_testbed import settings_for
 
 from crmsync.emulator import EmulatorServer
+from crmsync.testing import closing_factory
 from crmsync_mailup import MailUpConnector
 from crmsync_mailup.emulator import MailUpEmulator
 
@@ -27,16 +28,11 @@ def emulator(tmp_path) -> Iterator[MailUpEmulator]:
 
 @pytest.fixture
 def make_connector(emulator, monkeypatch) -> Iterator[Callable[..., MailUpConnector]]:
-    made: list[MailUpConnector] = []
-
     def make(**overrides: Any) -> MailUpConnector:
-        connector = MailUpConnector(settings_for(emulator, monkeypatch, **overrides))
-        made.append(connector)
-        return connector
+        return MailUpConnector(settings_for(emulator, monkeypatch, **overrides))
 
-    yield make
-    for connector in made:
-        connector.close()
+    with closing_factory(make, MailUpConnector.close) as factory:
+        yield factory
 
 
 @pytest.fixture

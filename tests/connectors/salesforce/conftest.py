@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from crmsync.emulator import EmulatorServer
+from crmsync.testing import closing_factory
 from crmsync_salesforce import SalesforceConnector, SalesforceSettings
 from crmsync_salesforce.emulator import SalesforceEmulator
 
@@ -56,16 +57,11 @@ def make_connector(emulator: SalesforceEmulator, monkeypatch: pytest.MonkeyPatch
 @pytest.fixture
 def connect(emulator: SalesforceEmulator, monkeypatch: pytest.MonkeyPatch
             ) -> Iterator[Any]:
-    opened: list[SalesforceConnector] = []
+    def make(**overrides: Any) -> SalesforceConnector:
+        return make_connector(emulator, monkeypatch, **overrides)
 
-    def factory(**overrides: Any) -> SalesforceConnector:
-        connector = make_connector(emulator, monkeypatch, **overrides)
-        opened.append(connector)
-        return connector
-
-    yield factory
-    for connector in opened:
-        connector.close()
+    with closing_factory(make, SalesforceConnector.close) as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -7,37 +7,20 @@ from typing import Any
 
 import pytest
 
-from crmsync.config import load_config
 from crmsync.runtime import open_side
-from crmsync.testing.memory import store
-from crmsync.testing.pairs import sync_once, write_profile_config
+from crmsync.testing.pairs import MemoryEspPair
 from crmsync_salesforce.emulator import SalesforceEmulator
 
 
 @pytest.fixture
-def run(tmp_path: Path, emulator: SalesforceEmulator, monkeypatch: pytest.MonkeyPatch) -> Any:
-    profile = emulator.demo_profile()
-    for key, value in profile["secrets"].items():
-        monkeypatch.setenv(key, value)
-    config = load_config(write_profile_config(
-        tmp_path / "crmsync.toml", crm="salesforce", profile=profile,
-        crm_settings={"query_batch_size": 200},
-        esp={"connector": "memory-esp", "mode": "api",
-             "settings": {"path": str(tmp_path / "esp.json")}}))
-
-    def sync() -> Any:
-        return sync_once(config)
-
-    sync.esp = store(path=tmp_path / "esp.json")  # type: ignore[attr-defined]
-    sync.config = config  # type: ignore[attr-defined]
-    return sync
+def run(tmp_path: Path, emulator: SalesforceEmulator,
+        monkeypatch: pytest.MonkeyPatch) -> MemoryEspPair:
+    return MemoryEspPair(tmp_path, "salesforce", emulator.demo_profile(),
+                         setenv=monkeypatch.setenv, crm_settings={"query_batch_size": 200})
 
 
 def esp_lists(run: Any, email: str) -> dict[str, Any]:
-    esp = run.esp
-    esp._load()
-    record_id = esp.by_email(email)
-    return {} if record_id is None else esp.records[record_id]["lists"]
+    return run.esp_lists(email)
 
 
 def test_crm_to_esp_and_unsubscribe_back(run: Any, emulator: SalesforceEmulator) -> None:

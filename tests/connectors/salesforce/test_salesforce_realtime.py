@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +10,13 @@ import httpx
 import pytest
 
 from crmsync.config import load_config
-from crmsync.runtime import build_hooks, open_side, open_store
-from crmsync.server import RealtimeService, ServerThread
+from crmsync.testing import eventually
 from crmsync.testing.memory import store
+from crmsync.testing.pairs import serving_realtime, write_profile_config
 from crmsync_salesforce.emulator import SalesforceEmulator
 
 CRM_SECRET = "crm-secret-for-outbound"
 ESP_SECRET = "esp-secret-for-hooks"
-
-
-def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout}s (last: {value!r})")
-        time.sleep(0.02)
-    return value
 
 
 @pytest.fixture
@@ -36,60 +25,29 @@ def served(tmp_path: Path, emulator: SalesforceEmulator,
     profile = emulator.demo_profile()
     for key, value in profile["secrets"].items():
         monkeypatch.setenv(key, value)
-    settings = "\n".join(f"{k} = {json.dumps(v)}" for k, v in profile["settings"].items())
-    path = tmp_path / "crmsync.toml"
-    path.write_text(f"""
-[state]
-url = "sqlite:///state.db"
-
-[crm]
-connector = "salesforce"
-[crm.settings]
-{settings}
-
-[esp]
-connector = "memory-esp"
-[esp.settings]
-path = "{tmp_path / 'esp.json'}"
-
-[fields]
-FirstName = "name"
-LastName = "surname"
-
-[[lists]]
-name = "Newsletter"
-esp_list = 1
-members = "all"
-opt_out = "HasOptedOutOfEmail"
-
-[server]
-poll = "never"
-retry_base_s = 0.05
-retry_max_s = 0.5
-""")
-    config = load_config(path)
-    state = open_store(config)
+    config = load_config(write_profile_config(
+        tmp_path / "crmsync.toml", crm="salesforce",
+        profile={**profile, "fields": {"FirstName": "name", "LastName": "surname"},
+                 "lists": [{"name": "Newsletter", "esp_list": 1, "members": "all",
+                            "opt_out": "HasOptedOutOfEmail"}]},
+        esp={"connector": "memory-esp", "settings": {"path": str(tmp_path / "esp.json")}},
+        tables={"server": {"poll": "never", "retry_base_s": 0.05, "retry_max_s": 0.5}}))
     with emulator.lock:
         emulator.seed(3, 0)
         for record in emulator.org.records["Contact"].values():
             record["HasOptedOutOfEmail"] = False
-    service = RealtimeService(config, open_side(config, "crm"), open_side(config, "esp"),
-                              state, hooks=build_hooks(config), environ={
-                                  "CRMSYNC_HOOK_SECRET_CRM": CRM_SECRET,
-                                  "CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET})
-    service.worker.poll_once()  # the first full read fills the ESP and the id map
-    server = ServerThread(service).start()
-    with emulator.lock:
-        emulator.outbound_url = f"{server.url}/hooks/crm/{CRM_SECRET}"
-    try:
-        yield server, store(path=tmp_path / "esp.json"), service
-    finally:
+    # the first full read fills the ESP and the id map
+    with serving_realtime(config, environ={"CRMSYNC_HOOK_SECRET_CRM": CRM_SECRET,
+                                           "CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET}
+                          ) as (service, server):
         with emulator.lock:
-            emulator.outbound_url = None
-        emulator.flush_outbound()
-        server.stop()
-        service.close()
-        state.close()
+            emulator.outbound_url = f"{server.url}/hooks/crm/{CRM_SECRET}"
+        try:
+            yield server, store(path=tmp_path / "esp.json"), service
+        finally:
+            with emulator.lock:
+                emulator.outbound_url = None
+            emulator.flush_outbound()
 
 
 def esp_status(esp: Any, email: str) -> str | None:

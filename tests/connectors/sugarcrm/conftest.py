@@ -8,43 +8,28 @@ from typing import Any
 import pytest
 
 from crmsync.emulator import EmulatorServer
+from crmsync.testing import closing_factory, connector_on
 from crmsync_sugarcrm import SugarConnector
 from crmsync_sugarcrm.emulator import SugarEmulator
 
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., EmulatorServer]]:
-    servers: list[EmulatorServer] = []
-
     def start(flavour: str = "rest", contacts: int = 0, seed: int = 0,
               tls: bool = False) -> EmulatorServer:
-        server = EmulatorServer(SugarEmulator(contacts=contacts, seed=seed, flavour=flavour),
-                                tls=tls).start()
-        servers.append(server)
-        return server
+        return EmulatorServer(SugarEmulator(contacts=contacts, seed=seed, flavour=flavour),
+                              tls=tls).start()
 
-    yield start
-    for server in servers:
-        server.stop()
+    with closing_factory(start, EmulatorServer.stop) as factory:
+        yield factory
 
 
 @pytest.fixture
 def connect(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., SugarConnector]]:
-    made: list[SugarConnector] = []
-
     def build(server: EmulatorServer, **overrides: Any) -> SugarConnector:
-        emulator = server.emulator
-        assert isinstance(emulator, SugarEmulator)
-        profile = emulator.demo_profile()
-        for key, value in profile["secrets"].items():
-            monkeypatch.setenv(key, value)
-        settings = SugarConnector.Settings.load(
-            "sugarcrm", {**profile["settings"], "retry_backoff_s": 0.01, **overrides})
-        connector = SugarConnector(settings)
-        made.append(connector)
-        return connector
+        return connector_on(SugarConnector, server, monkeypatch.setenv,
+                            **{"retry_backoff_s": 0.01, **overrides})
 
-    yield build
-    for connector in made:
-        connector.close()
+    with closing_factory(build, SugarConnector.close) as factory:
+        yield factory
 

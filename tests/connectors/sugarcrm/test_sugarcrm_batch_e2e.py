@@ -9,37 +9,22 @@ from typing import Any
 import pytest
 from sugarcrm_support import FLAVOURS, control, requests_made, reset_requests, state
 
-from crmsync.config import load_config
 from crmsync.runtime import open_side
-from crmsync.testing.memory import store
-from crmsync.testing.pairs import sync_once, write_profile_config
+from crmsync.testing.pairs import MemoryEspPair
 from crmsync_sugarcrm.emulator import EVENTS_LIST_ID
 
 
 @pytest.fixture(params=FLAVOURS)
 def run(request, tmp_path: Path, serve, monkeypatch: pytest.MonkeyPatch) -> Any:
     server = serve(request.param)
-    profile = server.emulator.demo_profile()
-    for key, value in profile["secrets"].items():
-        monkeypatch.setenv(key, value)
-    config = load_config(write_profile_config(
-        tmp_path / "crmsync.toml", crm="sugarcrm", profile=profile,
-        esp={"connector": "memory-esp", "mode": "api",
-             "settings": {"path": str(tmp_path / "esp.json")}}))
-
-    def sync() -> Any:
-        return sync_once(config)
-
-    sync.esp = store(path=tmp_path / "esp.json")
-    sync.config = config
-    sync.server = server
-    return sync
+    pair = MemoryEspPair(tmp_path, "sugarcrm", server.emulator.demo_profile(),
+                         setenv=monkeypatch.setenv)
+    pair.server = server
+    return pair
 
 
 def esp_lists(run: Any, email: str) -> dict[str, Any]:
-    run.esp._load()
-    record_id = run.esp.by_email(email)
-    return {} if record_id is None else run.esp.records[record_id]["lists"]
+    return run.esp_lists(email)
 
 
 def test_crm_to_esp_and_unsubscribe_back(run: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from crmsync.emulator import EmulatorServer
+from crmsync.testing import closing_factory, connector_on
 from crmsync_vtiger import VtigerConnector
 from crmsync_vtiger.emulator import VtigerEmulator
 
@@ -15,33 +16,18 @@ from crmsync_vtiger.emulator import VtigerEmulator
 @pytest.fixture
 def vtiger_server() -> Iterator[Callable[..., EmulatorServer]]:
     """``vtiger_server(contacts=0, **emulator options)``: an emulator served until teardown."""
-    servers: list[EmulatorServer] = []
-
     def start(contacts: int = 0, **options: Any) -> EmulatorServer:
-        server = EmulatorServer(VtigerEmulator(contacts=contacts, **options)).start()
-        servers.append(server)
-        return server
+        return EmulatorServer(VtigerEmulator(contacts=contacts, **options)).start()
 
-    yield start
-    for server in servers:
-        server.stop()
+    with closing_factory(start, EmulatorServer.stop) as factory:
+        yield factory
 
 
 @pytest.fixture
 def vtiger_connector(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., VtigerConnector]]:
     """``vtiger_connector(server, **settings)``: the demo profile with settings overridden."""
-    made: list[VtigerConnector] = []
-
     def make(server: EmulatorServer, **overrides: Any) -> VtigerConnector:
-        assert server.emulator is not None
-        profile = server.emulator.demo_profile()
-        for key, value in profile["secrets"].items():
-            monkeypatch.setenv(key, value)
-        settings = VtigerConnector.Settings.load("vtiger", {**profile["settings"], **overrides})
-        connector = VtigerConnector(settings)
-        made.append(connector)
-        return connector
+        return connector_on(VtigerConnector, server, monkeypatch.setenv, **overrides)
 
-    yield make
-    for connector in made:
-        connector.close()
+    with closing_factory(make, VtigerConnector.close) as factory:
+        yield factory

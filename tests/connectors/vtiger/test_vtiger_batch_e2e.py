@@ -7,37 +7,20 @@ from typing import Any
 
 import pytest
 
-from crmsync.config import load_config
 from crmsync.runtime import open_side
-from crmsync.testing.memory import store
-from crmsync.testing.pairs import sync_once, write_profile_config
+from crmsync.testing.pairs import MemoryEspPair
 
 
 @pytest.fixture
 def run(tmp_path: Path, vtiger_server, monkeypatch: pytest.MonkeyPatch) -> Any:
-    server = vtiger_server(contacts=0)
-    emulator = server.emulator
-    profile = emulator.demo_profile()
-    for key, value in profile["secrets"].items():
-        monkeypatch.setenv(key, value)
-    config = load_config(write_profile_config(
-        tmp_path / "crmsync.toml", crm="vtiger", profile=profile,
-        esp={"connector": "memory-esp", "mode": "api",
-             "settings": {"path": str(tmp_path / "esp.json")}}))
-
-    def sync() -> Any:
-        return sync_once(config)
-
-    sync.esp = store(path=tmp_path / "esp.json")
-    sync.config = config
-    sync.emulator = emulator
-    return sync
+    emulator = vtiger_server(contacts=0).emulator
+    pair = MemoryEspPair(tmp_path, "vtiger", emulator.demo_profile(), setenv=monkeypatch.setenv)
+    pair.emulator = emulator
+    return pair
 
 
 def esp_lists(run: Any, email: str) -> dict[str, Any]:
-    run.esp._load()
-    record_id = run.esp.by_email(email)
-    return {} if record_id is None else run.esp.records[record_id]["lists"]
+    return run.esp_lists(email)
 
 
 def test_crm_to_esp_and_unsubscribe_back(run: Any) -> None:

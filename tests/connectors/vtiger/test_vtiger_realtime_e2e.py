@@ -4,8 +4,7 @@ in-memory ESP."""
 
 from __future__ import annotations
 
-import json
-import time
+import functools
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -14,27 +13,15 @@ import httpx
 import pytest
 
 from crmsync.config import load_config
-from crmsync.runtime import build_hooks, open_side, open_store
-from crmsync.server import RealtimeService, ServerThread
+from crmsync.testing import eventually
 from crmsync.testing.memory import store
+from crmsync.testing.pairs import serving_realtime, write_profile_config
 
 CRM_SECRET = "crm-secret-456"
 ESP_SECRET = "esp-secret-123"
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value)
-
-
-def eventually(check, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout}s (last: {value!r})")
-        time.sleep(0.02)
-    return value
+eventually = functools.partial(eventually, timeout=15.0)
 
 
 @pytest.fixture
@@ -44,43 +31,11 @@ def served(tmp_path: Path, vtiger_server, monkeypatch: pytest.MonkeyPatch):
     profile = emulator.demo_profile()
     for key, value in profile["secrets"].items():
         monkeypatch.setenv(key, value)
-    settings = "\n".join(f"{k} = {_toml(v)}" for k, v in profile["settings"].items())
-    lists = "".join("\n[[lists]]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in m.items())
-                    + "\n" for m in profile["lists"])
-    fields = "\n".join(f"{crm} = {json.dumps(esp)}" for crm, esp in profile["fields"].items())
-    path = tmp_path / "crmsync.toml"
-    path.write_text(f"""
-[state]
-url = "sqlite:///state.db"
-
-[crm]
-connector = "vtiger"
-[crm.settings]
-{settings}
-
-[esp]
-connector = "memory-esp"
-[esp.settings]
-path = "{tmp_path / 'esp.json'}"
-
-[fields]
-{fields}
-{lists}
-[server]
-poll = "never"
-retry_base_s = 0.05
-retry_max_s = 0.5
-poll_interval_s = 0.2
-""")
-    config = load_config(path)
-    state = open_store(config)
-    service = RealtimeService(
-        config, open_side(config, "crm"), open_side(config, "esp"), state,
-        hooks=build_hooks(config),
-        environ={"CRMSYNC_HOOK_SECRET_CRM": CRM_SECRET, "CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET})
-    service.worker.poll_once()  # the first full read fills the ESP and the id map
-    http_server = ServerThread(service).start()
-    http = httpx.Client(base_url=http_server.url, timeout=10)
+    config = load_config(write_profile_config(
+        tmp_path / "crmsync.toml", crm="vtiger", profile=profile,
+        esp={"connector": "memory-esp", "settings": {"path": str(tmp_path / "esp.json")}},
+        tables={"server": {"poll": "never", "retry_base_s": 0.05, "retry_max_s": 0.5,
+                           "poll_interval_s": 0.2}}))
     esp = store(path=tmp_path / "esp.json")
 
     def esp_status(email: str, list_id: str = "1") -> str | None:
@@ -93,13 +48,14 @@ poll_interval_s = 0.2
         with esp.lock:
             return dict(esp.records[esp.by_email(email)]["fields"])
 
-    yield type("Served", (), {"http": http, "emulator": emulator, "service": service,
-                              "esp_status": staticmethod(esp_status),
-                              "esp_fields": staticmethod(esp_fields)})
-    http.close()
-    http_server.stop()
-    service.close()
-    state.close()
+    # the first full read fills the ESP and the id map
+    with serving_realtime(config, environ={"CRMSYNC_HOOK_SECRET_CRM": CRM_SECRET,
+                                           "CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET}
+                          ) as (service, http_server), \
+            httpx.Client(base_url=http_server.url, timeout=10) as http:
+        yield type("Served", (), {"http": http, "emulator": emulator, "service": service,
+                                  "esp_status": staticmethod(esp_status),
+                                  "esp_fields": staticmethod(esp_fields)})
 
 
 def test_a_vtiger_cloud_webhook_reaches_the_esp(served) -> None:

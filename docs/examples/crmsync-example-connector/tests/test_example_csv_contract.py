@@ -2,7 +2,7 @@
 
 import pytest
 
-from crmsync.testing.contract import ConnectorContract
+from crmsync.testing import ConnectorContract
 from crmsync_example_csv import CsvCrmConnector
 
 
