@@ -98,7 +98,7 @@ def test_a_dry_run_in_a_fresh_folder_leaves_no_file_and_prints_each_contacts_pla
     creates none of them, and ``-v`` prints what would happen to each contact."""
     config = pair(tmp_path)
     config.write_text(config.read_text().replace(
-        "[esp.settings]", f'mode = "files"\n[esp.settings]') + f"""
+        "[esp.settings]", 'mode = "files"\n[esp.settings]') + f"""
 [files]
 url = "file://{tmp_path / 'space'}"
 """)
