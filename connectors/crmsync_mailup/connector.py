@@ -18,6 +18,7 @@ from crmsync.contract import (
     FileExchange,
     MessageSender,
     MultiListSubscriber,
+    fill_url,
 )
 from crmsync.errors import CrmsyncError, DataError, RemoteError
 from crmsync.model import (
@@ -79,6 +80,11 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         self._list_ids: list[str] | None = None
         #: EmailOptins ``Status`` texts crmsync does not know, with how often each was read.
         self.unknown_statuses: Counter[str] = Counter()
+
+    def recipient_url(self, email: str, record_id: str | None = None) -> str | None:
+        """``console_recipient_url`` filled with the recipient's idRecipient and address."""
+        template = self.settings.console_recipient_url
+        return fill_url(template, id=record_id, email=email) if template else None
 
     # -- health and lists -------------------------------------------------------------------
     def check(self) -> Health:

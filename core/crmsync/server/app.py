@@ -7,6 +7,8 @@ Routes::
     GET      /healthz /readyz /metrics
     GET|POST /subscribe                        the multi-list subscription form
     POST     /send                             send a message (Authorization: Bearer)
+    GET|POST /admin/...  /go/{esp|contact}     the operator's console (server/console/),
+                                               only when an operator password is set
 
 An inbound call is checked in this order, and refused with nothing stored at the
 first failure: source address (401), declared size (413), endpoint secret (401),
@@ -421,5 +423,10 @@ def build_app(service: RealtimeService) -> Starlette:
         Route("/subscribe", subscribe_form, methods=["GET", "POST"]),
         Route("/send", send_message, methods=["POST"]),
     ]
+    from .console import console_routes
+
+    routes += console_routes(service.config, service.store, secrets=service.secrets,
+                             config_path=service.config_path,
+                             wake=service.worker.wake if service.worker_expected else None)
     return Starlette(routes=routes)
 
