@@ -427,6 +427,7 @@ def build_app(service: RealtimeService) -> Starlette:
 
     routes += console_routes(service.config, service.store, secrets=service.secrets,
                              config_path=service.config_path,
-                             wake=service.worker.wake if service.worker_expected else None)
+                             wake=service.worker.wake if service.worker_expected else None,
+                             esp=service.esp)
     return Starlette(routes=routes)
 

@@ -365,7 +365,12 @@ class MemoryEspConnector(_MemoryBase, FileExchange, MessageSender, MultiListSubs
 
     def recipient_url(self, email: str, record_id: str | None = None) -> str | None:
         template = self.settings.console_recipient_url
-        return fill_url(template, id=record_id, email=email) if template else None
+        if not template:
+            return None
+        if record_id is None:
+            with self.store.lock:
+                record_id = self.store.by_email(email)
+        return fill_url(template, id=record_id, email=email)
 
     def _contact(self, record_id: str, record: dict[str, Any]) -> Contact:
         subs = {

@@ -48,6 +48,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ...config import Config
+from ...contract import Connector
 from ...errors import CrmsyncError
 from ...state import StateStore, read
 from ...state.admin import replay_dead_letters
@@ -94,7 +95,8 @@ class Console:
     ``wake``: the running server's worker (``crmsync serve``), which applies replayed
     events at once; without it (``crmsync console``) they are applied here in a
     background thread, unless a ``crmsync serve`` is found running on the same state
-    store. ``config_path``: the file a resync runs ``crmsync sync`` with.
+    store. ``config_path``: the file a resync runs ``crmsync sync`` with. ``esp``: the
+    ESP connector the deep links ask (``serve``'s own; else one is opened per link).
     """
 
     config: Config
@@ -103,6 +105,7 @@ class Console:
     config_path: Path | None = None
     wake: Callable[[], None] | None = None
     ip_guard: IpGuard | None = None
+    esp: Connector | None = None
     resyncs: list[Resync] = field(default_factory=list)
     _apply_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -115,7 +118,7 @@ class Console:
 
 def console_routes(config: Config, store: StateStore, *, secrets: Any = None,
                    config_path: Path | None = None, wake: Callable[[], None] | None = None,
-                   ) -> list[BaseRoute]:
+                   esp: Connector | None = None) -> list[BaseRoute]:
     """The console's routes, or none at all when no operator password is set (then
     ``/admin`` is a plain 404)."""
     settings = config.console
@@ -126,7 +129,7 @@ def console_routes(config: Config, store: StateStore, *, secrets: Any = None,
     if operator is None:
         return []
     console = Console(config, store, operator, config_path=config_path, wake=wake,
-                      ip_guard=IpGuard((), config.server.trusted_proxies))
+                      ip_guard=IpGuard((), config.server.trusted_proxies), esp=esp)
     return _routes(console)
 
 
@@ -335,7 +338,11 @@ def _routes(console: Console) -> list[BaseRoute]:
     # -- deep links ------------------------------------------------------------------------
     async def go_esp(request: Request) -> Response:
         email = request.query_params.get("email", "").strip().lower()
-        url = await run_in_threadpool(_esp_url, console, email)
+        try:
+            url = await run_in_threadpool(_esp_url, console, email)
+        except CrmsyncError as exc:
+            return page(request, "error.html", status=502,
+                        message=f"The ESP could not say where this person is: {exc}")
         if url is None:
             return page(request, "error.html", status=404, message=(
                 f"The ESP connector ({config.esp.connector if config.esp else 'none'}) "
@@ -508,6 +515,8 @@ def _esp_url(console: Console, email: str) -> str | None:
                if i["system"] == config.esp.connector]
         record_id = ids[0] if ids else None
         email = matches[0]["email"]
+    if console.esp is not None:
+        return console.esp.recipient_url(email, record_id)
     with open_side(config, "esp") as esp:
         return esp.recipient_url(email, record_id)
 
