@@ -34,8 +34,8 @@ from .secrets import Secrets, read_secrets_file
 
 __all__ = [
     "Config",
-    "ConsoleConfig",
     "ConsentConfig",
+    "ConsoleConfig",
     "FilesConfig",
     "GroupMapping",
     "ListMapping",

@@ -62,7 +62,7 @@ class _Elsewhere(BaseHTTPRequestHandler):
     console = ""
     dead_id = 0
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server name
+    def do_GET(self) -> None:
         if self.path.startswith("/esp/recipient/"):
             body = f"<html><title>ESP recipient</title><p id=where>{self.path}</p></html>"
         else:  # a page of another site posting to the console with the operator's cookie
@@ -131,7 +131,7 @@ def test_operator_finds_a_contact_replays_a_dead_letter_and_jumps_to_the_esp(
     lists = _text(browser, "#lists tbody")
     assert "1 subscribed news" in lists and "2 subscribed" in lists
     journal = _text(browser, "#journal tbody")
-    assert "– → subscribed esp crm:memory" in journal
+    assert "\u2013 \u2192 subscribed esp crm:memory" in journal  # "- -> subscribed"
     _screenshot(browser, tmp_path, "console.png")
 
     # Bob's event died at the ESP; the outage is over: replay it from the list

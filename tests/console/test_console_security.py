@@ -28,7 +28,8 @@ def test_no_session_no_page_and_no_action(console_pair) -> None:
     op = rt.operator()
     page = op.get("/admin/contact?q=bob@example.com")
     assert page.status_code == 303
-    assert page.headers["location"] == "/admin/login?next=%2Fadmin%2Fcontact%3Fq%3Dbob%40example.com"
+    assert page.headers["location"] == (
+        "/admin/login?next=%2Fadmin%2Fcontact%3Fq%3Dbob%40example.com")
     assert op.get("/go/esp?email=bob@example.com").status_code == 303
     refused = op.post("/admin/dead-letters/replay", data={"one": str(dead["id"])})
     assert refused.status_code == 401

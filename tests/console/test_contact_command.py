@@ -60,8 +60,8 @@ def synced(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     assert run("--config", str(path), "sync").exit_code == 0
     esp = store(path=tmp_path / "esp.json")
     esp._load()
-    from crmsync.runtime import open_side
     from crmsync.config import load_config
+    from crmsync.runtime import open_side
 
     with open_side(load_config(path), "esp") as connector:
         connector.unsubscribe("ann@example.com", "1")

@@ -35,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from ..actions import ConsentRefused
 from ..errors import (
@@ -414,7 +414,7 @@ def build_app(service: RealtimeService) -> Starlette:
         return JSONResponse(result.model_dump(mode="json"),
                             status_code=200 if result.ok else 502)
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/hooks/{side}", hook, methods=list(_METHODS)),
         Route("/hooks/{side}/{rest:path}", hook, methods=list(_METHODS)),
         Route("/healthz", healthz, methods=["GET"]),

@@ -131,7 +131,7 @@ def contact_story(store: StateStore, key: str, *, report_dir: Path | None = None
             select(t.outbox).where(and_(t.outbox.c.contact_key == key,
                                         t.outbox.c.status.in_(("failed", "dead"))))
             .order_by(t.outbox.c.id))]
-        reports = [r.stats.get("report") for r in conn.execute(
+        reports = [str(r.stats["report"]) for r in conn.execute(
             select(t.runs.c.stats).order_by(t.runs.c.started_at.desc()).limit(_REPORT_RUNS))
             if isinstance(r.stats, dict) and r.stats.get("report")]
     failed += _report_rows(reports, set(addresses), report_dir)

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -359,7 +359,7 @@ def _routes(console: Console) -> list[BaseRoute]:
     static = StaticFiles(directory=HERE / "static")
 
     async def static_files(scope: Any, receive: Any, send: Any) -> None:
-        async def send_with_headers(message: dict[str, Any]) -> None:
+        async def send_with_headers(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"],
@@ -485,7 +485,7 @@ def _checks(config: Config) -> list[dict[str, Any]]:
             continue
         started = time.monotonic()
         try:
-            with open_side(config, side) as connector:  # type: ignore[arg-type]
+            with open_side(config, side) as connector:
                 health = connector.check()
             out.append({"side": side, "connector": side_config.connector, "ok": health.ok,
                         "detail": health.detail, "latency_ms": health.latency_ms})

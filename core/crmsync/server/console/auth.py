@@ -30,7 +30,7 @@ from ...errors import ConfigError
 __all__ = ["HASH_ENV", "PASSWORD_ENV", "Operator", "Session", "hash_password",
            "password_matches"]
 
-HASH_ENV = "CRMSYNC_CONSOLE_PASSWORD_HASH"  # noqa: S105 - a variable name
+HASH_ENV = "CRMSYNC_CONSOLE_PASSWORD_HASH"
 PASSWORD_ENV = "CRMSYNC_CONSOLE_PASSWORD"  # noqa: S105 - a variable name
 
 # scrypt's interactive-login parameters (RFC 7914 suggests N=2**14, r=8, p=1): about
