@@ -25,6 +25,7 @@ from tests.realtime.conftest import (
     FIELDS,
     Running,
     crm_event,
+    db_url,
     eventually,
     write_config,
 )
@@ -34,7 +35,7 @@ PASSWORD_HASH = hash_password(PASSWORD)
 SESSION = "crmsync_console"
 
 __all__ = ["CRM_SECRET", "ESP_SECRET", "PASSWORD", "ConsoleRunning", "FlakyEsp", "Operator",
-           "crm_event", "eventually"]
+           "crm_event", "db_url", "eventually"]
 
 
 class FlakyEsp(MemoryEspConnector):
@@ -125,8 +126,10 @@ def console_pair(tmp_path: Path) -> Iterator[Callable[..., ConsoleRunning]]:
 
     def start(*, console: bool = True, env: dict[str, str] | None = None, server: str = "",
               extra: str = "", crm_fields: dict[str, dict[str, str]] | None = None,
-              esp_link: str | None = None) -> ConsoleRunning:
-        path = write_config(tmp_path, server=server or "max_attempts = 2", extra=extra)
+              esp_link: str | None = None, state: str = "sqlite:///state.db"
+              ) -> ConsoleRunning:
+        path = write_config(tmp_path, server=server or "max_attempts = 2", extra=extra,
+                            state=state)
         config = load_config(path)
         crm_store = store(path=tmp_path / "crm.json")
         if not crm_store.records:

@@ -156,3 +156,47 @@ def test_hash_password_prints_a_hash_the_console_takes(tmp_path: Path) -> None:
     assert not password_matches("a long enough secreT", stored)
     short = CliRunner().invoke(cli, ["console", "--hash-password"], input="short\n")
     assert short.exit_code == 2 and "at least 12 characters" in short.stderr
+
+
+def test_deep_links_by_crm_id_or_address(console_pair) -> None:
+    rt = console_pair(esp_link="https://esp.example/recipients/{id}?mail={email}")
+    op = rt.operator()
+    op.login()
+    bob_crm, bob_esp = rt.crm.by_email("bob@example.com"), rt.esp.by_email("bob@example.com")
+    by_id = op.get(f"/go/esp?id={bob_crm}")
+    assert by_id.status_code == 303
+    assert by_id.headers["location"] == (
+        f"https://esp.example/recipients/{bob_esp}?mail=bob@example.com")
+    assert by_id.headers["referrer-policy"] == "no-referrer"
+    assert op.get("/go/esp?email=Bob@Example.com").headers["location"] == \
+        by_id.headers["location"]
+    contact = op.get(f"/go/contact?id={bob_crm}")
+    assert contact.headers["location"] == f"/admin/contact?q={bob_crm}"
+    page = op.get(contact.headers["location"])
+    assert '<h2 id="contact-email">bob@example.com</h2>' in page.text
+    unknown = op.get("/go/esp?id=nobody-42")
+    assert unknown.status_code == 404 and "has no console page" in unknown.text
+
+
+def test_no_deep_link_without_the_esp_knowing_its_console(console_pair) -> None:
+    rt = console_pair()
+    op = rt.operator()
+    op.login()
+    answer = op.get("/go/esp?email=ann@example.com")
+    assert answer.status_code == 404
+    assert "set its console_recipient_url" in answer.text
+
+
+def test_every_page_reads_sqlite_and_postgresql(db_url, console_pair) -> None:
+    rt = console_pair(state=db_url)
+    dead = rt.dead_letter("bob@example.com")
+    op = rt.operator()
+    op.login()
+    for path in ("/admin/runs", "/admin/health", "/admin/dead-letters?origin=inbox&q=503",
+                 "/admin/resync", "/admin/contact?q=bob@example.com"):
+        page = op.get(path)
+        assert page.status_code == 200, (path, page.text[:500])
+    contact = op.get("/admin/contact?q=bob@example.com").text
+    assert f'id="dead-{dead["id"]}"' in contact and "gave up after 2 attempts" in contact
+    assert "bob@example.com" in op.get("/admin/dead-letters?origin=inbox&q=503").text
+    assert "none" in op.get("/admin/dead-letters?origin=outbox").text

@@ -11,7 +11,7 @@ Routes (every one but the login page and the static files needs a session)::
     POST     /admin/dead-letters/replay   replay the chosen ones (or all)
     GET      /admin/health                both sides' check, cursors, lag, inbox, runs
     GET|POST /admin/resync                sync --full / --resend, with a confirmation
-    GET      /go/esp?email=  /go/contact?email=   redirects for a CRM's button
+    GET      /go/esp?email=|id=  /go/contact?email=|id=   redirects for a CRM's button
 
 Every page is server-rendered; htmx only refreshes parts of them (the runs table, a
 resync's run row) and the pages work without it. Every POST carries the session's
@@ -312,8 +312,9 @@ def _routes(console: Console) -> list[BaseRoute]:
 
     # -- resync ----------------------------------------------------------------------------
     async def resync_page(request: Request) -> Response:
+        resyncs = await run_in_threadpool(_resync_rows, console)
         if request.method == "GET":
-            return page(request, "resync.html", step="choose", resyncs=_resync_rows(console),
+            return page(request, "resync.html", step="choose", resyncs=resyncs,
                         available=console.config_path is not None)
         form: dict[str, list[str]] = request.scope["crmsync.form"]
         mode = form.get("mode", [""])[0]
@@ -326,20 +327,22 @@ def _routes(console: Console) -> list[BaseRoute]:
                 "`crmsync sync` with."))
         if form.get("confirm", [""])[0] != "yes":
             return page(request, "resync.html", step="confirm", mode=mode,
-                        resyncs=_resync_rows(console), available=True)
+                        resyncs=resyncs, available=True)
         started = _start_resync(console, mode)
         log.warning("console: the operator started `crmsync sync --%s` (pid %d)", mode,
                     started.process.pid)
         return RedirectResponse("/admin/resync", status_code=303, headers=HEADERS)
 
     async def resync_rows(request: Request) -> Response:
-        return page(request, "_resync_rows.html", resyncs=_resync_rows(console))
+        resyncs = await run_in_threadpool(_resync_rows, console)
+        return page(request, "_resync_rows.html", resyncs=resyncs)
 
     # -- deep links ------------------------------------------------------------------------
     async def go_esp(request: Request) -> Response:
-        email = request.query_params.get("email", "").strip().lower()
+        who = (request.query_params.get("email", "").strip().lower()
+               or request.query_params.get("id", "").strip())[:320]
         try:
-            url = await run_in_threadpool(_esp_url, console, email)
+            url = await run_in_threadpool(_esp_url, console, who)
         except CrmsyncError as exc:
             return page(request, "error.html", status=502,
                         message=f"The ESP could not say where this person is: {exc}")
@@ -500,15 +503,18 @@ def _checks(config: Config) -> list[dict[str, Any]]:
     return out
 
 
-def _esp_url(console: Console, email: str) -> str | None:
-    """The ESP's own page for ``email``, with the ESP's record id when crmsync has it."""
+def _esp_url(console: Console, who: str) -> str | None:
+    """The ESP's own page for ``who`` (an address, or a record id crmsync holds), with
+    the ESP's record id when crmsync has it."""
     from ...runtime import open_side
 
     config = console.config
-    if not email or config.esp is None:
+    if not who or config.esp is None:
         return None
-    matches = read.find_contacts(console.store, email)
-    record_id = None
+    matches = read.find_contacts(console.store, who)
+    if not matches and "@" not in who:
+        return None
+    email, record_id = who, None
     if matches:
         story = read.contact_story(console.store, matches[0]["key"], limit=1)
         ids = [i["record_id"] for i in (story or {}).get("identities", [])
