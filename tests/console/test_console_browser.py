@@ -115,9 +115,15 @@ def test_operator_finds_a_contact_replays_a_dead_letter_and_jumps_to_the_esp(
 
     site, handler = elsewhere
     rt = console_pair(esp_link=f"{site}/esp/recipient/{{id}}?email={{email}}")
-    for _ in range(3):  # a few batch runs, for the Runs page and its chart
-        with open_side(rt.config, "crm") as crm, open_side(rt.config, "esp") as esp:
-            build_batch(rt.config, crm, esp, rt.state).run(full=True)
+    # a few batch runs for the Runs page and its chart: newcomers, and one the ESP refuses
+    rt.service.esp.down_for.add("new-31@example.com")
+    for batch in range(4):
+        for n in range(batch * 2):
+            rt.crm.add(f"new-{batch * 10 + n}@example.com",
+                       fields={"FirstName": "New", "OptOut": "false"})
+        with open_side(rt.config, "crm") as crm:
+            build_batch(rt.config, crm, rt.service.esp, rt.state).run(full=batch == 0)
+    rt.service.esp.down_for.clear()
     dead = rt.dead_letter("bob@example.com")
     assert rt.esp_list("bob@example.com") == "subscribed"
 
@@ -167,8 +173,14 @@ def test_operator_finds_a_contact_replays_a_dead_letter_and_jumps_to_the_esp(
     # the Runs page with its chart; no page broke the CSP
     browser.get(f"{rt.url}/admin/runs")
     bars = browser.find_elements(By.CSS_SELECTOR, "figure.chart rect.records")
-    assert len(bars) == 4  # three batch runs and the real-time one
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")) == 4
+    assert len(bars) == 5  # four batch runs and the real-time one
+    rows = browser.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")
+    assert [row.find_elements(By.TAG_NAME, "td")[2].text for row in rows] == [
+        "partial", "succeeded", "succeeded", "succeeded", "running"]
+    assert "failed records" in rows[0].text and "list 1: esp add 6" in rows[0].text
+    # the running real-time period counts so far: Bob's replayed event applied, two dead
+    assert rows[-1].text.startswith(f"{rt.service.worker.run_id} realtime running")
+    assert rows[-1].text.endswith(" 1 2")
     _screenshot(browser, tmp_path, "console-runs.png")
     refused = [entry["message"] for entry in browser.get_log("browser")
                if "Content Security Policy" in entry["message"]]

@@ -428,6 +428,7 @@ def build_app(service: RealtimeService) -> Starlette:
     routes += console_routes(service.config, service.store, secrets=service.secrets,
                              config_path=service.config_path,
                              wake=service.worker.wake if service.worker_expected else None,
-                             esp=service.esp)
+                             esp=service.esp,
+                             live=lambda: (service.worker.run_id, dict(service.worker.counts)))
     return Starlette(routes=routes)
 

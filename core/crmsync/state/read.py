@@ -31,6 +31,7 @@ __all__ = [
     "find_contacts",
     "health_facts",
     "iso",
+    "run_counts",
     "runs",
 ]
 
@@ -220,16 +221,21 @@ def runs(store: StateStore, limit: int = 30) -> list[dict[str, Any]]:
         duration = stats.get("duration_s")
         if duration is None and finished is not None:
             duration = (utc(finished) - utc(started)).total_seconds()
-        records = sum(int(stats.get(k) or 0) for k in (
-            "crm_read", "esp_unsubscribes_read", "applied"))
-        failures = int(stats.get("failed") or 0) + int(stats.get("dead") or 0)
         out.append({"id": row.id, "mode": row.mode, "full": bool(row.full),
                     "dry_run": bool(row.dry_run), "status": row.status,
                     "started_at": iso(started), "finished_at": iso(finished),
-                    "duration_s": duration, "records": records, "failures": failures,
+                    "duration_s": duration, **run_counts(stats),
                     "stats": stats, "plan": stats.get("plan") or {},
                     "report": stats.get("report")})
     return out
+
+
+def run_counts(stats: dict[str, Any]) -> dict[str, int]:
+    """A run's ``records`` (read, or events applied) and ``failures`` (records failed,
+    events dead), whichever mode's counters it has."""
+    return {"records": sum(int(stats.get(k) or 0) for k in (
+                "crm_read", "esp_unsubscribes_read", "applied")),
+            "failures": int(stats.get("failed") or 0) + int(stats.get("dead") or 0)}
 
 
 def dead_letters(store: StateStore, *, include_replayed: bool = False,

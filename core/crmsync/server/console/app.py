@@ -97,6 +97,8 @@ class Console:
     background thread, unless a ``crmsync serve`` is found running on the same state
     store. ``config_path``: the file a resync runs ``crmsync sync`` with. ``esp``: the
     ESP connector the deep links ask (``serve``'s own; else one is opened per link).
+    ``live``: the running real-time run's id and counts so far (its row in the state
+    store has them only once it finishes).
     """
 
     config: Config
@@ -106,6 +108,7 @@ class Console:
     wake: Callable[[], None] | None = None
     ip_guard: IpGuard | None = None
     esp: Connector | None = None
+    live: Callable[[], tuple[str, dict[str, int]]] | None = None
     resyncs: list[Resync] = field(default_factory=list)
     _apply_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -118,7 +121,9 @@ class Console:
 
 def console_routes(config: Config, store: StateStore, *, secrets: Any = None,
                    config_path: Path | None = None, wake: Callable[[], None] | None = None,
-                   esp: Connector | None = None) -> list[BaseRoute]:
+                   esp: Connector | None = None,
+                   live: Callable[[], tuple[str, dict[str, int]]] | None = None
+                   ) -> list[BaseRoute]:
     """The console's routes, or none at all when no operator password is set (then
     ``/admin`` is a plain 404)."""
     settings = config.console
@@ -129,7 +134,8 @@ def console_routes(config: Config, store: StateStore, *, secrets: Any = None,
     if operator is None:
         return []
     console = Console(config, store, operator, config_path=config_path, wake=wake,
-                      ip_guard=IpGuard((), config.server.trusted_proxies), esp=esp)
+                      ip_guard=IpGuard((), config.server.trusted_proxies), esp=esp,
+                      live=live)
     return _routes(console)
 
 
@@ -239,6 +245,11 @@ def _routes(console: Console) -> list[BaseRoute]:
     # -- runs ------------------------------------------------------------------------------
     async def runs_page(request: Request) -> Response:
         rows = await run_in_threadpool(read.runs, store, 30)
+        if console.live is not None:
+            run_id, counts = console.live()
+            for row in rows:
+                if row["id"] == run_id and row["status"] == "running":
+                    row.update(read.run_counts(counts), stats=counts)
         template = "_runs_table.html" if "hx-request" in request.headers else "runs.html"
         return page(request, template, runs=rows, chart=_chart(rows))
 
