@@ -200,3 +200,29 @@ def test_every_page_reads_sqlite_and_postgresql(db_url, console_pair) -> None:
     assert f'id="dead-{dead["id"]}"' in contact and "gave up after 2 attempts" in contact
     assert "bob@example.com" in op.get("/admin/dead-letters?origin=inbox&q=503").text
     assert "none" in op.get("/admin/dead-letters?origin=outbox").text
+
+
+def test_replay_a_selection_then_all(console_pair) -> None:
+    rt = console_pair()
+    first = rt.dead_letter("ann@example.com")
+    second = rt.dead_letter("bob@example.com")
+    rt.service.esp.down_for.add("ann@example.com")  # Ann's outage goes on; Bob's is over
+    rt.service.esp.down_for.discard("bob@example.com")
+    op = rt.operator()
+    op.login()
+    page = op.get("/admin/dead-letters").text
+    assert f'name="id" value="{first["id"]}"' in page and f'name="id" value="{second["id"]}"'
+    nothing = op.post("/admin/dead-letters/replay", data={"csrf": op.csrf()})
+    assert "Nothing chosen" in op.get(nothing.headers["location"]).text
+    chosen = op.post("/admin/dead-letters/replay",
+                     data={"csrf": op.csrf(), "id": [str(second["id"])]})
+    assert "1 event(s) back in the inbox" in op.get(chosen.headers["location"]).text
+    eventually(lambda: rt.esp_list("bob@example.com") == "unsubscribed")
+    assert [d["id"] for d in rt.state.dead_letters()] == [first["id"]]
+    rt.service.esp.down_for.clear()
+    every = op.post("/admin/dead-letters/replay", data={"csrf": op.csrf(), "all": "1"})
+    assert "1 event(s) back in the inbox" in op.get(every.headers["location"]).text
+    eventually(lambda: rt.esp_list("ann@example.com") == "unsubscribed")
+    assert rt.state.dead_letters() == []
+    shown = op.get("/admin/dead-letters?replayed=1").text
+    assert shown.count('<tr id="dead-') == 2 and shown.count('class="replayed"') == 2
