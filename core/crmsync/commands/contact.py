@@ -29,7 +29,8 @@ def contact(obj: Context, who: str, limit: int) -> None:
     config = obj.config()
     store = open_store(config)
     try:
-        matches = read.find_contacts(store, who)
+        matches = read.find_contacts(store, who, systems=[
+            side.connector for side in (config.crm, config.esp) if side is not None])
         story = read.contact_story(store, matches[0]["key"], limit=limit,
                                    report_dir=config.path(config.sync.report_dir)) \
             if len(matches) == 1 else None

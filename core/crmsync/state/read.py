@@ -10,7 +10,7 @@ prints them as they are.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,9 +53,12 @@ def _groups(text: str | None) -> list[str]:
     return sorted(groups_from_text(text))
 
 
-def find_contacts(store: StateStore, query: str, *, limit: int = 20) -> list[dict[str, Any]]:
+def find_contacts(store: StateStore, query: str, *, systems: Sequence[str] = (),
+                  limit: int = 20) -> list[dict[str, Any]]:
     """The contacts an operator means by ``query``: an address (current or former, any
     case), or a record id in any system (a CRM id, an ESP id), or a contact key.
+    ``systems``: the connectors' names, so that an id is looked up on the id map's
+    primary key (without them, in every system).
 
     Each as ``{"key", "email", "matched"}`` (``matched``: how it was found), the most
     recently changed first.
@@ -71,12 +74,17 @@ def find_contacts(store: StateStore, query: str, *, limit: int = 20) -> list[dic
             for (key,) in conn.execute(select(c.c.key).where(c.c.email == address)
                                        .order_by(c.c.updated_at.desc()).limit(limit)):
                 found.setdefault(key, "email")
-            for (key,) in conn.execute(select(j.c.contact_key).where(j.c.email == address)
-                                       .group_by(j.c.contact_key).limit(limit)):
-                found.setdefault(key, "former email")
+            if not found:
+                # the journal's address column has no index: read only for an address
+                # nobody holds now (a former one)
+                for (key,) in conn.execute(select(j.c.contact_key).where(j.c.email == address)
+                                           .group_by(j.c.contact_key).limit(limit)):
+                    found.setdefault(key, "former email")
         else:
-            for system, key in conn.execute(select(m.c.system, m.c.contact_key)
-                                            .where(m.c.record_id == text).limit(limit)):
+            by_id = select(m.c.system, m.c.contact_key).where(m.c.record_id == text)
+            if systems:
+                by_id = by_id.where(m.c.system.in_(list(systems)))
+            for system, key in conn.execute(by_id.limit(limit)):
                 found.setdefault(key, f"{system} id")
             if conn.execute(select(c.c.key).where(c.c.key == text)).first() is not None:
                 found.setdefault(text, "contact key")
@@ -121,13 +129,14 @@ def contact_story(store: StateStore, key: str, *, report_dir: Path | None = None
         inbox_rows = conn.execute(select(t.inbox).where(t.inbox.c.contact.in_(addresses))
                                   .order_by(t.inbox.c.id).limit(limit)).all()
         inbox = [_inbox(event) for event in inbox_rows]
-        outbox_ids = [r.id for r in conn.execute(
-            select(t.outbox.c.id).where(t.outbox.c.contact_key == key))]
-        d = t.dead_letters
+        d, o = t.dead_letters, t.outbox
+        # from the (small) dead letters to the outbox by its primary key: the outbox has
+        # no index on the contact
+        dead_writes = select(d.c.id).join(o, o.c.id == d.c.origin_id).where(and_(
+            d.c.origin == "outbox", o.c.contact_key == key))
         dead = [_dead(letter) for letter in conn.execute(select(d).where(or_(
             and_(d.c.origin == "inbox", d.c.origin_id.in_([e["id"] for e in inbox] or [-1])),
-            and_(d.c.origin == "outbox", d.c.origin_id.in_(outbox_ids or [-1]))))
-            .order_by(d.c.id))]
+            d.c.id.in_(dead_writes))).order_by(d.c.id))]
         failed = [_outbox(r) for r in conn.execute(
             select(t.outbox).where(and_(t.outbox.c.contact_key == key,
                                         t.outbox.c.status.in_(("failed", "dead"))))

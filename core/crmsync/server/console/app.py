@@ -274,7 +274,8 @@ def _routes(console: Console) -> list[BaseRoute]:
         if key:
             story = await run_in_threadpool(_story, console, key)
         elif query:
-            matches = await run_in_threadpool(read.find_contacts, store, query)
+            matches = await run_in_threadpool(lambda: read.find_contacts(
+                store, query, systems=_systems(config)))
             if len(matches) == 1:
                 story = await run_in_threadpool(_story, console, matches[0]["key"])
         esp_link = None
@@ -427,6 +428,10 @@ def _local_path(value: str) -> str:
     return ""
 
 
+def _systems(config: Config) -> list[str]:
+    return [side.connector for side in (config.crm, config.esp) if side is not None]
+
+
 def _story(console: Console, key: str) -> dict[str, Any] | None:
     config = console.config
     return read.contact_story(console.store, key,
@@ -522,7 +527,7 @@ def _esp_url(console: Console, who: str) -> str | None:
     config = console.config
     if not who or config.esp is None:
         return None
-    matches = read.find_contacts(console.store, who)
+    matches = read.find_contacts(console.store, who, systems=_systems(config))
     if not matches and "@" not in who:
         return None
     email, record_id = who, None
