@@ -126,3 +126,12 @@ def test_an_unknown_contact_is_one_line_and_exit_1(synced) -> None:
     as_json = run("--config", str(path), "--json", "contact", "nobody@example.com")
     assert as_json.exit_code == 1 and json.loads(as_json.stdout) == {
         "query": "nobody@example.com", "matches": []}
+
+
+def test_groups_read_in_every_stored_shape() -> None:
+    # a JSON list (the state store's current column), comma-separated text, and text
+    # holding a JSON array after a marker (a group name with a comma)
+    assert read._groups(["tech", "news"]) == ["news", "tech"]
+    assert read._groups("tech,news") == ["news", "tech"]
+    assert read._groups('\x1e["Sales, EMEA", "A"]') == ["A", "Sales, EMEA"]
+    assert read._groups("") == [] and read._groups(None) == []

@@ -10,6 +10,7 @@ prints them as they are.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,10 +48,15 @@ def iso(value: datetime | None) -> str | None:
     return None if value is None else utc(value).isoformat()
 
 
-def _groups(text: str | None) -> list[str]:
-    from .store import groups_from_text
-
-    return sorted(groups_from_text(text))
+def _groups(value: Any) -> list[str]:
+    """A snapshot's groups, sorted: stored as a JSON list, or (before that) as text,
+    comma-separated or a marker character and a JSON array."""
+    if isinstance(value, list):
+        return sorted(str(name) for name in value)
+    text = str(value or "")
+    if text.startswith("\x1e"):
+        return sorted(json.loads(text[1:]))
+    return sorted(filter(None, text.split(",")))
 
 
 def find_contacts(store: StateStore, query: str, *, systems: Sequence[str] = (),
