@@ -145,6 +145,8 @@ def test_operator_finds_a_contact_replays_a_dead_letter_and_jumps_to_the_esp(
     browser.get(f"{rt.url}/admin/dead-letters")
     row = browser.find_element(By.ID, f"dead-{dead['id']}")
     assert "bob@example.com" in row.text and "gave up after 2 attempts" in row.text
+    assert browser.execute_script("return typeof htmx") == "object"  # loaded under the CSP
+    _screenshot(browser, tmp_path, "console-dead-letters.png")
     row.find_element(By.CSS_SELECTOR, "button.replay-one").click()
     eventually(lambda: "this server applies them now" in _text(browser, "#message"))
     eventually(lambda: rt.esp_list("bob@example.com") == "unsubscribed")
@@ -169,6 +171,10 @@ def test_operator_finds_a_contact_replays_a_dead_letter_and_jumps_to_the_esp(
     eventually(lambda: browser.current_url.startswith(f"{site}/esp/recipient/"))
     esp_id = rt.esp.by_email("bob@example.com")
     assert browser.current_url == f"{site}/esp/recipient/{esp_id}?email=bob@example.com"
+
+    browser.get(f"{rt.url}/admin/health")
+    assert "ok" in _text(browser, "#checks tbody")
+    _screenshot(browser, tmp_path, "console-health.png")
 
     # the Runs page with its chart; no page broke the CSP
     browser.get(f"{rt.url}/admin/runs")
