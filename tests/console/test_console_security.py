@@ -117,3 +117,30 @@ def test_no_page_shows_a_secret_and_redirects_stay_here(console_pair) -> None:
     for text in pages:
         for secret in (PASSWORD, ESP_SECRET, CRM_SECRET, "scrypt$"):
             assert secret not in text
+
+
+def test_the_password_hash_comes_from_the_secrets_file_and_a_bad_one_is_refused(
+        tmp_path) -> None:
+    import pytest
+
+    from crmsync.config import load_config
+    from crmsync.errors import ConfigError
+    from crmsync.runtime import open_store
+    from crmsync.server.console import console_routes
+
+    from .conftest import PASSWORD_HASH
+
+    (tmp_path / ".crmsync.secrets").write_text(
+        f"CRMSYNC_CONSOLE_PASSWORD_HASH={PASSWORD_HASH}\n")
+    path = tmp_path / "crmsync.toml"
+    path.write_text('secrets_file = ".crmsync.secrets"\n[state]\nurl = "sqlite:///s.db"\n')
+    store = open_store(load_config(path, environ={}))
+    try:
+        assert console_routes(load_config(path, environ={}), store)  # mounted
+        assert console_routes(load_config(path, environ={
+            "CRMSYNC_CONSOLE_PASSWORD_HASH": ""}), store) == []  # the environment wins
+        with pytest.raises(ConfigError, match="run `crmsync console --hash-password`"):
+            console_routes(load_config(path, environ={
+                "CRMSYNC_CONSOLE_PASSWORD_HASH": "scrypt$1$2$3$x$y"}), store)
+    finally:
+        store.close()
