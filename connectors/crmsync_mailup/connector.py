@@ -18,6 +18,7 @@ from crmsync.contract import (
     FileExchange,
     MessageSender,
     MultiListSubscriber,
+    fill_url,
 )
 from crmsync.errors import CrmsyncError, DataError, RemoteError
 from crmsync.model import (
@@ -79,6 +80,17 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         self._list_ids: list[str] | None = None
         #: EmailOptins ``Status`` texts crmsync does not know, with how often each was read.
         self.unknown_statuses: Counter[str] = Counter()
+
+    def recipient_url(self, email: str, record_id: str | None = None) -> str | None:
+        """``console_recipient_url`` filled with the recipient's idRecipient and address;
+        an idRecipient crmsync does not hold is looked up (``EmailOptins?filterby``)."""
+        template = self.settings.console_recipient_url
+        if not template:
+            return None
+        if record_id is None and "{id}" in template:
+            found = self.api.find(email.lower(), self.list_ids())
+            record_id = found[0] if found else None
+        return fill_url(template, id=record_id, email=email)
 
     # -- health and lists -------------------------------------------------------------------
     def check(self) -> Health:

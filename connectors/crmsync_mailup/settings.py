@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from crmsync.contract import ConnectorSettings, iana_time_zone
+from crmsync.contract import ConnectorSettings, check_url_template, iana_time_zone
 
 __all__ = ["PLACEHOLDERS", "MailUpSettings"]
 
@@ -44,6 +44,9 @@ class MailUpSettings(ConnectorSettings):
         None, description="https://<console host>/frontend: one-call multi-list subscribe")
     ca_path: str | None = None  # a CA bundle to trust (an emulator's throw-away CA)
     timeout_s: float = 30.0
+    console_recipient_url: str | None = Field(
+        None, description="a recipient's page in your MailUp console, with {id} (MailUp's "
+        "idRecipient) and/or {email}: open a recipient there and copy its address")
 
     # -- pacing and paging -----------------------------------------------------------------
     rate: float | None = Field(5.0, description="calls per second; MailUp allows 5")
@@ -149,6 +152,11 @@ class MailUpSettings(ConnectorSettings):
             if event.upper() not in allowed:
                 raise ValueError(f"{path}: event {event!r} is not one of {sorted(allowed)}")
         return {path: event.upper() for path, event in value.items()}
+
+    @field_validator("console_recipient_url")
+    @classmethod
+    def _console_link(cls, value: str | None) -> str | None:
+        return check_url_template(value, frozenset({"id", "email"}))
 
     @field_validator("base_url", "auth_url", "transactional_url")
     @classmethod

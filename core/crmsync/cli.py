@@ -104,7 +104,8 @@ _ANYWHERE = frozenset({"--json", "-v", "-vv", "-vvv", "--verbose"})
 
 # The commands defined in crmsync/commands/<module>.py, imported when one is invoked.
 LAZY_COMMANDS = {"demo": "demo", "serve": "serve", "replay": "serve", "subscribe": "serve",
-                 "send": "serve", "sync": "sync", "status": "sync"}
+                 "send": "serve", "sync": "sync", "status": "sync", "console": "console",
+                 "contact": "contact"}
 
 
 class CrmsyncGroup(click.Group):

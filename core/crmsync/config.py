@@ -35,6 +35,7 @@ from .secrets import Secrets, read_secrets_file
 __all__ = [
     "Config",
     "ConsentConfig",
+    "ConsoleConfig",
     "FilesConfig",
     "GroupMapping",
     "ListMapping",
@@ -264,6 +265,22 @@ class ServerConfig(_Strict):
         return value
 
 
+class ConsoleConfig(_Strict):
+    """The operator's web console at ``/admin`` (``crmsync serve``, ``crmsync console``).
+
+    It exists only when an operator password is set: ``CRMSYNC_CONSOLE_PASSWORD_HASH``
+    (``crmsync console --hash-password`` makes one) or ``CRMSYNC_CONSOLE_PASSWORD``, in
+    the environment or the secrets file, never here.
+    """
+
+    listen: str = "127.0.0.1:8081"  # `crmsync console` only; `serve` uses [server] listen
+    session_hours: float = Field(8.0, gt=0)
+    # after this many wrong passwords in a row from one address, it waits lockout_s,
+    # doubled at each further wrong password (at most an hour)
+    max_failures: int = Field(5, ge=1)
+    lockout_s: float = Field(30.0, ge=0)
+
+
 class Config(_Strict):
     """The whole of ``crmsync.toml``."""
 
@@ -277,6 +294,7 @@ class Config(_Strict):
     files: FilesConfig = FilesConfig()
     sync: SyncConfig = SyncConfig()
     server: ServerConfig = ServerConfig()
+    console: ConsoleConfig = ConsoleConfig()
     secrets_file: str | None = None
     base_dir: str = "."  # the folder of the config file; relative paths are from there
     _secrets: Secrets | None = PrivateAttr(default=None)

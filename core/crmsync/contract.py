@@ -39,6 +39,8 @@ __all__ = [
     "FileExchange",
     "MessageSender",
     "MultiListSubscriber",
+    "check_url_template",
+    "fill_url",
     "format_validation_error",
     "iana_time_zone",
 ]
@@ -221,6 +223,13 @@ class Connector(ABC):
         person's record, which an incremental read never sees) is unsubscribed there."""
         return None
 
+    def recipient_url(self, email: str, record_id: str | None = None) -> str | None:
+        """Where this person lives in the vendor's own web console (an ESP's recipient
+        page), for the operator's one-click jump from the CRM; ``None`` (the default)
+        when the vendor has none or the connector is not told its shape. ``record_id``
+        is the vendor's id for the person, when crmsync knows it."""
+        return None
+
     def event_ack(self, request: InboundRequest) -> tuple[int, str, bytes]:
         """The answer the sender expects once its event is stored: status, type, body."""
         return 200, "text/plain", b"OK"
@@ -283,3 +292,37 @@ class MultiListSubscriber(ABC):
         confirm: bool = True,
     ) -> list[WriteResult]:
         """Subscribe ``contact`` to each list (pending when ``confirm``); one result per list."""
+
+
+def fill_url(template: str, **values: str | None) -> str | None:
+    """``template`` with ``{name}`` placeholders replaced by the URL-quoted ``values``;
+    ``None`` when it names a value that is missing (a link to the wrong page is worse
+    than none). Connectors build :meth:`Connector.recipient_url` with it."""
+    import string
+    from urllib.parse import quote
+
+    wanted = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    if any(not values.get(name) for name in wanted):
+        return None
+    return template.format(**{name: quote(str(values[name]), safe="@") for name in wanted})
+
+
+
+def check_url_template(value: str | None, allowed: frozenset[str]) -> str | None:
+    """A settings validator's check of a link template: http(s), and only the
+    placeholders ``allowed`` (``{id}``, ``{email}``...)."""
+    import string
+
+    if value is None:
+        return None
+    if not value.startswith(("https://", "http://")):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: {exc} (write a literal brace as {{{{ or }}}})") from None
+    unknown = sorted(names - allowed)
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{unknown[0]}}} in {value!r}: use "
+                         + ", ".join(f"{{{name}}}" for name in sorted(allowed)))
+    return value

@@ -10,7 +10,7 @@ from ..cli import EXIT_FAILED, Context, cli, email_param
 from ..config import Config
 from ..errors import ConfigError
 from ..runtime import build_hooks, open_side, open_store
-from .sync import live_status
+from .sync import serving_run
 
 
 def _both_sides(config: Config, obj: Context, what: str) -> None:
@@ -24,9 +24,11 @@ def _both_sides(config: Config, obj: Context, what: str) -> None:
               help="Port to listen on (default: [server] listen).")
 @click.pass_obj
 def serve(obj: Context, host: str | None, port: int | None) -> None:
-    """Run the real-time mode: webhooks both ways, workers, polling, the form, metrics.
+    """Run the real-time mode: webhooks both ways, workers, polling, the form, metrics,
+    and the operator's console at /admin.
 
-    Endpoint secrets come from CRMSYNC_HOOK_SECRET_ESP / CRMSYNC_HOOK_SECRET_CRM.
+    Endpoint secrets come from CRMSYNC_HOOK_SECRET_ESP / CRMSYNC_HOOK_SECRET_CRM; the
+    console exists when CRMSYNC_CONSOLE_PASSWORD_HASH (or _PASSWORD) is set.
     SIGTERM or Ctrl-C stops accepting, finishes the events in hand and keeps the rest
     in the inbox for the next start.
     """
@@ -41,12 +43,16 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
     store = open_store(config)
     crm = open_side(config, "crm")
     esp = open_side(config, "esp")
-    service = RealtimeService(config, crm, esp, store, hooks=build_hooks(config))
+    service = RealtimeService(config, crm, esp, store, hooks=build_hooks(config),
+                              config_path=obj.config_path.resolve())
     endpoints = ", ".join(f"/hooks/{side}" for side in service.endpoints) or "none"
     polling = f"polling {crm.name} every {config.server.poll_interval_s:g}s" \
         if service.worker.poll_enabled else "not polling"
+    console = "console at /admin" if any(
+        getattr(route, "path", "") == "/admin" for route in service.app.routes) \
+        else "no console (set CRMSYNC_CONSOLE_PASSWORD_HASH)"
     click.echo(f"crmsync serve: http://{where[0]}:{where[1]} (endpoints: {endpoints}; "
-               f"{polling}); SIGTERM or Ctrl-C stops it", err=True)
+               f"{polling}; {console}); SIGTERM or Ctrl-C stops it", err=True)
     try:
         run(service, *where)
     finally:
@@ -85,32 +91,22 @@ def replay(obj: Context, dead_letters: bool, queue_only: bool, force_apply: bool
     They are put back in the inbox and applied here and now, unless --queue-only or a
     `crmsync serve` is running (it applies them: one process applies events).
     """
-    from ..engine.realtime import RealtimeWorker
+    from ..server.service import apply_inbox
 
     config = obj.config()
     store = open_store(config)
     try:
         # the latest real-time run tells whether a server runs (one killed with SIGKILL
         # has left its lock: it is not running)
-        recent = store.runs(50)
-        latest = next((run for run in recent if run["mode"] == "realtime"), None)
-        serving = [latest] if latest is not None and \
-            live_status(store, latest, recent) == "running" else []
+        serving = serving_run(store)
         count = store.replay_dead_letters()
         result: dict[str, object] = {"requeued": count}
         if serving and not queue_only and not force_apply:
             queue_only = True
-            result["left_to"] = f"crmsync serve (run {serving[0]['id']})"
+            result["left_to"] = f"crmsync serve (run {serving['id']})"
         if not queue_only and count:
             _both_sides(config, obj, "replay")
-            with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
-                worker = RealtimeWorker(config, crm, esp, store, hooks=build_hooks(config))
-                worker.run_id = store.start_run("replay", full=False, dry_run=False)
-                worker.drain()
-                store.finish_run(worker.run_id, "succeeded", dict(worker.counts))
-            result |= {"applied": worker.counts["applied"], "retrying": worker.counts["retried"],
-                       "dead": worker.counts["dead"],
-                       "still_pending": store.inbox_pending_count()}
+            result |= apply_inbox(config, store)
     finally:
         store.close()
 

@@ -278,3 +278,13 @@ def live_status(store: Any, run: dict[str, Any], recent: list[dict[str, Any]]) -
             return "died"  # its process ended without finishing it (killed?)
     except StateBusy:
         return "running"
+
+
+def serving_run(store: Any) -> dict[str, Any] | None:
+    """The run of the ``crmsync serve`` running on this state store, or ``None`` (the
+    latest real-time run tells; one killed with SIGKILL has left its lock)."""
+    recent = store.runs(50)
+    latest = next((run for run in recent if run["mode"] == "realtime"), None)
+    if latest is not None and live_status(store, latest, recent) == "running":
+        return dict(latest)
+    return None

@@ -7,6 +7,8 @@ Routes::
     GET      /healthz /readyz /metrics
     GET|POST /subscribe                        the multi-list subscription form
     POST     /send                             send a message (Authorization: Bearer)
+    GET|POST /admin/...  /go/{esp|contact}     the operator's console (server/console/),
+                                               only when an operator password is set
 
 An inbound call is checked in this order, and refused with nothing stored at the
 first failure: source address (401), declared size (413), endpoint secret (401),
@@ -33,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from ..actions import ConsentRefused
 from ..errors import (
@@ -412,7 +414,7 @@ def build_app(service: RealtimeService) -> Starlette:
         return JSONResponse(result.model_dump(mode="json"),
                             status_code=200 if result.ok else 502)
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/hooks/{side}", hook, methods=list(_METHODS)),
         Route("/hooks/{side}/{rest:path}", hook, methods=list(_METHODS)),
         Route("/healthz", healthz, methods=["GET"]),
@@ -421,5 +423,12 @@ def build_app(service: RealtimeService) -> Starlette:
         Route("/subscribe", subscribe_form, methods=["GET", "POST"]),
         Route("/send", send_message, methods=["POST"]),
     ]
+    from .console import console_routes
+
+    routes += console_routes(service.config, service.store, secrets=service.secrets,
+                             config_path=service.config_path,
+                             wake=service.worker.wake if service.worker_expected else None,
+                             esp=service.esp,
+                             live=lambda: (service.worker.run_id, dict(service.worker.counts)))
     return Starlette(routes=routes)
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -26,7 +27,8 @@ from .app import Inbox, StoreInbox, build_app
 from .metrics import Metrics
 from .security import FORM_SECRET_ENV, SEND_TOKEN_ENV, CsrfTokens, EndpointKeys, IpGuard
 
-__all__ = ["Endpoint", "RealtimeService", "ServerThread", "parse_listen", "serve"]
+__all__ = ["Endpoint", "RealtimeService", "ServerThread", "apply_inbox", "parse_listen",
+           "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +52,39 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def apply_inbox(config: Config, store: StateStore) -> dict[str, int]:
+    """Apply the inbox's pending events here and now, as a ``replay`` run (what
+    ``crmsync replay`` and the console do with replayed dead letters when no
+    ``crmsync serve`` runs to apply them)."""
+    from ..runtime import build_hooks, open_side
+
+    with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
+        worker = RealtimeWorker(config, crm, esp, store, hooks=build_hooks(config))
+        worker.run_id = store.start_run("replay", full=False, dry_run=False)
+        worker.drain()
+        store.finish_run(worker.run_id, "succeeded", dict(worker.counts))
+    return {"applied": worker.counts["applied"], "retrying": worker.counts["retried"],
+            "dead": worker.counts["dead"], "still_pending": store.inbox_pending_count()}
+
+
 class RealtimeService:
     """Everything ``crmsync serve`` runs, built from open connectors and a store.
 
     ``environ`` (default ``config.secrets()``: the environment, then the secrets file)
     holds the endpoint secrets. ``inbox`` replaces
     the durable inbox (the benchmark's floor only). ``worker=False`` receives without
-    applying (another process applies).
+    applying (another process applies). ``config_path``: the configuration file, for the
+    console's resync.
     """
 
     def __init__(self, config: Config, crm: Connector, esp: Connector, store: StateStore, *,
                  hooks: Hooks | None = None, inbox: Inbox | None = None,
-                 environ: Mapping[str, str] | None = None, worker: bool = True) -> None:
+                 environ: Mapping[str, str] | None = None, worker: bool = True,
+                 config_path: Path | None = None) -> None:
         env = config.secrets() if environ is None else environ
         self.config = config
+        self.secrets = env
+        self.config_path = config_path  # what the console's resync runs `crmsync sync` with
         self.crm = crm
         self.esp = esp
         self.store = store

@@ -22,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, ClassVar, Literal
 
+from pydantic import field_validator
+
 from ..contract import (
     Capabilities,
     Connector,
@@ -29,6 +31,8 @@ from ..contract import (
     FileExchange,
     MessageSender,
     MultiListSubscriber,
+    check_url_template,
+    fill_url,
 )
 from ..errors import DataError, EventRejected
 from ..files import large_csv_fields
@@ -336,6 +340,13 @@ class MemoryEspSettings(MemorySettings):
 
     lists: list[str] = ["1", "2", "3"]
     delimiter: str = ";"
+    # where a recipient "lives" (a test double has no web console: any page stands in)
+    console_recipient_url: str | None = None
+
+    @field_validator("console_recipient_url")
+    @classmethod
+    def _console_link(cls, value: str | None) -> str | None:
+        return check_url_template(value, frozenset({"id", "email"}))
 
 
 class MemoryEspConnector(_MemoryBase, FileExchange, MessageSender, MultiListSubscriber):
@@ -351,6 +362,15 @@ class MemoryEspConnector(_MemoryBase, FileExchange, MessageSender, MultiListSubs
 
     def lists(self) -> list[MailingList]:
         return [MailingList(id=item, name=f"List {item}") for item in self.settings.lists]
+
+    def recipient_url(self, email: str, record_id: str | None = None) -> str | None:
+        template = self.settings.console_recipient_url
+        if not template:
+            return None
+        if record_id is None:
+            with self.store.lock:
+                record_id = self.store.by_email(email)
+        return fill_url(template, id=record_id, email=email)
 
     def _contact(self, record_id: str, record: dict[str, Any]) -> Contact:
         subs = {
