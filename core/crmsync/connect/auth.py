@@ -50,6 +50,7 @@ class TokenAuth(httpx.Auth):
     header = "Authorization"
     scheme = "Bearer"
     margin_s = 60.0
+    requires_request_body = True  # a refused call is sent again: its body must be kept
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -116,8 +117,10 @@ class TokenAuth(httpx.Auth):
         if self.is_refused(response):
             token = self.renew(token)
             if self.resend(request):
-                self.attach(request, token)
-                yield request
+                again = httpx.Request(request.method, request.url, headers=request.headers,
+                                      content=request.content, extensions=request.extensions)
+                self.attach(again, token)
+                yield again
 
     # -- inside -----------------------------------------------------------------------
     def _renew(self, stale: Token) -> Token:

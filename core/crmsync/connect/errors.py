@@ -78,6 +78,8 @@ class ErrorMap:
     message_keys: Sequence[str] = ("message", "error_message", "error_description")
     rules: Sequence[ErrorRule] = ()
     retryable_statuses: Collection[int] = (409, 429, 500, 502, 503, 504)
+    #: the code of an answer whose body names none (``"{status}"``, ``"http_{status}"``)
+    code_when_missing: str = ""
 
     def parts(self, response: httpx.Response) -> tuple[str, str]:
         """The vendor's ``(code, message)`` in an error answer ("" when it has none)."""
@@ -126,6 +128,8 @@ class ErrorMap:
         """The exception for a failed ``response`` to the call ``what``."""
         response.read()
         code, message = self.parts(response)
+        if not code and self.code_when_missing:
+            code = self.code_when_missing.format(status=response.status_code)
         after = retry_after_seconds(response.headers.get("Retry-After"))
         return self.build(response.status_code, code, message, what, retry_after=after)
 
