@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ..contract import Capabilities, Connector, iana_time_zone
 from ..http import RetryPolicy, build_client, idempotent, mark_streamed, retry_after_seconds
-from .auth import Token, TokenAuth
+from .auth import Token, TokenAuth, copy_request, with_form_value
 from .batch import chunks, failure, results_in_order, write_batches
 from .errors import ErrorMap, ErrorRule, body_value
 from .paging import cursor_pages, keyset_pages, next_url_pages, offset_pages, page_number_pages
@@ -38,6 +38,7 @@ __all__ = [
     "body_value",
     "build_client",
     "chunks",
+    "copy_request",
     "cursor_pages",
     "failure",
     "iana_time_zone",
@@ -50,5 +51,6 @@ __all__ = [
     "results_in_order",
     "retry_after_seconds",
     "verify_hmac",
+    "with_form_value",
     "write_batches",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from urllib.parse import parse_qsl, urlencode
 from abc import abstractmethod
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -19,7 +20,29 @@ import httpx
 
 from ..errors import AuthError
 
-__all__ = ["Token", "TokenAuth"]
+__all__ = ["Token", "TokenAuth", "copy_request", "with_form_value"]
+
+
+def copy_request(request: httpx.Request, *, content: bytes | None = None,
+                 params: dict[str, str] | None = None) -> httpx.Request:
+    """A copy of ``request`` (its body read), with another body or more query params."""
+    url = request.url.copy_merge_params(params) if params else request.url
+    headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+    return httpx.Request(request.method, url, headers=headers,
+                         content=request.content if content is None else content,
+                         extensions=request.extensions)
+
+
+def with_form_value(request: httpx.Request, name: str, value: str) -> httpx.Request:
+    """``request`` with ``name=value`` set: in its form body when it has one (a POST of
+    ``data=``), else in its query."""
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        form = [(k, v) for k, v in parse_qsl(request.content.decode(), keep_blank_values=True)
+                if k != name]
+        return copy_request(request, content=urlencode([*form, (name, value)]).encode())
+    return httpx.Request(request.method, request.url.copy_set_param(name, value),
+                         headers=request.headers, content=request.content,
+                         extensions=request.extensions)
 
 
 @dataclass(frozen=True)
@@ -69,10 +92,13 @@ class TokenAuth(httpx.Auth):
         An :class:`AuthError` here falls back to :meth:`obtain` once."""
         return self.obtain()
 
-    def attach(self, request: httpx.Request, token: Token) -> None:
-        """Put ``token`` on ``request`` (``Authorization: Bearer <token>`` by default)."""
+    def attach(self, request: httpx.Request, token: Token) -> httpx.Request:
+        """``request`` carrying ``token`` (``Authorization: Bearer <token>`` by default).
+        A vendor that wants the token in the query or the body returns a new request
+        (:func:`with_form_value` helps)."""
         request.headers[self.header] = (f"{self.scheme} {token.value}" if self.scheme
                                         else token.value)
+        return request
 
     def is_refused(self, response: httpx.Response) -> bool:
         """Whether ``response`` says the token is spent (HTTP 401 by default)."""
@@ -112,15 +138,11 @@ class TokenAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         token = self.token()
-        self.attach(request, token)
-        response = yield request
+        response = yield self.attach(request, token)
         if self.is_refused(response):
             token = self.renew(token)
             if self.resend(request):
-                again = httpx.Request(request.method, request.url, headers=request.headers,
-                                      content=request.content, extensions=request.extensions)
-                self.attach(again, token)
-                yield again
+                yield self.attach(copy_request(request), token)
 
     # -- inside -----------------------------------------------------------------------
     def _renew(self, stale: Token) -> Token:

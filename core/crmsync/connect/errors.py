@@ -83,6 +83,8 @@ class ErrorMap:
 
     def parts(self, response: httpx.Response) -> tuple[str, str]:
         """The vendor's ``(code, message)`` in an error answer ("" when it has none)."""
+        if not response.content.strip():
+            return "", "empty body"
         try:
             body: Any = response.json()
         except ValueError:
