@@ -34,12 +34,16 @@ def copy_request(request: httpx.Request, *, content: bytes | None = None,
 
 
 def with_form_value(request: httpx.Request, name: str, value: str) -> httpx.Request:
-    """``request`` with ``name=value`` set: in its form body when it has one (a POST of
-    ``data=``), else in its query."""
+    """``request`` with ``name=value`` set (in place of an empty placeholder the caller
+    put, else at the end): in its form body when it has one (a POST of ``data=``), else
+    in its query."""
     if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        form = [(k, v) for k, v in parse_qsl(request.content.decode(), keep_blank_values=True)
-                if k != name]
-        return copy_request(request, content=urlencode([*form, (name, value)]).encode())
+        form = parse_qsl(request.content.decode(), keep_blank_values=True)
+        if any(key == name for key, _ in form):  # in its place: the body stays the same
+            form = [(key, value if key == name else item) for key, item in form]
+        else:
+            form.append((name, value))
+        return copy_request(request, content=urlencode(form).encode())
     return httpx.Request(request.method, request.url.copy_set_param(name, value),
                          headers=request.headers, content=request.content,
                          extensions=request.extensions)

@@ -42,12 +42,16 @@ class HttpConnectorSettings(ConnectorSettings):
     #: a connector may keep other old names for its own fields: ``{"old": "new"}``
     renamed: ClassVar[dict[str, str]] = {}
 
-    base_url: str = ""
-    timeout_s: float = Field(30.0, gt=0)
-    rate_per_s: float | None = Field(None, ge=0)
-    retries: int = Field(5, ge=1, le=20)
-    ca_file: str | None = None
-    overlap_s: float = Field(300.0, ge=0)
+    base_url: str = Field("", description="where the vendor's API lives (https://...)")
+    timeout_s: float = Field(30.0, gt=0, description="seconds before one API call times out")
+    rate_per_s: float | None = Field(None, ge=0, description="at most this many API calls "
+                                     "per second; unset = no pacing")
+    retries: int = Field(5, ge=1, le=20, description="attempts of one API call (429, 5xx, "
+                         "a dropped connection), with backoff honouring Retry-After")
+    ca_file: str | None = Field(None, description="a CA bundle to trust besides the "
+                                "system's (certificate checks are never turned off)")
+    overlap_s: float = Field(300.0, ge=0, description="how far an incremental read goes "
+                             "back before its cursor, in seconds")
 
     @model_validator(mode="before")
     @classmethod
