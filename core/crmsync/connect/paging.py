@@ -24,28 +24,24 @@ def page_number_pages(fetch: Callable[[int], tuple[Sequence[T], int | None]], *,
                       first: int = 0) -> Iterator[Sequence[T]]:
     """``fetch(page_number) -> (items, total or None)``. Done on an empty page, or once
     ``total`` items were read."""
-    number, seen = first, 0
-    while True:
-        items, total = fetch(number)
-        if not items:
-            return
-        seen += len(items)
-        yield items
-        if total is not None and seen >= total:
-            return
-        number += 1
+    return _counted(fetch, lambda pages, seen: first + pages)
 
 
 def offset_pages(fetch: Callable[[int], tuple[Sequence[T], int | None]]
                  ) -> Iterator[Sequence[T]]:
     """``fetch(offset) -> (items, total or None)``; the next offset is the count read.
     Done on an empty page, or once ``total`` items were read."""
-    seen = 0
+    return _counted(fetch, lambda pages, seen: seen)
+
+
+def _counted(fetch: Callable[[int], tuple[Sequence[T], int | None]],
+             position: Callable[[int, int], int]) -> Iterator[Sequence[T]]:
+    pages = seen = 0
     while True:
-        items, total = fetch(seen)
+        items, total = fetch(position(pages, seen))
         if not items:
             return
-        seen += len(items)
+        pages, seen = pages + 1, seen + len(items)
         yield items
         if total is not None and seen >= total:
             return
