@@ -34,7 +34,8 @@ from crmsync.model import InboundRequest, WriteResult
 CONNECT_API = [
     "DEPRECATED_SPELLINGS", "Capabilities", "Connector", "ErrorMap", "ErrorRule",
     "HttpConnectorSettings", "RetryPolicy", "Token", "TokenAuth", "body_value",
-    "build_client", "chunks", "copy_request", "cursor_pages", "failure", "iana_time_zone", "idempotent",
+    "build_client", "chunks", "copy_request", "cursor_pages", "failure", "iana_time_zone",
+    "idempotent",
     "keyset_pages", "mark_streamed", "next_url_pages", "offset_pages", "page_number_pages",
     "results_in_order", "retry_after_seconds", "verify_hmac", "with_form_value", "write_batches",
 ]

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
-from urllib.parse import parse_qsl, urlencode
 from abc import abstractmethod
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
