@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from crmsync_example_hublike import HubLikeConnector
 from hublike_emulator import HubLikeEmulator
 
 from crmsync.emulator import EmulatorServer
-from crmsync_example_hublike import HubLikeConnector
 
 
 @pytest.fixture
