@@ -37,7 +37,8 @@ CONNECT_API = [
     "build_client", "chunks", "copy_request", "cursor_pages", "failure", "iana_time_zone",
     "idempotent",
     "keyset_pages", "mark_streamed", "next_url_pages", "offset_pages", "page_number_pages",
-    "results_in_order", "retry_after_seconds", "verify_hmac", "with_form_value", "write_batches",
+    "rejected_address", "results_in_order", "retry_after_seconds", "verify_hmac",
+    "with_form_value", "write_batches",
 ]
 
 

@@ -9,7 +9,8 @@
 - paginators (:func:`page_number_pages`, :func:`offset_pages`, :func:`next_url_pages`,
   :func:`cursor_pages`, :func:`keyset_pages`);
 - :func:`write_batches`, :func:`results_in_order`: batches with one result per change;
-- :func:`verify_hmac`: a webhook signature over method, URL, body and timestamp.
+- :func:`verify_hmac`: a webhook signature over method, URL, body and timestamp;
+- :func:`rejected_address`: the entry of a read record whose address is not valid.
 
 The public API is what this module exports; a test pins the list.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from ..contract import Capabilities, Connector, iana_time_zone
 from ..http import RetryPolicy, build_client, idempotent, mark_streamed, retry_after_seconds
+from ..model import rejected_address
 from .auth import Token, TokenAuth, copy_request, with_form_value
 from .batch import chunks, failure, results_in_order, write_batches
 from .errors import ErrorMap, ErrorRule, body_value
@@ -48,6 +50,7 @@ __all__ = [
     "next_url_pages",
     "offset_pages",
     "page_number_pages",
+    "rejected_address",
     "results_in_order",
     "retry_after_seconds",
     "verify_hmac",
