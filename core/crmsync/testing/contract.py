@@ -293,8 +293,9 @@ class ConnectorContract:
             close()  # the run stops after its first page (a crash, a kill)
         assert first is not None, "an incremental read after new writes yielded nothing"
         resumed = list(connector.read(first.cursor or cursor))
-        keys = [self.record_key(r) for page in resumed for r in page.records]
-        assert len(keys) == len(set(keys)), "one incremental read yielded a record twice"
+        # An incremental read may yield a record again (cursors are inclusive, reads
+        # overlap, a CRM reports a membership change as the person again): the engine
+        # applies them in order. "Nothing twice" is held on the full read above.
         seen = {r.email for r in first.records} | {r.email for page in resumed
                                                    for r in page.records}
         lost = sorted(set(written) - seen)
