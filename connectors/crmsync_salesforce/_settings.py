@@ -36,6 +36,8 @@ class SalesforceSettings(HttpConnectorSettings):
     key_file: Path | None = None
     """PEM file of the connected app's private key (JWT bearer), instead of ``private_key``."""
     api_version: str = Field("59.0", pattern=r"^\d+\.\d$")
+    base_url: str = Field("", description="unused: Salesforce is reached at login_url, then "
+                          "at the instance_url the login returns")
     timeout_s: float = Field(60.0, gt=0)
     retries: int = Field(4, ge=1, le=20)
 
