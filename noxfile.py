@@ -11,7 +11,8 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (pass pytest arguments after --)."""
-    session.install("-e", ".[test]", "-e", "docs/examples/crmsync-example-connector")
+    session.install("-e", ".[test]", "-e", "docs/examples/crmsync-example-connector",
+                    "-e", "docs/examples/crmsync-example-hublike")
     session.run("pytest", *session.posargs)
 
 
@@ -19,14 +20,14 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff on the whole tree."""
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "core", "connectors", "tests", *session.posargs)
+    session.run("ruff", "check", ".", *session.posargs)
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy (strict) on the vendor-neutral core."""
+    """mypy (strict) on the core and the connectors ([tool.mypy] packages)."""
     session.install("-e", ".[test]", "mypy>=1.10")
-    session.run("mypy", *session.posargs)
+    session.run("mypy", "--strict", *session.posargs)
 
 
 @nox.session

@@ -1,9 +1,8 @@
 """MailUp's REST console service: one call, the paging envelope, the error envelope.
 
 Errors come as ``{"ErrorCode": "401", "ErrorDescription": ..., "ErrorName": ...}``
-(``ErrorCode`` a string). A 401 refreshes the token once and retries; a 429 that
-survives the transport's backoff becomes :class:`RateLimited`; every other error is a
-:class:`RemoteError` carrying MailUp's code and description.
+(``ErrorCode`` a string): :data:`CONSOLE_ERRORS` maps them. The token flow
+(:class:`~crmsync_mailup.auth.PasswordGrant`) refreshes once on a 401.
 """
 
 from __future__ import annotations
@@ -13,20 +12,27 @@ from typing import Any
 
 import httpx
 
+from crmsync.connect import ErrorMap, ErrorRule, page_number_pages
 from crmsync.errors import AuthError, RateLimited, RemoteError
-from crmsync.http import RetryPolicy, build_client, retry_after_seconds
 
 from .auth import PasswordGrant
 from .settings import MailUpSettings
 
-__all__ = ["MailUpClient", "make_http"]
+__all__ = ["CONSOLE_ERRORS", "MailUpClient", "make_http"]
+
+CONSOLE_ERRORS = ErrorMap(
+    "MailUp", code_keys=("ErrorCode",), message_keys=("ErrorDescription", "ErrorName"),
+    code_when_missing="{status}", rules=[
+        ErrorRule(AuthError, status=401, advice="the token was refused even after a "
+                  "refresh; check the MailUp user's API access"),
+        ErrorRule(RateLimited, status=429, advice="slow down: lower rate_per_s"),
+        ErrorRule(RemoteError, status=409, retryable=False),
+    ])
 
 
 def make_http(settings: MailUpSettings) -> httpx.Client:
     """The paced, retrying client MailUp's 5 calls/s limit asks for."""
-    return build_client(timeout=settings.timeout_s, rate=settings.rate,
-                        policy=RetryPolicy(attempts=settings.retries),
-                        verify=settings.ca_path or True)
+    return settings.http_client(base_url="")
 
 
 class MailUpClient:
@@ -44,43 +50,18 @@ class MailUpClient:
     def call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
              json: Any = None) -> Any:
         """One console call; returns the decoded JSON (a bare integer, an object, None)."""
-        for attempt in (0, 1):
-            headers = {**self.auth.headers(), "Accept": "application/json"}
-            try:
-                response = self.http.request(method, self.url(path), params=params, json=json,
-                                             headers=headers)
-            except httpx.HTTPError as exc:
-                raise RemoteError(f"MailUp unreachable on {method} /Console/{path} "
-                                  f"({type(exc).__name__}): check base_url and the network",
-                                  retryable=True) from None
-            if response.status_code == 401 and attempt == 0:
-                self.auth.invalidate(headers["Authorization"])
-                continue
-            return self._result(method, path, response)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _result(self, method: str, path: str, response: httpx.Response) -> Any:
-        status = response.status_code
-        if status < 300:
-            if not response.content.strip():
-                return None
-            try:
-                return response.json()
-            except ValueError:
-                raise RemoteError(f"MailUp answered {method} /Console/{path} with a body that "
-                                  "is not JSON: check base_url points at ConsoleService.svc",
-                                  status=status) from None
-        code, description = error_envelope(response)
-        where = f"MailUp {method} /Console/{path}"
-        if status == 429:
-            raise RateLimited(f"{where}: {description} (slow down: lower `rate`)",
-                              retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-                              code=code)
-        if status == 401:
-            raise AuthError(f"{where}: {description}: the token was refused even after a "
-                            "refresh; check the MailUp user's API access")
-        raise RemoteError(f"{where} failed: {code} {description}", status=status, code=code,
-                          retryable=status >= 500)
+        response = CONSOLE_ERRORS.call(
+            self.http, method, self.url(path), what=f"{method} /Console/{path}",
+            write=method != "GET", params=params, json=json, auth=self.auth,
+            headers={"Accept": "application/json"})
+        if not response.content.strip():
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise RemoteError(f"MailUp answered {method} /Console/{path} with a body that "
+                              "is not JSON: check base_url points at ConsoleService.svc",
+                              status=response.status_code) from None
 
     def pages(self, path: str, *, params: Mapping[str, Any] | None = None,
               page_size: int | None = None) -> Iterator[list[dict[str, Any]]]:
@@ -90,42 +71,27 @@ class MailUpClient:
         merely short page, since MailUp may serve fewer items than ``pageSize`` asked.
         """
         size = page_size or self.settings.page_size
-        number = 0
-        seen = 0
-        while True:
+        seen = [0]
+
+        def fetch(number: int) -> tuple[list[dict[str, Any]], int | None]:
             body = self.call("GET", path, params={**(params or {}), "pageSize": size,
                                                   "pageNumber": number})
             if not isinstance(body, dict) or not isinstance(body.get("Items"), list):
                 raise RemoteError(f"MailUp GET /Console/{path}: expected a paged envelope "
                                   "with Items, got something else")
-            items = body["Items"]
-            seen += len(items)
-            if items:
-                yield items
-            if not items or seen >= _count(body, "TotalElementsCount", seen + 1):
-                return
-            # MailUp may cap pageSize below what was asked: a page shorter than the
-            # request is not the last one unless it is shorter than the server's own
-            # PageSize too (only consulted when the envelope carries no total).
-            if "TotalElementsCount" not in body and len(items) < _count(body, "PageSize", size):
-                return
-            number += 1
+            items: list[dict[str, Any]] = body["Items"]
+            seen[0] += len(items)
+            total = _count(body, "TotalElementsCount")
+            # MailUp may cap pageSize below what was asked: without a total, a page
+            # shorter than the server's own PageSize is the last one.
+            if total is None and len(items) < (_count(body, "PageSize") or size):
+                total = seen[0]
+            return items, total
+
+        for page in page_number_pages(fetch):
+            yield list(page)
 
 
-def _count(body: dict[str, Any], key: str, default: int) -> int:
+def _count(body: dict[str, Any], key: str) -> int | None:
     value = body.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def error_envelope(response: httpx.Response) -> tuple[str, str]:
-    """MailUp's ``ErrorCode`` (a string) and ``ErrorDescription``, or the HTTP status."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and "ErrorCode" in body:
-        code = str(body.get("ErrorCode"))
-        description = str(body.get("ErrorDescription") or body.get("ErrorName") or "")
-        return code, description or f"HTTP {response.status_code}"
-    text = response.text.strip()[:200]
-    return str(response.status_code), text or f"HTTP {response.status_code}"
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

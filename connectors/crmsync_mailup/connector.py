@@ -192,7 +192,7 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
             return None
 
     def _read_changes(self, since: Cursor) -> Iterator[Page]:
-        start = since.at - timedelta(seconds=self.settings.read_overlap_s)
+        start = since.at - timedelta(seconds=self.settings.overlap_s)
         newest = since.at
         for list_id in self.list_ids():
             # The rows changed in the window first, then their groups: one listing per

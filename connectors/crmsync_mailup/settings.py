@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from crmsync.contract import ConnectorSettings, check_url_template, iana_time_zone
+from crmsync.connect import HttpConnectorSettings, iana_time_zone
+from crmsync.contract import check_url_template
 
 __all__ = ["PLACEHOLDERS", "MailUpSettings"]
 
@@ -26,7 +27,7 @@ PLACEHOLDERS = frozenset(
 )
 
 
-class MailUpSettings(ConnectorSettings):
+class MailUpSettings(HttpConnectorSettings):
     """Everything the MailUp connector can be told; the defaults are MailUp's real ones."""
 
     # -- where and who -------------------------------------------------------------------
@@ -42,19 +43,16 @@ class MailUpSettings(ConnectorSettings):
     transactional_secret: SecretStr | None = None
     frontend_url: str | None = Field(
         None, description="https://<console host>/frontend: one-call multi-list subscribe")
-    ca_path: str | None = None  # a CA bundle to trust (an emulator's throw-away CA)
-    timeout_s: float = 30.0
     console_recipient_url: str | None = Field(
         None, description="a recipient's page in your MailUp console, with {id} (MailUp's "
         "idRecipient) and/or {email}: open a recipient there and copy its address")
 
     # -- pacing and paging -----------------------------------------------------------------
-    rate: float | None = Field(5.0, description="calls per second; MailUp allows 5")
-    retries: int = Field(5, ge=1, le=20)
+    rate_per_s: float | None = Field(5.0, ge=0,
+                                     description="calls per second; MailUp allows 5")
     page_size: int = Field(20, ge=1, le=1000,
         description="pageSize of listings (20 is MailUp's default)")
     lists: list[str] | None = Field(None, description="the lists read() covers; unset = every list")
-    read_overlap_s: float = 300.0
     api_timezone: str = Field(
         "Europe/Rome", description="the zone of EmailOptins dates (they carry no offset; "
         "MailUp's webhook samples carry Italian offsets)")

@@ -8,7 +8,7 @@ The OAuth flows speak to the token endpoint through the connector's httpx client
 simple-salesforce hard-codes ``https://{domain}.salesforce.com`` for them, so a My
 Domain login URL with a port (or an emulator) cannot be reached through it. The SOAP
 fallback is simple-salesforce's own ``SalesforceLogin`` (its ``scratch_url`` accepts
-any login host) over a ``requests`` session that trusts ``ca_bundle``.
+any login host) over a ``requests`` session that trusts ``ca_file``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import httpx
 import jwt
 
+from crmsync.connect import ErrorMap, ErrorRule, Token, TokenAuth
 from crmsync.errors import AuthError, ConfigError, RemoteError
 
 from ._settings import SalesforceSettings
@@ -31,10 +32,18 @@ __all__ = [
     "ClientCredentialsFlow",
     "JwtBearerFlow",
     "PasswordFlow",
+    "SalesforceAuth",
     "SalesforceSession",
     "SoapLoginFlow",
     "flow_for",
 ]
+
+
+#: The token endpoint's answers: every refusal below 500 is a login to fix.
+LOGIN_ERRORS = ErrorMap("Salesforce", code_keys=("error",), message_keys=("error_description",),
+                        rules=[ErrorRule(AuthError, status=range(400, 500), advice=(
+                            "check the connected app, username and credentials in the "
+                            "settings and CRMSYNC_SALESFORCE_*"))])
 
 
 @dataclass(frozen=True)
@@ -43,14 +52,6 @@ class SalesforceSession:
 
     instance_url: str
     access_token: str = field(repr=False)
-
-
-def network_hint(exc: Exception) -> str:
-    """What a transport failure most likely means, and what to do."""
-    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        return ("its TLS certificate is not trusted: set ca_bundle to the CA that signed it "
-                "(certificate checks stay on)")
-    return f"{type(exc).__name__}; check the URL and the network, then try again"
 
 
 def _secret(settings: SalesforceSettings, name: str) -> str:
@@ -85,24 +86,15 @@ class AuthFlow(ABC):
     def _token(self, http: httpx.Client, data: dict[str, str],
                headers: dict[str, str] | None = None) -> SalesforceSession:
         url = self.settings.login_url.rstrip("/") + "/services/oauth2/token"
-        try:
-            response = http.post(url, data=data, headers=headers or {})
-        except httpx.HTTPError as exc:
-            raise RemoteError(f"cannot reach the Salesforce login server {url}: "
-                              f"{network_hint(exc)}", retryable=True) from None
+        response = LOGIN_ERRORS.call(http, "POST", url, what=f"{self.name} login", data=data,
+                                     headers=headers or {}, auth=None)
         try:
             body: dict[str, Any] = response.json()
         except ValueError:
             body = {}
-        if response.status_code >= 500:
-            raise RemoteError(f"the Salesforce login server answered {response.status_code}: "
-                              "try again later", status=response.status_code, retryable=True)
-        if response.status_code != 200 or "access_token" not in body:
-            raise AuthError(
-                f"Salesforce refused the {self.name} login "
-                f"({body.get('error', response.status_code)}: "
-                f"{body.get('error_description', 'no description')}): check the connected "
-                "app, username and credentials in the settings and CRMSYNC_SALESFORCE_*")
+        if "access_token" not in body:
+            raise AuthError(f"Salesforce answered the {self.name} login without a token: "
+                            "check login_url")
         self.logins += 1
         return SalesforceSession(
             instance_url=(self.settings.instance_url or body.get("instance_url", "")).rstrip("/"),
@@ -181,11 +173,11 @@ class SoapLoginFlow(AuthFlow):
 
         token = self.settings.security_token
         with requests.Session() as session:
-            if self.settings.ca_bundle:
+            if self.settings.ca_file:
                 # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override session.verify
                 # unless the environment is ignored: the configured CA must win.
                 session.trust_env = False
-                session.verify = self.settings.ca_bundle
+                session.verify = self.settings.ca_file
             try:
                 session_id, instance = SalesforceLogin(
                     username=_setting(self.settings, "username"),
@@ -206,6 +198,37 @@ class SoapLoginFlow(AuthFlow):
         return SalesforceSession(
             instance_url=(self.settings.instance_url or f"https://{instance}").rstrip("/"),
             access_token=session_id)
+
+
+class SalesforceAuth(TokenAuth):
+    """The session of one flow as a :class:`TokenAuth`: a 401 logs in again once and the
+    call is sent again, except a query-locator page (``locator()``), which died with the
+    old session: its caller restarts the query instead."""
+
+    def __init__(self, flow: AuthFlow, http: httpx.Client) -> None:
+        super().__init__()
+        self.flow = flow
+        self.http = http
+
+    def obtain(self) -> Token:
+        session = self.flow.login(self.http)
+        return Token(value=session.access_token, extra={"instance_url": session.instance_url})
+
+    def session(self) -> SalesforceSession:
+        token = self.token()
+        return SalesforceSession(instance_url=token.extra["instance_url"],
+                                 access_token=token.value)
+
+    def resend(self, request: httpx.Request) -> bool:
+        return not request.extensions.get(_LOCATOR)
+
+
+_LOCATOR = "crmsync_salesforce.locator"
+
+
+def locator() -> dict[str, Any]:
+    """Request extensions marking a query-locator page (see :class:`SalesforceAuth`)."""
+    return {_LOCATOR: True}
 
 
 _FLOWS: dict[str, type[AuthFlow]] = {

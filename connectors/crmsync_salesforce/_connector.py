@@ -10,7 +10,6 @@ import httpx
 
 from crmsync.contract import Capabilities, Connector, ConnectorSettings
 from crmsync.errors import CrmsyncError
-from crmsync.http import RetryPolicy, build_client
 from crmsync.model import (
     Change,
     Cursor,
@@ -37,7 +36,7 @@ class SalesforceConnector(Connector):
 
     ``read`` pages by ``(SystemModstamp, Id)``; ``write`` batches through sObject
     Collections or Bulk 2.0; ``decode_event`` reads Outbound Messages. The HTTP client
-    is injected or built with ``ca_bundle`` as the CA to trust.
+    is injected or built with ``ca_file`` as the CA to trust.
     """
 
     name: ClassVar[str] = "salesforce"
@@ -52,9 +51,7 @@ class SalesforceConnector(Connector):
         super().__init__(settings, http=http)
         assert isinstance(settings, SalesforceSettings)
         self._owns_http = http is None
-        self.http = http or build_client(
-            timeout=settings.timeout, rate=settings.rate, verify=settings.ca_bundle or True,
-            policy=RetryPolicy(attempts=4))
+        self.http = http or settings.http_client(base_url="")
         self.quota = QuotaTracker(settings.quota_share)
         self.api = SalesforceApi(self.http, flow_for(settings), settings, self.quota)
         self._reader = Reader(self.api, self.name)

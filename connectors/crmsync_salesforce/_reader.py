@@ -243,7 +243,7 @@ class Reader:
             done = self._page(items, resync) if items else Page(records=[])
             if unordered_since is None:
                 return done
-            at = unordered_since - timedelta(seconds=self.settings.overlap_seconds)
+            at = unordered_since - timedelta(seconds=self.settings.overlap_s)
             return Page(records=done.records, rejected=done.rejected, cursor=Cursor(
                 at=at if last else _EPOCH, tie_id="" if last else f"{number:08d}",
                 data={"resync": True} if resync else {}))
@@ -359,7 +359,7 @@ class Reader:
         if since is None:
             yield from self.full()
             return
-        start = since.at - timedelta(seconds=self.settings.overlap_seconds)
+        start = since.at - timedelta(seconds=self.settings.overlap_s)
         if self.settings.check_deleted_window and self.window_missed(start):
             log.warning("deleted records since %s are no longer in the Salesforce recycle "
                         "bin: reading everything again (resync)", start.isoformat())

@@ -14,10 +14,11 @@ from typing import Any
 
 import httpx
 
+from crmsync.connect import ErrorMap, ErrorRule, mark_streamed
 from crmsync.errors import AuthError, QuotaExhausted, RateLimited, RemoteError
-from crmsync.http import mark_streamed, retry_after_seconds
 
-from ._auth import AuthFlow, SalesforceSession, network_hint
+from ._auth import AuthFlow, SalesforceAuth, SalesforceSession
+from ._auth import locator as locator_extensions
 from ._quota import QuotaTracker
 from ._settings import SalesforceSettings
 
@@ -51,18 +52,20 @@ class SessionRefreshed(Exception):
     """The session was renewed while following a query locator: restart the query."""
 
 
+#: Salesforce's ``[{"errorCode", "message"}]`` answers (REQUEST_LIMIT_EXCEEDED is read
+#: first by :meth:`SalesforceApi.request`: it depends on the org's usage).
+API_ERRORS = ErrorMap("Salesforce", code_keys=("errorCode", "error"),
+                      message_keys=("message", "error_description"), rules=[
+    ErrorRule(AuthError, status=401, advice="a fresh session was refused: check the "
+              "integration user's permissions and the connected app's policies"),
+    ErrorRule(RateLimited, status=429, advice="slow down: lower rate_per_s"),
+    ErrorRule(RemoteError, code=RETRYABLE_CODES, retryable=True),
+], retryable_statuses=(500, 502, 503, 504))
+
+
 def error_of(response: httpx.Response) -> tuple[str, str]:
     """``(errorCode, message)`` from a documented error body, whatever its exact shape."""
-    try:
-        body = response.json()
-    except ValueError:
-        return "", response.text[:200]
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        body = body[0]
-    if isinstance(body, dict):
-        return (str(body.get("errorCode") or body.get("error") or ""),
-                str(body.get("message") or body.get("error_description") or ""))
-    return "", str(body)[:200]
+    return API_ERRORS.parts(response)
 
 
 class SalesforceApi:
@@ -72,99 +75,69 @@ class SalesforceApi:
                  quota: QuotaTracker) -> None:
         self.http = http
         self.flow = flow
+        self.auth = SalesforceAuth(flow, http)
         self.settings = settings
         self.quota = quota
         self.calls = 0
-        self._session: SalesforceSession | None = None
 
     @property
     def data_path(self) -> str:
         return f"/services/data/v{self.settings.api_version}"
 
     def session(self) -> SalesforceSession:
-        if self._session is None:
-            self._session = self.flow.login(self.http)
-        return self._session
-
-    def refresh(self) -> SalesforceSession:
-        self._session = None
-        return self.session()
+        return self.auth.session()
 
     def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
                 content: bytes | None = None, headers: dict[str, str] | None = None,
                 stream: bool = False, locator: bool = False) -> httpx.Response:
         """One API call; ``path`` is relative to the data path unless it starts with '/'.
 
-        ``locator=True`` marks a query-locator URL: a session renewed while following it
-        raises :class:`SessionRefreshed` instead of retrying, because the locator died
-        with the old session.
+        The session is :class:`SalesforceAuth`'s (a 401 logs in again once). ``locator=True``
+        marks a query-locator URL: a session renewed while following it raises
+        :class:`SessionRefreshed` instead, because the locator died with the old session.
         """
         self.quota.guard()
         refusals = 0
-        attempt = 0
-        while attempt < 2:
-            session = self.session()
-            url = session.instance_url + (path if path.startswith("/")
-                                          else f"{self.data_path}/{path}")
+        while True:
+            url = self.session().instance_url + (path if path.startswith("/")
+                                                 else f"{self.data_path}/{path}")
             request = self.http.build_request(method, url, params=params, json=json,
-                                              content=content, headers={
-                "Authorization": f"Bearer {session.access_token}", **(headers or {})})
+                                              content=content, headers=headers,
+                                              extensions=locator_extensions() if locator
+                                              else None)
             if stream:
                 mark_streamed(request)  # a Bulk result page: read as it arrives
             self.calls += 1
+            what = f"{method} {path.split('?')[0]}"
             try:
-                response = self.http.send(request, stream=stream)
+                response = self.http.send(request, stream=stream, auth=self.auth)
             except httpx.HTTPError as exc:
-                raise RemoteError(f"Salesforce did not answer {method} {path.split('?')[0]}: "
-                                  f"{network_hint(exc)}", retryable=True) from None
+                raise API_ERRORS.unreachable(exc, what) from None
             self.quota.observe(response.headers)
             if response.status_code < 400:
                 return response
             response.read()
             response.close()
             code, message = error_of(response)
-            if response.status_code == 401 and attempt == 0:
-                # Only INVALID_SESSION_ID is documented; any 401 means "log in again".
-                self.refresh()
-                if locator:
-                    raise SessionRefreshed(code or "INVALID_SESSION_ID")
-                attempt += 1
-                continue
-            if (code == "REQUEST_LIMIT_EXCEEDED" and not is_budget_spent(message, self.quota)
-                    and refusals + 1 < CONCURRENCY_ATTEMPTS):
-                # Too many long requests in the org right now: wait and ask again.
+            if response.status_code == 401 and locator:
+                raise SessionRefreshed(code or "INVALID_SESSION_ID")
+            if code == "REQUEST_LIMIT_EXCEEDED":
+                if is_budget_spent(message, self.quota):
+                    self.quota.spent(message or code)
+                    raise QuotaExhausted(
+                        f"Salesforce daily API limit reached on {what} ({message}): the run "
+                        "stopped with its cursor kept; resume once the 24-hour usage window "
+                        "has room", code=code, status=response.status_code)
+                # Too many long requests in the org right now (a documented answer that is
+                # not the budget): wait and ask again a few times.
                 refusals += 1
-                self.sleep(min(30.0, 0.5 * 4 ** (refusals - 1)))
-                continue
-            raise self._error(response, code, message, method, path)
-        raise AssertionError("unreachable")
-
-    def _error(self, response: httpx.Response, code: str, message: str, method: str,
-               path: str) -> Exception:
-        status = response.status_code
-        where = f"{method} {path.split('?')[0]}"
-        if status == 401:
-            return AuthError(f"Salesforce refused a fresh session on {where} ({code}: "
-                             f"{message}): check the integration user's permissions and the "
-                             "connected app's policies")
-        if code == "REQUEST_LIMIT_EXCEEDED" and not is_budget_spent(message, self.quota):
-            return RateLimited(f"Salesforce refused {where} for now ({message}): too many long "
-                               "requests run in the org at once; the call is retried later",
-                               status=status, code=code)
-        if code == "REQUEST_LIMIT_EXCEEDED":
-            self.quota.spent(message or code)
-            return QuotaExhausted(
-                f"Salesforce daily API limit reached on {where} ({message}): the run stopped "
-                "with its cursor kept; resume once the 24-hour usage window has room",
-                code=code, status=status)
-        if status == 429:
-            return RateLimited(f"Salesforce asked to slow down on {where}: {message}",
-                               retry_after=retry_after_seconds(response.headers.get(
-                                   "Retry-After")), status=status, code=code or None)
-        retryable = status >= 500 or code in RETRYABLE_CODES
-        hint = "try again later" if retryable else "check the settings (objects, fields)"
-        return RemoteError(f"Salesforce answered {status} {code} on {where}: {message}; {hint}",
-                           status=status, code=code or None, retryable=retryable)
+                if refusals < CONCURRENCY_ATTEMPTS:
+                    self.sleep(min(30.0, 0.5 * 4 ** (refusals - 1)))
+                    continue
+                raise RateLimited(f"Salesforce refused {what} for now ({message}): too many "
+                                  "long requests run in the org at once; the call is retried "
+                                  "later", status=response.status_code, code=code)
+            raise API_ERRORS.error(response, what)
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)

@@ -7,12 +7,12 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from crmsync.contract import ConnectorSettings
+from crmsync.connect import HttpConnectorSettings
 
 __all__ = ["SalesforceSettings"]
 
 
-class SalesforceSettings(ConnectorSettings):
+class SalesforceSettings(HttpConnectorSettings):
     """How to reach one org and what to read from it.
 
     Secrets (``client_secret``, ``password``, ``security_token``, ``private_key``) come
@@ -36,10 +36,10 @@ class SalesforceSettings(ConnectorSettings):
     key_file: Path | None = None
     """PEM file of the connected app's private key (JWT bearer), instead of ``private_key``."""
     api_version: str = Field("59.0", pattern=r"^\d+\.\d$")
-    ca_bundle: str | None = None
-    """A CA file to trust (an emulator's throw-away CA); certificate checks stay on."""
-    timeout: float = 60.0
-    rate: float | None = None
+    base_url: str = Field("", description="unused: Salesforce is reached at login_url, then "
+                          "at the instance_url the login returns")
+    timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(4, ge=1, le=20)
 
     objects: list[Literal["Contact", "Lead"]] = ["Contact", "Lead"]
     fields: list[str] = ["FirstName", "LastName", "HasOptedOutOfEmail", "Interests__c"]
@@ -47,7 +47,6 @@ class SalesforceSettings(ConnectorSettings):
                                  "IsEmailBounced"]
     memberships: bool = True
     """Read CampaignMember rows into ``Contact.memberships`` (``campaign:<id>`` -> Status)."""
-    overlap_seconds: float = Field(300.0, ge=0)
     query_batch_size: int = Field(2000, ge=200, le=2000)
     check_deleted_window: bool = True
     deleted_check_after_s: float = Field(3600.0, ge=0)

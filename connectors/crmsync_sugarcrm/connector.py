@@ -14,7 +14,6 @@ import httpx
 
 from crmsync.contract import Capabilities, Connector, ConnectorSettings
 from crmsync.errors import CrmsyncError
-from crmsync.http import RetryPolicy, build_client
 from crmsync.model import (
     Change,
     Contact,
@@ -29,7 +28,7 @@ from crmsync.model import (
     rejected_address,
 )
 
-from .flavour import RETRYABLE_STATUSES, SugarFlavour
+from .flavour import SugarFlavour
 from .hooks import WebLogicHookDecoder
 from .legacy import LegacyFlavour
 from .records import RecordWrite, SugarRecord, in_key_order
@@ -79,11 +78,7 @@ class SugarConnector(Connector):
         super().__init__(settings, http=http)
         self._owns_http = http is None
         if http is None:
-            http = build_client(timeout=self.settings.timeout_s, rate=self.settings.rate,
-                                verify=self.settings.verify,
-                                policy=RetryPolicy(attempts=self.settings.retries,
-                                                   backoff=self.settings.retry_backoff_s,
-                                                   statuses=RETRYABLE_STATUSES))
+            http = self.settings.http_client(base_url="")
         self._http = http
         self.flavour: SugarFlavour = FLAVOURS[self.settings.flavour](self.settings, http)
         self._hooks = WebLogicHookDecoder(self.name, self.settings, self._fetch)

@@ -9,18 +9,17 @@ resolved writes in as few calls as the API allows.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 import httpx
 
-from crmsync.errors import RemoteError
 from crmsync.model import WriteResult
 
 from .records import AddressChange, RecordWrite, SugarRecord
 from .settings import SugarSettings
 
-__all__ = ["RETRYABLE_STATUSES", "SugarFlavour", "retry_safe", "send_once"]
+__all__ = ["RETRYABLE_STATUSES", "SugarFlavour"]
 
 # 500 is left out: both flavours answer a bad query with a 500 that repeats forever.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
@@ -70,30 +69,3 @@ class SugarFlavour(ABC):
 
     def close(self) -> None:
         """Log out when the API has a session worth ending."""
-
-
-def send_once(send: Callable[[], httpx.Response], *, what: str) -> httpx.Response:
-    """Send a write exactly once: a write whose answer is lost may have been applied,
-    and sent again a create would make the record twice. A failed connection is a
-    retryable error for the engine (the next run writes it again)."""
-    try:
-        return send()
-    except httpx.TransportError as exc:
-        raise RemoteError(
-            f"{what}: the connection failed ({type(exc).__name__}) and the write may or may "
-            "not have been applied; it is not repeated blindly, the next run writes it again",
-            retryable=True) from None
-
-
-def retry_safe(send: Callable[[], httpx.Response], *, what: str) -> httpx.Response:
-    """Send a call that is safe to repeat (a read), once: ``send`` marks its request
-    ``extensions=idempotent()`` and the transport's one retry policy retries it (both
-    flavours read with POST: REST ``/filter``, every v4_1 call). A connection still
-    failing once that policy is spent is a retryable error for the engine."""
-    try:
-        return send()
-    except httpx.TransportError as exc:
-        raise RemoteError(
-            f"{what}: could not reach the server ({type(exc).__name__}: {exc}); "
-            "check base_url and the network, then run again", retryable=True,
-        ) from None

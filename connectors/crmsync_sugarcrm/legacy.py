@@ -22,18 +22,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
+from crmsync.connect import ErrorMap, ErrorRule, Token, TokenAuth, copy_request, idempotent
 from crmsync.errors import AuthError, RemoteError
-from crmsync.http import idempotent
 from crmsync.model import WriteResult
 
-from .flavour import SugarFlavour, retry_safe, send_once
+from .flavour import SugarFlavour
 from .records import (
     AddressChange,
     RecordWrite,
@@ -75,6 +75,56 @@ class LegacyError(RemoteError):
     def __init__(self, message: str, *, number: int) -> None:
         super().__init__(message, status=200, code=str(number), retryable=False)
         self.number = number
+
+
+def _error_number(data: Any) -> int | None:
+    """The SOAP error number of a v4_1 error body (HTTP 200), else ``None``."""
+    if isinstance(data, dict) and {"name", "number", "description"} <= set(data) \
+            and "id" not in data:
+        try:
+            return int(data["number"])
+        except (TypeError, ValueError):
+            return -1
+    return None
+
+
+#: HTTP errors of v4_1 (its own errors come as HTTP 200 bodies, see LegacyError).
+LEGACY_ERRORS = ErrorMap("v4_1", code_when_missing="http_{status}",
+                         retryable_statuses=(429, 502, 503, 504), rules=[
+    ErrorRule(RemoteError, status=range(400, 600), advice=(
+        "SuiteCRM answers a bad SQL query or an argument name PHP 8 does not know this "
+        "way: check the fields and modules settings and the server's PHP error log"))])
+
+
+class LegacySession(TokenAuth):
+    """The v4_1 session id: the first argument of every call's ``rest_data``; a call
+    answered "Invalid Session ID" (number 11) logs in again once and is sent again."""
+
+    requires_response_body = True
+
+    def __init__(self, login: Callable[[], str]) -> None:
+        super().__init__()
+        self._login = login
+
+    def obtain(self) -> Token:
+        return Token(value=self._login())
+
+    def attach(self, request: httpx.Request, token: Token) -> httpx.Request:
+        form = parse_qsl(request.content.decode(), keep_blank_values=True)
+        out = []
+        for key, value in form:
+            if key == "rest_data":
+                arguments = json.loads(value)
+                arguments[0] = token.value
+                value = json.dumps(arguments)
+            out.append((key, value))
+        return copy_request(request, content=urlencode(out).encode())
+
+    def is_refused(self, response: httpx.Response) -> bool:
+        try:
+            return _error_number(response.json()) == 11
+        except ValueError:
+            return False
 
 
 def rest_data(method: str, **arguments: Any) -> str:
@@ -128,37 +178,23 @@ class LegacyFlavour(SugarFlavour):
     def __init__(self, settings: SugarSettings, http: httpx.Client) -> None:
         super().__init__(settings, http)
         self.url = f"{settings.base_url}/service/v4_1/rest.php"
-        self._session: str | None = None
-        self._lock = threading.Lock()
-        self.logins = 0
+        self.auth = LegacySession(self._login)
 
     # -- transport ---------------------------------------------------------------------
-    def _post(self, method: str, arguments: dict[str, Any]) -> Any:
+    def _post(self, method: str, arguments: dict[str, Any], *, auth: bool = False) -> Any:
         form = {"method": method, "input_type": "JSON", "response_type": "JSON",
                 "rest_data": rest_data(method, **arguments)}
-        def send() -> httpx.Response:
-            return self.http.post(self.url, data=form,
-                                  extensions=None if method in _WRITES else idempotent())
-
-        response = (send_once(send, what=f"v4_1 {method}") if method in _WRITES
-                    else retry_safe(send, what=f"v4_1 {method}"))
-        if response.status_code >= 400:
-            hint = ("SuiteCRM answers a bad SQL query or an argument name PHP 8 does not "
-                    "know this way: check the fields and modules settings and the server's "
-                    "PHP error log") if not response.content else response.text[:200]
-            raise RemoteError(
-                f"v4_1 {method}: HTTP {response.status_code} with "
-                f"{'an empty body' if not response.content else 'an error'} ({hint})",
-                status=response.status_code, code=f"http_{response.status_code}",
-                retryable=response.status_code in (502, 503, 504))
+        response = LEGACY_ERRORS.call(
+            self.http, "POST", self.url, what=method, write=method in _WRITES, data=form,
+            auth=self.auth if auth else None,
+            extensions=None if method in _WRITES else idempotent())
         try:
             data = response.json()
         except ValueError:
             raise RemoteError(f"v4_1 {method}: the answer is not JSON ({response.text[:120]!r});"
                               f" is {self.url} a SuiteCRM/SugarCRM v4_1 endpoint?",
                               status=response.status_code, code="not_json") from None
-        if isinstance(data, dict) and {"name", "number", "description"} <= set(data) \
-                and "id" not in data:
+        if _error_number(data) is not None:
             number = int(data["number"])
             message = f"v4_1 {method}: {data['name']} ({number}): {data['description']}"
             if number == 40:
@@ -177,7 +213,6 @@ class LegacyFlavour(SugarFlavour):
                 f"{module} (Admin > Role Management) and run again")
 
     def _login(self) -> str:
-        self.logins += 1
         # md5 of the password: the server compares hashes (no "encryption": "PLAIN").
         digest = hashlib.md5(self.settings.password.get_secret_value().encode(),
                              usedforsecurity=False).hexdigest()
@@ -192,32 +227,24 @@ class LegacyFlavour(SugarFlavour):
             raise AuthError("v4_1 login returned no session id; check base_url")
         return str(data["id"])
 
+    @property
+    def logins(self) -> int:
+        return self.auth.obtained
+
     def session(self) -> str:
-        with self._lock:
-            if self._session is None:
-                self._session = self._login()
-            return self._session
+        return self.auth.token().value
 
     def call(self, method: str, **arguments: Any) -> Any:
-        """Call ``method`` with the session, logging in again once if it was lost."""
-        session = self.session()
-        try:
-            return self._post(method, {"session": session, **arguments})
-        except LegacyError as exc:
-            if exc.number != 11:
-                raise
-        with self._lock:
-            if self._session == session:
-                self._session = self._login()
-            fresh = self._session or self._login()
-        return self._post(method, {"session": fresh, **arguments})
+        """Call ``method`` with the session (:class:`LegacySession` puts it in and logs
+        in again once when the server lost it)."""
+        return self._post(method, {"session": "", **arguments}, auth=True)
 
     def close(self) -> None:
-        if self._session is not None:
+        session = self.auth.forget()
+        if session is not None:
             # A failed logout is harmless: the session expires on its own.
             with contextlib.suppress(RemoteError, httpx.HTTPError):
-                self._post("logout", {"session": self._session})
-            self._session = None
+                self._post("logout", {"session": session.value})
 
     # -- reading -----------------------------------------------------------------------
     def check(self) -> str:

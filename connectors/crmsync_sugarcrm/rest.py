@@ -9,18 +9,17 @@ array that a PUT replaces whole, ``/bulk`` batches and the ``/link`` endpoints.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import httpx
 
+from crmsync.connect import ErrorMap, ErrorRule, Token, TokenAuth, idempotent
 from crmsync.errors import AuthError, RemoteError
-from crmsync.http import idempotent
 from crmsync.model import WriteResult
 
-from .flavour import SugarFlavour, retry_safe, send_once
+from .flavour import SugarFlavour
 from .records import (
     AddressChange,
     RecordWrite,
@@ -31,86 +30,66 @@ from .records import (
 )
 from .settings import SugarSettings
 
-__all__ = ["RestFlavour", "SugarOAuth2", "rest_error"]
+__all__ = ["REST_ERRORS", "RestFlavour", "SugarOAuth2"]
 
-_RETRYABLE = {409, 429, 500, 502, 503, 504}
 _TOKEN_ERRORS = {"invalid_grant", "need_login", "invalid_token"}
+
+#: Sugar's ``{"error", "error_message"}`` answers, with what to do about each status.
+REST_ERRORS = ErrorMap("Sugar", code_keys=("error",), message_keys=("error_message", "error"),
+                       code_when_missing="http_{status}", rules=[
+    ErrorRule(AuthError, status=401, advice="the new token was refused too; check the API "
+              "user's access"),
+    ErrorRule(RemoteError, status=400, advice="check the request and the OAuth2 client"),
+    ErrorRule(RemoteError, status=409, advice="the record changed since it was read: read "
+              "it again and retry"),
+    ErrorRule(RemoteError, status=422, advice="fix the value named in the message"),
+    ErrorRule(RemoteError, status=404, advice="check the module, record id or link name"),
+    ErrorRule(RemoteError, status=403, advice="give the API user access to this module"),
+    ErrorRule(RemoteError, status=503, advice="Sugar is in maintenance or unavailable: retry "
+              "later"),
+    ErrorRule(RemoteError, status=500, advice="the server failed (often a bad filter or "
+              "field name): check the filter and the fields setting, then Sugar's log"),
+])
 
 
 def _iso(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
-def rest_error(response: httpx.Response, what: str) -> RemoteError:
-    """A RemoteError from a Sugar error answer, saying what to do about it."""
-    status = response.status_code
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and "error" in body:
-        code = str(body.get("error"))
-        message = str(body.get("error_message") or code)
-    else:
-        code = f"http_{status}"
-        message = "empty body" if not response.content else response.text[:200]
-    advice = {
-        401: "check the credentials",
-        400: "check the request and the OAuth2 client",
-        409: "the record changed since it was read: read it again and retry",
-        422: "fix the value named in the message",
-        404: "check the module, record id or link name",
-        403: "give the API user access to this module",
-        503: "Sugar is in maintenance or unavailable: retry later",
-        500: "the server failed (often a bad filter or field name): check the filter "
-             "and the fields setting, then Sugar's log",
-    }.get(status, "see the message; retry later if the server is overloaded")
-    return RemoteError(f"{what}: HTTP {status} {code}: {message} ({advice})",
-                       status=status, code=code, retryable=status in _RETRYABLE)
-
-
-class SugarOAuth2:
-    """The one owner of the access and refresh tokens.
+class SugarOAuth2(TokenAuth):
+    """The one owner of the access and refresh tokens (``OAuth-Token`` header).
 
     Sugar rotates refresh tokens: a refresh hands out a new one and the old one stops
     working. Two components refreshing on their own would log each other out, so every
-    token request goes through this object, under its lock.
+    token request goes through this object, under its lock (:class:`TokenAuth`).
     """
 
+    header = "OAuth-Token"
+    scheme = ""
+    requires_response_body = True  # which 401 means "token spent" is in the body
+
     def __init__(self, settings: SugarSettings, http: httpx.Client) -> None:
+        super().__init__()
         self.settings = settings
         self.http = http
-        self._lock = threading.Lock()
-        self._access: str | None = None
-        self._refresh: str | None = None
-        self.grants = 0
-        self.refreshes = 0
+        self.token_errors = ErrorMap("Sugar", code_keys=("error",),
+                                     message_keys=("error_message", "error"), rules=[
+            ErrorRule(AuthError, status=(400, 401), advice=(
+                "check the username setting, CRMSYNC_SUGARCRM_PASSWORD, client_id and "
+                "CRMSYNC_SUGARCRM_CLIENT_SECRET, and that the platform "
+                f"{settings.platform!r} is allowed (Admin > Configure API Platforms)"))])
 
     @property
     def url(self) -> str:
         return f"{self.settings.base_url}/rest/{self.settings.api_version}/oauth2/token"
 
-    def token(self) -> str:
-        with self._lock:
-            if self._access is None:
-                self._password_grant()
-            assert self._access is not None
-            return self._access
-
-    def renew(self, stale: str) -> str:
-        """A fresh access token after ``stale`` was refused (once per stale token)."""
-        with self._lock:
-            if self._access is not None and self._access != stale:
-                return self._access  # someone else renewed meanwhile
-            if self._refresh is not None:
-                try:
-                    self._refresh_grant()
-                except AuthError:
-                    self._password_grant()
-            else:
-                self._password_grant()
-            assert self._access is not None
-            return self._access
+    def is_refused(self, response: httpx.Response) -> bool:
+        if response.status_code != 401:
+            return False
+        try:
+            return str(response.json().get("error")) in _TOKEN_ERRORS
+        except (ValueError, AttributeError):
+            return True
 
     def _common(self) -> dict[str, Any]:
         secret = self.settings.client_secret
@@ -118,40 +97,25 @@ class SugarOAuth2:
                 "client_secret": secret.get_secret_value() if secret else "",
                 "platform": self.settings.platform}
 
-    def _password_grant(self) -> None:
-        self.grants += 1
-        self._store(self._post({
+    def obtain(self) -> Token:
+        return self._grant({
             "grant_type": "password", "username": self.settings.username,
             "password": self.settings.password.get_secret_value(), **self._common()},
-            "log in"))
+            "log in")
 
-    def _refresh_grant(self) -> None:
-        self.refreshes += 1
-        self._store(self._post({"grant_type": "refresh_token",
-                                "refresh_token": self._refresh, **self._common()},
-                               "refresh the token"))
+    def refresh(self, token: Token) -> Token:
+        return self._grant({"grant_type": "refresh_token", "refresh_token": token.refresh,
+                            **self._common()}, "refresh the token")
 
-    def _store(self, data: dict[str, Any]) -> None:
-        self._access = str(data["access_token"])
-        self._refresh = str(data["refresh_token"]) if data.get("refresh_token") else None
-
-    def _post(self, body: dict[str, Any], what: str) -> dict[str, Any]:
-        response = retry_safe(lambda: self.http.post(self.url, json=body,
-                                                     extensions=idempotent()),
-                              what=f"Sugar: {what}")
-        if response.status_code in (400, 401):
-            error = rest_error(response, f"Sugar refused to {what}")
-            raise AuthError(
-                f"{error} - check the username setting, CRMSYNC_SUGARCRM_PASSWORD, client_id and "
-                "CRMSYNC_SUGARCRM_CLIENT_SECRET, and that the platform "
-                f"{self.settings.platform!r} is allowed (Admin > Configure API Platforms)")
-        if response.status_code >= 400:
-            raise rest_error(response, f"Sugar: {what}")
+    def _grant(self, body: dict[str, Any], what: str) -> Token:
+        response = self.token_errors.call(self.http, "POST", self.url, what=f"refused to {what}",
+                                          json=body, extensions=idempotent())
         data = response.json()
         if not isinstance(data, dict) or "access_token" not in data:
             raise AuthError(f"Sugar: {what}: no access_token in the answer; is base_url "
                             f"{self.settings.base_url} a Sugar instance?")
-        return data
+        return Token(value=str(data["access_token"]),
+                     refresh=str(data["refresh_token"]) if data.get("refresh_token") else None)
 
 
 class RestFlavour(SugarFlavour):
@@ -165,34 +129,13 @@ class RestFlavour(SugarFlavour):
     # -- transport ---------------------------------------------------------------------
     def call(self, method: str, path: str, *, body: Any = None,
              params: dict[str, Any] | None = None, safe: bool = False) -> Any:
-        what = f"Sugar {method} /{path}"
-        url = f"{self.root}/{path}"
-
-        def send(token: str) -> httpx.Response:
-            def once() -> httpx.Response:
-                return self.http.request(method, url, json=body, params=params,
-                                         headers={"OAuth-Token": token},
-                                         extensions=idempotent() if safe else None)
-            return (retry_safe(once, what=what) if safe
-                    else send_once(once, what=what))
-
-        token = self.auth.token()
-        response = send(token)
-        if response.status_code == 401 and self._token_refused(response):
-            response = send(self.auth.renew(token))
-        if response.status_code == 401:
-            raise AuthError(f"{rest_error(response, what)} - the new token was refused too; "
-                            "check the API user's access")
-        if response.status_code >= 400:
-            raise rest_error(response, what)
+        """One API call; ``safe`` marks a read made with POST (the transport may repeat
+        it), a write is sent once."""
+        response = REST_ERRORS.call(self.http, method, f"{self.root}/{path}",
+                                    what=f"{method} /{path}", write=not safe, json=body,
+                                    params=params, auth=self.auth,
+                                    extensions=idempotent() if safe else None)
         return response.json() if response.content else None
-
-    @staticmethod
-    def _token_refused(response: httpx.Response) -> bool:
-        try:
-            return str(response.json().get("error")) in _TOKEN_ERRORS
-        except (ValueError, AttributeError):
-            return True
 
     # -- reading -----------------------------------------------------------------------
     def check(self) -> str:
@@ -391,7 +334,8 @@ class RestFlavour(SugarFlavour):
             message = str(contents.get("error_message") or code)
         else:
             code, message = f"http_{status}", str(contents)[:200]
-        return WriteResult(ok=False, error=message, code=code, retryable=status in _RETRYABLE)
+        return WriteResult(ok=False, error=message, code=code,
+                           retryable=status in REST_ERRORS.retryable_statuses)
 
     def apply(self, writes: Sequence[RecordWrite]) -> dict[int, WriteResult]:
         results: dict[int, WriteResult] = {}

@@ -6,14 +6,14 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from crmsync.contract import ConnectorSettings
+from crmsync.connect import HttpConnectorSettings, RetryPolicy
 
 __all__ = ["SugarSettings"]
 
 PERSON_MODULES = ("Contacts", "Leads", "Prospects")
 
 
-class SugarSettings(ConnectorSettings):
+class SugarSettings(HttpConnectorSettings):
     """Where the CRM is, how to log in, and what to read.
 
     ``flavour`` picks the API: ``rest`` (Sugar REST v10/v11, current Sugar) or ``v4_1``
@@ -41,12 +41,15 @@ class SugarSettings(ConnectorSettings):
     target_lists: list[str] | None = None  # None: every target list
     page_size: int = Field(200, ge=1, le=1000)
     batch_size: int = Field(100, ge=1, le=1000)
-    timeout_s: float = 30.0
-    rate: float | None = None
     retries: int = Field(4, ge=1, le=10)
     retry_backoff_s: float = 0.5
-    verify: bool | str = True
     webhook_token: SecretStr | None = None
+
+    def retry_policy(self) -> RetryPolicy:
+        from .flavour import RETRYABLE_STATUSES
+
+        return RetryPolicy(attempts=self.retries, backoff=self.retry_backoff_s,
+                           statuses=RETRYABLE_STATUSES)
 
     @field_validator("modules")
     @classmethod

@@ -12,11 +12,13 @@ import contextlib
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from crmsync.connect import ErrorMap, Token, TokenAuth, with_form_value
 from crmsync.errors import AuthError, CrmsyncError, RemoteError
 
 from ._errors import LOGIN_RETRY_CODES, SESSION_CODES, VtigerError, to_error
@@ -32,6 +34,8 @@ VERBS: dict[str, str] = {
     "add_related": "POST", "me": "GET",
 }
 LOGIN_ATTEMPTS = 4
+#: HTTP-level failures (vTiger's own come as HTTP 200 envelopes: see ``_errors.to_error``)
+VTIGER_HTTP = ErrorMap("vTiger")
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,9 @@ class VtigerApi:
         """One HTTP request with ``params`` where the server reads them."""
         verb = VERBS[operation]
         self.calls += 1
-        try:
-            if verb == "GET":
-                return self.http.get(url, params={**extra, **params}, **kwargs)
-            return self.http.post(url, data={**extra, **params}, **kwargs)
-        except httpx.HTTPError as exc:
-            raise RemoteError(f"vTiger at {self.base_url} did not answer {operation} "
-                              f"({type(exc).__name__}: {exc}); check base_url and the "
-                              "network", retryable=True) from None
+        where = {"params" if verb == "GET" else "data": {**extra, **params}}
+        return VTIGER_HTTP.call(self.http, verb, url, what=f"{operation} at {self.base_url}",
+                                write=verb == "POST", check=False, **where, **kwargs)
 
     def _decode(self, response: httpx.Response, operation: str) -> dict[str, Any]:
         try:
@@ -103,30 +102,58 @@ class VtigerApi:
         return body
 
 
-class WebserviceApi(VtigerApi):
-    """The open-source ``/webservice.php``: getchallenge + login, then ``sessionName``.
+class WebserviceSession(TokenAuth):
+    """The webservice's ``sessionName``, sent with every call (query or form).
 
-    Logins are serialised by a lock: a challenge lives 5 minutes and a concurrent
-    ``getchallenge`` for the same user replaces it, so two threads logging in at once
-    would spoil each other's token. ``INVALID_AUTH_TOKEN`` (another process did it) is
-    retried with a fresh challenge; a lost session is renewed once per call.
+    Logins are serialised by :class:`TokenAuth`'s lock: a challenge lives 5 minutes and a
+    concurrent ``getchallenge`` for the same user replaces it, so two threads logging in
+    at once would spoil each other's token. A lost session (an HTTP 200 envelope with a
+    session code: the server dropped it before acting) logs in once and the call is sent
+    again.
     """
+
+    requires_response_body = True
+
+    def __init__(self, login: Callable[[], Token]) -> None:
+        super().__init__()
+        self._login = login
+
+    def obtain(self) -> Token:
+        return self._login()
+
+    def attach(self, request: httpx.Request, token: Token) -> httpx.Request:
+        return with_form_value(request, "sessionName", token.value)
+
+    def is_refused(self, response: httpx.Response) -> bool:
+        try:
+            body = response.json()
+        except ValueError:
+            return False
+        error = body.get("error") if isinstance(body, dict) and body.get("success") is False \
+            else None
+        return isinstance(error, dict) and str(error.get("code")) in SESSION_CODES
+
+
+class WebserviceApi(VtigerApi):
+    """The open-source ``/webservice.php``: getchallenge + login, then ``sessionName``
+    (:class:`WebserviceSession`). ``INVALID_AUTH_TOKEN`` (another process logged in
+    meanwhile) is retried with a fresh challenge."""
 
     def __init__(self, http: httpx.Client, *, base_url: str, username: str,
                  access_key: str) -> None:
         super().__init__(http, base_url=base_url, username=username, access_key=access_key)
         self.url = f"{base_url}/webservice.php"
-        self._session: Session | None = None
-        self._login_lock = threading.Lock()
-        self.logins = 0
+        self.auth = WebserviceSession(self._login)
+
+    @property
+    def logins(self) -> int:
+        return self.auth.obtained
 
     def session(self) -> Session:
-        with self._login_lock:
-            if self._session is None:
-                self._session = self._login()
-            return self._session
+        token = self.auth.token()
+        return Session(name=token.value, **token.extra)
 
-    def _login(self) -> Session:
+    def _login(self) -> Token:
         last: _Failure | None = None
         for _attempt in range(LOGIN_ATTEMPTS):
             challenge = self._raw("getchallenge", {"username": self.username})
@@ -139,37 +166,26 @@ class WebserviceApi(VtigerApi):
                     last = failure
                     continue
                 raise failure.error() from None
-            self.logins += 1
-            return Session(name=str(result["sessionName"]), user_id=str(result["userId"]),
-                           vtiger_version=str(result.get("vtigerVersion", "")),
-                           api_version=str(result.get("version", "")))
+            return Token(value=str(result["sessionName"]), extra={
+                "user_id": str(result["userId"]),
+                "vtiger_version": str(result.get("vtigerVersion", "")),
+                "api_version": str(result.get("version", ""))})
         assert last is not None
         raise last.error()
 
-    def _drop(self, session: Session) -> None:
-        with self._login_lock:
-            if self._session is session:
-                self._session = None
-
     def call(self, operation: str, params: dict[str, str] | None = None) -> Any:
-        params = params or {}
-        for attempt in range(2):
-            session = self.session()
-            try:
-                return self._raw(operation, params, session)
-            except _Failure as failure:
-                if failure.code in SESSION_CODES and attempt == 0:
-                    self._drop(session)  # the server dropped it before acting: safe to repeat
-                    continue
-                raise failure.error() from None
-        raise AssertionError("unreachable")
+        try:
+            return self._raw(operation, params or {}, auth=True)
+        except _Failure as failure:
+            raise failure.error() from None
 
     def _raw(self, operation: str, params: dict[str, str],
-             session: Session | None = None) -> Any:
+             session: Session | None = None, *, auth: bool = False) -> Any:
         extra = {"operation": operation}
-        if session is not None:
-            extra["sessionName"] = session.name
-        response = self._send(self.url, operation, params, extra)
+        if session is not None or auth:  # the session goes second, as vTiger's own clients do
+            extra["sessionName"] = session.name if session is not None else ""
+        response = self._send(self.url, operation, params, extra,
+                              auth=self.auth if auth else None)
         body = self._decode(response, operation)
         if body.get("success") is True:
             return body.get("result")
@@ -178,12 +194,11 @@ class WebserviceApi(VtigerApi):
                        operation, params, response.status_code)
 
     def close(self) -> None:
-        with self._login_lock:
-            session, self._session = self._session, None
-        if session is not None:
+        token = self.auth.forget()
+        if token is not None:
             # a failed logout is harmless: the session dies after 30 idle minutes
             with contextlib.suppress(_Failure, CrmsyncError):
-                self._raw("logout", {}, session)
+                self._raw("logout", {}, Session(name=token.value, **token.extra))
 
 
 class CloudApi(VtigerApi):

@@ -12,7 +12,6 @@ import httpx
 
 from crmsync.contract import Capabilities, Connector, ConnectorSettings
 from crmsync.errors import CrmsyncError
-from crmsync.http import RetryPolicy, build_client
 from crmsync.model import (
     Change,
     Cursor,
@@ -50,10 +49,7 @@ class VtigerConnector(Connector):
         super().__init__(settings, http=http)
         self._owns_http = http is None
         if http is None:
-            # a webservice 500 is a PHP error, rarely transient: retry little
-            http = build_client(rate=self.settings.rate, timeout=self.settings.timeout,
-                                verify=self.settings.ca_path or True,
-                                policy=RetryPolicy(attempts=3, backoff=0.5))
+            http = self.settings.http_client(base_url="")
         self._client: httpx.Client = http
         api_class: type[VtigerApi] = CloudApi if self.settings.flavour == "cloud" \
             else WebserviceApi

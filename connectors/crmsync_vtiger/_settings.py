@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from crmsync.contract import ConnectorSettings, iana_time_zone
+from crmsync.connect import HttpConnectorSettings, iana_time_zone
 
 __all__ = ["VtigerSettings"]
 
 
-class VtigerSettings(ConnectorSettings):
+class VtigerSettings(HttpConnectorSettings):
     """How to reach one vTiger install and what to read from it."""
 
     base_url: str = Field(description="the vTiger address: https://crm.example.com for the "
@@ -45,9 +45,8 @@ class VtigerSettings(ConnectorSettings):
                                              "Cloud Webhook action must send (parameter "
                                              "crmsync_secret or header X-Vtiger-Secret), on "
                                              "top of crmsync serve's endpoint secret")
-    ca_path: str | None = Field(None, description="a CA bundle to trust (a private CA)")
-    rate: float | None = Field(None, description="at most this many API calls per second")
-    timeout: float = Field(30.0, description="seconds before an API call times out")
+    # a webservice 500 is a PHP error, rarely transient: retry little
+    retries: int = Field(3, ge=1, le=20, description="attempts of one API call")
 
     @field_validator("server_timezone")
     @classmethod

@@ -15,7 +15,7 @@ Control API::
     DELETE /_emulator/requests                  zero the counters
     POST /_emulator/faults      {"latency_ms", "error_rate", "error_status", "error_count",
                                  "drop_count", "drop_after", "expire_sessions": true,
-                                 "rate_limit": calls/s}
+                                 "rate_limit": calls/s, "retry_after": s (on a 429)}
     POST /_emulator/unsubscribe {"email", "list"}   (ESP emulators)
     POST /_emulator/update      {"email", "fields": {...}}  (CRM emulators: a user edits a record)
     GET  /_emulator/profile                     how to connect: {"connector", "settings",
@@ -59,13 +59,16 @@ class Faults:
         self.drop_count = 0
         self.drop_after = True
         self.rate_limit: float | None = None
+        # seconds a 429 (injected, or over rate_limit) asks the client to wait: the
+        # Retry-After header; None sends none (the client backs off on its own)
+        self.retry_after: float | None = None
         self._rng = random.Random(0)
         self._window: list[float] = []
         self._lock = threading.Lock()
 
     def update(self, values: dict[str, Any]) -> None:
         allowed = {"latency_ms", "error_rate", "error_status", "error_count", "rate_limit",
-                   "drop_count", "drop_after"}
+                   "drop_count", "drop_after", "retry_after"}
         unknown = set(values) - allowed - {"expire_sessions"}
         if unknown:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
@@ -218,15 +221,21 @@ class Emulator(ABC):
         if self.faults.latency_ms:
             await asyncio.sleep(self.faults.latency_ms / 1000)
         if self.faults.over_rate():
-            await self.fault_response(429)(scope, receive, send)
+            await self._fault(429)(scope, receive, send)
             return
         if self.faults.should_fail():
-            await self.fault_response(int(self.faults.error_status))(scope, receive, send)
+            await self._fault(int(self.faults.error_status))(scope, receive, send)
             return
         if self.faults.should_drop():
             await self._drop(scope, receive, send)
             return
         await self._app(scope, receive, send)
+
+    def _fault(self, status: int) -> Response:
+        response = self.fault_response(status)
+        if status == 429 and self.faults.retry_after is not None:
+            response.headers["Retry-After"] = f"{self.faults.retry_after:g}"
+        return response
 
     async def _drop(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Cut the connection in the middle of the answer (a reset, a proxy timing out).

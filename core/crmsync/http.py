@@ -235,9 +235,9 @@ def build_client(
         try:
             verify_arg: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"ca_bundle {verify}: cannot read a CA certificate from it "
+            raise ConfigError(f"ca_file {verify}: cannot read a CA certificate from it "
                               f"({getattr(exc, 'strerror', None) or exc}): give the path of "
-                              "a PEM file, or remove ca_bundle to trust the system's CAs"
+                              "a PEM file, or remove ca_file to trust the system's CAs"
                               ) from None
     else:
         verify_arg = verify

@@ -325,6 +325,11 @@ class InboundRequest(_Frozen):
 
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
     path: str
+    #: The public URL as the sender called it (scheme, host, the whole path with the
+    #: endpoint secret, the query): what a signature over the URL was computed on. It
+    #: believes ``X-Forwarded-Proto`` / ``-Host`` only from ``[server] trusted_proxies``.
+    #: Never shown in a repr (it may hold the endpoint secret).
+    url: str = Field("", repr=False)
     headers: Mapping[str, str] = Field(default_factory=dict)
     query: Sequence[tuple[str, str]] = ()
     body: bytes = b""

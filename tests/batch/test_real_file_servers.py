@@ -283,7 +283,7 @@ def _mailup_config(tmp_path: Path, emulator: Any, url: str, monkeypatch: Any) ->
     profile = emulator.demo_profile()
     for key, value in profile["secrets"].items():
         monkeypatch.setenv(key, value)
-    settings = {**profile["settings"], "rate": 0, "import_poll_s": 0.01}
+    settings = {**profile["settings"], "rate_per_s": 0, "import_poll_s": 0.01}
     esp = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()
                     if not isinstance(v, dict))
     path = tmp_path / "crmsync.toml"

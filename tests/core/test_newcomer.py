@@ -123,4 +123,4 @@ def test_the_sugarcrm_template_explains_its_settings(tmp_path: Path) -> None:
     settings = path.read_text().split("[crm.settings]")[1].split("[esp]")[0]
     assert "# rest: OAuth2 client" in settings
     assert "None: every target list" in settings
-    assert "rate =   (unset by default)" in settings
+    assert "rate_per_s =   (unset by default)" in settings

@@ -83,7 +83,7 @@ def test_a_state_url_that_is_no_database(tmp_path: Path) -> None:
     one_line_error(result, 2, "foo://bar", "sqlite:///")
 
 
-def test_a_missing_ca_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_ca_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from crmsync.emulator import EmulatorServer
     from crmsync.testing.pairs import write_profile_config
     from crmsync_salesforce.emulator import SalesforceEmulator
@@ -94,13 +94,13 @@ def test_a_missing_ca_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
             monkeypatch.setenv(key, value)
         path = write_profile_config(
             tmp_path / "crmsync.toml", crm="salesforce", profile=profile,
-            crm_settings={"ca_bundle": str(tmp_path / "no-such-ca.pem")},
+            crm_settings={"ca_file": str(tmp_path / "no-such-ca.pem")},
             esp={"connector": "memory-esp", "settings": {"path": str(tmp_path / "esp.json")}})
         result = CliRunner().invoke(cli, ["--config", str(path), "check"])
     assert result.exit_code == 2, result.output  # a configuration error
     assert "Traceback" not in result.output
     first = result.output.splitlines()[0]
-    assert first.startswith("crm (salesforce): FAILED ca_bundle ") and "no-such-ca.pem" in first
+    assert first.startswith("crm (salesforce): FAILED ca_file ") and "no-such-ca.pem" in first
 
 
 def test_an_unwritable_report_dir_does_not_stop_the_run(tmp_path: Path) -> None:

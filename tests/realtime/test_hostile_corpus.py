@@ -76,7 +76,7 @@ def served(request: pytest.FixtureRequest, tmp_path: Path,
                 k: v for k, v in crm_profile["settings"].items() if v is not None}},
             "esp": {"connector": "mailup", "mode": "api", "settings": {
                 **{k: v for k, v in esp_profile["settings"].items() if v is not None},
-                "rate": 0, "webhook_params": MAILUP_PARAMS}},
+                "rate_per_s": 0, "webhook_params": MAILUP_PARAMS}},
             "fields": crm_profile["fields"],
             "lists": crm_profile["lists"],
             "server": {"poll": "never", "max_body_bytes": 200_000, "form_rate_per_minute": 0,

@@ -35,7 +35,7 @@ def mailup_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resubscribe: st
     for key, value in profile["secrets"].items():
         monkeypatch.setenv(key, value)
     settings = "\n".join(f"{k} = {_toml(v)}" for k, v in
-                         {**profile["settings"], "rate": 0, "webhook_params": PARAMS}.items())
+                         {**profile["settings"], "rate_per_s": 0, "webhook_params": PARAMS}.items())
     path = tmp_path / "crmsync.toml"
     path.write_text(f"""
 [state]

@@ -201,7 +201,7 @@ class MailUpEmulator(Emulator):
             "field_ids": {"name": 1, "surname": 2},
         }
         if self.ca_path:
-            settings["ca_path"] = self.ca_path
+            settings["ca_file"] = self.ca_path
         return {
             "settings": settings,
             "secrets": {"CRMSYNC_MAILUP_CLIENT_SECRET": client_secret,

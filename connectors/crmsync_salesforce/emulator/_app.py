@@ -193,7 +193,7 @@ class SalesforceEmulator(Emulator):
         return {
             "settings": {"instance_url": self.base_url, "login_url": self.base_url,
                          "auth": "jwt", "username": USERNAME, "client_id": CONSUMER_KEY,
-                         "ca_bundle": self.ca_path, "organization_id": ORG_ID},
+                         "ca_file": self.ca_path, "organization_id": ORG_ID},
             "secrets": {"CRMSYNC_SALESFORCE_PRIVATE_KEY": private_key_pem()},
             "fields": {"FirstName": "name", "LastName": "surname"},
             "lists": [

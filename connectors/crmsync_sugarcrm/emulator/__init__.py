@@ -170,7 +170,7 @@ class SugarEmulator(Emulator):
             "modules": ["Contacts"], "fields": ["first_name", "last_name", "interests_c"],
         }
         if self.ca_path:
-            settings["verify"] = self.ca_path
+            settings["ca_file"] = self.ca_path
         return {
             "settings": settings,
             "secrets": {"CRMSYNC_SUGARCRM_PASSWORD": self.password},

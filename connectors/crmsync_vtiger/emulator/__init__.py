@@ -278,7 +278,7 @@ class VtigerEmulator(Emulator):
         settings: dict[str, Any] = {"base_url": self.base_url, "username": "admin",
                                     "server_timezone": self.timezone}
         if self.ca_path:
-            settings["ca_path"] = self.ca_path
+            settings["ca_file"] = self.ca_path
         return {
             "settings": settings,
             "secrets": {"CRMSYNC_VTIGER_ACCESS_KEY": ADMIN_KEY},

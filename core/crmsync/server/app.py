@@ -251,6 +251,7 @@ def build_app(service: RealtimeService) -> Starlette:
         hidden = {SECRET_HEADER.lower(), "cookie"}
         inbound = InboundRequest(
             method=cast(Any, request.method), path=path,
+            url=service.ip_guard.public_url(peer, str(request.url), request.headers),
             headers={k: v for k, v in request.headers.items() if k.lower() not in hidden},
             query=request.query_params.multi_items(), body=body, client=client)
         connector = endpoint.connector

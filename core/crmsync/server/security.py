@@ -82,6 +82,23 @@ class IpGuard:
                 return hops[-1]
         return peer
 
+    def public_url(self, peer: str, url: str, headers: Mapping[str, str]) -> str:
+        """``url`` as the sender called it: the scheme and host a trusted proxy names in
+        ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` replace the ones this server saw
+        (from anyone else those headers are ignored: they could be forged)."""
+        if not (self.proxies and self._in(peer, self.proxies)):
+            return url
+        lower = {key.lower(): value for key, value in headers.items()}
+        scheme, _, rest = url.partition("://")
+        host, slash, tail = rest.partition("/")
+        proto = lower.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
+        forwarded_host = lower.get("x-forwarded-host", "").split(",")[-1].strip()
+        if proto in ("http", "https"):
+            scheme = proto
+        if forwarded_host and all(c.isalnum() or c in ".-:[]" for c in forwarded_host):
+            host = forwarded_host
+        return f"{scheme}://{host}{slash}{tail}"
+
     def allowed(self, address: str) -> bool:
         return not self.allow or self._in(address, self.allow)
 

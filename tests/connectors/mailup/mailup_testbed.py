@@ -18,7 +18,7 @@ def settings_for(emulator: MailUpEmulator, monkeypatch: pytest.MonkeyPatch,
     profile = emulator.demo_profile()
     for key, value in profile["secrets"].items():
         monkeypatch.setenv(key, value)
-    values = {**profile["settings"], "rate": None, "import_poll_s": 0.01, **overrides}
+    values = {**profile["settings"], "rate_per_s": None, "import_poll_s": 0.01, **overrides}
     return MailUpSettings.load("mailup", values)
 
 

@@ -109,7 +109,7 @@ def test_the_read_of_a_few_changes_looks_each_recipient_up(make_connector, emula
     since = datetime.now(UTC)
     assert writer.write([change("q7@example.com", "1", Status.UNSUBSCRIBED, "news")])[0].ok
     control.delete("/requests").raise_for_status()
-    reader = make_connector(read_overlap_s=0)
+    reader = make_connector(overlap_s=0)
     read = [c for page in reader.read(Cursor(at=since))
             for c in page.records]
     assert [c.email for c in read] == ["q7@example.com"]

@@ -21,7 +21,7 @@ def make_run(tmp_path: Path, emulator: MailUpEmulator, monkeypatch: pytest.Monke
     profile = emulator.demo_profile()
     for key, value in profile["secrets"].items():
         monkeypatch.setenv(key, value)
-    settings = {**profile["settings"], "rate": 0, "import_poll_s": 0.01,
+    settings = {**profile["settings"], "rate_per_s": 0, "import_poll_s": 0.01,
                 "field_ids": {"name": 1, "surname": 2}}
     esp_settings = "\n".join(f"{k} = {json.dumps(v) if not isinstance(v, dict) else _inline(v)}"
                              for k, v in settings.items())

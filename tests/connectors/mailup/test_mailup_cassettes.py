@@ -67,7 +67,7 @@ def test_expired_token_is_refreshed(connector):
     with recorder.use_cassette("expired_token_refresh.yaml") as cassette:
         assert connector.check().ok
     assert cassette.all_played
-    assert connector.client.auth.refreshes == 1
+    assert connector.client.auth.refreshed == 1
 
 
 def test_rate_limit_body(connector):

@@ -109,10 +109,9 @@ def test_refused_refresh_falls_back_to_password(monkeypatch):
 
     s = settings(monkeypatch)
     auth = PasswordGrant(s, httpx.Client(transport=httpx.MockTransport(handler)))
-    auth.headers()
-    auth.invalidate()
-    assert auth.headers() == {"Authorization": "Bearer p2"}
-    assert auth.logins == 2
+    first = auth.token()
+    assert auth.renew(first).value == "p2"  # after a 401: the refresh is refused
+    assert auth.obtained == 2
 
 
 def test_token_expiry_by_clock(monkeypatch):
@@ -121,11 +120,11 @@ def test_token_expiry_by_clock(monkeypatch):
     s = settings(monkeypatch)
     auth = PasswordGrant(s, httpx.Client(transport=httpx.MockTransport(fake)),
                          clock=lambda: now[0])
-    assert auth.headers()["Authorization"] == "Bearer at1"
+    assert auth.token().value == "at1"
     now[0] = 3000
-    assert auth.headers()["Authorization"] == "Bearer at1"
+    assert auth.token().value == "at1"
     now[0] = 3590  # within the safety margin of the 3600 s expiry
-    assert auth.headers()["Authorization"] == "Bearer at2"
+    assert auth.token().value == "at2"
     assert fake.grants[-1]["grant_type"] == "refresh_token"
 
 
@@ -137,7 +136,7 @@ def test_refused_login_names_what_to_check_but_no_secret(monkeypatch):
     s = settings(monkeypatch)
     auth = PasswordGrant(s, httpx.Client(transport=httpx.MockTransport(handler)))
     with pytest.raises(AuthError) as info:
-        auth.headers()
+        auth.token()
     text = str(info.value)
     assert "Invalid username or password" in text and "CRMSYNC_MAILUP_PASSWORD" in text
     assert "pw-456" not in text and "cs-123" not in text
@@ -146,7 +145,7 @@ def test_refused_login_names_what_to_check_but_no_secret(monkeypatch):
 def test_missing_credentials_are_a_config_error():
     auth = PasswordGrant(MailUpSettings(), httpx.Client())
     with pytest.raises(ConfigError, match="CRMSYNC_MAILUP_PASSWORD"):
-        auth.headers()
+        auth.token()
 
 
 def test_error_envelope_becomes_remote_error(monkeypatch):

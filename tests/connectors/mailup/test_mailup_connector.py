@@ -176,12 +176,12 @@ def test_incremental_read_reports_unsubscriptions_with_reasons(connector, emulat
 def test_token_expiry_mid_run_refreshes_and_rotates(make_connector, emulator, control):
     connector = make_connector()
     connector.write([change("t1@example.com", sub("1", Status.SUBSCRIBED))])
-    old_refresh = connector.client.auth._refresh
+    old_refresh = connector.client.auth.token().refresh
     control.post("/faults", json={"expire_sessions": True})
     [result] = connector.write([change("t2@example.com", sub("1", Status.SUBSCRIBED))])
     assert result.ok
-    assert connector.client.auth.refreshes == 1 and connector.client.auth.logins == 1
-    assert connector.client.auth._refresh != old_refresh
+    assert connector.client.auth.refreshed == 1 and connector.client.auth.obtained == 1
+    assert connector.client.auth.token().refresh != old_refresh
     assert old_refresh not in emulator.refresh
 
 
@@ -191,12 +191,12 @@ def test_short_token_ttl_is_renewed_before_calls(make_connector, emulator, contr
     connector.check()
     emulator.access.clear()  # as if the second elapsed
     assert connector.check().ok
-    assert connector.client.auth.refreshes == 1
+    assert connector.client.auth.refreshed == 1
 
 
 def test_rate_limit_429_is_honoured(make_connector, emulator, control):
     control.post("/config", json={"rate_limit": 5})
-    connector = make_connector(rate=None)  # no pacing: the emulator must push back
+    connector = make_connector(rate_per_s=None)  # no pacing: the emulator must push back
     control.delete("/requests")
     results = connector.write([change(f"rl{n}@example.com", sub("1", Status.SUBSCRIBED))
                                for n in range(8)])
@@ -208,7 +208,7 @@ def test_rate_limit_429_is_honoured(make_connector, emulator, control):
 
 def test_pacing_keeps_under_the_limit(make_connector, emulator, control):
     control.post("/config", json={"rate_limit": 5})
-    connector = make_connector(rate=4, retries=1)  # one attempt: a 429 would fail
+    connector = make_connector(rate_per_s=4, retries=1)  # one attempt: a 429 would fail
     results = connector.write([change(f"pc{n}@example.com", sub("1", Status.SUBSCRIBED))
                                for n in range(6)])
     assert all(r.ok for r in results), [r.error for r in results]
@@ -388,7 +388,7 @@ def test_over_tls_with_the_emulator_ca(tmp_path, monkeypatch):
     with EmulatorServer(emu, tls=True, workdir=tmp_path) as server:
         assert server.url.startswith("https://")
         settings = settings_for(emu, monkeypatch)
-        assert settings.ca_path == server.ca_path
+        assert settings.ca_file == server.ca_path
         with MailUpConnector(settings) as connector:
             assert connector.check().ok
             [result] = connector.write([change("tls@example.com", sub("1", Status.SUBSCRIBED))])

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from crmsync.model import InboundRequest
 from crmsync.testing.contract import ConnectorContract
+
+# MailUp's documented unsubscribe webhook call (a GET with the configured parameters)
+PARAMS = {"customerEmail": "[Email]", "customerList": "[IdList]"}
 
 
 class TestMailUpContract(ConnectorContract):
@@ -13,4 +17,13 @@ class TestMailUpContract(ConnectorContract):
 
     @pytest.fixture
     def connector(self, make_connector):
-        return make_connector()
+        return make_connector(page_size=2, webhook_params=PARAMS,
+                              webhook_events={"/hooks/esp": "UNSUBSCRIBE"})
+
+    @pytest.fixture
+    def vendor(self, emulator):
+        return emulator
+
+    def sample_event(self, connector, email):
+        return InboundRequest(method="GET", path="/hooks/esp",
+                              query=[("customerEmail", email), ("customerList", "1")])

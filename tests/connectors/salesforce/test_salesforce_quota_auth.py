@@ -108,8 +108,8 @@ def test_soap_login_refused_from_api_65(connect: Any) -> None:
 
 
 def test_certificate_is_checked(emulator: SalesforceEmulator, connect: Any) -> None:
-    health = connect(ca_bundle=None).check()  # the system CAs do not know the emulator's
-    assert not health.ok and "not trusted: set ca_bundle" in health.detail
+    health = connect(ca_file=None).check()  # the system CAs do not know the emulator's
+    assert not health.ok and "not trusted: set ca_file" in health.detail
 
 
 def test_check_names_fields_the_org_does_not_have(connect: Any) -> None:

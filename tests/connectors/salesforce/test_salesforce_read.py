@@ -45,7 +45,7 @@ def test_incremental_read_sees_edits_and_deletions(emulator: SalesforceEmulator,
                                                    connect: Any) -> None:
     with emulator.lock:
         emulator.seed(30, 0)
-    connector = connect(overlap_seconds=0)
+    connector = connect(overlap_s=0)
     cursor = list(connector.read(None))[-1].cursor
     emulator.update_contact("contact0-5@example.com", {"HasOptedOutOfEmail": "true"})
     gone = emulator.state()["contacts"][7]
@@ -62,7 +62,7 @@ def test_overlap_window_rereads_recent_changes(emulator: SalesforceEmulator,
                                                connect: Any) -> None:
     with emulator.lock:
         emulator.seed(10, 0)
-    connector = connect(overlap_seconds=3600)
+    connector = connect(overlap_s=3600)
     cursor = list(connector.read(None))[-1].cursor
     assert len(emails(list(connector.read(cursor)))) == 10
 
@@ -71,7 +71,7 @@ def test_campaign_status_change_moves_the_contact(emulator: SalesforceEmulator,
                                                   connect: Any) -> None:
     with emulator.lock:
         emulator.seed(9, 0)
-    connector = connect(overlap_seconds=0)
+    connector = connect(overlap_s=0)
     cursor = list(connector.read(None))[-1].cursor
     member = next(m for m in emulator.org.records["CampaignMember"].values())
     emulator.set_member_status(member["Id"], "Opted Out")
@@ -99,7 +99,7 @@ def test_converted_lead_keeps_its_subscriptions(emulator: SalesforceEmulator,
                                                 connect: Any) -> None:
     lead = emulator.add_lead("lead@example.com", FirstName="Lea")
     emulator.add_member(lead, "Responded")
-    connector = connect(overlap_seconds=0)
+    connector = connect(overlap_s=0)
     cursor = list(connector.read(None))[-1].cursor
     contact_id = emulator.convert_lead(lead)
     records = [r for page in connector.read(cursor) for r in page.records]
@@ -240,7 +240,7 @@ def test_a_merge_loser_is_read_as_its_master_not_as_a_deletion(emulator: Salesfo
                                                     "Email": master["email"]},
                                         stamp=emulator.org.tick())
         emulator.org.changed.clear()
-    connector = connect(overlap_seconds=0)
+    connector = connect(overlap_s=0)
     cursor = list(connector.read(None))[-1].cursor
     emulator.merge(master["ids"]["salesforce"], [duplicate])
     records = [r for page in connector.read(cursor) for r in page.records
@@ -260,7 +260,7 @@ def test_many_deletions_never_block_later_incremental_reads(emulator: Salesforce
     with emulator.lock:
         emulator.seed(10, 0)
         emulator.id_limit = 3
-    connector = connect(overlap_seconds=0)
+    connector = connect(overlap_s=0)
     old = Cursor(at=emulator.org.now() - timedelta(hours=2), tie_id="")
     gone = [c["ids"]["salesforce"] for c in emulator.state()["contacts"][:5]]
     for record_id in gone:
@@ -280,7 +280,7 @@ def test_bulk_reads_have_no_order_by_and_lose_nothing(emulator: SalesforceEmulat
         emulator.seed(250, 0)
         emulator.bulk_order_by_limit = 50
     connector = connect(bulk_read_threshold=100, bulk_page_size=60, query_batch_size=200,
-                        overlap_seconds=60)
+                        overlap_s=60)
     before = emulator.org.now()
     pages = list(connector.read(None))
     assert len(set(emails(pages))) == 250
@@ -300,7 +300,7 @@ def test_a_removed_campaign_member_skips_the_recycle_bin(emulator: SalesforceEmu
     with emulator.lock:
         emulator.seed(3, 0)
     member = next(iter(emulator.org.records["CampaignMember"].values()))
-    connector = connect(overlap_seconds=0)
+    connector = connect(overlap_s=0)
     emulator.delete_record(member["Id"])
     assert member["Id"] not in emulator.org.records["CampaignMember"]
     rows = list(connector.api.query(f"SELECT Id FROM CampaignMember WHERE Id = '{member['Id']}'",

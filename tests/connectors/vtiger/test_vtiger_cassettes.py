@@ -33,7 +33,7 @@ def connect():
 
     yield make
     for connector in made:
-        connector.api._session = None  # no logout: it is not in the cassettes
+        connector.api.auth.forget()  # no logout: it is not in the cassettes
         connector._client.close()
 
 

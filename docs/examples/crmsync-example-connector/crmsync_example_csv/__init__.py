@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +57,7 @@ class CsvCrmConnector(Connector):
             writer = csv.DictWriter(handle, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows({c: row.get(c, "") for c in COLUMNS} for row in rows)
-        os.replace(temp, self.settings.path)
+        temp.replace(self.settings.path)
 
     def check(self) -> Health:
         if not self.settings.path.parent.exists():
