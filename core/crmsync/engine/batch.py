@@ -849,6 +849,11 @@ class BatchSync:
             self.store.clear_cursor(conn, "crm")
 
     def _outbound_page(self, records: list[Contact]) -> list[_Pending]:
+        # Erasure (`crmsync forget`, docs/operations.md): an erased address is never
+        # planned, stored or sent again, until the person opts in anew at the ESP.
+        from ..state.ledger import drop_suppressed  # the ledger's one engine hunk
+
+        records = drop_suppressed(self.store, self.config, records)
         # The same record may come twice (overlap window, a page boundary): last wins.
         unique: dict[tuple[str, str], Contact] = {}
         for record in records:

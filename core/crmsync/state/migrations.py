@@ -12,7 +12,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Engine, inspect, select, text
 
 from ..errors import StateError
-from .schema import contacts, inbox, metadata, schema_version
+from .schema import contacts, inbox, journal_seals, metadata, schema_version, suppressions
 
 __all__ = ["MIGRATIONS", "current_version", "migrate"]
 
@@ -36,8 +36,14 @@ def _v3_contact_fields(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE {contacts.name} ADD COLUMN fields_json {kind}"))
 
 
+def _v4_consent_ledger(conn: Connection) -> None:
+    # the journal's seals (hash chain) and the erased addresses' suppressions (ledger.py)
+    journal_seals.create(conn, checkfirst=True)
+    suppressions.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
-    _v1_initial, _v2_inbox_heads_index, _v3_contact_fields]
+    _v1_initial, _v2_inbox_heads_index, _v3_contact_fields, _v4_consent_ledger]
 
 
 def current_version(conn: Connection) -> int:
