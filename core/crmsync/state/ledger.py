@@ -44,7 +44,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, or_, select, upda
 
 from ..errors import ConfigError, StateBusy
 from ..hooks import hookimpl
-from ..model import Status, utc
+from ..model import Status
 from . import schema as t
 
 if TYPE_CHECKING:
@@ -124,8 +124,7 @@ def pseudonym(key: bytes, email: str) -> str:
     entries and in suppressions. An address already pseudonymised is returned as is."""
     if email.startswith(PSEUDONYM_PREFIX):
         return email
-    digest = hmac.new(key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
-    return PSEUDONYM_PREFIX + digest
+    return PSEUDONYM_PREFIX + hmac.digest(key, email.strip().lower().encode(), "sha256").hex()
 
 
 def _scrub(text: str | None, email: str, alias: str) -> str | None:
@@ -135,7 +134,14 @@ def _scrub(text: str | None, email: str, alias: str) -> str | None:
 
 
 def _time(value: datetime) -> str:
-    return utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # the same text whether the database gave the time naive (SQLite) or aware (PostgreSQL)
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="microseconds") + "Z"
+
+
+# one encoder, built once: json.dumps with options builds a new one per call
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def pseudonymised(row: Any, key: bytes) -> dict[str, Any]:
@@ -146,17 +152,29 @@ def pseudonymised(row: Any, key: bytes) -> dict[str, Any]:
             "event_id": _scrub(row.event_id, row.email, alias)}
 
 
+# What a seal covers, in this order (positional: a Row's attributes cost more than the
+# hashing on the sealing pass's hot path).
+_SEALED = ("id", "at", "run_id", "contact_key", "email", "list_id", "old_status",
+           "new_status", "applied_to", "source", "reason", "event_id")
+_SEALED_COLUMNS = tuple(t.journal.c[name] for name in _SEALED)
+
+
 def _digest(row: Any, key: bytes) -> str:
-    form = pseudonymised(row, key)
-    material = [_time(row.at), row.run_id, row.contact_key, form["email"], row.list_id,
-                row.old_status, row.new_status, row.applied_to, row.source, form["reason"],
-                form["event_id"]]
-    raw = json.dumps(material, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(raw.encode()).hexdigest()
+    """The digest of a journal row given as the values of :data:`_SEALED`, in order."""
+    (_, at, run_id, contact_key, email, list_id, old_status, new_status, applied_to,
+     source, reason, event_id) = row
+    alias = pseudonym(key, email)
+    if reason is not None:
+        reason = _scrub(reason, email, alias)
+    if event_id is not None:
+        event_id = _scrub(event_id, email, alias)
+    material = [_time(at), run_id, contact_key, alias, list_id, old_status, new_status,
+                applied_to, source, reason, event_id]
+    return hashlib.sha256(_encode(material).encode()).hexdigest()
 
 
 def _link(key: bytes, prev: str, journal_id: int, digest: str) -> str:
-    return hmac.new(key, f"{prev}:{journal_id}:{digest}".encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, f"{prev}:{journal_id}:{digest}".encode(), "sha256").hex()
 
 
 # -- sealing ------------------------------------------------------------------------------
@@ -193,20 +211,29 @@ def _seal(store: StateStore, key: bytes) -> int:
         head = conn.execute(select(s.c.journal_id, s.c.hash).order_by(s.c.journal_id.desc())
                             .limit(1)).first()
         after, prev = (int(head[0]), str(head[1])) if head else (-1, GENESIS)
-        now = datetime.now(UTC)
-        for rows in _pages(conn, select(j).where(j.c.id > after), j.c.id):
+        now = store.db_time(datetime.now(UTC))
+        sql = _insert_seals_sql(conn)
+        for rows in _pages(conn, select(*_SEALED_COLUMNS).where(j.c.id > after), j.c.id):
             seals = []
             for row in rows:
                 digest = _digest(row, key)
-                link = _link(key, prev, int(row.id), digest)
-                seals.append({"journal_id": row.id, "digest": digest, "prev_hash": prev,
-                              "hash": link, "sealed_at": now})
+                link = _link(key, prev, row[0], digest)
+                seals.append((row[0], digest, prev, link, now))
                 prev = link
-            conn.execute(insert(s), seals)
+            conn.exec_driver_sql(sql, seals)  # one executemany of plain tuples
             sealed += len(seals)
     if sealed:
         log.info("sealed %d journal entr%s", sealed, "y" if sealed == 1 else "ies")
     return sealed
+
+
+def _insert_seals_sql(conn: Connection) -> str:
+    dialect = conn.dialect
+    quote = dialect.identifier_preparer.quote
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    columns = ("journal_id", "digest", "prev_hash", "hash", "sealed_at")
+    return (f"INSERT INTO {quote(t.journal_seals.name)} "
+            f"({', '.join(quote(c) for c in columns)}) VALUES ({', '.join([mark] * 5)})")
 
 
 @dataclass
@@ -234,28 +261,28 @@ def verify(store: StateStore, key: bytes, *, wait_s: float = 10.0) -> Verificati
     s, j = t.journal_seals, t.journal
     result = Verification()
     prev = GENESIS
-    joined = (select(s.c.journal_id, s.c.digest, s.c.prev_hash, s.c.hash, j)
+    joined = (select(s.c.journal_id, s.c.digest, s.c.prev_hash, s.c.hash, *_SEALED_COLUMNS)
               .select_from(s.outerjoin(j, j.c.id == s.c.journal_id)))
     with store.begin() as conn:
         for rows in _pages(conn, joined, s.c.journal_id):
             for row in rows:
-                number = int(row.journal_id)
+                number, sealed_digest, prev_hash, link = row[0], row[1], row[2], row[3]
                 result.entries += 1
-                if row.prev_hash != prev:
+                if prev_hash != prev:
                     result.problems.append({"entry": number, "problem": "deleted", "detail": (
                         f"the chain breaks before entry {number}: an entry before it was "
                         "deleted (with its seal)")})
-                if row.hash != _link(key, row.prev_hash, number, row.digest):
+                if link != _link(key, prev_hash, number, sealed_digest):
                     result.problems.append({"entry": number, "problem": "seal altered",
                                             "detail": f"the seal of entry {number} was altered"})
-                if row.id is None:
+                if row[4] is None:
                     result.problems.append({"entry": number, "problem": "deleted",
                                             "detail": f"entry {number} was deleted"})
                 else:
-                    digest = _digest(row, key)
-                    if digest != row.digest:
+                    digest = _digest(row[4:], key)
+                    if digest != sealed_digest:
                         result.problems.append(_changed(conn, number, digest))
-                prev = str(row.hash)
+                prev = str(link)
         result.head = prev
         last = conn.execute(select(func.max(s.c.journal_id))).scalar()
         if last is not None:
