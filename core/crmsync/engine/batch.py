@@ -853,7 +853,7 @@ class BatchSync:
         # planned, stored or sent again, until the person opts in anew at the ESP.
         from ..state.ledger import drop_suppressed  # the ledger's one engine hunk
 
-        records = drop_suppressed(self.store, self.config, records)
+        records = drop_suppressed(self.store, self.config, records, conn=self._dry_conn)
         # The same record may come twice (overlap window, a page boundary): last wins.
         unique: dict[tuple[str, str], Contact] = {}
         for record in records:

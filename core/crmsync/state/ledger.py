@@ -424,15 +424,20 @@ def suppress(store: StateStore, key: bytes, email: str) -> None:
         _suppress(conn, pseudonym(key, email))
 
 
-def _suppressed(store: StateStore) -> set[str]:
-    with store.begin() as conn:
-        return set(conn.execute(select(t.suppressions.c.address_hash)).scalars())
+def _suppressed(store: StateStore, conn: Connection | None = None) -> set[str]:
+    query = select(t.suppressions.c.address_hash)
+    if conn is not None:
+        return set(conn.execute(query).scalars())
+    with store.begin() as own:
+        return set(own.execute(query).scalars())
 
 
-def drop_suppressed(store: StateStore, config: Config, records: list[_Row]) -> list[_Row]:
+def drop_suppressed(store: StateStore, config: Config, records: list[_Row], *,
+                    conn: Connection | None = None) -> list[_Row]:
     """``records`` (CRM contacts) less those whose address was erased (a suppression):
-    the engine calls this before anything of a CRM record is planned or stored."""
-    hashes = _suppressed(store)
+    the engine calls this before anything of a CRM record is planned or stored.
+    ``conn``: the transaction to read in (a dry run's, which is rolled back)."""
+    hashes = _suppressed(store, conn)
     if not hashes:
         return records
     key = ledger_key(config, create=False)
@@ -522,7 +527,8 @@ class LedgerHooks:
         try:
             store = self._open()
             if _unsealed(store):
-                seal(store, ledger_key(self.config))
+                # briefly: a server stopping must not wait for another process's run
+                seal(store, ledger_key(self.config), wait_s=5.0)
         except Exception:  # sealing must never turn a finished run into a failed one
             log.exception("sealing the journal failed; `crmsync journal verify` seals it")
 
