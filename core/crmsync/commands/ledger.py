@@ -3,6 +3,7 @@ consent ledger (see crmsync.state.ledger and docs/operations.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -104,10 +105,16 @@ def forget(obj: Context, email: str, at_crm: bool, yes: bool) -> None:
         key = _key(config, store)
         person = find_person(store, key, email)
         result: dict[str, Any] = {"pseudonym": person.alias, "known": person.known}
-        with open_side(config, "esp") as esp:
+        with open_side(config, "esp") as esp, (
+                open_side(config, "crm") if at_crm else contextlib.nullcontext()) as crm:
+            for side in (esp, crm):
+                if side is not None and not side.capabilities.deletes:
+                    raise ConfigError(
+                        f"the {side.name} connector cannot delete records: erase the "
+                        f"person in {side.name} by hand"
+                        + (" and run forget without --crm" if side is crm else ""))
             result["esp"] = _delete_at(esp, email, person.record_ids.get(esp.name, []))
-        if at_crm:
-            with open_side(config, "crm") as crm:
+            if crm is not None:
                 result["crm"] = _delete_at(crm, email, person.record_ids.get(crm.name, []))
         result["state"] = erase(store, key, person).counts
         result["report_rows_removed"] = _scrub_reports(config, email)
