@@ -15,6 +15,8 @@ from sqlalchemy import text
 from crmsync.cli import cli
 from crmsync.state import StateStore
 
+from .conftest import Pair, write_config
+
 ENV = {"CRMSYNC_CONNECTORS": "memory,memory-esp", "CRMSYNC_PLUGINS": ""}
 
 
@@ -138,3 +140,31 @@ def test_a_lost_key_is_a_clear_error(pair, tmp_path: Path) -> None:
     result = run(pair, "journal", "verify")
     assert result.exit_code == 2
     assert "no ledger key: set CRMSYNC_LEDGER_KEY or restore" in result.stderr
+
+
+def test_forget_scrubs_the_failed_records_report_and_run_summaries(tmp_path: Path) -> None:
+    path = write_config(tmp_path, crm_settings='fail_emails = ["ann@example.com"]')
+    pair = Pair(tmp_path, path)
+    pair.crm.add("ann@example.com", fields={"OptOut": "false"})
+    pair.crm.add("bob@example.com", fields={"OptOut": "false"})
+    assert run(pair, "sync").exit_code == 0
+    pair.esp_import()
+    pair.esp_unsubscribe("ann@example.com")
+    failed = run(pair, "sync")  # her opt-out cannot be written to the CRM
+    assert failed.exit_code == 1
+    reports = sorted((tmp_path / "reports").glob("failed-*.csv"))
+    rows = sum(r.read_text().count("ann@example.com") for r in reports)
+    assert rows >= 1
+    # a run that stopped on her: its summary's error names her
+    sql(pair, "UPDATE crmsync_runs SET stats = :stats WHERE id = (SELECT max(id) FROM "
+              "crmsync_runs)", stats=json.dumps({"stopped_reason": "ANN@example.com: 500"}))
+    forgot = json.loads(run(pair, "--json", "forget", "ann@example.com", "--yes").stdout)
+    assert forgot["report_rows_removed"] == rows
+    assert forgot["state"]["run summaries scrubbed"] == 1
+    for report in reports:
+        assert "ann@example.com" not in report.read_text().lower()
+        assert report.read_text().startswith("side,email,list,code,reason,where")
+    [(stats,)] = sql(pair, "SELECT stats FROM crmsync_runs WHERE id = (SELECT max(id) FROM "
+                           "crmsync_runs)")
+    stats = json.loads(stats) if isinstance(stats, str) else stats
+    assert stats["stopped_reason"] == f"{forgot['pseudonym']}: 500"

@@ -392,6 +392,7 @@ def erase(store: StateStore, key: bytes, person: Person) -> Erasure:
             delete(t.inbox).where(t.inbox.c.contact == email)).rowcount
         counts["inbox events"] += _delete_mentions(conn, t.inbox, email, None)
         counts["dead letters"] = _delete_mentions(conn, t.dead_letters, email, None)
+        counts["run summaries scrubbed"] = _scrub_runs(conn, email, person.alias)
         counts["suppression kept"] = _suppress(conn, person.alias)
     return done
 
@@ -407,6 +408,22 @@ def _delete_mentions(conn: Connection, table: Any, email: str, where: Any) -> in
     for chunk in _chunks(doomed):
         conn.execute(delete(table).where(table.c.id.in_(chunk)))
     return len(doomed)
+
+
+def _scrub_runs(conn: Connection, email: str, alias: str) -> int:
+    """Replace the address by its pseudonym in the run summaries that mention it (an
+    error message of a run that stopped may name the record it stopped on)."""
+    runs = t.runs
+    needle = email.lower()
+    scrubbed = 0
+    for row in conn.execute(select(runs.c.id, runs.c.stats)):
+        raw = json.dumps(row.stats, default=str)
+        if needle in raw.lower():
+            text = _scrub(raw, email, alias)
+            conn.execute(update(runs).where(runs.c.id == row.id).values(
+                stats=json.loads(text or "{}")))
+            scrubbed += 1
+    return scrubbed
 
 
 def _suppress(conn: Connection, alias: str) -> int:
