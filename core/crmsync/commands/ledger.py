@@ -89,9 +89,10 @@ def forget(obj: Context, email: str, at_crm: bool, yes: bool) -> None:
     suppression keeps the address from being sent to the ESP again unless the person
     opts in anew through the ESP. See docs/operations.md, "Erasure".
     """
+    config = obj.config()
     if obj.mask_emails is None:  # erasing someone is no time to log their address
         obj.mask_emails = True
-    config = obj.config()
+        obj.configure_logging(config)
     if config.esp is None or (at_crm and config.crm is None):
         raise ConfigError(f"{obj.config_path} needs [esp]{' and [crm]' if at_crm else ''} "
                           "to forget someone")

@@ -86,7 +86,7 @@ def test_forget_erases_at_mailup_in_state_and_logs_and_suppresses_the_next_syncs
     assert contact(emulator, ANN)["lists"]["1"]["status"] == "subscribed"
     assert ANN in state_text(tmp_path)
 
-    forgotten = run(config, "-vv", "--json", "forget", ANN, "--yes")
+    forgotten = run(config, "-vv", "--log-format", "text", "--json", "forget", ANN, "--yes")
     assert forgotten.exit_code == 0, forgotten.output
     result = json.loads(forgotten.stdout)
     assert result["esp"] == "deleted"
