@@ -92,6 +92,12 @@ class SalesforceConnector(Connector):
     def full_read_count(self) -> int | None:
         return self._reader.full_read_count()
 
+    def api_budget(self) -> tuple[int, int] | None:
+        """The daily API budget as the last ``Sforce-Limit-Info`` header said."""
+        if self.quota.used is None or self.quota.limit is None:
+            return None
+        return self.quota.used, self.quota.limit
+
     def members(self, key: str) -> list[str] | None:
         return self._reader.members(key) if self.settings.memberships else None
 

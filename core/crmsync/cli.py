@@ -47,6 +47,8 @@ class Context:
     as_json: bool
     verbose: int
     console: Console
+    log_format: str | None = None  # --log-format, else [logging] format
+    mask_emails: bool | None = None  # --mask-emails / --no-mask-emails
 
     def config(self, *, required: bool = True) -> Config:
         from .config import Config, load_config
@@ -54,6 +56,8 @@ class Context:
         if not self.config_path.exists() and not required:
             return Config()
         config = load_config(self.config_path)
+        if self.log_format is None or self.mask_emails is None:
+            self.configure_logging(config)
         if self.connector and config.crm and config.crm.connector != self.connector:
             if config.esp and config.esp.connector == self.connector:
                 return config
@@ -62,6 +66,23 @@ class Context:
                 f"crm.connector = {config.crm.connector!r}: pass the matching name or fix the file"
             )
         return config
+
+    @property
+    def json_logs(self) -> bool:
+        return self.log_format == "json"
+
+    def configure_logging(self, config: Config | None = None) -> None:
+        """The command line's logging options, then the configuration's [logging]."""
+        from .logs import configure_logging
+
+        settings = config.logging if config is not None else None
+        log_format = self.log_format or (settings.format if settings else "text")
+        mask = self.mask_emails if self.mask_emails is not None else (
+            settings.mask_emails if settings else None)
+        if config is not None:
+            self.log_format, self.mask_emails = log_format, mask
+        configure_logging([logging.WARNING, logging.INFO, logging.DEBUG][min(self.verbose, 2)],
+                          "json" if log_format == "json" else "text", mask=mask)
 
     def emit(self, data: Any, render: Callable[[], None] | None = None) -> None:
         if self.as_json:
@@ -100,19 +121,23 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     sys.exit(code)
 
 
-_ANYWHERE = frozenset({"--json", "-v", "-vv", "-vvv", "--verbose"})
+_ANYWHERE = frozenset({"--json", "-v", "-vv", "-vvv", "--verbose", "--mask-emails",
+                       "--no-mask-emails"})
+_ANYWHERE_VALUED = frozenset({"--log-format"})
 
 # The commands defined in crmsync/commands/<module>.py, imported when one is invoked.
 LAZY_COMMANDS = {"demo": "demo", "serve": "serve", "replay": "serve", "subscribe": "serve",
                  "send": "serve", "sync": "sync", "status": "sync", "console": "console",
-                 "contact": "contact"}
+                 "contact": "contact", "forget": "ledger", "journal": "ledger",
+                 "proof": "ledger"}
 
 
 class CrmsyncGroup(click.Group):
     """Turns crmsync errors into one clear line and the documented exit code.
 
-    ``--json`` and ``-v`` are accepted after the command too (``crmsync sync --json``),
-    as the README writes them: they are moved before it.
+    ``--json``, ``-v``, ``--log-format`` and ``--mask-emails`` are accepted after the
+    command too (``crmsync sync --json``), as the README writes them: they are moved
+    before it.
     """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -120,8 +145,16 @@ class CrmsyncGroup(click.Group):
             head, tail = args[:args.index("--")], args[args.index("--"):]
         else:
             head, tail = args, []
-        moved = [arg for arg in head if arg in _ANYWHERE]
-        rest = [arg for arg in head if arg not in _ANYWHERE]
+        moved: list[str] = []
+        rest: list[str] = []
+        items = iter(head)
+        for arg in items:
+            if arg in _ANYWHERE or (arg.split("=", 1)[0] in _ANYWHERE_VALUED and "=" in arg):
+                moved.append(arg)
+            elif arg in _ANYWHERE_VALUED:
+                moved.extend([arg, next(items, "")])
+            else:
+                rest.append(arg)
         return super().parse_args(ctx, moved + rest + tail)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
@@ -156,22 +189,26 @@ class CrmsyncGroup(click.Group):
               help="The configuration file.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              envvar="CRMSYNC_LOG_FORMAT",
+              help="Log lines as text or as JSON objects (each with run_id during a run); "
+                   "default: [logging] format, else text.")
+@click.option("--mask-emails/--no-mask-emails", default=None,
+              help="Mask addresses in log lines (a***@example.com); default: on with "
+                   "--log-format json, off in text.")
 @click.version_option(__version__, prog_name="crmsync")
 @click.pass_context
 def cli(ctx: click.Context, connector: str | None, config_path: Path, as_json: bool,
-        verbose: int) -> None:
+        verbose: int, log_format: str | None, mask_emails: bool | None) -> None:
     """Keep a CRM and an email-marketing platform in sync, both ways.
 
     `crmsync --connector NAME` alone runs `sync`. Start with `crmsync demo`.
     """
     from rich.console import Console
 
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     ctx.obj = Context(connector, config_path, as_json, verbose,
-                      Console(stderr=False, soft_wrap=True))
+                      Console(stderr=False, soft_wrap=True), log_format, mask_emails)
+    ctx.obj.configure_logging()
     if ctx.invoked_subcommand is None:
         if connector is None:
             click.echo(ctx.get_help())

@@ -38,7 +38,10 @@ __all__ = [
     "ConsoleConfig",
     "FilesConfig",
     "GroupMapping",
+    "LedgerConfig",
     "ListMapping",
+    "LoggingConfig",
+    "MetricsConfig",
     "PostOperation",
     "Secrets",
     "ServerConfig",
@@ -281,6 +284,41 @@ class ConsoleConfig(_Strict):
     lockout_s: float = Field(30.0, ge=0)
 
 
+class LoggingConfig(_Strict):
+    """How crmsync logs (``--log-format`` and ``--mask-emails`` override these)."""
+
+    format: Literal["text", "json"] = "text"
+    # None: masked in JSON (what goes to a log pipeline), shown in text (a terminal)
+    mask_emails: bool | None = None
+
+
+class MetricsConfig(_Strict):
+    """Where a batch run leaves its metrics (Prometheus text format); both optional."""
+
+    # a file for node_exporter's textfile collector (written whole, then renamed)
+    textfile: str | None = None
+    # a Pushgateway URL (http://pushgateway:9091): the run's metrics are pushed there
+    pushgateway: str | None = None
+    job: str = "crmsync"
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://", value):
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value
+
+
+class LedgerConfig(_Strict):
+    """The consent ledger's key (pseudonyms and the journal's hash chain).
+
+    The key is ``CRMSYNC_LEDGER_KEY`` (environment or secrets file) when set, else the
+    content of ``key_file``, which crmsync creates (mode 0600) on first use.
+    """
+
+    key_file: str = ".crmsync.ledger-key"
+
+
 class Config(_Strict):
     """The whole of ``crmsync.toml``."""
 
@@ -295,6 +333,9 @@ class Config(_Strict):
     sync: SyncConfig = SyncConfig()
     server: ServerConfig = ServerConfig()
     console: ConsoleConfig = ConsoleConfig()
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    ledger: LedgerConfig = LedgerConfig()
     secrets_file: str | None = None
     base_dir: str = "."  # the folder of the config file; relative paths are from there
     _secrets: Secrets | None = PrivateAttr(default=None)

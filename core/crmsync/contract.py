@@ -230,6 +230,12 @@ class Connector(ABC):
         is the vendor's id for the person, when crmsync knows it."""
         return None
 
+    def api_budget(self) -> tuple[int, int] | None:
+        """The vendor's API budget as last seen: ``(used, limit)`` calls in its window
+        (a day, say), for the ``crmsync_api_budget_*`` metrics; ``None`` when the vendor
+        does not say (the default)."""
+        return None
+
     def event_ack(self, request: InboundRequest) -> tuple[int, str, bytes]:
         """The answer the sender expects once its event is stored: status, type, body."""
         return 200, "text/plain", b"OK"

@@ -60,13 +60,23 @@ def open_files(config: Config) -> FileSpace:
                      known_hosts=config.path(str(Path(files.known_hosts).expanduser())))
 
 
-def build_hooks(config: Config) -> Hooks:
-    """Hooks with the configured post-operation rules registered like any plugin."""
+def build_hooks(config: Config, *, store: StateStore | None = None,
+                crm: Connector | None = None, esp: Connector | None = None) -> Hooks:
+    """Hooks with the built-in plugins registered like any plugin: the configured
+    post-operation rules, the run id in log records, the journal's seals and the
+    suppressions (ledger), and a batch run's metrics (``[metrics]``)."""
+    from .logs import RunLogContext
+    from .metrics_file import RunMetrics
+    from .state.ledger import LedgerHooks
+
     # registered only when there are rules: with no post-operation at all, the engine
     # queues nothing after a status change
-    rules = ([PostOperationRules(config.post_operations, secrets=config.secrets())]
-             if config.post_operations else [])
-    return Hooks(build_plugin_manager(rules))
+    rules: list[object] = ([PostOperationRules(config.post_operations,
+                                               secrets=config.secrets())]
+                           if config.post_operations else [])
+    builtins = [*rules, RunLogContext(), LedgerHooks(config, store),
+                RunMetrics(config, store, connectors=[c for c in (crm, esp) if c is not None])]
+    return Hooks(build_plugin_manager(builtins))
 
 
 def build_batch(config: Config, crm: Connector, esp: Connector, store: StateStore, *,
@@ -75,5 +85,6 @@ def build_batch(config: Config, crm: Connector, esp: Connector, store: StateStor
     """A batch run wired from the configuration (file space only in files mode);
     ``observer`` sees each contact's decision (``sync --dry-run -v`` prints them)."""
     files = open_files(config) if config.esp is not None and config.esp.mode == "files" else None
-    return BatchSync(config, crm, esp, store, hooks=build_hooks(config), files=files,
+    return BatchSync(config, crm, esp, store,
+                     hooks=build_hooks(config, store=store, crm=crm, esp=esp), files=files,
                      progress=progress, observer=observer)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from crmsync.errors import StateBusy, StateError
 from crmsync.model import Change, Cursor, Status, Subscription
@@ -307,10 +307,14 @@ def test_upgrades_a_version_1_database(db_url) -> None:
     with store.begin() as conn:  # make it look like a database written by schema v1
         conn.execute(text("DROP INDEX IF EXISTS ix_crmsync_inbox_contact"))
         conn.execute(text("ALTER TABLE crmsync_contacts DROP COLUMN fields_json"))
+        conn.execute(text("DROP TABLE crmsync_journal_seals"))
+        conn.execute(text("DROP TABLE crmsync_suppressions"))
         conn.execute(text("UPDATE crmsync_schema_version SET version = 1"))
     store.close()
     upgraded = StateStore(db_url)
-    assert upgraded.version == len(MIGRATIONS) == 4
+    assert upgraded.version == len(MIGRATIONS) == 5
+    assert {"crmsync_journal_seals", "crmsync_suppressions"} <= set(
+        inspect(upgraded.engine).get_table_names())
     with upgraded.begin() as conn:
         [(key, _, _)] = upgraded.resolve(conn, [("x", "1", "a@example.com")])
         upgraded.set_fields_hashes(conn, {key: "h"}, {key: {"name": "A"}})

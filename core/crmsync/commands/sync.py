@@ -7,20 +7,18 @@ import json
 import sqlite3
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..cli import EXIT_ERROR, EXIT_FAILED, EXIT_USAGE, Context, cli
 from ..config import Config
 from ..engine.plan import ContactDecision
 from ..errors import ConfigError, CrmsyncError, PluginError, StateBusy
+from ..progress import Mode, RunProgress
 from ..runtime import build_batch, open_side, open_store
 
 
@@ -62,8 +60,15 @@ def render_stats(obj: Context, stats: dict[str, Any]) -> None:
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (with -v, each contact's); write nothing anywhere: no "
                    "state file, run, cursor, import file or report.")
+@click.option("--metrics-file", type=click.Path(dir_okay=False), default=None,
+              help="Write the run's metrics there, in Prometheus text format (for "
+                   "node_exporter's textfile collector); default: [metrics] textfile.")
+@click.option("--pushgateway", metavar="URL", default=None,
+              help="Push the run's metrics to this Pushgateway; default: [metrics] "
+                   "pushgateway.")
 @click.pass_obj
-def sync(obj: Context, full: bool, resend: bool, dry_run: bool) -> None:
+def sync(obj: Context, full: bool, resend: bool, dry_run: bool, metrics_file: str | None,
+         pushgateway: str | None) -> None:
     """Run one batch sync: ESP unsubscriptions into the CRM, CRM changes to the ESP.
 
     Exit 0 when every record went through, 1 when some failed (see the CSV report),
@@ -74,6 +79,8 @@ def sync(obj: Context, full: bool, resend: bool, dry_run: bool) -> None:
     config = obj.config()
     if config.crm is None or config.esp is None:
         raise ConfigError(f"{obj.config_path} needs both [crm] and [esp] to sync")
+    if metrics_file or pushgateway:
+        config = _with_metrics(config, metrics_file, pushgateway)
     scratch = contextlib.ExitStack()
     if dry_run:
         config = _scratch_state(config, scratch)
@@ -86,6 +93,25 @@ def sync(obj: Context, full: bool, resend: bool, dry_run: bool) -> None:
                 click.echo(json.dumps({"status": "failed", "error": str(exc),
                                        "exit_code": code}, sort_keys=True))
             raise
+
+
+def _with_metrics(config: Config, textfile: str | None, pushgateway: str | None) -> Config:
+    from pydantic import ValidationError
+
+    from ..config import MetricsConfig
+    from ..contract import format_validation_error
+
+    values = config.metrics.model_dump()
+    if textfile:
+        values["textfile"] = str(Path(textfile).resolve())
+    if pushgateway:
+        values["pushgateway"] = pushgateway
+    try:
+        metrics = MetricsConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix="--pushgateway").splitlines()[0]
+                          .replace("--pushgateway.pushgateway", "--pushgateway")) from None
+    return config.model_copy(update={"metrics": metrics})
 
 
 def _scratch_state(config: Config, stack: contextlib.ExitStack) -> Config:
@@ -124,74 +150,43 @@ def _print_plan(side: str, decision: ContactDecision) -> None:
     click.echo(f"plan: {side} {decision.email} {', '.join(what)}")
 
 
-class _Lines:
-    """Progress as plain lines on stderr (not a terminal): each phase when it starts,
-    then its count at most every ``every`` seconds, so a log shows what a long run does."""
-
-    def __init__(self, every: float = 5.0) -> None:
-        self.every = every
-        self.started = time.monotonic()
-        self.counts: dict[str, int] = {}
-        self.said = 0.0
-
-    def say(self, text: str) -> None:
-        click.echo(f"crmsync: {text} ({time.monotonic() - self.started:.0f}s)", err=True)
-
-    def __call__(self, phase: str, n: int) -> None:
-        first = phase not in self.counts
-        self.counts[phase] = self.counts.get(phase, 0) + n
-        now = time.monotonic()
-        if first or now - self.said >= self.every:
-            self.said = now
-            self.say(f"{phase}: {self.counts[phase]:,}")
-
-
 def _sync(obj: Context, config: Config, *, full: bool, resend: bool, dry_run: bool) -> None:
     store = open_store(config)
     assert config.crm is not None and config.esp is not None
     what = (f"{'dry run' if dry_run else 'sync'} {'full' if full else 'diff'}: "
             f"{config.esp.connector} unsubscriptions, then {config.crm.connector} "
             f"{'contacts' if full else 'changes'} to {config.esp.connector}")
-    tty = sys.stderr.isatty()
-    lines = None if obj.as_json or tty else _Lines()
-    if lines is not None:
-        lines.say(what)
-    if not dry_run and not obj.as_json:
-        try:
-            with store.exclusive("batch"):
-                pass
-        except StateBusy:
-            message = ("waiting up to 120 s for another crmsync run on this state store "
-                       "to finish")
-            if lines is not None:
-                lines.say(message)
-            else:
-                click.echo(f"crmsync: {message}", err=True)
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                        TextColumn("{task.completed:>10,.0f}"), TimeElapsedColumn(),
-                        disable=not tty or obj.as_json, transient=True,
-                        console=Console(stderr=True))
-    with open_side(config, "crm") as crm, open_side(config, "esp") as esp, progress:
-        tasks: dict[str, Any] = {"start": progress.add_task(what, total=None)}
-
-        def advance(phase: str, n: int) -> None:
-            if lines is not None:
-                lines(phase, n)
-            if phase not in tasks:
-                tasks[phase] = progress.add_task(phase, total=None)
-            progress.advance(tasks[phase], n)
-
-        observer = (_print_plan if dry_run and obj.verbose and not obj.as_json else None)
-        batch = build_batch(config, crm, esp, store, progress=advance, observer=observer)
-        try:
-            stats = batch.run(full=full, dry_run=dry_run, resend=resend).as_dict()
-        finally:
-            if batch.files is not None:
-                batch.files.close()
-            store.close()
-    if lines is not None:
-        lines.say(f"{stats['status']}: {stats['crm_read']:,} read, {stats['esp_written']:,} "
-                  f"to the ESP, {stats['crm_written']:,} to the CRM, {stats['failed']:,} failed")
+    mode: Mode = ("none" if obj.as_json else "log" if obj.json_logs
+                  else "bar" if sys.stderr.isatty() else "lines")
+    reads_all = full or resend or store.get_cursor("crm") is None
+    with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
+        # the CRM's own count, for a total and an ETA: only a full read has one
+        progress = RunProgress(what, mode, total=crm.full_read_count if reads_all else None)
+        progress.say(what)
+        if not dry_run and not obj.as_json:
+            try:
+                with store.exclusive("batch"):
+                    pass
+            except StateBusy:
+                message = ("waiting up to 120 s for another crmsync run on this state store "
+                           "to finish")
+                if mode == "bar":
+                    click.echo(f"crmsync: {message}", err=True)
+                else:
+                    progress.say(message)
+        with progress:
+            observer = (_print_plan if dry_run and obj.verbose and not obj.as_json
+                        else None)
+            batch = build_batch(config, crm, esp, store, progress=progress,
+                                observer=observer)
+            try:
+                stats = batch.run(full=full, dry_run=dry_run, resend=resend).as_dict()
+            finally:
+                if batch.files is not None:
+                    batch.files.close()
+                store.close()
+    progress.say(f"{stats['status']}: {stats['crm_read']:,} read, {stats['esp_written']:,} "
+                 f"to the ESP, {stats['crm_written']:,} to the CRM, {stats['failed']:,} failed")
     obj.emit(stats, lambda: render_stats(obj, stats))
     if stats["failed"] or stats["status"] == "stopped":
         sys.exit(EXIT_FAILED)

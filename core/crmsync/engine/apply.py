@@ -325,6 +325,11 @@ class Pipeline:
     def plan_crm_page(self, records: Sequence[Contact]) -> Plan:
         """Decide a page of CRM records (a deleted one by what crmsync holds of it)."""
         crm = self.crm.name
+        # Erasure (`crmsync forget`, docs/operations.md): an erased address is never
+        # planned, stored or sent again, until the person opts in anew at the ESP.
+        from ..state.ledger import drop_suppressed
+
+        records = drop_suppressed(self.store, self.config, list(records))
         # The same record may come twice (overlap window, a page boundary): last wins.
         unique: dict[tuple[str, str], Contact] = {}
         for record in records:

@@ -21,6 +21,7 @@ from ..config import Config
 from ..contract import Connector
 from ..engine.realtime import RealtimeWorker
 from ..hooks import Hooks
+from ..metrics_file import StateCollector
 from ..model import Change, SendResult, WriteResult
 from ..state import StateStore
 from .app import Inbox, StoreInbox, build_app
@@ -91,6 +92,8 @@ class RealtimeService:
         self.inbox = inbox or StoreInbox(store)
         self.hooks = hooks or Hooks()
         self.metrics = Metrics(queue_depth=store.inbox_pending_count)
+        # the state gauges a batch run's metrics file has too (dead letters, API budget)
+        self.metrics.registry.register(StateCollector(store, [crm, esp], inbox=False))
         self.lock = threading.RLock()
         self.worker = RealtimeWorker(config, crm, esp, store, hooks=self.hooks,
                                      observer=self.metrics, lock=self.lock)
@@ -184,8 +187,10 @@ class RealtimeService:
 def _uvicorn_config(service: RealtimeService, host: str, port: int) -> uvicorn.Config:
     # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as
     # the client address; the allow-list believes only [server] trusted_proxies.
+    # log_config None: uvicorn's records go to the root logger, as JSON with --log-format.
     return uvicorn.Config(service.app, host=host, port=port, lifespan="off",
-                          log_level="warning", access_log=False, proxy_headers=False,
+                          log_level="warning", log_config=None, access_log=False,
+                          proxy_headers=False,
                           timeout_graceful_shutdown=int(
                               service.config.server.shutdown_timeout_s) or None)
 

@@ -14,7 +14,15 @@ from collections.abc import Callable, Iterator
 from sqlalchemy import Connection, Engine, inspect, select, text
 
 from ..errors import StateError
-from .schema import contacts, inbox, metadata, schema_version, snapshots
+from .schema import (
+    contacts,
+    inbox,
+    journal_seals,
+    metadata,
+    schema_version,
+    snapshots,
+    suppressions,
+)
 
 __all__ = ["MIGRATIONS", "current_version", "migrate"]
 
@@ -75,10 +83,17 @@ def _v4_groups_json(conn: Connection) -> None:
                               f'USING "groups"::jsonb'))
 
 
+def _v5_consent_ledger(conn: Connection) -> None:
+    # the journal's seals (hash chain) and the erased addresses' suppressions (ledger.py)
+    journal_seals.create(conn, checkfirst=True)
+    suppressions.create(conn, checkfirst=True)
+
+
 _OLD_GROUPS_JSON = "\x1e"  # the marker of a JSON array in the text form (before v4)
 
 MIGRATIONS: list[Callable[[Connection], None]] = [
-    _v1_initial, _v2_inbox_heads_index, _v3_contact_fields, _v4_groups_json]
+    _v1_initial, _v2_inbox_heads_index, _v3_contact_fields, _v4_groups_json,
+    _v5_consent_ledger]
 
 
 def current_version(conn: Connection) -> int:

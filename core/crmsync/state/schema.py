@@ -166,3 +166,26 @@ files = Table(
     Column("info", JSON, nullable=False, default=dict),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# The consent ledger (state/ledger.py). A seal per journal entry, filled after the fact
+# by a pass in id order (the engine's hot path only appends journal rows): the digest of
+# the entry's pseudonymised form, the previous seal's hash, and this seal's hash, a
+# keyed hash over both. Kept beside the journal so that its insert stays as it was.
+journal_seals = Table(
+    "crmsync_journal_seals", metadata,
+    Column("journal_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=False),
+    Column("digest", String(64), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("sealed_at", DateTime(timezone=True), nullable=False),
+)
+
+# Addresses erased by `crmsync forget`, as keyed hashes only: a CRM record with one of
+# them is never sent to the ESP again (until the person opts in anew at the ESP).
+suppressions = Table(
+    "crmsync_suppressions", metadata,
+    Column("address_hash", String(80), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("reason", String(100), nullable=False, default="erased"),
+)
