@@ -154,6 +154,23 @@ class MailUpConnector(Connector, FileExchange, MessageSender, MultiListSubscribe
         yield Page(records=last, cursor=Cursor(at=started, tie_id=f"{seq:08d}",
                                                data={"full": True}))
 
+    def read_unsubscriptions(self, since: Cursor) -> Iterator[Page]:
+        """Every list's unsubscribed recipients (``GET /List/{id}/Recipients/
+        Unsubscribed``): a page per unsubscribed page. EmailOptins has no documented
+        date filter, so reading the changes since the cursor pages through every
+        recipient of the list (after an import, all of them), and their groups through
+        every group listing; an unsubscribe keeps its groups, so none are read here.
+        Undated: an unsubscribe wins whatever its date (docs/connectors/mailup.md)."""
+        started = datetime.now(UTC)
+        for list_id in self.list_ids():
+            for items in self.api.listing(list_id, Status.UNSUBSCRIBED):
+                records = [c for c in (self._contact(item, list_id, Status.UNSUBSCRIBED, {})
+                                       for item in items) if c is not None]
+                if records:
+                    yield Page(records=records, cursor=None)
+        yield Page(records=[], cursor=Cursor(at=started, tie_id="",
+                                             data={"unsubscribed": True}))
+
     def _group_members(self, list_id: str, *, budget: int | None = None
                        ) -> dict[str, set[str]] | None:
         """idRecipient -> group names, from one listing per group (handed on to the bulk

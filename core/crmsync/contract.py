@@ -215,6 +215,19 @@ class Connector(ABC):
         """
         return None
 
+    def read_unsubscriptions(self, since: Cursor) -> Iterator[Page] | None:
+        """An ESP's unsubscribed recipients since ``since``, when it can list them by
+        status more cheaply than :meth:`read` reads every change (a batch run wants
+        only these: right after an import, every recipient it wrote has "changed").
+
+        Each record carries only the lists it is unsubscribed from, with the date when
+        the vendor gives one. It may repeat unsubscriptions already read (the engine
+        finds them unchanged) but must include every one made since ``since``; the last
+        page's cursor is where the next read starts. ``None`` (the default): the engine
+        reads :meth:`read` and keeps the unsubscriptions.
+        """
+        return None
+
     def members(self, key: str) -> Iterable[str] | None:
         """Every record id that holds the membership ``key`` now (``"campaign:701..."``,
         as in :attr:`Contact.memberships`), or ``None`` when the connector cannot list

@@ -253,7 +253,10 @@ class BatchSync:
             at=cursor.at - timedelta(seconds=self.config.sync.overlap_s),
             tie_id="", data=cursor.data)
         last = cursor or Cursor(at=datetime(1970, 1, 1, tzinfo=UTC))
-        for page in self.esp.read(since):
+        # a diff run reads the unsubscribed recipients where the ESP can list them,
+        # rather than every recipient that changed (the previous run's own writes too)
+        pages = None if since is None else self.esp.read_unsubscriptions(since)
+        for page in self.esp.read(since) if pages is None else pages:
             changes = [c for c in (self._unsubscriptions_of(r) for r in page.records) if c]
             self.stats.esp_unsubscribes_read += len(changes)
             self.progress("esp unsubscriptions", len(changes))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mailup_testbed import contact
+from mailup_testbed import contact, requests_of
 
 from crmsync.config import load_config
 from crmsync.runtime import build_batch, open_side, open_store
@@ -119,3 +119,25 @@ def test_files_mode_both_ways(tmp_path, emulator, control, monkeypatch):
     run()
     assert crm_field(run, people[2], "OptOut") == "true"
     assert crm_field(run, people[3], "OptOut") == "false"
+
+
+def test_a_diff_run_reads_only_unsubscribed_recipients_not_every_optin(tmp_path, emulator,
+                                                                       control, monkeypatch):
+    """Issue 15 (API mode): a diff run right after a full one read every recipient the
+    full had imported (all of them are "changed" since the ESP cursor) through
+    EmailOptins, and listed every group to learn their groups: O(list) pages per run
+    for a handful of changes. It reads the list's unsubscribed recipients instead,
+    and the unsubscribe made at the ESP still reaches the CRM."""
+    run = make_run(tmp_path, emulator, monkeypatch, "api")
+    run.crm.seed(120, 0)
+    run()
+    people = sorted(r["email"] for r in run.crm.records.values())
+    control.post("/unsubscribe", json={"email": people[3], "list": "1"})
+    before = requests_of(control)
+    run()
+    calls = {path: n - before.get(path, 0) for path, n in requests_of(control).items()
+             if n - before.get(path, 0)}
+    assert crm_field(run, people[3], "OptOut") == "true"
+    assert not [path for path in calls if "EmailOptins" in path or "/Group/" in path], calls
+    reads = sum(n for path, n in calls.items() if path.startswith("GET"))
+    assert reads <= 4, calls  # the unsubscribed listing (1 page) and the token, not 120/20
