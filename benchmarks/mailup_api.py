@@ -131,7 +131,8 @@ def naive_runs(server: EmulatorServer, contacts: int,
     assert isinstance(emulator, MailUpEmulator)
     profile = emulator.demo_profile()
     os.environ.update(profile["secrets"])
-    settings = MailUpConnector.Settings.load("mailup", {**profile["settings"], "rate": rate or 0})
+    settings = MailUpConnector.Settings.load("mailup", {**profile["settings"],
+                                                         "rate_per_s": rate or 0})
     crm = SyntheticCrm(SyntheticCrm.Settings.load("synthetic", {"contacts": contacts}))
     out = []
     with MailUpConnector(settings) as mailup:
