@@ -252,3 +252,44 @@ def test_a_short_full_read_in_file_mode_still_delivers_what_was_read(tmp_path) -
             pair.sync(full=True)
         pair.esp_import()
     assert pair.esp_status("ann@example.com", "1") == "unsubscribed"
+
+
+def test_a_url_post_operation_honours_retry_after_through_the_one_retry_policy() -> None:
+    """A customer's URL answered 429 with ``Retry-After: 3`` and then 200: the call is
+    made again after the 3 s it asked for (the transport's retry policy), not after the
+    old private loop's own 0.5 s, and lands once."""
+    from datetime import UTC, datetime
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from crmsync.config import PostOperation
+    from crmsync.emulator import EmulatorServer
+    from crmsync.engine.postops import PostOperationRules
+    from crmsync.hooks import PostOpContext
+    from crmsync.model import Change, Status, Subscription
+
+    answers = [PlainTextResponse("slow down", 429, headers={"Retry-After": "3"}),
+               PlainTextResponse("ok")]
+    received = []
+
+    async def hook(request):
+        received.append(await request.body())
+        return answers.pop(0)
+
+    slept: list[float] = []
+    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    with EmulatorServer(app) as server:
+        rules = PostOperationRules([PostOperation.model_validate(
+            {"on": "unsubscribe", "call_url": f"{server.url}/hook", "retries": 2})],
+            sleep=slept.append)
+        context = PostOpContext(applied_to="crm", mode="batch", run_id="r", all_lists=("1",))
+        rules.crmsync_post_operation(Change(
+            email="ann@example.com", source="esp:x", subscriptions={"1": Subscription(
+                list_id="1", status=Status.UNSUBSCRIBED,
+                changed_at=datetime(2026, 1, 1, tzinfo=UTC))}), context)
+    [call] = context.extra["calls"]
+    assert call["ok"] and call["status"] == 200, call
+    assert len(received) == 2 and received[0] == received[1]
+    assert slept == [3.0]

@@ -8,7 +8,8 @@ the same hook as third-party code (``crmsync_post_operation``):
   policy and the journal like any change, on both sides;
 - ``call_url``: the contact's data is POSTed (or GET) to the customer's URL, signed with
   HMAC-SHA256 over the body (header ``X-Crmsync-Signature: sha256=<hex>``) when
-  ``secret_env`` is set, retried with backoff; each call is recorded in the context so
+  ``secret_env`` is set, retried by the transport's one retry policy (5xx, 429 after its
+  ``Retry-After``, a dropped connection: ``retries`` times); each call is recorded in the context so
   the engine journals it. Delivery is at least once; a repeat carries the same
   ``X-Crmsync-Delivery`` header (and ``delivery_id`` in the body) for the receiver to
   drop.
@@ -28,7 +29,9 @@ from typing import Any
 import httpx
 
 from ..config import PostOperation
+from ..errors import CrmsyncError
 from ..hooks import PostOpContext, hookimpl
+from ..http import RetryPolicy, build_client, idempotent
 from ..model import Change, Status, Subscription
 
 __all__ = ["PostOperationRules", "sign"]
@@ -49,10 +52,21 @@ class PostOperationRules:
                  secrets: Mapping[str, str] | None = None) -> None:
         self.rules = list(rules)
         self._secrets = secrets  # Config.secrets(): the environment, then the secrets file
-        self._http = http
+        self._http = http  # a client to use as it is (tests); else one per retry setting
+        self._clients: dict[tuple[int, float], httpx.Client] = {}
         self._sleep = sleep
         for rule in self.rules:
             rule.secret(self._secrets)  # fail at start-up, not at the first unsubscribe
+
+    def _client(self, rule: PostOperation) -> httpx.Client:
+        """One client per retry setting, shared by every call of the rules with it."""
+        key = (rule.retries, rule.timeout_s)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = build_client(
+                timeout=rule.timeout_s, sleep=self._sleep,
+                policy=RetryPolicy(attempts=rule.retries + 1, max_backoff=30.0))
+        return client
 
     @hookimpl
     def crmsync_post_operation(self, change: Change, context: PostOpContext) -> list[Change]:
@@ -104,27 +118,22 @@ class PostOperationRules:
         secret = rule.secret(self._secrets)
         if secret is not None:
             headers["X-Crmsync-Signature"] = sign(secret.get_secret_value(), body)
-        if self._http is None:
-            self._http = httpx.Client(timeout=rule.timeout_s)  # one, shared by every call
-        client = self._http
+        client = self._http or self._client(rule)
         outcome: dict[str, Any] = {"url": rule.call_url, "list": list_id, "ok": False}
-        for attempt in range(rule.retries + 1):
-            try:
-                if rule.method == "GET":
-                    query = {k: str(v or "") for k, v in payload.items() if k != "fields"}
-                    response = client.get(rule.call_url, params=query,
-                                          headers=headers, timeout=rule.timeout_s)
-                else:
-                    response = client.post(rule.call_url, content=body, headers=headers,
-                                           timeout=rule.timeout_s)
-                outcome["status"] = response.status_code
-                if response.status_code < 500 and response.status_code != 429:
-                    outcome["ok"] = response.is_success
-                    break
-            except httpx.HTTPError as exc:
-                outcome["error"] = f"{type(exc).__name__}: {exc}"
-            if attempt < rule.retries:
-                self._sleep(min(30.0, 0.5 * 2 ** attempt))
+        # The transport's one retry policy (5xx, 429 with its Retry-After, a dropped
+        # connection), resending the POST too: the delivery id makes a repeat harmless.
+        try:
+            if rule.method == "GET":
+                query = {k: str(v or "") for k, v in payload.items() if k != "fields"}
+                response = client.get(rule.call_url, params=query, headers=headers,
+                                      timeout=rule.timeout_s)
+            else:
+                response = client.post(rule.call_url, content=body, headers=headers,
+                                       timeout=rule.timeout_s, extensions=idempotent())
+            outcome["status"] = response.status_code
+            outcome["ok"] = response.is_success
+        except (httpx.HTTPError, CrmsyncError) as exc:
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
         if not outcome["ok"]:
             log.warning("post-operation call to %s for %s failed: %s", rule.call_url,
                         change.email, outcome.get("error") or outcome.get("status"))
