@@ -14,21 +14,26 @@ a line by its first character and ``***`` (``a***@example.com``).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import re
 import sys
+from collections.abc import Iterator
 from typing import IO, Any, Literal
 
 from .hooks import hookimpl
 
-__all__ = ["RunLogContext", "configure_logging", "current_run_id", "mask_emails"]
+__all__ = ["RunLogContext", "configure_logging", "current_run_id", "event_context",
+           "mask_emails"]
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _run_id: contextvars.ContextVar[str] = contextvars.ContextVar("crmsync_run_id", default="")
 _process_run_id = ""  # the run this process is doing, for threads without the context
+_event_ids: contextvars.ContextVar[str] = contextvars.ContextVar("crmsync_event_id",
+                                                                 default="")
 # an address, also percent-encoded in a URL (%40): what an HTTP client's log line holds
 _EMAIL = re.compile(r"(?:(?<=%[0-9A-Fa-f]{2})|(?<![A-Za-z0-9._+%-]))"
                     r"([A-Za-z0-9_+-])[A-Za-z0-9._+-]*(?:@|%40)([A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+)")
@@ -66,9 +71,21 @@ class RunLogContext:
 _old_factory = logging.getLogRecordFactory()
 
 
+@contextlib.contextmanager
+def event_context(event_ids: str) -> Iterator[None]:
+    """Records made in the block carry ``event_id``: the inbox id(s) of the real-time
+    event(s) being applied (comma-separated when the worker applies several at once)."""
+    token = _event_ids.set(event_ids)
+    try:
+        yield
+    finally:
+        _event_ids.reset(token)
+
+
 def _record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
     record = _old_factory(*args, **kwargs)
     record.run_id = current_run_id()
+    record.event_id = _event_ids.get()
     return record
 
 
@@ -88,7 +105,7 @@ def _json_formatter() -> logging.Formatter:
     from pythonjsonlogger.json import JsonFormatter
 
     return JsonFormatter(
-        "{asctime}{levelname}{name}{message}{run_id}", style="{",
+        "{asctime}{levelname}{name}{message}{run_id}{event_id}", style="{",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         datefmt="%Y-%m-%dT%H:%M:%S%z", json_ensure_ascii=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -194,3 +195,26 @@ def test_a_batch_run_holding_the_store_pauses_the_worker_without_killing_it(serv
         assert rt.crm_record("ann@example.com")["fields"]["OptOut"] != "true"
     eventually(lambda: rt.crm_record("ann@example.com")["fields"]["OptOut"] == "true")
     assert rt.service.worker.running
+
+
+def test_a_retried_event_s_log_lines_carry_its_inbox_id_in_json(serve_pair, tmp_path) -> None:
+    """Issue 17 point 3: with JSON logs, the worker's lines about an event carry its
+    inbox id as ``event_id`` (they carried only the run's id)."""
+    import io
+
+    from crmsync.logs import configure_logging
+
+    esp = flaky(tmp_path)
+    rt = serve_pair(esp=esp, server="max_attempts = 10")
+    out = io.StringIO()
+    configure_logging(logging.INFO, "json", stream=out)
+    try:
+        esp.outage = [RemoteError("503 Service Unavailable", status=503, retryable=True)]
+        rt.post_crm(crm_event("cyd@example.com", fields=dict(FIELDS), event_id="o-9"))
+        eventually(lambda: rt.esp_list("cyd@example.com") == "subscribed")
+    finally:
+        configure_logging(logging.WARNING, "text")
+    [event] = rt.state.inbox_events()
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+    retried = [r for r in lines if "will be retried" in r["message"]]
+    assert retried and {r["event_id"] for r in retried} == {str(event["id"])}, lines

@@ -39,6 +39,7 @@ from ..config import Config
 from ..contract import Connector
 from ..errors import ConfigError, RateLimited, StateBusy
 from ..hooks import Hooks
+from ..logs import event_context
 from ..model import Change, Contact, Cursor, Op
 from ..state import StateStore
 from .apply import Pipeline, RunStats
@@ -256,6 +257,12 @@ class RealtimeWorker:
             return
         changes = [change for _, items in events for change in items]
         self._retry_after.clear()
+        with event_context(",".join(str(row["id"]) for row, _ in events)):
+            self._apply_events(endpoint, rows, events, changes)
+
+    def _apply_events(self, endpoint: str, rows: list[dict[str, Any]],
+                      events: list[tuple[dict[str, Any], list[Change]]],
+                      changes: list[Change]) -> None:
         try:
             with self.lock:
                 pipeline = self._pipeline()
@@ -327,6 +334,10 @@ class RealtimeWorker:
         return failures
 
     def _failed(self, row: dict[str, Any], error: str, *, retryable: bool) -> None:
+        with event_context(str(row["id"])):
+            self._failed_one(row, error, retryable=retryable)
+
+    def _failed_one(self, row: dict[str, Any], error: str, *, retryable: bool) -> None:
         attempts = int(row["attempts"]) + 1
         endpoint = row["endpoint"]
         self.observer.failed(endpoint)
@@ -345,6 +356,10 @@ class RealtimeWorker:
                  delay, error)
 
     def _give_up(self, row: dict[str, Any], error: str) -> None:
+        with event_context(str(row["id"])):
+            self._dead(row, error)
+
+    def _dead(self, row: dict[str, Any], error: str) -> None:
         self.store.inbox_dead(row, error)
         self.observer.dead(row["endpoint"])
         self.counts["dead"] += 1
