@@ -49,6 +49,7 @@ class BulkImporter:
         self._clock = clock
         #: group id -> (listed at, lowercased email -> idRecipient or None if unknown)
         self._members: dict[str, tuple[float, dict[str, str | None]]] = {}
+        self._pages_taken = 0
 
     def run(self, items: Sequence[tuple[int, Change]]) -> dict[int, WriteResult]:
         failures: dict[int, WriteResult] = {}
@@ -133,21 +134,31 @@ class BulkImporter:
 
     def _prune(self, list_id: str, targets: dict[str, tuple[int, set[str]]],
                failures: dict[int, WriteResult]) -> None:
-        """Remove memberships outside each recipient's desired set, then one removal per
-        extra membership (imports cannot remove). Members come from :meth:`members`."""
+        """Remove memberships outside each recipient's desired set (imports cannot
+        remove). From the groups' member listings (kept, see :meth:`members`) — unless
+        listing them would take more pages than looking each recipient's groups up
+        (two calls each): then each recipient is looked up."""
         try:
             groups = list(self.groups.groups(list_id))
         except CrmsyncError as exc:
             for index, _ in targets.values():
                 failures.setdefault(index, _failed(exc))
             return
+        budget = 2 * len(targets)
+        listings: dict[str, dict[str, str | None]] = {}
         for gid in groups:
             try:
-                members = self.members(gid)
+                members = self.members(gid, budget=budget)
             except CrmsyncError as exc:
                 for index, _ in targets.values():
                     failures.setdefault(index, _failed(exc))
                 continue
+            if members is None:  # more pages than the look-ups: look them up instead
+                self._prune_each(list_id, targets, failures)
+                return
+            listings[gid] = members
+            budget -= self._pages_taken
+        for gid, members in listings.items():
             for email, (index, wanted) in targets.items():
                 key = email.lower()
                 if gid in wanted or key not in members:
@@ -163,6 +174,26 @@ class BulkImporter:
                 except CrmsyncError as exc:
                     failures.setdefault(index, _failed(exc))
 
+    def _prune_each(self, list_id: str, targets: dict[str, tuple[int, set[str]]],
+                    failures: dict[int, WriteResult]) -> None:
+        """The prune for a few recipients: each one's groups looked up, the extra ones
+        removed (and the kept listings of those groups updated)."""
+        for email, (index, wanted) in targets.items():
+            if index in failures:
+                continue
+            try:
+                found = self.api.find(email.lower(), [list_id])
+                if not found:
+                    continue
+                rid = found[0]
+                for gid in self.api.recipient_groups(list_id, rid) - wanted:
+                    self.api.remove_from_group(gid, rid)
+                    cached = self._members.get(gid)
+                    if cached is not None:
+                        cached[1].pop(email.lower(), None)
+            except CrmsyncError as exc:
+                failures.setdefault(index, _failed(exc))
+
     def forget_members(self) -> None:
         """Drop the kept group listings (memberships were changed some other way)."""
         self._members.clear()
@@ -171,16 +202,23 @@ class BulkImporter:
         """Keep a listing of the group taken elsewhere (a read), as if listed here."""
         self._members[gid] = (self._clock(), members)
 
-    def members(self, gid: str) -> dict[str, str | None]:
+    def members(self, gid: str, *, budget: int | None = None) -> dict[str, str | None] | None:
         """The group's members (lowercased email -> idRecipient), listed once and then
-        kept up to date with this importer's own changes for ``MEMBERS_TTL_S``."""
+        kept up to date with this importer's own changes for ``MEMBERS_TTL_S``;
+        ``None`` when listing them would take more than ``budget`` pages (nothing is
+        kept then). ``_pages_taken`` says how many pages this call listed."""
         now = self._clock()
+        self._pages_taken = 0
         cached = self._members.get(gid)
         if cached is not None and now - cached[0] < MEMBERS_TTL_S:
             return cached[1]
-        members: dict[str, str | None] = {
-            str(item.get("Email", "")).lower(): str(item["idRecipient"])
-            for page in self.api.group_members(gid) for item in page}
+        members: dict[str, str | None] = {}
+        for page in self.api.group_members(gid):
+            self._pages_taken += 1
+            if budget is not None and self._pages_taken > budget:
+                return None
+            members.update((str(item.get("Email", "")).lower(), str(item["idRecipient"]))
+                           for item in page)
         self._members[gid] = (now, members)
         return members
 

@@ -134,3 +134,25 @@ def test_a_write_after_a_read_prunes_from_the_read_s_group_listings(make_connect
     assert requests_of(control)[GROUP_LISTING] == listed
     assert contact(emulator, "w3@example.com")["lists"]["1"]["groups"] == ["news"]
     assert contact(emulator, "w30@example.com")["lists"]["1"]["groups"] == ["news", "offers"]
+
+
+def test_an_import_of_a_few_prunes_by_looking_them_up_not_by_listing_every_group(
+        make_connector, emulator, control):
+    """Issue 15 (API mode): an import cannot remove a group membership, so the importer
+    pruned by listing every member of every group of the list first: 655 pages before a
+    100-contact diff at 10k. When the listings would take more pages than looking each
+    imported recipient's groups up (two calls each), it looks them up."""
+    writer = make_connector(bulk_threshold=10)
+    assert all(r.ok for r in writer.write(
+        [change(f"g{i}@example.com", "1", Status.SUBSCRIBED, "news", "offers")
+         for i in range(300)]))
+    control.delete("/requests").raise_for_status()
+    run = make_connector(bulk_threshold=2)  # a new run: no listing kept
+    assert all(r.ok for r in run.write(
+        [change(f"g{i}@example.com", "1", Status.SUBSCRIBED, "news") for i in range(3)]))
+    calls = requests_of(control)
+    assert contact(emulator, "g1@example.com")["lists"]["1"]["groups"] == ["news"]
+    assert contact(emulator, "g100@example.com")["lists"]["1"]["groups"] == ["news", "offers"]
+    # at most the 6 pages the look-ups take, and the one that tells (not 2 x 15 pages)
+    assert calls.get(GROUP_LISTING, 0) <= 7, calls
+    assert calls.get(RECIPIENT_GROUPS, 0) == 3, calls
