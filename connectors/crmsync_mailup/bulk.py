@@ -215,8 +215,13 @@ class BulkImporter:
         members: dict[str, str | None] = {}
         for page in self.api.group_members(gid):
             self._pages_taken += 1
-            if budget is not None and self._pages_taken > budget:
-                return None
+            if budget is not None:
+                # the listing's size is known from its first page: give up at once
+                total = self.api.client.last_total
+                needed = (-(-total // len(page)) if total is not None and page
+                          else self._pages_taken)
+                if needed > budget:
+                    return None
             members.update((str(item.get("Email", "")).lower(), str(item["idRecipient"]))
                            for item in page)
         self._members[gid] = (now, members)

@@ -43,6 +43,8 @@ class MailUpClient:
         self.settings = settings
         self.http = http
         self.auth = auth or PasswordGrant(settings, http)
+        #: ``TotalElementsCount`` of the listing page last read (``None``: not given)
+        self.last_total: int | None = None
 
     def url(self, path: str) -> str:
         return f"{self.settings.base_url}/Console/{path.lstrip('/')}"
@@ -81,7 +83,7 @@ class MailUpClient:
                                   "with Items, got something else")
             items: list[dict[str, Any]] = body["Items"]
             seen[0] += len(items)
-            total = _count(body, "TotalElementsCount")
+            total = self.last_total = _count(body, "TotalElementsCount")
             # MailUp may cap pageSize below what was asked: without a total, a page
             # shorter than the server's own PageSize is the last one.
             if total is None and len(items) < (_count(body, "PageSize") or size):
