@@ -226,3 +226,22 @@ def test_replay_a_selection_then_all(console_pair) -> None:
     assert rt.state.dead_letters() == []
     shown = op.get("/admin/dead-letters?replayed=1").text
     assert shown.count('<tr id="dead-') == 2 and shown.count('class="replayed"') == 2
+
+
+def test_resync_of_one_list_runs_sync_with_that_list(console_pair) -> None:
+    rt = console_pair()
+    op = rt.operator()
+    op.login()
+    csrf = op.csrf()
+    choose = op.get("/admin/resync")
+    assert 'name="list"' in choose.text and "every list" in choose.text
+    bad = op.post("/admin/resync", data={"csrf": csrf, "mode": "full", "list": "nope"})
+    assert bad.status_code == 400
+    ask = op.post("/admin/resync", data={"csrf": csrf, "mode": "full", "list": "1"})
+    assert ask.status_code == 200 and "for list 1" in ask.text
+    go = op.post("/admin/resync", data={"csrf": csrf, "mode": "full", "list": "1",
+                                        "confirm": "yes"})
+    assert go.status_code == 303
+    rows = eventually(lambda: (lambda t: "exit 0" in t and t)(op.get("/admin/resync/rows").text),
+                      timeout=60, interval=0.2)
+    assert "sync --full --list 1" in rows and "succeeded" in rows

@@ -711,3 +711,38 @@ def test_a_crm_record_with_an_invalid_address_is_reported_not_sent(tmp_path) -> 
     assert row["side"] == "crm" and row["code"] == "invalid_address"
     assert row["email"] == "<script>alert(1)</script>@example.com"
     assert bad in row["where"] and "not an email address" in row["reason"]
+
+
+@pytest.mark.parametrize("mode", ["files", "api"])
+def test_a_resend_of_one_list_restores_that_list_only_and_keeps_the_cursor(tmp_path,
+                                                                           mode) -> None:
+    """`sync --resend --list 2` after the ESP lost everything: list 2 comes back, list 1
+    is left alone, and the CRM cursor stays where it was (a one-list run must not move
+    the read past the other lists' changes); the ESP's unsubscriptions of every list
+    are still read first."""
+    from crmsync.runtime import open_store
+
+    pair = _seeded_pair(tmp_path, "sqlite:///state.db", mode=mode)
+    pair.sync()
+    if mode == "files":
+        pair.esp_import()
+    state = open_store(pair.config)
+    before = state.get_cursor("crm")
+    state.close()
+    pair.esp._load()
+    pair.esp.records.clear()
+    pair.esp.save()
+    stats = pair.sync(resend=True, lists=["2"])
+    assert stats.status == "succeeded", stats
+    if mode == "files":
+        pair.esp_import()
+    assert pair.esp_status("ann@example.com", "2") == "subscribed"
+    assert pair.esp_status("ann@example.com", "1") is None
+    assert set(stats.plan) == {"2"}, stats.plan
+    state = open_store(pair.config)
+    assert state.get_cursor("crm") == before
+    state.close()
+    pair.sync(resend=True)
+    if mode == "files":
+        pair.esp_import()
+    assert pair.esp_status("ann@example.com", "1") == "subscribed"

@@ -60,6 +60,10 @@ def render_stats(obj: Context, stats: dict[str, Any]) -> None:
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (with -v, each contact's); write nothing anywhere: no "
                    "state file, run, cursor, import file or report.")
+@click.option("--list", "lists", multiple=True, metavar="ESP_LIST",
+              help="Send for this ESP list only (repeatable): with --full or --resend, "
+                   "repairs one list. The ESP's unsubscriptions of every list are still "
+                   "read first; the CRM cursor does not move.")
 @click.option("--metrics-file", type=click.Path(dir_okay=False), default=None,
               help="Write the run's metrics there, in Prometheus text format (for "
                    "node_exporter's textfile collector); default: [metrics] textfile.")
@@ -67,7 +71,8 @@ def render_stats(obj: Context, stats: dict[str, Any]) -> None:
               help="Push the run's metrics to this Pushgateway; default: [metrics] "
                    "pushgateway.")
 @click.pass_obj
-def sync(obj: Context, full: bool, resend: bool, dry_run: bool, metrics_file: str | None,
+def sync(obj: Context, full: bool, resend: bool, dry_run: bool, lists: tuple[str, ...],
+         metrics_file: str | None,
          pushgateway: str | None) -> None:
     """Run one batch sync: ESP unsubscriptions into the CRM, CRM changes to the ESP.
 
@@ -86,7 +91,8 @@ def sync(obj: Context, full: bool, resend: bool, dry_run: bool, metrics_file: st
         config = _scratch_state(config, scratch)
     with scratch:
         try:
-            _sync(obj, config, full=full, resend=resend, dry_run=dry_run)
+            _sync(obj, config, full=full, resend=resend, dry_run=dry_run,
+                  lists=list(lists) or None)
         except CrmsyncError as exc:
             if obj.as_json:  # the error object on stdout; the one-line message on stderr
                 code = EXIT_USAGE if isinstance(exc, ConfigError | PluginError) else EXIT_ERROR
@@ -150,7 +156,8 @@ def _print_plan(side: str, decision: ContactDecision) -> None:
     click.echo(f"plan: {side} {decision.email} {', '.join(what)}")
 
 
-def _sync(obj: Context, config: Config, *, full: bool, resend: bool, dry_run: bool) -> None:
+def _sync(obj: Context, config: Config, *, full: bool, resend: bool, dry_run: bool,
+          lists: list[str] | None = None) -> None:
     store = open_store(config)
     assert config.crm is not None and config.esp is not None
     what = (f"{'dry run' if dry_run else 'sync'} {'full' if full else 'diff'}: "
@@ -180,7 +187,8 @@ def _sync(obj: Context, config: Config, *, full: bool, resend: bool, dry_run: bo
             batch = build_batch(config, crm, esp, store, progress=progress,
                                 observer=observer)
             try:
-                stats = batch.run(full=full, dry_run=dry_run, resend=resend).as_dict()
+                stats = batch.run(full=full, dry_run=dry_run, resend=resend,
+                                  lists=lists).as_dict()
             finally:
                 if batch.files is not None:
                     batch.files.close()

@@ -293,13 +293,15 @@ class Pipeline:
         self.failures: list[Failure] = []
         self.repairs: list[Any] = []
         self.size = config.sync.batch_size
+        self.only_lists: frozenset[str] | None = None  # sync --list
 
     @property
     def rules(self) -> Rules:
         return Rules(mapper=self.mapper, policy=self.config.consent.resubscribe,
                      deletes=self.config.consent.deletes, crm=self.crm.name,
                      esp=self.esp.name, run_id=self.stats.run_id, resend=self.stats.resend,
-                     post_operations=self.hooks.has_post_operations)
+                     post_operations=self.hooks.has_post_operations,
+                     only_lists=self.only_lists)
 
     @property
     def mode(self) -> Literal["batch", "realtime"]:
@@ -342,7 +344,8 @@ class Pipeline:
             hashes: dict[str, str | None] = {}
             deleted: set[str] = set()
             keys = self.store.resolve(conn, [(crm, r.ids.get(crm), r.email) for r in live],
-                                      hashes=hashes, deleted=deleted, create=not self.dry_run)
+                                      hashes=hashes, deleted=deleted, create=not self.dry_run,
+                                      move=self.only_lists is None)
             gone = (self.store.known(conn, [(crm, r.ids.get(crm), r.email)
                                             for r in gone_records]) if gone_records else [])
             gone_keys = [hit[0] for hit in gone if hit is not None]
@@ -389,6 +392,8 @@ class Pipeline:
         there (some CRMs remove a member without touching the person's record, so no
         incremental read shows it). Connectors that cannot list members are skipped."""
         for mapping in self.mapper.lists:
+            if self.only_lists is not None and mapping.esp_list not in self.only_lists:
+                continue
             key = mapping.membership_key
             members = None if key is None else self.crm.members(key)
             if members is None:

@@ -27,7 +27,7 @@ import contextlib
 import csv
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -99,14 +99,24 @@ class BatchSync:
         return self.sync.failures
 
     # -- the run --------------------------------------------------------------------------
-    def run(self, *, full: bool = False, dry_run: bool = False,
-            resend: bool = False) -> RunStats:
+    def run(self, *, full: bool = False, dry_run: bool = False, resend: bool = False,
+            lists: Sequence[str] | None = None) -> RunStats:
         """One run. ``full``: read every CRM contact (else since the cursor); changed
         ones go out. ``resend``: read every contact and send again, changed or not, each
         subscribed contact's lists and fields and every unsubscribe crmsync knows, to
         repair an ESP that lost or drifted from what crmsync sent (pending ones are not
         re-sent: see docs/batch.md); nothing is journaled, since nothing changed.
-        ``dry_run``: plan and count only; nothing is written anywhere."""
+        ``dry_run``: plan and count only; nothing is written anywhere. ``lists``: the
+        outbound half for these ESP lists only (the ESP's unsubscriptions of every list
+        are still read first); the CRM cursor is not moved, since the other lists'
+        changes were not sent."""
+        if lists is not None:
+            unknown = sorted(set(lists) - set(self.sync.mapper.by_list))
+            if unknown:
+                raise ConfigError(
+                    f"--list {', '.join(unknown)}: not an ESP list of this configuration "
+                    f"(its [[lists]] map {', '.join(sorted(self.sync.mapper.by_list))})")
+            self.sync.only_lists = frozenset(lists)
         started = time.monotonic()
         stats = self.stats
         stats.resend = resend
@@ -398,7 +408,7 @@ class BatchSync:
         for decisions, cursor in self._pages(full):
             for start in range(0, len(decisions), size):
                 self.progress("esp written", sync.send_to_esp(decisions[start:start + size]))
-            if cursor is not None:
+            if cursor is not None and self.sync.only_lists is None:
                 with self.store.begin() as conn:
                     self.store.set_cursor(conn, "crm", cursor)
         for removed in sync.membership_removals():
@@ -426,7 +436,7 @@ class BatchSync:
                     if decision.send is not None:
                         export.sent += 1
                         yield decision.send
-            if self._short_read is not None:
+            if self._short_read is not None or self.sync.only_lists is not None:
                 export.cursor = None  # what was read is committed, the cursor is not
             for removed in self.sync.membership_removals():
                 export.spool.add(d.update for d in removed.decisions)

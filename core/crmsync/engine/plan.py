@@ -59,6 +59,8 @@ class Rules:
     run_id: str = ""
     resend: bool = False
     post_operations: bool = False
+    #: a run for these ESP lists only (``sync --list``); ``None``: every mapped list
+    only_lists: frozenset[str] | None = None
 
 
 @dataclass
@@ -160,6 +162,8 @@ def plan_crm_record(rules: Rules, plan: Plan, record: Contact, key: str,
     new_snaps: list[Snapshot] = []
     journal: list[JournalEntry] = []
     desired = rules.mapper.desired(record)
+    if rules.only_lists is not None:
+        desired = {k: v for k, v in desired.items() if k in rules.only_lists}
     for list_id, want in desired.items():
         snap = snaps.get((key, list_id))
         status = want.status
@@ -346,7 +350,8 @@ def resend_unsubscribes(rules: Rules, plan: Plan,
             yield change(email, subscriptions=subs, source="crmsync:resend")
             subs = {}
         key, email = row_key, row_email
-        if list_id in rules.mapper.by_list:
+        if list_id in rules.mapper.by_list and (rules.only_lists is None
+                                                or list_id in rules.only_lists):
             subs[list_id] = subscription(list_id, Status.UNSUBSCRIBED, groups,
                                          source="crmsync:resend")
             plan.count(list_id, "esp", "resend")

@@ -26,7 +26,8 @@ class Identities(StoreBase):
     def resolve(self, conn: Connection, items: Sequence[tuple[str, str | None, str]], *,
                 hashes: dict[str, str | None] | None = None,
                 deleted: set[str] | None = None,
-                create: bool = True) -> list[tuple[str, bool, str | None]]:
+                create: bool = True, move: bool = True
+                ) -> list[tuple[str, bool, str | None]]:
         """Contact keys for ``(system, record_id, email)`` items: by id, then by email.
 
         Returns ``(key, created, previous_email)`` per item. A known id whose email
@@ -35,7 +36,9 @@ class Identities(StoreBase):
         each contact's recorded fields hash (the mapped fields last sent), read in the
         same queries; ``deleted`` receives the keys whose deletion was sent to
         the ESP (:meth:`mark_deleted`). ``create=False`` (a dry run) writes nothing:
-        new contacts get keys that are not stored, and no address moves.
+        new contacts get keys that are not stored, and no address moves; ``move=False``
+        (a run for some lists only) reports a changed address without recording it,
+        so the next run for every list sends it again.
         """
         by_id: dict[tuple[str, str], str] = {}
         current: dict[str, str | None] = {}
@@ -102,7 +105,7 @@ class Identities(StoreBase):
                                                   for key, email in new_contacts.items()])
             if new_ids:
                 self._sql.many(conn, "id_map", [(s, r, k) for (s, r), k in new_ids.items()])
-            for key in moved:
+            for key in moved if move else ():
                 conn.execute(update(t.contacts).where(t.contacts.c.key == key)
                              .values(email=current[key], updated_at=now))
         if moved:

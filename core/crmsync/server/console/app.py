@@ -325,22 +325,27 @@ def _routes(console: Console) -> list[BaseRoute]:
     # -- resync ----------------------------------------------------------------------------
     async def resync_page(request: Request) -> Response:
         resyncs = await run_in_threadpool(_resync_rows, console)
+        lists = [(m.esp_list, m.name) for m in console.config.lists]
         if request.method == "GET":
             return page(request, "resync.html", step="choose", resyncs=resyncs,
-                        available=console.config_path is not None)
+                        available=console.config_path is not None, lists=lists)
         form: dict[str, list[str]] = request.scope["crmsync.form"]
         mode = form.get("mode", [""])[0]
         if mode not in ("full", "resend"):
             return page(request, "error.html", status=400,
                         message="Choose a full sync or a resend.")
+        only = form.get("list", [""])[0]
+        if only and only not in {esp_list for esp_list, _ in lists}:
+            return page(request, "error.html", status=400,
+                        message="Choose one of the configured lists, or every list.")
         if console.config_path is None:
             return page(request, "error.html", status=409, message=(
                 "This console was started without a configuration file to run "
                 "`crmsync sync` with."))
         if form.get("confirm", [""])[0] != "yes":
-            return page(request, "resync.html", step="confirm", mode=mode,
-                        resyncs=resyncs, available=True)
-        started = _start_resync(console, mode)
+            return page(request, "resync.html", step="confirm", mode=mode, only=only,
+                        resyncs=resyncs, available=True, lists=lists)
+        started = _start_resync(console, mode, only)
         log.warning("console: the operator started `crmsync sync --%s` (pid %d)", mode,
                     started.process.pid)
         return RedirectResponse("/admin/resync", status_code=303, headers=HEADERS)
@@ -543,14 +548,15 @@ def _esp_url(console: Console, who: str) -> str | None:
         return esp.recipient_url(email, record_id)
 
 
-def _start_resync(console: Console, mode: str) -> Resync:
+def _start_resync(console: Console, mode: str, only: str = "") -> Resync:
     assert console.config_path is not None
     command = [sys.executable, "-m", "crmsync", "--config", str(console.config_path),
-               "--json", "sync", f"--{mode}"]
+               "--json", "sync", f"--{mode}", *(["--list", only] if only else [])]
     process = subprocess.Popen(  # noqa: S603 - our own command, no shell
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env=dict(os.environ), cwd=str(console.config_path.parent))
-    resync = Resync(what=f"sync --{mode}", started_at=datetime.now(UTC), process=process)
+    resync = Resync(what=f"sync --{mode}" + (f" --list {only}" if only else ""),
+                    started_at=datetime.now(UTC), process=process)
 
     def collect() -> None:
         assert process.stdout is not None
