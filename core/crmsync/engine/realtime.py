@@ -41,6 +41,7 @@ from ..errors import ConfigError, RateLimited, StateBusy
 from ..hooks import Hooks
 from ..model import Change, Contact, Cursor, Op
 from ..state import StateStore
+from ..state.records import QueueStatus
 from .apply import Pipeline, RunStats
 from .plan import Failure
 
@@ -235,6 +236,31 @@ class RealtimeWorker:
         for row in unknown:
             self._give_up(row, f"unknown endpoint {row['endpoint']!r}")
         return tried + len(unknown)
+
+    def apply_event(self, event_id: int) -> datetime | None:
+        """Apply one inbox event that another scheduler handed over (``crmsync worker``'s
+        jobs, one contact at a time across processes): the same application, retries,
+        dead letters and ``Retry-After`` pauses as :meth:`run_once`. Returns ``None`` when
+        the event is settled (applied, dead, or already settled by an earlier attempt:
+        nothing is applied twice), else when to try it again.
+
+        The caller holds the state store's "batch" lock (shared) as :meth:`run_once` does."""
+        row = self.store.inbox_event(event_id)
+        if row is None or row["status"] != QueueStatus.PENDING:
+            return None
+        endpoint = row["endpoint"]
+        if endpoint not in ENDPOINTS:
+            self._give_up(row, f"unknown endpoint {endpoint!r}")
+            return None
+        if self._paused(endpoint):  # a vendor's Retry-After: not an attempt
+            wait = self._pause_until[endpoint] - self._clock()
+            return datetime.now(UTC) + timedelta(seconds=max(0.0, wait))
+        self._apply_rows(endpoint, [row])
+        after = self.store.inbox_event(event_id)
+        if after is None or after["status"] != QueueStatus.PENDING:
+            return None
+        due: datetime = after["next_attempt_at"]
+        return due if due.tzinfo is not None else due.replace(tzinfo=UTC)
 
     def _paused(self, endpoint: str) -> bool:
         return self._clock() < self._pause_until.get(endpoint, 0.0)

@@ -97,22 +97,27 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
         self.engine.dispose()
 
     @contextlib.contextmanager
-    def exclusive(self, name: str, *, wait_s: float = 0.0) -> Iterator[None]:
+    def exclusive(self, name: str, *, wait_s: float = 0.0,
+                  shared: bool = False) -> Iterator[None]:
         """Hold the named lock for the block, or raise ``StateError`` if another process
         holds it: two batch runs on one state store would send the same changes twice.
 
         PostgreSQL: a session advisory lock. SQLite: an exclusive lock on a file beside
         the database. Either is released when the holder dies, so a killed run never
         leaves a stale lock behind. ``wait_s``: how long to keep trying for it.
+        ``shared`` (PostgreSQL): any number of shared holders, none while someone holds
+        it exclusively (``crmsync worker`` processes share "batch"; a batch run excludes
+        them). On SQLite a shared hold is an exclusive one, as before.
         """
         deadline = time.monotonic() + wait_s
         busy = (f"another crmsync process holds the {name!r} lock on this state store "
                 f"({_safe_url(self.url)}): wait for it to finish, or check `crmsync status`")
         if self.dialect == "postgresql":
             key = int(hashlib.sha256(f"crmsync:{name}".encode()).hexdigest()[:15], 16)
+            kind = "_shared" if shared else ""
             with self.engine.connect() as conn:
                 while True:
-                    got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                    got = conn.execute(text(f"SELECT pg_try_advisory_lock{kind}(:k)"),
                                        {"k": key}).scalar()
                     conn.commit()
                     if got:
@@ -123,7 +128,7 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                 try:
                     yield
                 finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.execute(text(f"SELECT pg_advisory_unlock{kind}(:k)"), {"k": key})
                     conn.commit()
             return
         import fcntl

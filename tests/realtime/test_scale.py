@@ -1,0 +1,222 @@
+"""Scale-out on PostgreSQL: `crmsync serve --no-worker` receivers, `crmsync worker`
+processes applying the shared inbox through procrastinate jobs.
+
+Every test runs real worker processes (the installed ``crmsync`` command) over a fresh
+PostgreSQL database; events arrive over real HTTP at a receiver-only service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from crmsync.cli import cli
+from crmsync.config import Config, load_config
+from crmsync.runtime import open_store
+from crmsync.testing.memory import store
+from crmsync.testing.pairs import serving_realtime
+
+from .conftest import ESP_SECRET, FIELDS, eventually, write_config
+
+pytest.importorskip("procrastinate")
+
+CRMSYNC = str(Path(sys.executable).with_name("crmsync"))
+CONTACTS = [f"c{n}@example.com" for n in range(12)]
+EVENTS_PER_CONTACT = 6
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test; dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    url = os.environ.get("CRMSYNC_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI=true but CRMSYNC_TEST_POSTGRES_URL is not set")
+        pytest.skip("set CRMSYNC_TEST_POSTGRES_URL to run the PostgreSQL tests")
+    name = f"crmsync_scale_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{url.rpartition('/')[0]}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def status_event(email: str, status: str, at: datetime, event_id: str) -> dict[str, Any]:
+    """An ESP webhook: ``email``'s status on list 1 became ``status`` at ``at``."""
+    stamp = at.isoformat()
+    return {"changes": [{"email": email, "source": "memory-esp", "event_id": event_id,
+                         "occurred_at": stamp,
+                         "subscriptions": {"1": {"list_id": "1", "status": status,
+                                                 "changed_at": stamp,
+                                                 "explicit": status == "subscribed",
+                                                 "reason": "webhook"}}}]}
+
+
+class Deployment:
+    """A receiver-only service over HTTP and `crmsync worker` processes, one database."""
+
+    def __init__(self, tmp: Path, url: str, stack: contextlib.ExitStack) -> None:
+        crm = store(path=tmp / "crm.json")
+        for email in CONTACTS:
+            crm.add(email, fields=dict(FIELDS))
+        self.tmp = tmp
+        # an explicit, newer opt-in may follow an unsubscribe: every event of a contact's
+        # alternating sequence is journaled, so the journal shows the order applied
+        self.path = write_config(tmp, state=url,
+                                 extra='[consent]\nresubscribe = "explicit_newer"')
+        # a vendor's latency (the CRM answers writes after 40 ms): applications overlap
+        text = self.path.read_text().replace(
+            f'path = "{tmp / "crm.json"}"', f'path = "{tmp / "crm.json"}"\nlatency_ms = 40')
+        self.path.write_text(text)
+        self.config: Config = load_config(self.path)
+        self.state = open_store(self.config)
+        stack.callback(self.state.close)
+        from crmsync.scale import receiver_inbox
+
+        environ = {"CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET}
+        _, self.server = stack.enter_context(serving_realtime(
+            self.config, environ=environ, worker=False,
+            inbox=receiver_inbox(self.config, self.state)))
+        import httpx
+
+        self.http = httpx.Client(base_url=self.server.url, timeout=10)
+        stack.callback(self.http.close)
+        self.workers: list[subprocess.Popen[bytes]] = []
+        stack.callback(self.stop_workers)
+
+    def post(self, payload: dict[str, Any]) -> int:
+        return self.http.post(f"/hooks/esp/{ESP_SECRET}", json=payload).status_code
+
+    def start_worker(self, *extra: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"worker{len(self.workers)}.log", "wb")
+        proc = subprocess.Popen([CRMSYNC, "--config", str(self.path), "worker", *extra],
+                                cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "CRMSYNC_PLUGINS": ""})
+        self.workers.append(proc)
+        return proc
+
+    def stop_workers(self) -> list[int]:
+        codes = []
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                codes.append(proc.wait(timeout=30))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait())
+        return codes
+
+    def settled(self) -> bool:
+        dead = [proc.args for proc in self.workers if proc.poll() not in (None, -9)]
+        assert not dead, f"a worker ended on its own: {dead}"
+        return self.state.inbox_pending_count() == 0
+
+    def list1_history(self, email: str) -> list[str]:
+        """The journaled statuses of ``email`` on list 1, in the order decided."""
+        return [entry["new_status"] for entry in self.state.journal(email=email)
+                if str(entry.get("list_id")) == "1" and entry.get("new_status")]
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, pg_url: str) -> Iterator[Deployment]:
+    with contextlib.ExitStack() as stack:
+        yield Deployment(tmp_path, pg_url, stack)
+
+
+def sequence(email: str) -> list[str]:
+    """Alternating, from unsubscribed (the first full read subscribed everyone)."""
+    return ["unsubscribed" if n % 2 == 0 else "subscribed" for n in range(EVENTS_PER_CONTACT)]
+
+
+def post_bursts(deployment: Deployment) -> dict[str, list[str]]:
+    """Each contact's statuses, alternating, posted as one burst per contact (so that
+    workers free to take the next job would apply a contact's events side by side)."""
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    wanted = {email: sequence(email) for email in CONTACTS}
+    for i, email in enumerate(CONTACTS):
+        for n in range(EVENTS_PER_CONTACT):
+            at = start + timedelta(seconds=n, milliseconds=i)
+            assert deployment.post(status_event(email, wanted[email][n], at,
+                                                f"ev-{email}-{n}")) == 200
+    return wanted
+
+
+def test_worker_on_sqlite_says_why_and_what_to_do(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    result = CliRunner().invoke(cli, ["--config", str(path), "worker"])
+    assert result.exit_code != 0
+    first = result.output.strip().splitlines()[0]
+    assert "crmsync worker needs [state] url on PostgreSQL" in first
+    assert "run `crmsync serve` alone" in first
+
+
+def test_serve_no_worker_on_sqlite_is_refused(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    result = CliRunner().invoke(cli, ["--config", str(path), "serve", "--no-worker"])
+    assert result.exit_code != 0
+    assert "crmsync serve --no-worker needs [state] url on PostgreSQL" in result.output
+
+
+def test_several_workers_apply_each_contacts_events_in_order(deployment: Deployment) -> None:
+    wanted = post_bursts(deployment)
+    for _ in range(3):
+        deployment.start_worker()
+    assert eventually(deployment.settled, timeout=60)
+    for email, statuses in wanted.items():
+        # the first full read's "subscribed", then each event's status, in order
+        assert deployment.list1_history(email) == ["subscribed", *statuses], email
+    assert deployment.state.dead_letters() == []
+    assert deployment.stop_workers() == [0, 0, 0]
+
+
+def applying(deployment: Deployment) -> int:
+    """How many events a worker is applying right now (jobs ``doing``)."""
+    from sqlalchemy import text
+
+    with deployment.state.engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing' "
+            "AND task_name = 'crmsync.apply_event'")).scalar() or 0)
+
+
+def test_a_worker_killed_mid_apply_loses_nothing_and_applies_nothing_twice(
+        deployment: Deployment) -> None:
+    wanted = post_bursts(deployment)
+    victim = deployment.start_worker("--stalled-after", "2")
+    assert eventually(lambda: deployment.state.inbox_counts().get("done", 0) >= 5, timeout=30)
+    assert eventually(lambda: applying(deployment), timeout=10, interval=0.002)
+    victim.send_signal(signal.SIGKILL)  # in the middle of an application
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    assert applying(deployment) == 1  # its job is left "doing", its contact held
+    survivor = deployment.start_worker("--stalled-after", "2")
+    assert eventually(deployment.settled, timeout=60)
+    # nothing lost (every event applied), nothing twice (each status journaled once),
+    # in order: the killed worker's event went back to the queue, still its contact's
+    # oldest, and applying it again changed nothing it had already committed
+    for email, statuses in wanted.items():
+        assert deployment.list1_history(email) == ["subscribed", *statuses], email
+    assert deployment.state.dead_letters() == []
+    assert deployment.state.inbox_counts() == {"done": len(CONTACTS) * EVENTS_PER_CONTACT}
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(timeout=30) == 0
+    log = (deployment.tmp / "worker1.log").read_text()
+    assert "of a worker that died goes back to the queue" in log
