@@ -188,14 +188,14 @@ def test_several_workers_apply_each_contacts_events_in_order(deployment: Deploym
     assert deployment.stop_workers() == [0, 0, 0]
 
 
-def applying(deployment: Deployment) -> int:
-    """How many events a worker is applying right now (jobs ``doing``)."""
+def applying(deployment: Deployment, status: str = "doing") -> int:
+    """How many events a worker is applying right now (jobs ``doing``), or are queued."""
     from sqlalchemy import text
 
     with deployment.state.engine.connect() as conn:
         return int(conn.execute(text(
-            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing' "
-            "AND task_name = 'crmsync.apply_event'")).scalar() or 0)
+            "SELECT count(*) FROM procrastinate_jobs WHERE status = :status "
+            "AND task_name = 'crmsync.apply_event'"), {"status": status}).scalar() or 0)
 
 
 def test_a_worker_killed_mid_apply_loses_nothing_and_applies_nothing_twice(
@@ -220,3 +220,47 @@ def test_a_worker_killed_mid_apply_loses_nothing_and_applies_nothing_twice(
     assert survivor.wait(timeout=30) == 0
     log = (deployment.tmp / "worker1.log").read_text()
     assert "of a worker that died goes back to the queue" in log
+
+
+def test_serve_no_worker_acknowledges_durably_and_leaves_applying_to_workers(
+        deployment: Deployment) -> None:
+    import httpx
+
+    from crmsync.emulator import free_port
+
+    port = free_port()
+    log = (deployment.tmp / "receiver.log").open("wb")
+    receiver = subprocess.Popen(
+        [CRMSYNC, "--config", str(deployment.path), "serve", "--no-worker", "--port",
+         str(port)], cwd=deployment.tmp, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "CRMSYNC_PLUGINS": "", "CRMSYNC_HOOK_SECRET_ESP": ESP_SECRET})
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            assert receiver.poll() is None, (deployment.tmp / "receiver.log").read_text()
+            try:
+                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert eventually(ready, timeout=30, interval=0.05)
+        deployment.http = httpx.Client(base_url=url, timeout=10)
+        wanted = post_bursts(deployment)  # every post answered 200
+        receiver.send_signal(signal.SIGKILL)  # right after the last acknowledgement
+        assert receiver.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+        log.close()
+    total = len(CONTACTS) * EVENTS_PER_CONTACT
+    # acknowledged = stored with its job; nothing applied by the receiver
+    assert deployment.state.inbox_counts() == {"pending": total}
+    assert applying(deployment) == 0
+    assert applying(deployment, "todo") == total  # each with its job, same transaction
+    assert all(deployment.list1_history(email) == ["subscribed"] for email in CONTACTS)
+    deployment.start_worker()
+    assert eventually(deployment.settled, timeout=60)
+    for email, statuses in wanted.items():
+        assert deployment.list1_history(email) == ["subscribed", *statuses], email
