@@ -68,6 +68,9 @@ RESCUE_TASK = "crmsync.rescue_stalled"
 SWEEP_TASK = "crmsync.sweep_orphans"
 #: How long a worker waits before trying an event again while a batch run holds the store.
 BATCH_WAIT_S = 2.0
+#: The store-wide lock workers share and a batch run takes alone for its phases that are
+#: not locked per contact (file mode, post-operations, removals, repairs).
+DECISIONS = "decisions"
 
 
 def require_postgresql(config: Config, what: str) -> None:
@@ -132,9 +135,9 @@ class _Worker:
     def apply(self, event_id: int) -> None:
         with self.lock:
             try:
-                with self.store.exclusive("batch", shared=True):
+                with self.store.exclusive(DECISIONS, shared=True):
                     again = self.realtime.apply_event(event_id)
-            except StateBusy:  # a batch run decides on these contacts now: wait for it
+            except StateBusy:  # a batch run holds every contact for a moment: wait
                 again = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=BATCH_WAIT_S)
         if again is not None:
             raise _RetryLater(again)
@@ -245,6 +248,7 @@ def run_worker(config: Config, *, stalled_after_s: float = 30.0,
         with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
             hooks = build_hooks(config)
             realtime = RealtimeWorker(config, crm, esp, store, hooks=hooks)
+            realtime.lock_contacts = True
             realtime.run_id = store.start_run("realtime", full=False, dry_run=False)
             hooks.run_started(realtime.run_id, "realtime", False)
             status = "stopped"

@@ -264,3 +264,69 @@ def test_serve_no_worker_acknowledges_durably_and_leaves_applying_to_workers(
     assert eventually(deployment.settled, timeout=60)
     for email, statuses in wanted.items():
         assert deployment.list1_history(email) == ["subscribed", *statuses], email
+
+
+def test_a_batch_run_and_workers_on_the_same_contacts_go_side_by_side(
+        deployment: Deployment) -> None:
+    import threading
+
+    from crmsync.runtime import open_side
+    from crmsync.testing.pairs import sync_once
+
+    # the ESP has everyone unsubscribed (its webhooks follow), the CRM changed everyone's
+    # name with its opt-out still false: the batch run sends them all, slowly (the ESP
+    # answers each write after 400 ms, one contact per write, two per CRM page)
+    with open_side(deployment.config, "esp") as esp:
+        for email in CONTACTS:
+            esp.unsubscribe(email, "1")
+    crm = store(path=deployment.tmp / "crm.json")
+    for email in CONTACTS:
+        crm.update(crm.by_email(email), fields={"FirstName": "Renamed"})
+    text = deployment.path.read_text().replace(
+        f'path = "{deployment.tmp / "esp.json"}"',
+        f'path = "{deployment.tmp / "esp.json"}"\nlatency_ms = 400').replace(
+        "latency_ms = 40", "latency_ms = 40\npage_size = 2")
+    deployment.path.write_text(text + "\n[sync]\nbatch_size = 1\n")
+    for _ in range(2):
+        deployment.start_worker()
+    assert eventually(lambda: _workers_up(deployment) == 2, timeout=60)
+
+    result: dict[str, Any] = {}
+    batch = threading.Thread(target=lambda: result.update(
+        stats=sync_once(load_config(deployment.path))))
+    batch.start()
+    try:
+        assert eventually(lambda: _batch_running(deployment), timeout=10)
+        start = datetime.now(UTC)
+        for n, email in enumerate(CONTACTS):
+            assert deployment.post(status_event(email, "unsubscribed", start, f"u{n}")) == 200
+        # the workers are not held back for the whole run: the events are applied
+        # while the batch run is still going
+        assert eventually(deployment.settled, timeout=30)
+        assert batch.is_alive(), "the batch run ended before the events were applied"
+    finally:
+        batch.join(timeout=120)
+    assert result["stats"].status == "succeeded", result["stats"].stopped_reason
+    assert result["stats"].esp_written >= len(CONTACTS)
+    # consistent at the end: no unsubscribe lost, at the ESP or in crmsync's journal
+    esp_store = store(path=deployment.tmp / "esp.json")
+    for email in CONTACTS:
+        assert deployment.list1_history(email)[-1] == "unsubscribed", email
+        record = esp_store.records[esp_store.by_email(email)]
+        assert record["lists"]["1"]["status"] == "unsubscribed", email
+    assert deployment.state.dead_letters() == []
+
+
+def _workers_up(deployment: Deployment) -> int:
+    from sqlalchemy import text
+
+    with deployment.state.engine.connect() as conn:
+        if conn.execute(text("SELECT to_regclass('procrastinate_workers')")).scalar() is None:
+            return 0
+        return int(conn.execute(text("SELECT count(*) FROM procrastinate_workers")).scalar()
+                   or 0)
+
+
+def _batch_running(deployment: Deployment) -> bool:
+    return any(run["mode"] == "batch" and run["status"] == "running"
+               for run in deployment.state.runs(limit=5))

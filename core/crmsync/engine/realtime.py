@@ -196,12 +196,17 @@ class RealtimeWorker:
         self._next_prune = 0.0
         self._held = False
         self.run_id = ""
+        # `crmsync worker` (PostgreSQL): lock each contact from decision to commit, so a
+        # batch run may decide on other contacts meanwhile (Pipeline.lock_contacts)
+        self.lock_contacts = False
         self.counts = {"applied": 0, "retried": 0, "dead": 0, "polled": 0, "catch_up": 0}
 
     # -- the pipeline, fresh for each application (its failure list starts empty) --------
     def _pipeline(self) -> Pipeline:
-        return Pipeline(self.config, self.crm, self.esp, self.store, hooks=self.hooks,
-                        stats=RunStats(run_id=self.run_id, mode="realtime"))
+        pipeline = Pipeline(self.config, self.crm, self.esp, self.store, hooks=self.hooks,
+                            stats=RunStats(run_id=self.run_id, mode="realtime"))
+        pipeline.lock_contacts = self.lock_contacts
+        return pipeline
 
     def _noted(self, failures: list[Failure]) -> list[Failure]:
         for failure in failures:  # a vendor's Retry-After holds back its other events too
@@ -244,7 +249,8 @@ class RealtimeWorker:
         the event is settled (applied, dead, or already settled by an earlier attempt:
         nothing is applied twice), else when to try it again.
 
-        The caller holds the state store's "batch" lock (shared) as :meth:`run_once` does."""
+        The caller holds the state store's "decisions" lock (shared): a batch run takes
+        it alone only for its phases that are not locked per contact."""
         row = self.store.inbox_event(event_id)
         if row is None or row["status"] != QueueStatus.PENDING:
             return None

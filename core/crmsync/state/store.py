@@ -151,6 +151,28 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def contact_locks(self, emails: Iterable[str]) -> Iterator[None]:
+        """Hold one lock per contact (by address) for the block: two writers of the
+        same snapshots — a batch run's page, a ``crmsync worker``'s event — never decide
+        on the same contact at once, while different contacts go side by side.
+
+        PostgreSQL: transaction-scoped advisory locks on a connection of their own,
+        taken in key order in one statement (two holders cannot deadlock), released when
+        the block ends or its holder dies. SQLite: nothing (one writer at a time holds
+        the store-wide "batch" lock there, as before).
+        """
+        keys = sorted({contact_key_lock(email) for email in emails if email})
+        if self.dialect != "postgresql" or not keys:
+            yield
+            return
+        with self.engine.connect() as conn, conn.begin():
+            conn.execute(text(
+                "SELECT count(pg_advisory_xact_lock(k)) FROM "
+                "(SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"),
+                {"keys": keys})
+            yield
+
     # -- the unit of work: the only way a decision's state changes --------------------------
     def update_rows(self, updates: Iterable[StateUpdate]) -> list[tuple[Any, ...]]:
         """The rows that commit ``updates``, each tagged ``s`` (snapshot), ``j``
@@ -214,6 +236,12 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
             if count % 5000 == 0:
                 flush()
         flush()
+
+def contact_key_lock(email: str) -> int:
+    """The advisory lock key of one contact (a signed 60-bit int of its address)."""
+    digest = hashlib.sha256(f"crmsync:contact:{email.strip().lower()}".encode()).hexdigest()
+    return int(digest[:15], 16)
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
