@@ -31,6 +31,7 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, text
@@ -46,15 +47,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APPLY_TASK",
+    "BATCH_TASK",
     "PAIR",
+    "POLL_TASK",
     "QUEUE",
+    "Scheduled",
     "build_app",
     "contact_lock",
     "defer_events",
     "ensure_schema",
+    "every",
     "receiver_inbox",
     "require_postgresql",
     "run_worker",
+    "schedule",
     "sweep_orphans",
 ]
 
@@ -66,11 +72,62 @@ QUEUE = "crmsync"
 APPLY_TASK = "crmsync.apply_event"
 RESCUE_TASK = "crmsync.rescue_stalled"
 SWEEP_TASK = "crmsync.sweep_orphans"
+POLL_TASK = "crmsync.poll"
+BATCH_TASK = "crmsync.batch"
 #: How long a worker waits before trying an event again while a batch run holds the store.
 BATCH_WAIT_S = 2.0
 #: The store-wide lock workers share and a batch run takes alone for its phases that are
 #: not locked per contact (file mode, post-operations, removals, repairs).
 DECISIONS = "decisions"
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """One periodic task: its name, its cron (UTC; six fields: seconds last), what it does."""
+
+    task: str
+    cron: str
+    what: str
+
+    def next_runs(self, count: int = 3, *, after: dt.datetime | None = None
+                  ) -> list[dt.datetime]:
+        from croniter import croniter  # type: ignore[import-untyped]
+
+        it = croniter(self.cron, after or dt.datetime.now(dt.UTC))
+        return [it.get_next(dt.datetime) for _ in range(count)]
+
+
+def every(seconds: float) -> str:
+    """A cron for "every ``seconds``" (rounded to one that divides a minute or an hour)."""
+    whole = max(1, round(seconds))
+    if whole < 60:
+        step = next(n for n in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60) if n >= whole)
+        return "* * * * *" if step == 60 else f"* * * * * */{step}"
+    minutes = max(1, round(whole / 60))
+    step = next((n for n in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30) if n >= minutes), 60)
+    return "0 * * * *" if step == 60 else f"*/{step} * * * *"
+
+
+def schedule(config: Config, *, crm_polls: bool) -> list[Scheduled]:
+    """What ``crmsync worker`` processes start on a schedule (``[schedule]``), once each
+    time across all of them; ``crm_polls``: the CRM is to be polled ([server] poll and
+    its capabilities, :func:`~crmsync.engine.realtime.should_poll`)."""
+    from croniter import croniter
+
+    found = []
+    if config.schedule.poll and crm_polls:
+        found.append(Scheduled(POLL_TASK, every(config.server.poll_interval_s),
+                               "read the CRM's changes since the last poll and apply them"))
+    if config.schedule.batch:
+        if not croniter.is_valid(config.schedule.batch):
+            raise ConfigError(
+                f"[schedule] batch = {config.schedule.batch!r} is not a cron expression: "
+                'write five fields, minute hour day month weekday, e.g. "0 2 * * *"')
+        found.append(Scheduled(BATCH_TASK, config.schedule.batch,
+                               "a full batch run (crmsync sync --full)"
+                               if config.schedule.batch_full else
+                               "a batch run (crmsync sync)"))
+    return found
 
 
 def require_postgresql(config: Config, what: str) -> None:
@@ -127,7 +184,8 @@ def _retry_strategy() -> Any:
 class _Worker:
     """What one ``crmsync worker`` process applies events with."""
 
-    def __init__(self, realtime: RealtimeWorker, store: StateStore) -> None:
+    def __init__(self, config: Config, realtime: RealtimeWorker, store: StateStore) -> None:
+        self.config = config
         self.realtime = realtime
         self.store = store
         self.lock = threading.Lock()
@@ -146,18 +204,54 @@ class _Worker:
 _CURRENT: _Worker | None = None
 
 
-def _apply_event(event_id: int) -> None:
+def _worker() -> _Worker:
     if _CURRENT is None:
-        raise RuntimeError("crmsync.apply_event runs only in `crmsync worker`")
-    _CURRENT.apply(event_id)
+        raise RuntimeError("crmsync's tasks run only in `crmsync worker`")
+    return _CURRENT
 
 
-def build_app(url: str, *, stalled_after_s: float = 30.0) -> procrastinate.App:
-    """The procrastinate app over the state store's database, with crmsync's tasks."""
+def _apply_event(event_id: int) -> None:
+    _worker().apply(event_id)
+
+
+def _poll(timestamp: int) -> None:
+    worker = _worker()
+    with worker.lock:  # the connectors are the worker's: one user at a time
+        count = worker.realtime.poll_once()  # a batch run reading the CRM: skipped
+    log.info("scheduled poll: %d record(s) from the CRM", count)
+
+
+def _batch(timestamp: int) -> None:
+    from .runtime import build_batch, open_side
+
+    worker = _worker()
+    config = worker.config
+    with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
+        stats = build_batch(config, crm, esp, worker.store).run(
+            full=config.schedule.batch_full)
+    log.info("scheduled batch run %s for the tick of %s: %s", stats.run_id,
+             dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(), stats.status)
+
+
+_PERIODIC = {POLL_TASK: _poll, BATCH_TASK: _batch}
+
+
+def build_app(url: str, *, stalled_after_s: float = 30.0,
+              scheduled: list[Scheduled] | None = None) -> procrastinate.App:
+    """The procrastinate app over the state store's database, with crmsync's tasks and
+    the ``scheduled`` periodic ones."""
     import procrastinate
 
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(url)))
     app.task(name=APPLY_TASK, queue=QUEUE, retry=_retry_strategy())(_apply_event)
+    for item in scheduled or []:
+        # procrastinate defers one job per tick whatever the number of workers; the
+        # queueing lock keeps a second one from queueing while one waits, the lock from
+        # running while one runs (a slow poll or batch run)
+        key = f"crmsync:{PAIR}:{item.task}"
+        task = app.task(name=item.task, queue=QUEUE, queueing_lock=key, lock=key,
+                        pass_context=False)(_PERIODIC[item.task])
+        app.periodic(cron=item.cron, periodic_id=item.task)(task)
 
     @app.periodic(cron="* * * * * */2", periodic_id="rescue")
     @app.task(name=RESCUE_TASK, queue=QUEUE, queueing_lock=RESCUE_TASK, pass_context=True)
@@ -237,22 +331,23 @@ def _current(worker: _Worker) -> Iterator[None]:
 def run_worker(config: Config, *, stalled_after_s: float = 30.0,
                name: str | None = None) -> dict[str, int]:
     """Run one ``crmsync worker`` until SIGTERM / SIGINT; return its counts."""
-    from .engine.realtime import RealtimeWorker
+    from .engine.realtime import RealtimeWorker, should_poll
     from .runtime import build_hooks, open_side, open_store
 
     require_postgresql(config, "crmsync worker")
     store = open_store(config)
     try:
-        app = build_app(config.state_url(), stalled_after_s=stalled_after_s)
-        ensure_schema(store, app)
         with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
+            app = build_app(config.state_url(), stalled_after_s=stalled_after_s,
+                            scheduled=schedule(config, crm_polls=should_poll(config, crm)))
+            ensure_schema(store, app)
             hooks = build_hooks(config)
             realtime = RealtimeWorker(config, crm, esp, store, hooks=hooks)
             realtime.lock_contacts = True
             realtime.run_id = store.start_run("realtime", full=False, dry_run=False)
             hooks.run_started(realtime.run_id, "realtime", False)
             status = "stopped"
-            with app.open(), _current(_Worker(realtime, store)):
+            with app.open(), _current(_Worker(config, realtime, store)):
                 sweep_orphans(store, app)
                 try:
                     app.run_worker(queues=[QUEUE], name=name, wait=True,

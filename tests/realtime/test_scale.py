@@ -8,10 +8,12 @@ PostgreSQL database; events arrive over real HTTP at a receiver-only service.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -72,15 +74,16 @@ def status_event(email: str, status: str, at: datetime, event_id: str) -> dict[s
 class Deployment:
     """A receiver-only service over HTTP and `crmsync worker` processes, one database."""
 
-    def __init__(self, tmp: Path, url: str, stack: contextlib.ExitStack) -> None:
+    def __init__(self, tmp: Path, url: str, stack: contextlib.ExitStack, *,
+                 server: str = "", extra: str = "") -> None:
         crm = store(path=tmp / "crm.json")
         for email in CONTACTS:
             crm.add(email, fields=dict(FIELDS))
         self.tmp = tmp
         # an explicit, newer opt-in may follow an unsubscribe: every event of a contact's
         # alternating sequence is journaled, so the journal shows the order applied
-        self.path = write_config(tmp, state=url,
-                                 extra='[consent]\nresubscribe = "explicit_newer"')
+        self.path = write_config(tmp, state=url, server=server,
+                                 extra='[consent]\nresubscribe = "explicit_newer"\n' + extra)
         # a vendor's latency (the CRM answers writes after 40 ms): applications overlap
         text = self.path.read_text().replace(
             f'path = "{tmp / "crm.json"}"', f'path = "{tmp / "crm.json"}"\nlatency_ms = 40')
@@ -200,6 +203,9 @@ def applying(deployment: Deployment, status: str = "doing") -> int:
 
 def test_a_worker_killed_mid_apply_loses_nothing_and_applies_nothing_twice(
         deployment: Deployment) -> None:
+    # each application takes 150 ms at the CRM: the kill lands inside one
+    deployment.path.write_text(deployment.path.read_text().replace(
+        "latency_ms = 40", "latency_ms = 150"))
     wanted = post_bursts(deployment)
     victim = deployment.start_worker("--stalled-after", "2")
     assert eventually(lambda: deployment.state.inbox_counts().get("done", 0) >= 5, timeout=30)
@@ -275,7 +281,7 @@ def test_a_batch_run_and_workers_on_the_same_contacts_go_side_by_side(
 
     # the ESP has everyone unsubscribed (its webhooks follow), the CRM changed everyone's
     # name with its opt-out still false: the batch run sends them all, slowly (the ESP
-    # answers each write after 400 ms, one contact per write, two per CRM page)
+    # answers each write after 600 ms, one contact per write, two per CRM page)
     with open_side(deployment.config, "esp") as esp:
         for email in CONTACTS:
             esp.unsubscribe(email, "1")
@@ -284,7 +290,7 @@ def test_a_batch_run_and_workers_on_the_same_contacts_go_side_by_side(
         crm.update(crm.by_email(email), fields={"FirstName": "Renamed"})
     text = deployment.path.read_text().replace(
         f'path = "{deployment.tmp / "esp.json"}"',
-        f'path = "{deployment.tmp / "esp.json"}"\nlatency_ms = 400').replace(
+        f'path = "{deployment.tmp / "esp.json"}"\nlatency_ms = 600').replace(
         "latency_ms = 40", "latency_ms = 40\npage_size = 2")
     deployment.path.write_text(text + "\n[sync]\nbatch_size = 1\n")
     for _ in range(2):
@@ -300,12 +306,16 @@ def test_a_batch_run_and_workers_on_the_same_contacts_go_side_by_side(
         start = datetime.now(UTC)
         for n, email in enumerate(CONTACTS):
             assert deployment.post(status_event(email, "unsubscribed", start, f"u{n}")) == 200
-        # the workers are not held back for the whole run: the events are applied
-        # while the batch run is still going
-        assert eventually(deployment.settled, timeout=30)
-        assert batch.is_alive(), "the batch run ended before the events were applied"
+        # the workers are not held back for the whole run: events are applied while
+        # the batch run is still going (before: none until it ended)
+        applied_during_run = 0
+        while batch.is_alive():
+            applied_during_run = deployment.state.inbox_counts().get("done", 0)
+            time.sleep(0.05)
+        assert applied_during_run >= len(CONTACTS) // 2, applied_during_run
     finally:
         batch.join(timeout=120)
+    assert eventually(deployment.settled, timeout=30)
     assert result["stats"].status == "succeeded", result["stats"].stopped_reason
     assert result["stats"].esp_written >= len(CONTACTS)
     # consistent at the end: no unsubscribe lost, at the ESP or in crmsync's journal
@@ -330,3 +340,61 @@ def _workers_up(deployment: Deployment) -> int:
 def _batch_running(deployment: Deployment) -> bool:
     return any(run["mode"] == "batch" and run["status"] == "running"
                for run in deployment.state.runs(limit=5))
+
+
+def test_scheduled_batch_runs_once_per_tick_with_several_workers(
+        tmp_path: Path, pg_url: str) -> None:
+    with contextlib.ExitStack() as stack:
+        deployment = Deployment(tmp_path, pg_url, stack,
+                                extra='[schedule]\nbatch = "* * * * * */2"\npoll = false')
+        result = CliRunner().invoke(cli, ["--config", str(deployment.path), "schedule"])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert lines[0].startswith("run by `crmsync worker` (once per tick")
+        assert lines[1].startswith("crmsync.batch  * * * * * */2")
+        assert len(lines) == 2  # polling is off
+        for _ in range(3):
+            deployment.start_worker("-v")
+        assert eventually(lambda: len(_batch_runs(deployment)) >= 3, timeout=60)
+        assert deployment.stop_workers() == [0, 0, 0]
+        runs = _batch_runs(deployment)
+        # three workers, one run per 2 s tick (its worker logs which): never two runs for
+        # one tick, never two at once
+        logs = "".join((tmp_path / f"worker{n}.log").read_text() for n in range(3))
+        ticks = [line.split("for the tick of ")[1].split(":")[:3]
+                 for line in logs.splitlines() if "for the tick of" in line]
+        assert len(ticks) == len(runs)
+        assert len({str(tick) for tick in ticks}) == len(ticks), ticks
+        for earlier, later in itertools.pairwise(runs):
+            assert earlier["finished_at"] <= later["started_at"], (earlier, later)
+        assert {run["status"] for run in runs} == {"succeeded"}
+
+
+def _batch_runs(deployment: Deployment) -> list[dict[str, Any]]:
+    return sorted((run for run in deployment.state.runs(limit=1000) if run["mode"] == "batch"),
+                  key=lambda run: run["started_at"])
+
+
+def test_workers_poll_the_crm_on_schedule(tmp_path: Path, pg_url: str) -> None:
+    with contextlib.ExitStack() as stack:
+        deployment = Deployment(tmp_path, pg_url, stack,
+                                server='poll = "always"\npoll_interval_s = 1')
+        result = CliRunner().invoke(cli, ["--config", str(deployment.path), "schedule"])
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines()[1].startswith("crmsync.poll   * * * * * */1")
+        crm = store(path=tmp_path / "crm.json")
+        crm.update(crm.by_email(CONTACTS[0]), fields={"OptOut": "true"})
+        for _ in range(2):
+            deployment.start_worker()
+        assert eventually(lambda: deployment.list1_history(CONTACTS[0])[-1:]
+                          == ["unsubscribed"], timeout=60)
+        assert deployment.stop_workers() == [0, 0]
+
+
+def test_schedule_on_sqlite_says_what_runs_instead(tmp_path: Path) -> None:
+    path = write_config(tmp_path, server='poll = "always"')
+    result = CliRunner().invoke(cli, ["--config", str(path), "schedule"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        "state on SQLite: nothing is scheduled by crmsync; run `crmsync sync` from cron or "
+        "a systemd timer (docs/batch.md); `crmsync serve` polls memory every 0.2s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -100,6 +101,48 @@ def worker(obj: Context, stalled_after: float, name: str | None) -> None:
     counts = run_worker(config, stalled_after_s=stalled_after, name=name)
     click.echo(f"applied {counts['applied']}, retried {counts['retried']}, "
                f"dead {counts['dead']}", err=True)
+
+
+@cli.command()
+@click.option("--next", "count", type=int, default=3, show_default=True,
+              help="How many upcoming runs to show for each task.")
+@click.pass_obj
+def schedule(obj: Context, count: int) -> None:
+    """Show what runs when: the periodic tasks `crmsync worker` processes start once per
+    tick however many run (PostgreSQL; [schedule] in crmsync.toml), or, on SQLite,
+    what the embedded default does instead."""
+    from ..engine.realtime import should_poll
+    from ..scale import schedule as scheduled
+
+    config = obj.config()
+    _both_sides(config, obj, "schedule runs")
+    with open_side(config, "crm") as crm:
+        polls = should_poll(config, crm)
+    on_postgres = config.state_url().startswith("postgresql")
+    items = scheduled(config, crm_polls=polls)
+    tasks: list[dict[str, Any]] = [{"task": item.task, "cron": item.cron, "what": item.what,
+                                    "next": [t.isoformat() for t in item.next_runs(count)]}
+                                   for item in items] if on_postgres else []
+    data = {"runner": "crmsync worker" if on_postgres else "embedded", "tasks": tasks}
+
+    def render() -> None:
+        if not on_postgres:
+            click.echo("state on SQLite: nothing is scheduled by crmsync; run `crmsync sync` "
+                       "from cron or a systemd timer (docs/batch.md)"
+                       + (f"; `crmsync serve` polls {crm.name} every "
+                          f"{config.server.poll_interval_s:g}s" if polls else ""))
+            return
+        if not items:
+            click.echo('nothing scheduled: set [schedule] batch = "0 2 * * *" for a nightly '
+                       "run (polling is off: [schedule] poll, [server] poll)")
+            return
+        click.echo("run by `crmsync worker` (once per tick across all workers), times UTC:")
+        for row in tasks:
+            upcoming = ", ".join(t[:19].replace("T", " ") for t in row["next"])
+            click.echo(f"{row['task']:<14} {row['cron']:<16} next {upcoming}  "
+                       f"({row['what']})")
+
+    obj.emit(data, render)
 
 
 def _check_free(host: str, port: int) -> None:
