@@ -116,6 +116,12 @@ class Deployment:
         return proc
 
     def stop_workers(self) -> list[int]:
+        """SIGTERM every worker (once each has started: a worker still importing dies of
+        the signal rather than stopping cleanly, with nothing taken yet); exit codes."""
+        live = sum(proc.poll() is None for proc in self.workers)
+        if live:
+            with contextlib.suppress(AssertionError):
+                eventually(lambda: _workers_up(self) >= live, timeout=60)
         codes = []
         for proc in self.workers:
             if proc.poll() is None:
