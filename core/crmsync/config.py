@@ -319,6 +319,18 @@ class LedgerConfig(_Strict):
     key_file: str = ".crmsync.ledger-key"
 
 
+class ScheduleConfig(_Strict):
+    """What ``crmsync worker`` processes (PostgreSQL) start on a schedule, once each time
+    however many workers run (``crmsync schedule`` shows it). The embedded default
+    schedules ``crmsync sync`` with cron / systemd timers instead (docs/batch.md)."""
+
+    # cron, UTC, five fields ("0 2 * * *": 02:00 every night), or six with seconds last
+    batch: str | None = None
+    batch_full: bool = False  # each scheduled run reads every CRM contact (`sync --full`)
+    # workers poll the CRM every [server] poll_interval_s when [server] poll says so
+    poll: bool = True
+
+
 class Config(_Strict):
     """The whole of ``crmsync.toml``."""
 
@@ -332,6 +344,7 @@ class Config(_Strict):
     files: FilesConfig = FilesConfig()
     sync: SyncConfig = SyncConfig()
     server: ServerConfig = ServerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     console: ConsoleConfig = ConsoleConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -22,15 +23,19 @@ def _both_sides(config: Config, obj: Context, what: str) -> None:
 @click.option("--host", default=None, help="Address to listen on (default: [server] listen).")
 @click.option("--port", "-p", type=int, default=None,
               help="Port to listen on (default: [server] listen).")
+@click.option("--no-worker", is_flag=True,
+              help="Receive only (PostgreSQL state): store each event with its job and "
+                   "acknowledge; `crmsync worker` processes apply them.")
 @click.pass_obj
-def serve(obj: Context, host: str | None, port: int | None) -> None:
+def serve(obj: Context, host: str | None, port: int | None, no_worker: bool) -> None:
     """Run the real-time mode: webhooks both ways, workers, polling, the form, metrics,
     and the operator's console at /admin.
 
     Endpoint secrets come from CRMSYNC_HOOK_SECRET_ESP / CRMSYNC_HOOK_SECRET_CRM; the
     console exists when CRMSYNC_CONSOLE_PASSWORD_HASH (or _PASSWORD) is set.
     SIGTERM or Ctrl-C stops accepting, finishes the events in hand and keeps the rest
-    in the inbox for the next start.
+    in the inbox for the next start. With --no-worker (state on PostgreSQL) it only
+    receives, as many as you like behind a load balancer; `crmsync worker` applies.
     """
     from ..server import RealtimeService, parse_listen
     from ..server import serve as run
@@ -39,15 +44,27 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
     _both_sides(config, obj, "serve")
     default_host, default_port = parse_listen(config.server.listen)
     where = (host or default_host, default_port if port is None else port)
+    inbox = None
+    if no_worker:
+        from ..scale import require_postgresql
+
+        require_postgresql(config, "crmsync serve --no-worker")
     _check_free(*where)
     store = open_store(config)
+    if no_worker:
+        from ..scale import receiver_inbox
+
+        inbox = receiver_inbox(config, store)
     crm = open_side(config, "crm")
     esp = open_side(config, "esp")
     service = RealtimeService(config, crm, esp, store, hooks=build_hooks(config),
-                              config_path=obj.config_path.resolve())
+                              config_path=obj.config_path.resolve(), inbox=inbox,
+                              worker=not no_worker)
     endpoints = ", ".join(f"/hooks/{side}" for side in service.endpoints) or "none"
     polling = f"polling {crm.name} every {config.server.poll_interval_s:g}s" \
         if service.worker.poll_enabled else "not polling"
+    if no_worker:
+        polling = "receiving only: `crmsync worker` applies"
     console = "console at /admin" if any(
         getattr(route, "path", "") == "/admin" for route in service.app.routes) \
         else "no console (set CRMSYNC_CONSOLE_PASSWORD_HASH)"
@@ -58,6 +75,74 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
     finally:
         service.close()
         store.close()
+
+
+@cli.command()
+@click.option("--stalled-after", type=float, default=30.0, show_default=True,
+              help="Seconds without a heartbeat after which a worker counts as dead and "
+                   "its event goes back to the queue (keep it above a slow vendor call).")
+@click.option("--name", default=None, help="This worker's name in procrastinate's tables.")
+@click.pass_obj
+def worker(obj: Context, stalled_after: float, name: str | None) -> None:
+    """Apply real-time events from the shared inbox (state on PostgreSQL).
+
+    Run as many as you like, on any machines: a contact's events are applied one at a
+    time, oldest first, across all of them; a worker killed at any moment loses nothing
+    and its event is applied by another. Receivers: `crmsync serve --no-worker`.
+    SIGTERM or Ctrl-C finishes the event in hand.
+    """
+    from ..scale import require_postgresql, run_worker
+
+    config = obj.config()
+    _both_sides(config, obj, "work")
+    require_postgresql(config, "crmsync worker")
+    click.echo(f"crmsync worker: applying the inbox of {config.state_url().split('@')[-1]}; "
+               "SIGTERM or Ctrl-C stops it", err=True)
+    counts = run_worker(config, stalled_after_s=stalled_after, name=name)
+    click.echo(f"applied {counts['applied']}, retried {counts['retried']}, "
+               f"dead {counts['dead']}", err=True)
+
+
+@cli.command()
+@click.option("--next", "count", type=int, default=3, show_default=True,
+              help="How many upcoming runs to show for each task.")
+@click.pass_obj
+def schedule(obj: Context, count: int) -> None:
+    """Show what runs when: the periodic tasks `crmsync worker` processes start once per
+    tick however many run (PostgreSQL; [schedule] in crmsync.toml), or, on SQLite,
+    what the embedded default does instead."""
+    from ..engine.realtime import should_poll
+    from ..scale import schedule as scheduled
+
+    config = obj.config()
+    _both_sides(config, obj, "schedule runs")
+    with open_side(config, "crm") as crm:
+        polls = should_poll(config, crm)
+    on_postgres = config.state_url().startswith("postgresql")
+    items = scheduled(config, crm_polls=polls)
+    tasks: list[dict[str, Any]] = [{"task": item.task, "cron": item.cron, "what": item.what,
+                                    "next": [t.isoformat() for t in item.next_runs(count)]}
+                                   for item in items] if on_postgres else []
+    data = {"runner": "crmsync worker" if on_postgres else "embedded", "tasks": tasks}
+
+    def render() -> None:
+        if not on_postgres:
+            click.echo("state on SQLite: nothing is scheduled by crmsync; run `crmsync sync` "
+                       "from cron or a systemd timer (docs/batch.md)"
+                       + (f"; `crmsync serve` polls {crm.name} every "
+                          f"{config.server.poll_interval_s:g}s" if polls else ""))
+            return
+        if not items:
+            click.echo('nothing scheduled: set [schedule] batch = "0 2 * * *" for a nightly '
+                       "run (polling is off: [schedule] poll, [server] poll)")
+            return
+        click.echo("run by `crmsync worker` (once per tick across all workers), times UTC:")
+        for row in tasks:
+            upcoming = ", ".join(t[:19].replace("T", " ") for t in row["next"])
+            click.echo(f"{row['task']:<14} {row['cron']:<16} next {upcoming}  "
+                       f"({row['what']})")
+
+    obj.emit(data, render)
 
 
 def _check_free(host: str, port: int) -> None:

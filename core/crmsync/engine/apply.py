@@ -294,6 +294,15 @@ class Pipeline:
         self.repairs: list[Any] = []
         self.size = config.sync.batch_size
         self.only_lists: frozenset[str] | None = None  # sync --list
+        # PostgreSQL with concurrent writers (a batch run beside `crmsync worker`s): hold
+        # each contact's lock from its decision to its commit (StateStore.contact_locks)
+        self.lock_contacts = False
+
+    def contacts_locked(self, emails: Iterable[str]) -> contextlib.AbstractContextManager[None]:
+        """The contacts' locks when :attr:`lock_contacts`, else nothing."""
+        if not self.lock_contacts:
+            return contextlib.nullcontext()
+        return self.store.contact_locks(emails)
 
     @property
     def rules(self) -> Rules:
@@ -467,10 +476,22 @@ class Pipeline:
         """Decide ESP-side changes, write the CRM, commit; then post-operations.
 
         Returns the changes as applied (only the lists whose status changed)."""
+        emails = [e for c in changes for e in (c.email, c.previous_email) if e]
+        with self.contacts_locked(emails):
+            done = self._apply_esp_changes(changes, origins, follow_up=follow_up)
+        if done is None:
+            return []
+        if not follow_up:
+            self.run_post_operations()
+        return done
+
+    def _apply_esp_changes(self, changes: Sequence[Change],
+                           origins: Sequence[dict[str, Any] | None] | None, *,
+                           follow_up: bool) -> list[Change] | None:
         plan = self.plan_esp_changes(changes, origins or [None] * len(changes))
         if self.dry_run:
             self._dry_follow_ups([d.applied for d in plan.decisions if d.applied])
-            return []
+            return None
         to_write = [d for d in plan.decisions if d.send is not None]
         results = write_all(self.crm, [d.send for d in to_write if d.send is not None])
         outcome = {id(d): r for d, r in zip(to_write, results, strict=True)}
@@ -502,15 +523,15 @@ class Pipeline:
                              [{"payload": c.model_dump(mode="json")} for c in done],
                              run_id=self.stats.run_id,
                              batch="followups" if follow_up else "postop")
-        if not follow_up:
-            self.run_post_operations()
         return done
 
     def apply_crm_records(self, records: Sequence[Contact]) -> list[Failure]:
         """Send CRM records (a notification, a poll) to the ESP API now: mapping, diff,
         consent, write, commit, repairs, post-operations. Returns what failed."""
         before = len(self.failures)
-        self.send_to_esp(self.plan_crm_page(records).decisions)
+        with self.contacts_locked([e for r in records for e in (r.email, r.previous_email)
+                                   if e]):
+            self.send_to_esp(self.plan_crm_page(records).decisions)
         self.flush_repairs()
         self.run_post_operations()
         self.flush_followups()

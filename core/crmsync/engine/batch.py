@@ -132,11 +132,20 @@ class BatchSync:
                 self._inbound()
                 self._outbound(stats.full)
             else:
-                # one writer of snapshots at a time: a real-time worker pauses meanwhile
-                with self.store.exclusive("batch", wait_s=120):
+                # one writer of snapshots at a time: a real-time worker pauses meanwhile.
+                # PostgreSQL in API mode: `crmsync worker`s go on beside the run, each
+                # contact locked from decision to commit (the run's pages too); the run
+                # holds them all back only for its phases not locked per contact.
+                self.sync.lock_contacts = (self.store.dialect == "postgresql"
+                                           and not self.file_mode)
+                whole = (self.store.exclusive("decisions", wait_s=120)
+                         if self.store.dialect == "postgresql" and self.file_mode
+                         else contextlib.nullcontext())
+                with self.store.exclusive("batch", wait_s=120), whole:
                     if self.sink is not None:
                         self.sink.recover()
-                    self.sync.run_post_operations()
+                    with self._held():
+                        self.sync.run_post_operations()
                     self._inbound()
                     self._outbound(stats.full)
             stats.status = "partial" if self.failures else "succeeded"
@@ -358,7 +367,11 @@ class BatchSync:
                     records = [self.hooks.transform_contact(r, "crm_to_esp") for r in records]
                 self.stats.crm_read += len(records)
                 self.progress("crm read", len(records))
-                yield self.sync.plan_crm_page(records).decisions, page.cursor
+                # the page's contacts stay locked until its caller has sent and committed
+                # them (it asks for the next page only then)
+                with self.sync.contacts_locked(
+                        [e for r in records for e in (r.email, r.previous_email) if e]):
+                    yield self.sync.plan_crm_page(records).decisions, page.cursor
         except IncompleteRead as exc:
             # What was read still goes out (the file is finished and committed, without
             # the cursor); the run fails once the outbound half is done.
@@ -389,32 +402,42 @@ class BatchSync:
                 self._export_file(full)
             else:
                 self._outbound_api(full)
-            sync.flush_repairs()
-            # What follows the CRM's own status changes (a cascade: CRM written now, the
-            # ESP in this same run: through the API, or in a small second import file).
-            sync.run_post_operations()
-            if not self.file_mode:
-                sync.flush_followups()
-            elif self.store.pending("esp", batch="followups", limit=1):
+            with self._held():
+                sync.flush_repairs()
+                # What follows the CRM's own status changes (a cascade: CRM written now,
+                # the ESP in this same run: through the API, or in a small second file).
+                sync.run_post_operations()
+                if not self.file_mode:
+                    sync.flush_followups()
+            if self.file_mode and self.store.pending("esp", batch="followups", limit=1):
                 self._export_file(full, followups_only=True)
         if self._short_read is not None:
             raise self._short_read
 
+    def _held(self) -> contextlib.AbstractContextManager[None]:
+        """Every contact for a phase not locked per contact, when the pages are (the
+        "decisions" lock `crmsync worker`s share); else nothing: the run holds all."""
+        if not self.sync.lock_contacts:
+            return contextlib.nullcontext()
+        return self.store.exclusive("decisions", wait_s=120)
+
     # API mode: write in batches, commit each acknowledged batch, cursor per page.
     def _outbound_api(self, full: bool) -> None:
         sync = self.sync
-        sync.flush_followups()
+        with self._held():
+            sync.flush_followups()
         size = self.config.sync.batch_size
-        for decisions, cursor in self._pages(full):
+        for decisions, cursor in self._pages(full):  # each page's contacts locked
             for start in range(0, len(decisions), size):
                 self.progress("esp written", sync.send_to_esp(decisions[start:start + size]))
             if cursor is not None and self.sync.only_lists is None:
                 with self.store.begin() as conn:
                     self.store.set_cursor(conn, "crm", cursor)
-        for removed in sync.membership_removals():
-            self.progress("esp written", sync.send_to_esp(removed.decisions))
-        if self.stats.resend:
-            sync.send_resend_unsubscribes()
+        with self._held():
+            for removed in sync.membership_removals():
+                self.progress("esp written", sync.send_to_esp(removed.decisions))
+            if self.stats.resend:
+                sync.send_resend_unsubscribes()
 
     # File mode: the import file with its commit spool, through the file sink.
     def _export_file(self, full: bool, *, followups_only: bool = False) -> None:

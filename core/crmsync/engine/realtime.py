@@ -42,6 +42,7 @@ from ..hooks import Hooks
 from ..logs import event_context
 from ..model import Change, Contact, Cursor, Op
 from ..state import StateStore
+from ..state.records import QueueStatus
 from .apply import Pipeline, RunStats
 from .plan import Failure
 
@@ -196,12 +197,17 @@ class RealtimeWorker:
         self._next_prune = 0.0
         self._held = False
         self.run_id = ""
+        # `crmsync worker` (PostgreSQL): lock each contact from decision to commit, so a
+        # batch run may decide on other contacts meanwhile (Pipeline.lock_contacts)
+        self.lock_contacts = False
         self.counts = {"applied": 0, "retried": 0, "dead": 0, "polled": 0, "catch_up": 0}
 
     # -- the pipeline, fresh for each application (its failure list starts empty) --------
     def _pipeline(self) -> Pipeline:
-        return Pipeline(self.config, self.crm, self.esp, self.store, hooks=self.hooks,
-                        stats=RunStats(run_id=self.run_id, mode="realtime"))
+        pipeline = Pipeline(self.config, self.crm, self.esp, self.store, hooks=self.hooks,
+                            stats=RunStats(run_id=self.run_id, mode="realtime"))
+        pipeline.lock_contacts = self.lock_contacts
+        return pipeline
 
     def _noted(self, failures: list[Failure]) -> list[Failure]:
         for failure in failures:  # a vendor's Retry-After holds back its other events too
@@ -236,6 +242,32 @@ class RealtimeWorker:
         for row in unknown:
             self._give_up(row, f"unknown endpoint {row['endpoint']!r}")
         return tried + len(unknown)
+
+    def apply_event(self, event_id: int) -> datetime | None:
+        """Apply one inbox event that another scheduler handed over (``crmsync worker``'s
+        jobs, one contact at a time across processes): the same application, retries,
+        dead letters and ``Retry-After`` pauses as :meth:`run_once`. Returns ``None`` when
+        the event is settled (applied, dead, or already settled by an earlier attempt:
+        nothing is applied twice), else when to try it again.
+
+        The caller holds the state store's "decisions" lock (shared): a batch run takes
+        it alone only for its phases that are not locked per contact."""
+        row = self.store.inbox_event(event_id)
+        if row is None or row["status"] != QueueStatus.PENDING:
+            return None
+        endpoint = row["endpoint"]
+        if endpoint not in ENDPOINTS:
+            self._give_up(row, f"unknown endpoint {endpoint!r}")
+            return None
+        if self._paused(endpoint):  # a vendor's Retry-After: not an attempt
+            wait = self._pause_until[endpoint] - self._clock()
+            return datetime.now(UTC) + timedelta(seconds=max(0.0, wait))
+        self._apply_rows(endpoint, [row])
+        after = self.store.inbox_event(event_id)
+        if after is None or after["status"] != QueueStatus.PENDING:
+            return None
+        due: datetime = after["next_attempt_at"]
+        return due if due.tzinfo is not None else due.replace(tzinfo=UTC)
 
     def _paused(self, endpoint: str) -> bool:
         return self._clock() < self._pause_until.get(endpoint, 0.0)

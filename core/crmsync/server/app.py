@@ -47,6 +47,7 @@ from ..errors import (
 )
 from ..model import Change, InboundRequest
 from ..state import StateStore
+from ..state.queues import OnStored
 from .form import FORM_HEADERS, parse_form, render_done, render_form
 from .security import RateWindow, constant_equal, signature_ok
 
@@ -88,8 +89,9 @@ class StoreInbox:
     once its own event is committed. One event alone costs one transaction, as before.
     """
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, *, on_stored: OnStored | None = None) -> None:
         self.store = store
+        self.on_stored = on_stored  # run in the storing transaction (crmsync worker's jobs)
         self._lock = threading.Lock()
         self._waiting: list[_Put] = []
         self._writing = False
@@ -115,7 +117,8 @@ class StoreInbox:
                     self._writing = False
                     return
             try:
-                results = self.store.inbox_put_many([put.item for put in batch])
+                results = self.store.inbox_put_many([put.item for put in batch],
+                                                    on_stored=self.on_stored)
             except BaseException as exc:  # every waiting caller hears of it
                 for put in batch:
                     put.error = exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,9 @@ from . import schema as t
 from .base import StoreBase
 from .records import QueueStatus
 from .rows import _aware, _chunks, _now
+
+#: What :meth:`Queues.inbox_put_many` calls in its transaction with the stored rows.
+OnStored = Callable[[Connection, list[dict[str, Any]]], None]
 
 
 class Queues(StoreBase):
@@ -204,6 +207,12 @@ class Queues(StoreBase):
             rows = conn.execute(query, {"now": now or _now(), "limit": limit}).all()
         return [dict(row._mapping) for row in rows]
 
+    def inbox_event(self, event_id: int) -> dict[str, Any] | None:
+        """One stored event by id (``None``: pruned or never stored)."""
+        with self.begin() as conn:
+            row = conn.execute(select(t.inbox).where(t.inbox.c.id == event_id)).first()
+        return dict(row._mapping) if row is not None else None
+
     def inbox_next_due(self) -> datetime | None:
         """When the earliest pending event becomes due (``None``: nothing pending)."""
         with self.begin() as conn:
@@ -235,10 +244,13 @@ class Queues(StoreBase):
                 t.inbox.c.status == QueueStatus.DONE, t.inbox.c.received_at < before)))
         return int(result.rowcount or 0)
 
-    def inbox_put_many(self, items: Sequence[tuple[str, str, Sequence[Change]]]
-                       ) -> list[bool]:
+    def inbox_put_many(self, items: Sequence[tuple[str, str, Sequence[Change]]], *,
+                       on_stored: OnStored | None = None) -> list[bool]:
         """Store several events in one transaction (group commit); per event, ``False``
-        when it was stored before (or earlier in ``items``)."""
+        when it was stored before (or earlier in ``items``).
+
+        ``on_stored(conn, rows)``: called in the same transaction with the stored rows
+        (their ``id`` included), e.g. to queue a job per event that commits with it."""
         if not items:
             return []
         now = _now()
@@ -264,11 +276,19 @@ class Queues(StoreBase):
                                      "payload": [c.model_dump(mode="json") for c in changes],
                                      "received_at": now, "status": QueueStatus.PENDING,
                                      "attempts": 0, "next_attempt_at": now})
-                if rows:
+                if rows and on_stored is not None:
+                    ids = conn.execute(t.inbox.insert().returning(
+                        t.inbox.c.id, sort_by_parameter_order=True), rows).scalars().all()
+                    for row, event_id in zip(rows, ids, strict=True):
+                        row["id"] = event_id
+                    on_stored(conn, rows)
+                elif rows:
                     conn.execute(t.inbox.insert(), rows)
         except IntegrityError:
             # another process stored one of them meanwhile: one at a time then
-            return [self.inbox_put(endpoint, key, changes) for endpoint, key, changes in items]
+            return [self.inbox_put_many([(endpoint, key, changes)], on_stored=on_stored)[0]
+                    if on_stored is not None else self.inbox_put(endpoint, key, changes)
+                    for endpoint, key, changes in items]
         except OperationalError as exc:
             raise StateError(f"the inbox could not store the events: {exc}") from None
         return stored

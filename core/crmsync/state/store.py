@@ -97,22 +97,27 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
         self.engine.dispose()
 
     @contextlib.contextmanager
-    def exclusive(self, name: str, *, wait_s: float = 0.0) -> Iterator[None]:
+    def exclusive(self, name: str, *, wait_s: float = 0.0,
+                  shared: bool = False) -> Iterator[None]:
         """Hold the named lock for the block, or raise ``StateError`` if another process
         holds it: two batch runs on one state store would send the same changes twice.
 
         PostgreSQL: a session advisory lock. SQLite: an exclusive lock on a file beside
         the database. Either is released when the holder dies, so a killed run never
         leaves a stale lock behind. ``wait_s``: how long to keep trying for it.
+        ``shared`` (PostgreSQL): any number of shared holders, none while someone holds
+        it exclusively (``crmsync worker`` processes share "batch"; a batch run excludes
+        them). On SQLite a shared hold is an exclusive one, as before.
         """
         deadline = time.monotonic() + wait_s
         busy = (f"another crmsync process holds the {name!r} lock on this state store "
                 f"({_safe_url(self.url)}): wait for it to finish, or check `crmsync status`")
         if self.dialect == "postgresql":
             key = int(hashlib.sha256(f"crmsync:{name}".encode()).hexdigest()[:15], 16)
+            kind = "_shared" if shared else ""
             with self.engine.connect() as conn:
                 while True:
-                    got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                    got = conn.execute(text(f"SELECT pg_try_advisory_lock{kind}(:k)"),
                                        {"k": key}).scalar()
                     conn.commit()
                     if got:
@@ -123,7 +128,7 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                 try:
                     yield
                 finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.execute(text(f"SELECT pg_advisory_unlock{kind}(:k)"), {"k": key})
                     conn.commit()
             return
         import fcntl
@@ -145,6 +150,28 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def contact_locks(self, emails: Iterable[str]) -> Iterator[None]:
+        """Hold one lock per contact (by address) for the block: two writers of the
+        same snapshots — a batch run's page, a ``crmsync worker``'s event — never decide
+        on the same contact at once, while different contacts go side by side.
+
+        PostgreSQL: transaction-scoped advisory locks on a connection of their own,
+        taken in key order in one statement (two holders cannot deadlock), released when
+        the block ends or its holder dies. SQLite: nothing (one writer at a time holds
+        the store-wide "batch" lock there, as before).
+        """
+        keys = sorted({contact_key_lock(email) for email in emails if email})
+        if self.dialect != "postgresql" or not keys:
+            yield
+            return
+        with self.engine.connect() as conn, conn.begin():
+            conn.execute(text(
+                "SELECT count(pg_advisory_xact_lock(k)) FROM "
+                "(SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"),
+                {"keys": keys})
+            yield
 
     # -- the unit of work: the only way a decision's state changes --------------------------
     def update_rows(self, updates: Iterable[StateUpdate]) -> list[tuple[Any, ...]]:
@@ -209,6 +236,12 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
             if count % 5000 == 0:
                 flush()
         flush()
+
+def contact_key_lock(email: str) -> int:
+    """The advisory lock key of one contact (a signed 60-bit int of its address)."""
+    digest = hashlib.sha256(f"crmsync:contact:{email.strip().lower()}".encode()).hexdigest()
+    return int(digest[:15], 16)
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()

@@ -15,8 +15,10 @@ import csv
 import io
 import itertools
 import json
+import os
 import random
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,7 +100,7 @@ class MemoryStore:
             return
         next_id = next(self._ids)
         self._ids = itertools.count(next_id)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")  # processes may share the file
         tmp.write_text(json.dumps({
             "records": self.records, "lists": self.lists, "sent": self.sent,
             "imports": self.imports, "last": self._last.isoformat(), "next_id": next_id,
@@ -201,6 +203,7 @@ class MemorySettings(ConnectorSettings):
     # CRMs that report deletions by id only (vTiger's sync) do
     deleted_address: Literal["kept", "placeholder"] = "kept"
     lose_emails: list[str] = []  # reads leave these out, as paging that loses rows (tests)
+    latency_ms: float = 0.0  # each write answers after this long, as a vendor's API (tests)
 
 
 class _MemoryBase(Connector):
@@ -291,6 +294,8 @@ class MemoryConnector(_MemoryBase):
 
     def write(self, changes: Sequence[Change]) -> list[WriteResult]:
         results = []
+        if self.settings.latency_ms:
+            time.sleep(self.settings.latency_ms / 1000)
         with self.store.lock:
             for change in changes:
                 results.append(self._apply(change))

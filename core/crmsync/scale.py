@@ -1,0 +1,377 @@
+"""Scale-out on PostgreSQL: ``crmsync worker`` processes apply the shared inbox.
+
+The task engine is procrastinate (``pip install 'crmsync[scale]'``): PostgreSQL only, no
+broker. Every inbox event gets one job, ``crmsync.apply_event(event_id)``, deferred **in
+the transaction that stores the event** (``crmsync serve --no-worker`` acknowledges only
+after that commit): there is no moment where an acknowledged event exists without its
+job, and no deferrer process to keep alive. Events that reach the inbox another way
+(dead letters put back by ``crmsync replay``, events stored by a plain ``crmsync serve``
+before the switch) get their job from the sweep each worker runs at start and every
+few seconds (:func:`sweep_orphans`).
+
+Order: the job's procrastinate ``lock`` is the pair and the contact, so jobs for one
+contact run one at a time, oldest first, across every worker; a job waiting for a retry
+(a job in ``todo`` scheduled later) holds back that contact's later events and no one
+else's. Retries, backoff, dead letters and ``Retry-After`` pauses are the real-time
+worker's (:meth:`RealtimeWorker.apply_event`); a job whose event still waits for a
+retry is handed back to procrastinate with the event's ``next_attempt_at``.
+
+A worker killed at any moment: its job stays ``doing`` (the contact stays held) until
+its heartbeat is older than ``--stalled-after``, then another worker's rescue task puts
+it back to ``todo`` with the same id (still the oldest for its contact). The event is
+still ``pending`` in the inbox unless it was marked done, and applying it again is a
+no-op with no visible effect: the snapshots committed with the first application say
+the status is already there, so nothing is written, journaled or counted twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, text
+
+from .config import Config
+from .errors import ConfigError, StateBusy
+
+if TYPE_CHECKING:
+    import procrastinate
+
+    from .engine.realtime import RealtimeWorker
+    from .state import StateStore
+
+__all__ = [
+    "APPLY_TASK",
+    "BATCH_TASK",
+    "PAIR",
+    "POLL_TASK",
+    "QUEUE",
+    "Scheduled",
+    "build_app",
+    "contact_lock",
+    "defer_events",
+    "ensure_schema",
+    "every",
+    "receiver_inbox",
+    "require_postgresql",
+    "run_worker",
+    "schedule",
+    "sweep_orphans",
+]
+
+log = logging.getLogger(__name__)
+
+#: The pair every job and lock is keyed by (one pair per deployment until pairs land).
+PAIR = "default"
+QUEUE = "crmsync"
+APPLY_TASK = "crmsync.apply_event"
+RESCUE_TASK = "crmsync.rescue_stalled"
+SWEEP_TASK = "crmsync.sweep_orphans"
+POLL_TASK = "crmsync.poll"
+BATCH_TASK = "crmsync.batch"
+#: How long a worker waits before trying an event again while a batch run holds the store.
+BATCH_WAIT_S = 2.0
+#: The store-wide lock workers share and a batch run takes alone for its phases that are
+#: not locked per contact (file mode, post-operations, removals, repairs).
+DECISIONS = "decisions"
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """One periodic task: its name, its cron (UTC; six fields: seconds last), what it does."""
+
+    task: str
+    cron: str
+    what: str
+
+    def next_runs(self, count: int = 3, *, after: dt.datetime | None = None
+                  ) -> list[dt.datetime]:
+        from croniter import croniter  # type: ignore[import-untyped]
+
+        it = croniter(self.cron, after or dt.datetime.now(dt.UTC))
+        return [it.get_next(dt.datetime) for _ in range(count)]
+
+
+def every(seconds: float) -> str:
+    """A cron for "every ``seconds``" (rounded to one that divides a minute or an hour)."""
+    whole = max(1, round(seconds))
+    if whole < 60:
+        step = next(n for n in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60) if n >= whole)
+        return "* * * * *" if step == 60 else f"* * * * * */{step}"
+    minutes = max(1, round(whole / 60))
+    step = next((n for n in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30) if n >= minutes), 60)
+    return "0 * * * *" if step == 60 else f"*/{step} * * * *"
+
+
+def schedule(config: Config, *, crm_polls: bool) -> list[Scheduled]:
+    """What ``crmsync worker`` processes start on a schedule (``[schedule]``), once each
+    time across all of them; ``crm_polls``: the CRM is to be polled ([server] poll and
+    its capabilities, :func:`~crmsync.engine.realtime.should_poll`)."""
+    from croniter import croniter
+
+    found = []
+    if config.schedule.poll and crm_polls:
+        found.append(Scheduled(POLL_TASK, every(config.server.poll_interval_s),
+                               "read the CRM's changes since the last poll and apply them"))
+    if config.schedule.batch:
+        if not croniter.is_valid(config.schedule.batch):
+            raise ConfigError(
+                f"[schedule] batch = {config.schedule.batch!r} is not a cron expression: "
+                'write five fields, minute hour day month weekday, e.g. "0 2 * * *"')
+        found.append(Scheduled(BATCH_TASK, config.schedule.batch,
+                               "a full batch run (crmsync sync --full)"
+                               if config.schedule.batch_full else
+                               "a batch run (crmsync sync)"))
+    return found
+
+
+def require_postgresql(config: Config, what: str) -> None:
+    """``what`` (``crmsync worker``, ``serve --no-worker``) needs the state on PostgreSQL."""
+    if not config.state_url().startswith("postgresql"):
+        raise ConfigError(
+            f"{what} needs [state] url on PostgreSQL (postgresql+psycopg://user@host/db): "
+            "several processes share the inbox and its job queue there; with SQLite run "
+            "`crmsync serve` alone, it applies events itself (docs/scale-out.md)")
+    try:
+        import procrastinate  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{what} needs procrastinate: pip install 'crmsync[scale]'") from None
+
+
+def contact_lock(contact: str, pair: str = PAIR) -> str:
+    """The procrastinate lock of one contact's events: one at a time, oldest first."""
+    return f"crmsync:{pair}:{contact.strip().lower()}"
+
+
+def conninfo(url: str) -> str:
+    """A libpq connection string from the state store's SQLAlchemy URL."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class _RetryLater(Exception):
+    """The event is still pending: run this job again at ``at`` (same id, same order)."""
+
+    def __init__(self, at: dt.datetime) -> None:
+        super().__init__(f"retry at {at.isoformat()}")
+        self.at = at
+
+
+def _retry_strategy() -> Any:
+    from procrastinate import BaseRetryStrategy, RetryDecision
+
+    class InboxRetry(BaseRetryStrategy):
+        """The inbox decides when (its backoff, the vendor's Retry-After); an unexpected
+        error (a bug, the database away) is retried with backoff too: the event is not
+        settled, so its job must not end."""
+
+        def get_retry_decision(self, *, exception: BaseException,
+                               job: Any) -> RetryDecision | None:
+            if isinstance(exception, _RetryLater):
+                return RetryDecision(retry_at=exception.at)
+            log.warning("job %s failed (%s); tried again", job.id, exception)
+            return RetryDecision(retry_in={"seconds": min(60, 2 ** min(job.attempts, 6))})
+
+    return InboxRetry()
+
+
+class _Worker:
+    """What one ``crmsync worker`` process applies events with."""
+
+    def __init__(self, config: Config, realtime: RealtimeWorker, store: StateStore) -> None:
+        self.config = config
+        self.realtime = realtime
+        self.store = store
+        self.lock = threading.Lock()
+
+    def apply(self, event_id: int) -> None:
+        with self.lock:
+            try:
+                with self.store.exclusive(DECISIONS, shared=True):
+                    again = self.realtime.apply_event(event_id)
+            except StateBusy:  # a batch run holds every contact for a moment: wait
+                again = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=BATCH_WAIT_S)
+        if again is not None:
+            raise _RetryLater(again)
+
+
+_CURRENT: _Worker | None = None
+
+
+def _worker() -> _Worker:
+    if _CURRENT is None:
+        raise RuntimeError("crmsync's tasks run only in `crmsync worker`")
+    return _CURRENT
+
+
+def _apply_event(event_id: int) -> None:
+    _worker().apply(event_id)
+
+
+def _poll(timestamp: int) -> None:
+    worker = _worker()
+    with worker.lock:  # the connectors are the worker's: one user at a time
+        count = worker.realtime.poll_once()  # a batch run reading the CRM: skipped
+    log.info("scheduled poll: %d record(s) from the CRM", count)
+
+
+def _batch(timestamp: int) -> None:
+    from .runtime import build_batch, open_side
+
+    worker = _worker()
+    config = worker.config
+    with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
+        stats = build_batch(config, crm, esp, worker.store).run(
+            full=config.schedule.batch_full)
+    log.info("scheduled batch run %s for the tick of %s: %s", stats.run_id,
+             dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(), stats.status)
+
+
+_PERIODIC = {POLL_TASK: _poll, BATCH_TASK: _batch}
+
+
+def build_app(url: str, *, stalled_after_s: float = 30.0,
+              scheduled: list[Scheduled] | None = None) -> procrastinate.App:
+    """The procrastinate app over the state store's database, with crmsync's tasks and
+    the ``scheduled`` periodic ones."""
+    import procrastinate
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(url)))
+    app.task(name=APPLY_TASK, queue=QUEUE, retry=_retry_strategy())(_apply_event)
+    for item in scheduled or []:
+        # procrastinate defers one job per tick whatever the number of workers; the
+        # queueing lock keeps a second one from queueing while one waits, the lock from
+        # running while one runs (a slow poll or batch run)
+        key = f"crmsync:{PAIR}:{item.task}"
+        task = app.task(name=item.task, queue=QUEUE, queueing_lock=key, lock=key,
+                        pass_context=False)(_PERIODIC[item.task])
+        app.periodic(cron=item.cron, periodic_id=item.task)(task)
+
+    @app.periodic(cron="* * * * * */2", periodic_id="rescue")
+    @app.task(name=RESCUE_TASK, queue=QUEUE, queueing_lock=RESCUE_TASK, pass_context=True)
+    async def rescue_stalled(context: Any, timestamp: int) -> None:
+        # a worker killed (SIGKILL, power loss) left its job "doing": put it back
+        manager = context.app.job_manager
+        for job in await manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after_s):
+            if job.task_name == APPLY_TASK:
+                log.warning("job %s (%s) of a worker that died goes back to the queue",
+                            job.id, job.lock)
+                await manager.retry_job(job)
+
+    @app.periodic(cron="* * * * * */5", periodic_id="sweep")
+    @app.task(name=SWEEP_TASK, queue=QUEUE, queueing_lock=SWEEP_TASK, pass_context=True)
+    def sweep(context: Any, timestamp: int) -> None:
+        if _CURRENT is not None:
+            sweep_orphans(_CURRENT.store, app)
+
+    return app
+
+
+def ensure_schema(store: StateStore, app: procrastinate.App) -> None:
+    """Create procrastinate's tables in the state database once (first worker wins)."""
+    with store.exclusive("procrastinate-schema", wait_s=60), store.engine.begin() as conn:
+        if conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar() is None:
+            # the driver's own execute: no parameters, so its '%' signs are left alone
+            raw: Any = conn.connection.driver_connection
+            raw.execute(app.schema_manager.get_schema())
+
+
+def defer_events(app: procrastinate.App, conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Queue one job per stored inbox row in ``conn``'s transaction (the storing one)."""
+    from procrastinate.jobs import Job
+
+    jobs = [Job(queue=QUEUE, lock=contact_lock(row["contact"]), queueing_lock=None,
+                task_name=APPLY_TASK, task_kwargs={"event_id": int(row["id"])})
+            for row in rows]
+    raw = conn.connection.driver_connection
+    app.job_manager.batch_defer_jobs(jobs, connection=raw)
+
+
+def sweep_orphans(store: StateStore, app: procrastinate.App) -> int:
+    """Queue a job for each pending inbox event that has none (put back by ``replay``,
+    stored by a plain ``crmsync serve``), oldest first; return how many."""
+    from .state.schema import inbox
+
+    found = 0
+    try:
+        with store.exclusive("procrastinate-sweep"), store.engine.begin() as conn:
+            rows = conn.execute(text(
+                f"SELECT i.id, i.contact FROM {inbox.name} i WHERE i.status = 'pending' "
+                "AND NOT EXISTS "
+                "(SELECT 1 FROM procrastinate_jobs j WHERE j.task_name = :task "
+                "AND j.status IN ('todo', 'doing') "
+                "AND (j.args->>'event_id')::bigint = i.id) ORDER BY i.id LIMIT 10000"),
+                {"task": APPLY_TASK}).all()
+            if rows:
+                defer_events(app, conn, [{"id": r.id, "contact": r.contact} for r in rows])
+                found = len(rows)
+    except StateBusy:
+        return 0  # another worker sweeps now
+    if found:
+        log.info("queued %d inbox event(s) that had no job", found)
+    return found
+
+
+@contextlib.contextmanager
+def _current(worker: _Worker) -> Iterator[None]:
+    global _CURRENT
+    _CURRENT = worker
+    try:
+        yield
+    finally:
+        _CURRENT = None
+
+
+def run_worker(config: Config, *, stalled_after_s: float = 30.0,
+               name: str | None = None) -> dict[str, int]:
+    """Run one ``crmsync worker`` until SIGTERM / SIGINT; return its counts."""
+    from .engine.realtime import RealtimeWorker, should_poll
+    from .runtime import build_hooks, open_side, open_store
+
+    require_postgresql(config, "crmsync worker")
+    store = open_store(config)
+    try:
+        with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
+            app = build_app(config.state_url(), stalled_after_s=stalled_after_s,
+                            scheduled=schedule(config, crm_polls=should_poll(config, crm)))
+            ensure_schema(store, app)
+            hooks = build_hooks(config)
+            realtime = RealtimeWorker(config, crm, esp, store, hooks=hooks)
+            realtime.lock_contacts = True
+            realtime.run_id = store.start_run("realtime", full=False, dry_run=False)
+            hooks.run_started(realtime.run_id, "realtime", False)
+            status = "stopped"
+            with app.open(), _current(_Worker(config, realtime, store)):
+                sweep_orphans(store, app)
+                try:
+                    app.run_worker(queues=[QUEUE], name=name, wait=True,
+                                   update_heartbeat_interval=max(0.5, stalled_after_s / 4),
+                                   stalled_worker_timeout=stalled_after_s,
+                                   delete_jobs="successful", install_signal_handlers=True)
+                except BaseException:
+                    status = "failed"
+                    raise
+                finally:
+                    counts = dict(realtime.counts)
+                    store.finish_run(realtime.run_id, status, counts)
+                    hooks.run_finished(realtime.run_id, counts)
+        return counts
+    finally:
+        store.close()
+
+
+def receiver_inbox(config: Config, store: StateStore) -> Any:
+    """The inbox ``crmsync serve --no-worker`` stores into: each event with its job."""
+    from .server.app import StoreInbox
+
+    require_postgresql(config, "crmsync serve --no-worker")
+    app = build_app(config.state_url())
+    ensure_schema(store, app)
+    return StoreInbox(store, on_stored=lambda conn, rows: defer_events(app, conn, rows))
+
