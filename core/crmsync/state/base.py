@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
     any_,
@@ -40,13 +39,13 @@ class StoreBase:
         except OperationalError as exc:
             raise StateError(f"the state store failed: {str(exc).splitlines()[0]}") from None
 
-    def _among(self, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    def _among(self, column: Any, values: Sequence[Any]) -> Any:
         """``column IN values``. On PostgreSQL one array parameter (``= ANY(%s)``): one
         statement text and one plan whatever the count, where an ``IN`` list is a
         statement per length, planned with the statistics of when it was prepared."""
         if self.dialect == "postgresql":
             return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
-        return column.in_(values)  # type: ignore[no-any-return]
+        return column.in_(values)
 
     @contextlib.contextmanager
     def _by_index(self, conn: Connection) -> Iterator[None]:
