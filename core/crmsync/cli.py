@@ -129,7 +129,7 @@ _ANYWHERE_VALUED = frozenset({"--log-format"})
 LAZY_COMMANDS = {"demo": "demo", "serve": "serve", "replay": "serve", "subscribe": "serve",
                  "send": "serve", "sync": "sync", "status": "sync", "console": "console",
                  "contact": "contact", "forget": "ledger", "journal": "ledger",
-                 "proof": "ledger"}
+                 "proof": "ledger", "migrate-state": "migrate"}
 
 
 class CrmsyncGroup(click.Group):
