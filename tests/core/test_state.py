@@ -211,6 +211,33 @@ def test_raw_rows_repeating_a_key_apply_in_order(store) -> None:
     assert hashes == {key: "f2"}
 
 
+def test_raw_rows_keep_any_text_as_given(store) -> None:
+    """The batch path's rows reach the store as they were, whatever their text: quotes,
+    backslashes, braces, commas, NULL as a word, empty, newlines, non-ASCII (PostgreSQL
+    receives them as array literals the store writes itself)."""
+    awkward = ['say "hi"', "back\\slash \\\"", "{a,b}", "NULL", "", "line\nbreak\ttab",
+               "Zoë 東京 ✓", " padded ", "null"]
+    at = store.db_time(datetime(2026, 3, 4, tzinfo=UTC))
+    with store.begin() as conn:
+        [(key, _, _)] = store.resolve(conn, [("sf", "003A", "ann@example.com")])
+        store.put_snapshot_rows(conn, [
+            (key, str(n), "subscribed", json.dumps(sorted({text})), None, "h", at, text)
+            for n, text in enumerate(awkward)])
+        store.append_journal_rows(conn, [
+            (at, "run", key, "ann@example.com", str(n), None, "subscribed", "esp", "crm:x",
+             text, text or None) for n, text in enumerate(awkward)])
+        store.set_fields_rows(conn, [("f1", json.dumps({"name": awkward}), key)])
+        snaps = store.snapshots(conn, [key])
+        views = store.fields_views(conn, [key])
+    assert [snaps[(key, str(n))].source for n in range(len(awkward))] == awkward
+    assert [snaps[(key, str(n))].groups for n in range(len(awkward))] == [
+        frozenset({text}) for text in awkward]
+    entries = store.journal(email="ann@example.com")
+    assert [e["reason"] for e in entries] == awkward
+    assert [e["event_id"] for e in entries] == [text or None for text in awkward]
+    assert views == {key: {"name": awkward}}
+
+
 def test_sqlite_time_text_is_sqlalchemys() -> None:
     from datetime import timezone
 
