@@ -238,6 +238,31 @@ def test_raw_rows_keep_any_text_as_given(store) -> None:
     assert views == {key: {"name": awkward}}
 
 
+def test_a_page_of_contacts_resolves_and_commits(store) -> None:
+    """A page as a batch run has it (hundreds of contacts: on PostgreSQL, the lookups
+    planned by index and the rows sent as arrays): created once, then known by id, by
+    email for another system, their snapshots and fields read back."""
+    items = [("sf", f"003{n:04d}", f"p{n}@example.com") for n in range(300)]
+    at = store.db_time(datetime(2026, 3, 4, tzinfo=UTC))
+    with store.begin() as conn:
+        first = store.resolve(conn, items)
+        keys = [key for key, _, _ in first]
+        store.put_snapshot_rows(conn, [(k, "1", "subscribed", "[]", None, "h", at, "crm:sf")
+                                       for k in keys])
+        store.set_fields_rows(conn, [(f"f{n}", None, k) for n, k in enumerate(keys)])
+    with store.begin() as conn:
+        hashes: dict = {}
+        again = store.resolve(conn, items, hashes=hashes)
+        by_email = store.resolve(conn, [("esp", f"E{n}", email)
+                                        for n, (_, _, email) in enumerate(items)])
+        snaps = store.snapshots(conn, keys)
+    assert all(created for _, created, _ in first) and len(set(keys)) == 300
+    assert [(k, c) for k, c, _ in again] == [(k, False) for k in keys]
+    assert [k for k, _, _ in by_email] == keys
+    assert hashes == {k: f"f{n}" for n, k in enumerate(keys)}
+    assert sorted(k for k, _ in snaps) == sorted(keys)
+
+
 def test_sqlite_time_text_is_sqlalchemys() -> None:
     from datetime import timezone
 

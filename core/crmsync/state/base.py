@@ -48,14 +48,16 @@ class StoreBase:
         return column.in_(values)
 
     @contextlib.contextmanager
-    def _by_index(self, conn: Connection) -> Iterator[None]:
-        """PostgreSQL: plan the statements of the block to look their rows up by index.
+    def _by_index(self, conn: Connection, rows: int) -> Iterator[None]:
+        """PostgreSQL: plan the statements of the block, about ``rows`` rows, to look
+        their rows up by index.
 
         A page's lookups (and the UPDATE of its contacts) name a few thousand rows of
         tables that grow to millions; with its default costs the planner reads the
         whole table for them (a sequential scan, a hash join) once they are a few
-        percent of it, so a first full export slowed down as its tables grew."""
-        if self.dialect != "postgresql":
+        percent of it, so a first full export slowed down as its tables grew. A few
+        rows (a real-time event's) are looked up by index anyway: no settings then."""
+        if self.dialect != "postgresql" or rows < 100:
             yield
             return
         conn.exec_driver_sql("SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; "

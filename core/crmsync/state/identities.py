@@ -41,7 +41,7 @@ class Identities(StoreBase):
         current: dict[str, str | None] = {}
         found_hashes: dict[str, str | None] = {} if hashes is None else hashes
         pairs = [(s, r) for s, r, _ in items if r]
-        with self._by_index(conn):  # the page's rows, not the whole tables
+        with self._by_index(conn, len(items)):  # the page's rows, not whole tables
             for chunk in self._batches(pairs):
                 systems = sorted({s for s, _ in chunk})
                 ids = sorted({r for _, r in chunk})
@@ -180,7 +180,7 @@ class Identities(StoreBase):
         (a contact whose fields were sent is not deleted at the ESP)."""
         if rows:
             now = self.db_time(_now())
-            with self._by_index(conn):
+            with self._by_index(conn, len(rows)):
                 self._sql.many(conn, "fields", [(h, v, now, False, k) for h, v, k in rows])
 
     def mark_deleted(self, conn: Connection, keys: Sequence[str]) -> None:

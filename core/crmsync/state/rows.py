@@ -1,8 +1,9 @@
 """The state store's row formats and the helpers every repository shares.
 
 Rows the batch hot path writes are built here as plain tuples (:func:`snapshot_row`,
-:func:`journal_row`) and executed by :class:`BulkSql` with one ``executemany`` per
-chunk; readers turn rows back into records (:func:`snapshot_of`).
+:func:`journal_row`) and executed by :class:`BulkSql`, a chunk at a time (an
+``executemany`` on SQLite, one statement over arrays on PostgreSQL); readers turn rows
+back into records (:func:`snapshot_of`).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class SnapshotsAndJournal(StoreBase):
     # -- snapshots ------------------------------------------------------------------------
     def snapshots(self, conn: Connection, keys: Sequence[str]) -> dict[tuple[str, str], Snapshot]:
         found: dict[tuple[str, str], Snapshot] = {}
-        with self._by_index(conn):
+        with self._by_index(conn, len(keys)):
             for chunk in self._batches(list(keys)):
                 for row in conn.execute(select(t.snapshots).where(
                         self._among(t.snapshots.c.contact_key, chunk))):
@@ -39,7 +39,7 @@ class SnapshotsAndJournal(StoreBase):
 
     def put_snapshot_rows(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         """Upsert snapshots given as :func:`snapshot_row` tuples (the batch hot path:
-        one ``executemany`` of plain tuples, no per-row statement processing)."""
+        plain tuples, no per-row statement processing; see :class:`BulkSql`)."""
         self._sql.many(conn, "snapshots", rows)
 
 
