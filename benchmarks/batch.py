@@ -18,8 +18,10 @@ contacts on the fly, so the CRM's own storage is not counted.
     python benchmarks/batch.py 10000 100000 --repeat 5
     python benchmarks/batch.py --state postgresql+psycopg://user:pw@127.0.0.1/db 100000
 
-With ``--state``, crmsync keeps its state in that database (emptied before each full
-run: give it a throw-away one); the state floor stays bare SQLite.
+With ``--state``, each repeat also runs crmsync with its state in that database
+(emptied before each full run: give it a throw-away one), interleaved with the SQLite
+runs; the extra rows say ``pg`` and the last column is that run's median over
+SQLite's (the state floor stays bare SQLite).
 """
 
 from __future__ import annotations
@@ -289,17 +291,21 @@ def main(sizes: list[int], state: str | None = None, repeat: int = 3) -> None:
     print("-" * len(header))
     for contacts in sizes:
         runs: dict[str, list[dict[str, float]]] = {
-            k: [] for k in ("full", "diff", "floor-full", "floor-diff", "state-floor")}
+            k: [] for k in ("full", "diff", "floor-full", "floor-diff", "state-floor",
+                            "pg-full", "pg-diff")}
         with tempfile.TemporaryDirectory(prefix="crmsync-bench-") as tmp:
             folder = Path(tmp)
             for _ in range(repeat):  # interleaved: each repeat measures every kind once
                 runs["floor-full"].append(measure("floor", folder, contacts, "full"))
-                if not state:
-                    runs["state-floor"].append(measure("state-floor", folder, contacts, "full"))
-                _fresh(folder, state)
+                runs["state-floor"].append(measure("state-floor", folder, contacts, "full"))
+                _fresh(folder, None)
                 runs["full"].append(measure("crmsync", folder, contacts, "full"))
                 runs["diff"].append(measure("crmsync", folder, contacts, "diff"))
                 runs["floor-diff"].append(measure("floor", folder, contacts, "diff"))
+                if state:
+                    _fresh(folder, state)
+                    runs["pg-full"].append(measure("crmsync", folder, contacts, "full"))
+                    runs["pg-diff"].append(measure("crmsync", folder, contacts, "diff"))
         secs = {k: [r["seconds"] for r in v] for k, v in runs.items()}
         med = {k: statistics.median(v) for k, v in secs.items() if v}
         for phase in ("full", "diff"):
@@ -314,6 +320,12 @@ def main(sizes: list[int], state: str | None = None, repeat: int = 3) -> None:
                   f"{max(r['rss_mb'] for r in runs[phase]):>6.0f} {_cell(floor):>20} "
                   f"{med[phase] / med[f'floor-{phase}']:>5.1f} {with_state} {speedup:>9}",
                   flush=True)
+        for phase in ("pg-full", "pg-diff") if state else ():
+            sqlite = phase[3:]
+            print(f"{contacts:>9,} {sqlite:>4} {int(runs[phase][0]['rows']):>9,} "
+                  f"{_cell(secs[phase]):>22} {runs[phase][0]['read'] / med[phase]:>8,.0f} "
+                  f"{max(r['rss_mb'] for r in runs[phase]):>6.0f}  state in PostgreSQL: "
+                  f"{med[phase] / med[sqlite]:.2f}x SQLite's median", flush=True)
     tool, bare = startup(repeat)
     print(f"start-up: crmsync --version {_cell(tool)} s, python -c pass {_cell(bare)} s "
           f"(medians [min-max] of {len(tool)})")

@@ -130,7 +130,7 @@ LAZY_COMMANDS = {"demo": "demo", "serve": "serve", "replay": "serve", "subscribe
                  "send": "serve", "sync": "sync", "status": "sync", "console": "console",
                  "contact": "contact", "forget": "ledger", "journal": "ledger",
                  "proof": "ledger", "worker": "serve",
-                 "schedule": "serve"}
+                 "schedule": "serve", "migrate-state": "migrate"}
 
 
 class CrmsyncGroup(click.Group):

@@ -211,6 +211,58 @@ def test_raw_rows_repeating_a_key_apply_in_order(store) -> None:
     assert hashes == {key: "f2"}
 
 
+def test_raw_rows_keep_any_text_as_given(store) -> None:
+    """The batch path's rows reach the store as they were, whatever their text: quotes,
+    backslashes, braces, commas, NULL as a word, empty, newlines, non-ASCII (PostgreSQL
+    receives them as array literals the store writes itself)."""
+    awkward = ['say "hi"', "back\\slash \\\"", "{a,b}", "NULL", "", "line\nbreak\ttab",
+               "Zoë 東京 ✓", " padded ", "null"]
+    at = store.db_time(datetime(2026, 3, 4, tzinfo=UTC))
+    with store.begin() as conn:
+        [(key, _, _)] = store.resolve(conn, [("sf", "003A", "ann@example.com")])
+        store.put_snapshot_rows(conn, [
+            (key, str(n), "subscribed", json.dumps(sorted({text})), None, "h", at, text)
+            for n, text in enumerate(awkward)])
+        store.append_journal_rows(conn, [
+            (at, "run", key, "ann@example.com", str(n), None, "subscribed", "esp", "crm:x",
+             text, text or None) for n, text in enumerate(awkward)])
+        store.set_fields_rows(conn, [("f1", json.dumps({"name": awkward}), key)])
+        snaps = store.snapshots(conn, [key])
+        views = store.fields_views(conn, [key])
+    assert [snaps[(key, str(n))].source for n in range(len(awkward))] == awkward
+    assert [snaps[(key, str(n))].groups for n in range(len(awkward))] == [
+        frozenset({text}) for text in awkward]
+    entries = store.journal(email="ann@example.com")
+    assert [e["reason"] for e in entries] == awkward
+    assert [e["event_id"] for e in entries] == [text or None for text in awkward]
+    assert views == {key: {"name": awkward}}
+
+
+def test_a_page_of_contacts_resolves_and_commits(store) -> None:
+    """A page as a batch run has it (hundreds of contacts: on PostgreSQL, the lookups
+    planned by index and the rows sent as arrays): created once, then known by id, by
+    email for another system, their snapshots and fields read back."""
+    items = [("sf", f"003{n:04d}", f"p{n}@example.com") for n in range(300)]
+    at = store.db_time(datetime(2026, 3, 4, tzinfo=UTC))
+    with store.begin() as conn:
+        first = store.resolve(conn, items)
+        keys = [key for key, _, _ in first]
+        store.put_snapshot_rows(conn, [(k, "1", "subscribed", "[]", None, "h", at, "crm:sf")
+                                       for k in keys])
+        store.set_fields_rows(conn, [(f"f{n}", None, k) for n, k in enumerate(keys)])
+    with store.begin() as conn:
+        hashes: dict = {}
+        again = store.resolve(conn, items, hashes=hashes)
+        by_email = store.resolve(conn, [("esp", f"E{n}", email)
+                                        for n, (_, _, email) in enumerate(items)])
+        snaps = store.snapshots(conn, keys)
+    assert all(created for _, created, _ in first) and len(set(keys)) == 300
+    assert [(k, c) for k, c, _ in again] == [(k, False) for k in keys]
+    assert [k for k, _, _ in by_email] == keys
+    assert hashes == {k: f"f{n}" for n, k in enumerate(keys)}
+    assert sorted(k for k, _ in snaps) == sorted(keys)
+
+
 def test_sqlite_time_text_is_sqlalchemys() -> None:
     from datetime import timezone
 

@@ -16,7 +16,7 @@ from sqlalchemy import (
 
 from . import schema as t
 from .base import StoreBase
-from .rows import _chunks, _now, new_contact_key
+from .rows import _now, new_contact_key
 
 
 class Identities(StoreBase):
@@ -44,33 +44,35 @@ class Identities(StoreBase):
         current: dict[str, str | None] = {}
         found_hashes: dict[str, str | None] = {} if hashes is None else hashes
         pairs = [(s, r) for s, r, _ in items if r]
-        for chunk in _chunks(pairs):
-            systems = {s for s, _ in chunk}
-            ids = {r for _, r in chunk}
-            query = (select(t.id_map.c.system, t.id_map.c.record_id, t.id_map.c.contact_key,
-                            t.contacts.c.email, t.contacts.c.fields_hash, t.contacts.c.deleted)
-                     .select_from(t.id_map.outerjoin(
-                         t.contacts, t.contacts.c.key == t.id_map.c.contact_key))
-                     .where(and_(t.id_map.c.system.in_(systems),
-                                 t.id_map.c.record_id.in_(ids))))
-            for system, record_id, key, email, fields_hash, gone in conn.execute(query):
-                by_id[(system, record_id)] = key
-                current[key] = email
-                found_hashes[key] = fields_hash
-                if gone and deleted is not None:
-                    deleted.add(key)
-        # Only records not known by id are looked up by email.
-        emails = {e for s, r, e in items if not r or (s, r) not in by_id}
-        by_email: dict[str, str] = {}
-        for chunk in _chunks(sorted(emails)):
-            for key, email, fields_hash, gone in conn.execute(
-                    select(t.contacts.c.key, t.contacts.c.email, t.contacts.c.fields_hash,
-                           t.contacts.c.deleted)
-                    .where(t.contacts.c.email.in_(chunk)).order_by(t.contacts.c.updated_at)):
-                by_email[email] = key
-                found_hashes[key] = fields_hash
-                if gone and deleted is not None:
-                    deleted.add(key)
+        with self._by_index(conn, len(items)):  # the page's rows, not whole tables
+            for chunk in self._batches(pairs):
+                systems = sorted({s for s, _ in chunk})
+                ids = sorted({r for _, r in chunk})
+                query = (select(t.id_map.c.system, t.id_map.c.record_id, t.id_map.c.contact_key,
+                                t.contacts.c.email, t.contacts.c.fields_hash, t.contacts.c.deleted)
+                         .select_from(t.id_map.outerjoin(
+                             t.contacts, t.contacts.c.key == t.id_map.c.contact_key))
+                         .where(and_(self._among(t.id_map.c.system, systems),
+                                     self._among(t.id_map.c.record_id, ids))))
+                for system, record_id, key, email, fields_hash, gone in conn.execute(query):
+                    by_id[(system, record_id)] = key
+                    current[key] = email
+                    found_hashes[key] = fields_hash
+                    if gone and deleted is not None:
+                        deleted.add(key)
+            # Only records not known by id are looked up by email.
+            emails = {e for s, r, e in items if not r or (s, r) not in by_id}
+            by_email: dict[str, str] = {}
+            for chunk in self._batches(sorted(emails)):
+                for key, email, fields_hash, gone in conn.execute(
+                        select(t.contacts.c.key, t.contacts.c.email, t.contacts.c.fields_hash,
+                               t.contacts.c.deleted)
+                        .where(self._among(t.contacts.c.email, chunk))
+                        .order_by(t.contacts.c.updated_at)):
+                    by_email[email] = key
+                    found_hashes[key] = fields_hash
+                    if gone and deleted is not None:
+                        deleted.add(key)
         out: list[tuple[str, bool, str | None]] = []
         new_contacts: dict[str, str] = {}
         new_ids: dict[tuple[str, str], str] = {}
@@ -153,18 +155,18 @@ class Identities(StoreBase):
 
     def emails(self, conn: Connection, keys: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        for chunk in _chunks(list(keys)):
+        for chunk in self._batches(list(keys)):
             for row in conn.execute(select(t.contacts.c.key, t.contacts.c.email)
-                                    .where(t.contacts.c.key.in_(chunk))):
+                                    .where(self._among(t.contacts.c.key, chunk))):
                 found[row.key] = row.email
         return found
 
     def record_ids(self, conn: Connection, system: str, keys: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        for chunk in _chunks(list(keys)):
+        for chunk in self._batches(list(keys)):
             for row in conn.execute(select(t.id_map.c.contact_key, t.id_map.c.record_id)
                                     .where(and_(t.id_map.c.system == system,
-                                                t.id_map.c.contact_key.in_(chunk)))):
+                                                self._among(t.id_map.c.contact_key, chunk)))):
                 found[row.contact_key] = row.record_id
         return found
 
@@ -181,22 +183,23 @@ class Identities(StoreBase):
         (a contact whose fields were sent is not deleted at the ESP)."""
         if rows:
             now = self.db_time(_now())
-            self._sql.many(conn, "fields", [(h, v, now, False, k) for h, v, k in rows])
+            with self._by_index(conn, len(rows)):
+                self._sql.many(conn, "fields", [(h, v, now, False, k) for h, v, k in rows])
 
     def mark_deleted(self, conn: Connection, keys: Sequence[str]) -> None:
         """Record that these contacts' deletion reached the ESP (``deletes = "delete"``):
         a later full read of the deleted CRM record does not delete and journal again."""
-        for chunk in _chunks(list(keys)):
-            conn.execute(update(t.contacts).where(t.contacts.c.key.in_(chunk))
+        for chunk in self._batches(list(keys)):
+            conn.execute(update(t.contacts).where(self._among(t.contacts.c.key, chunk))
                          .values(deleted=True, updated_at=_now()))
 
     def fields_views(self, conn: Connection, keys: Sequence[str]
                      ) -> dict[str, dict[str, str | None]]:
         """The mapped fields last sent per contact (only where they were recorded)."""
         found: dict[str, dict[str, str | None]] = {}
-        for chunk in _chunks(list(keys)):
+        for chunk in self._batches(list(keys)):
             for row in conn.execute(select(t.contacts.c.key, t.contacts.c.fields_json)
-                                    .where(t.contacts.c.key.in_(chunk))):
+                                    .where(self._among(t.contacts.c.key, chunk))):
                 if row.fields_json is not None:
                     found[row.key] = dict(row.fields_json)
         return found

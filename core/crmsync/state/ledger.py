@@ -212,7 +212,6 @@ def _seal(store: StateStore, key: bytes) -> int:
                             .limit(1)).first()
         after, prev = (int(head[0]), str(head[1])) if head else (-1, GENESIS)
         now = store.db_time(datetime.now(UTC))
-        sql = _insert_seals_sql(conn)
         for rows in _pages(conn, select(*_SEALED_COLUMNS).where(j.c.id > after), j.c.id):
             seals = []
             for row in rows:
@@ -220,20 +219,11 @@ def _seal(store: StateStore, key: bytes) -> int:
                 link = _link(key, prev, row[0], digest)
                 seals.append((row[0], digest, prev, link, now))
                 prev = link
-            conn.exec_driver_sql(sql, seals)  # one executemany of plain tuples
+            store._sql.many(conn, "seals", seals)  # plain tuples, one statement per page
             sealed += len(seals)
     if sealed:
         log.info("sealed %d journal entr%s", sealed, "y" if sealed == 1 else "ies")
     return sealed
-
-
-def _insert_seals_sql(conn: Connection) -> str:
-    dialect = conn.dialect
-    quote = dialect.identifier_preparer.quote
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
-    columns = ("journal_id", "digest", "prev_hash", "hash", "sealed_at")
-    return (f"INSERT INTO {quote(t.journal_seals.name)} "
-            f"({', '.join(quote(c) for c in columns)}) VALUES ({', '.join([mark] * 5)})")
 
 
 @dataclass

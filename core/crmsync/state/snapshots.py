@@ -18,7 +18,7 @@ from ..model import Status
 from . import schema as t
 from .base import StoreBase
 from .records import JournalEntry, Snapshot
-from .rows import _chunks, groups_of, journal_row, snapshot_of, snapshot_row
+from .rows import groups_of, journal_row, snapshot_of, snapshot_row
 
 
 class SnapshotsAndJournal(StoreBase):
@@ -27,10 +27,11 @@ class SnapshotsAndJournal(StoreBase):
     # -- snapshots ------------------------------------------------------------------------
     def snapshots(self, conn: Connection, keys: Sequence[str]) -> dict[tuple[str, str], Snapshot]:
         found: dict[tuple[str, str], Snapshot] = {}
-        for chunk in _chunks(list(keys)):
-            for row in conn.execute(select(t.snapshots).where(
-                    t.snapshots.c.contact_key.in_(chunk))):
-                found[(row.contact_key, row.list_id)] = snapshot_of(row)
+        with self._by_index(conn, len(keys)):
+            for chunk in self._batches(list(keys)):
+                for row in conn.execute(select(t.snapshots).where(
+                        self._among(t.snapshots.c.contact_key, chunk))):
+                    found[(row.contact_key, row.list_id)] = snapshot_of(row)
         return found
 
     def put_snapshots(self, conn: Connection, items: Iterable[Snapshot]) -> None:
@@ -38,7 +39,7 @@ class SnapshotsAndJournal(StoreBase):
 
     def put_snapshot_rows(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         """Upsert snapshots given as :func:`snapshot_row` tuples (the batch hot path:
-        one ``executemany`` of plain tuples, no per-row statement processing)."""
+        plain tuples, no per-row statement processing; see :class:`BulkSql`)."""
         self._sql.many(conn, "snapshots", rows)
 
 
@@ -73,10 +74,10 @@ class SnapshotsAndJournal(StoreBase):
         with self.begin() as conn:
             rows = [(snapshot_of(row), row.email) for row in conn.execute(query)]
             ids: dict[str, set[str]] = {}
-            for chunk in _chunks([snap.contact_key for snap, _ in rows]):
+            for chunk in self._batches([snap.contact_key for snap, _ in rows]):
                 for key, record_id in conn.execute(
                         select(m.c.contact_key, m.c.record_id)
-                        .where(and_(m.c.system == system, m.c.contact_key.in_(chunk)))):
+                        .where(and_(m.c.system == system, self._among(m.c.contact_key, chunk)))):
                     ids.setdefault(key, set()).add(record_id)
         return [(snap, email, frozenset(ids.get(snap.contact_key, ())))
                 for snap, email in rows]

@@ -70,7 +70,8 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                     url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
-                self.engine = create_engine(url, echo=echo, pool_pre_ping=True)
+                self.engine = create_engine(url, echo=echo, pool_pre_ping=True,
+                                            connect_args=_server_connect_args(url))
             self.version = migrate(self.engine)
         except StateError:
             raise
@@ -249,6 +250,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _server_connect_args(url: str) -> dict[str, Any]:
+    """psycopg: no server-side prepared statements. psycopg prepares a statement on its
+    fifth execution, and PostgreSQL may then keep a generic plan made when the tables
+    were small: during a first full export the identity lookup's plan stayed a scan of
+    a table growing to every contact, and took half the run. Each statement of a page
+    now carries thousands of rows, so planning it every time costs nothing measurable
+    (and PgBouncer in transaction mode needs no prepared statements either)."""
+    return {"prepare_threshold": None} if url.startswith("postgresql+psycopg") else {}
 
 
 def _safe_url(url: str) -> str:
