@@ -209,9 +209,10 @@ def applying(deployment: Deployment, status: str = "doing") -> int:
 
 def test_a_worker_killed_mid_apply_loses_nothing_and_applies_nothing_twice(
         deployment: Deployment) -> None:
-    # each application takes 150 ms at the CRM: the kill lands inside one
+    # each application takes 400 ms at the CRM, so the kill lands inside one (at 150 ms
+    # a loaded CI machine once let the job finish between seeing it and the kill)
     deployment.path.write_text(deployment.path.read_text().replace(
-        "latency_ms = 40", "latency_ms = 150"))
+        "latency_ms = 40", "latency_ms = 400"))
     wanted = post_bursts(deployment)
     victim = deployment.start_worker("--stalled-after", "2")
     assert eventually(lambda: deployment.state.inbox_counts().get("done", 0) >= 5, timeout=30)
