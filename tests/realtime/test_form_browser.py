@@ -46,13 +46,24 @@ def _esp_status(rt, email: str, list_id: str) -> str | None:
 
 def _submit(browser, wait_for: str) -> str:
     """Submit the form and wait for the next page's ``wait_for`` elements; their text."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(old))
+
+    def left(_: object) -> bool:
+        # the old page is gone: Chromium says so as a stale element, or, caught in the
+        # middle of the navigation, as "Node ... does not belong to the document"
+        try:
+            old.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    WebDriverWait(browser, 15).until(left)
     found = WebDriverWait(browser, 15).until(
         expected_conditions.presence_of_all_elements_located((By.CSS_SELECTOR, wait_for)))
     return "\n".join(element.text for element in found)
