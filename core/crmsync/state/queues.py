@@ -155,13 +155,24 @@ class Queues(StoreBase):
         with self.begin() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
-    def replay_dead_letters(self) -> int:
-        """Put every dead event back in the inbox for another round of attempts."""
+    def replay_dead_letters(self, ids: Sequence[int] | None = None) -> int:
+        """Put dead letters back for another round of attempts: every one not replayed
+        yet, or those of ``ids`` (already replayed or unknown ones are left alone)."""
+        return sum(self.replay_dead_letters_by_origin(ids).values())
+
+    def replay_dead_letters_by_origin(self, ids: Sequence[int] | None = None
+                                      ) -> dict[str, int]:
+        """:meth:`replay_dead_letters`, counted per origin (``inbox``, ``outbox``)."""
         now = _now()
+        counts = {"inbox": 0, "outbox": 0}
+        d = t.dead_letters
+        query = select(d).where(d.c.replayed.is_(False))
+        if ids is not None:
+            if not ids:
+                return counts
+            query = query.where(d.c.id.in_(list(ids)))
         with self.begin() as conn:
-            rows = conn.execute(select(t.dead_letters).where(
-                t.dead_letters.c.replayed.is_(False))).all()
-            for row in rows:
+            for row in conn.execute(query).all():
                 if row.origin == "inbox":
                     conn.execute(update(t.inbox).where(t.inbox.c.id == row.origin_id).values(
                         status=QueueStatus.PENDING, attempts=0, next_attempt_at=now,
@@ -169,9 +180,9 @@ class Queues(StoreBase):
                 else:
                     conn.execute(update(t.outbox).where(t.outbox.c.id == row.origin_id)
                                  .values(status=QueueStatus.PENDING, attempts=0))
-                conn.execute(update(t.dead_letters).where(t.dead_letters.c.id == row.id)
-                             .values(replayed=True))
-        return len(rows)
+                conn.execute(update(d).where(d.c.id == row.id).values(replayed=True))
+                counts["inbox" if row.origin == "inbox" else "outbox"] += 1
+        return counts
 
     def outbox_dead(self, conn: Connection, row: dict[str, Any], error: str) -> None:
         conn.execute(update(t.outbox).where(t.outbox.c.id == row["id"]).values(
