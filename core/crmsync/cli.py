@@ -49,10 +49,21 @@ class Context:
     console: Console
     log_format: str | None = None  # --log-format, else [logging] format
     mask_emails: bool | None = None  # --mask-emails / --no-mask-emails
+    pairs_dir: Path | None = None  # --pairs: a many-pairs deployment's folder
+    pair: str | None = None  # --pair: the one pair of it this command is about
 
     def config(self, *, required: bool = True) -> Config:
-        from .config import Config, load_config
+        from .config import Config, load_config, load_pairs
 
+        if self.pair is None and self.pairs_dir is not None:
+            names = ", ".join(load_pairs(self.pairs_dir)) if required else ""
+            raise ConfigError(f"this command is about one pair: pass --pair NAME "
+                              f"(pairs in {self.pairs_dir}: {names})")
+        if self.pair is not None:
+            config = load_pairs(self.pairs_dir or Path("pairs"), only=self.pair)[self.pair]
+            if self.log_format is None or self.mask_emails is None:
+                self.configure_logging(config)
+            return config
         if not self.config_path.exists() and not required:
             return Config()
         config = load_config(self.config_path)
@@ -66,6 +77,19 @@ class Context:
                 f"crm.connector = {config.crm.connector!r}: pass the matching name or fix the file"
             )
         return config
+
+    def pairs(self) -> dict[str, Config] | None:
+        """The pairs a deployment-wide command (serve, worker, status, schedule) serves:
+        every pair of ``--pairs``, or the one of ``--pair``; None without either (one
+        crmsync.toml, the pair ``default``)."""
+        from .config import load_pairs
+
+        if self.pair is None and self.pairs_dir is None:
+            return None
+        pairs = load_pairs(self.pairs_dir or Path("pairs"), only=self.pair)
+        if self.log_format is None or self.mask_emails is None:
+            self.configure_logging(next(iter(pairs.values())))
+        return pairs
 
     @property
     def json_logs(self) -> bool:
@@ -123,7 +147,7 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 _ANYWHERE = frozenset({"--json", "-v", "-vv", "-vvv", "--verbose", "--mask-emails",
                        "--no-mask-emails"})
-_ANYWHERE_VALUED = frozenset({"--log-format"})
+_ANYWHERE_VALUED = frozenset({"--log-format", "--pair", "--pairs"})
 
 # The commands defined in crmsync/commands/<module>.py, imported when one is invoked.
 LAZY_COMMANDS = {"demo": "demo", "serve": "serve", "replay": "serve", "subscribe": "serve",
@@ -197,18 +221,31 @@ class CrmsyncGroup(click.Group):
 @click.option("--mask-emails/--no-mask-emails", default=None,
               help="Mask addresses in log lines (a***@example.com); default: on with "
                    "--log-format json, off in text.")
+@click.option("--pairs", "pairs_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, envvar="CRMSYNC_PAIRS",
+              help="A many-pairs deployment: DIR/<pair>/crmsync.toml for each CRM-ESP "
+                   "pair. serve, worker, status and schedule then serve every pair.")
+@click.option("--pair", metavar="NAME", default=None, envvar="CRMSYNC_PAIR",
+              help="The one pair of --pairs (default folder: pairs) a command is about: "
+                   "its crmsync.toml, secrets prefix and state.")
 @click.version_option(__version__, prog_name="crmsync")
 @click.pass_context
 def cli(ctx: click.Context, connector: str | None, config_path: Path, as_json: bool,
-        verbose: int, log_format: str | None, mask_emails: bool | None) -> None:
+        verbose: int, log_format: str | None, mask_emails: bool | None,
+        pairs_dir: Path | None, pair: str | None) -> None:
     """Keep a CRM and an email-marketing platform in sync, both ways.
 
     `crmsync --connector NAME` alone runs `sync`. Start with `crmsync demo`.
     """
     from rich.console import Console
 
+    if pair is not None:
+        from .config import PAIR_FILE, pair_name
+
+        config_path = (pairs_dir or Path("pairs")) / pair_name(pair) / PAIR_FILE
     ctx.obj = Context(connector, config_path, as_json, verbose,
-                      Console(stderr=False, soft_wrap=True), log_format, mask_emails)
+                      Console(stderr=False, soft_wrap=True), log_format, mask_emails,
+                      pairs_dir, pair)
     ctx.obj.configure_logging()
     if ctx.invoked_subcommand is None:
         if connector is None:

@@ -33,6 +33,7 @@ from .model import Status
 from .secrets import Secrets, read_secrets_file
 
 __all__ = [
+    "PAIR_FILE",
     "Config",
     "ConsentConfig",
     "ConsoleConfig",
@@ -42,6 +43,7 @@ __all__ = [
     "ListMapping",
     "LoggingConfig",
     "MetricsConfig",
+    "PairConfig",
     "PostOperation",
     "Secrets",
     "ServerConfig",
@@ -49,8 +51,16 @@ __all__ = [
     "StateConfig",
     "SyncConfig",
     "load_config",
+    "load_pairs",
+    "pair_name",
     "read_secrets_file",
 ]
+
+#: The pair of a deployment with one ``crmsync.toml`` (and of everything before pairs).
+DEFAULT_PAIR = "default"
+#: A many-pairs deployment: one folder per pair, each with this file (``pairs/acme/...``).
+PAIR_FILE = "crmsync.toml"
+_PAIR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 _MEMBERS = re.compile(r"^(all|(campaign|target_list|membership):\S+|field:[^=\s]+=.*)$")
 
@@ -331,6 +341,31 @@ class ScheduleConfig(_Strict):
     poll: bool = True
 
 
+class PairConfig(_Strict):
+    """This file as one pair of a many-pairs deployment (``crmsync --pairs DIR``): the
+    pair's name is its folder's. Its secrets are read from the environment under
+    ``secrets_prefix`` (default ``CRMSYNC_<NAME>_``: ``CRMSYNC_ACME_MAILUP_PASSWORD``),
+    or from its own ``secrets_file`` under their plain names."""
+
+    secrets_prefix: str | None = None
+
+    @field_validator("secrets_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Z][A-Z0-9_]*_$", value):
+            raise ValueError("expected capitals, digits and underscores ending in _, "
+                             f"e.g. CRMSYNC_ACME_, got {value!r}")
+        return value
+
+
+def pair_name(value: str) -> str:
+    """A pair's name as given (a folder of ``pairs/``, ``--pair``), checked."""
+    if not _PAIR_NAME.match(value):
+        raise ConfigError(f"pair name {value!r}: use lower-case letters, digits, - and _ "
+                          "(at most 40, starting with a letter or digit)")
+    return value
+
+
 class Config(_Strict):
     """The whole of ``crmsync.toml``."""
 
@@ -349,14 +384,39 @@ class Config(_Strict):
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     ledger: LedgerConfig = LedgerConfig()
+    pair: PairConfig = PairConfig()
     secrets_file: str | None = None
     base_dir: str = "."  # the folder of the config file; relative paths are from there
     _secrets: Secrets | None = PrivateAttr(default=None)
+    _pair: str = PrivateAttr(default=DEFAULT_PAIR)
 
     def secrets(self) -> Secrets:
         """Every secret by name: the environment first, then the secrets file (as read
-        by :func:`load_config`)."""
-        return self._secrets if self._secrets is not None else Secrets()
+        by :func:`load_config`); a named pair's environment under its prefix."""
+        if self._secrets is not None:
+            return self._secrets
+        return Secrets(env_prefix=self.secrets_prefix())
+
+    @property
+    def pair_name(self) -> str:
+        """The pair this configuration is: its folder's name under ``--pairs``, else
+        ``default``."""
+        return self._pair
+
+    def secrets_prefix(self) -> str:
+        """Where this pair's secrets are in the environment (``CRMSYNC_`` alone for the
+        default pair)."""
+        if self._pair == DEFAULT_PAIR:
+            return "CRMSYNC_"
+        return self.pair.secrets_prefix or f"CRMSYNC_{self._pair.upper().replace('-', '_')}_"
+
+    def state_schema(self, url: str | None = None) -> str | None:
+        """The PostgreSQL schema of this pair's state at ``url`` (default: [state] url;
+        None: the database's default, as before pairs). Pairs may share one database:
+        each has its own schema."""
+        if self._pair == DEFAULT_PAIR or not (url or self.state_url()).startswith("postgresql"):
+            return None
+        return "crmsync_" + self._pair.replace("-", "_")
 
     @model_validator(mode="after")
     def _unique_lists(self) -> Config:
@@ -382,11 +442,13 @@ class Config(_Strict):
         return tuple(item.esp_list for item in self.lists)
 
 
-def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None,
+                pair: str | None = None) -> Config:
     """Read and validate ``crmsync.toml``; a missing file is a clear ``ConfigError``.
 
     The secrets file is read here, once, into :meth:`Config.secrets`, where ``environ``
-    (default: the process environment, only read) wins over it."""
+    (default: the process environment, only read) wins over it. ``pair``: the file is
+    that pair of a many-pairs deployment (its secrets prefix, its state schema)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(
@@ -408,11 +470,49 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path} is invalid:\n{format_validation_error(exc)}") from None
+    if pair is not None:
+        config._pair = pair_name(pair)
+    prefix = config.secrets_prefix()
     if config.secrets_file:
         secrets = config.path(config.secrets_file)
         if not secrets.exists():
             raise ConfigError(f"secrets_file {secrets} does not exist: create it or remove the key")
-        config._secrets = Secrets(read_secrets_file(secrets), environ)
-    elif environ is not None:
-        config._secrets = Secrets({}, environ)
+        config._secrets = Secrets(read_secrets_file(secrets), environ, env_prefix=prefix)
+    elif environ is not None or pair is not None:
+        config._secrets = Secrets({}, environ, env_prefix=prefix)
     return config
+
+
+def load_pairs(folder: str | Path, *, environ: Mapping[str, str] | None = None,
+               only: str | None = None) -> dict[str, Config]:
+    """Every pair of a many-pairs deployment: ``folder/<name>/crmsync.toml`` each, by
+    name (sorted); ``only``: just that one. Each pair's relative paths (its state file,
+    file space, reports, secrets file, ledger key) are from its own folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"--pairs {folder}: no such folder: make one with a folder per "
+                          f"pair, each holding its {PAIR_FILE} (docs/scale-out.md)")
+    if only is not None:
+        path = folder / pair_name(only) / PAIR_FILE
+        if not path.exists():
+            known = ", ".join(sorted(p.parent.name for p in folder.glob(f"*/{PAIR_FILE}")))
+            raise ConfigError(f"--pair {only}: there is no {path} (pairs in {folder}: "
+                              f"{known or 'none'})")
+        return {only: load_config(path, environ=environ, pair=only)}
+    pairs: dict[str, Config] = {}
+    seen: dict[str, str] = {}
+    for path in sorted(folder.glob(f"*/{PAIR_FILE}")):
+        name = pair_name(path.parent.name)
+        config = load_config(path, environ=environ, pair=name)
+        for key, what in ((config.secrets_prefix(), "secrets prefix"),
+                          ("schema:" + name.replace("-", "_"), "state schema")):
+            if key in seen:
+                raise ConfigError(f"pairs {seen[key]} and {name} share the {what} "
+                                  f"{key.removeprefix('schema:')}: rename one, or give it "
+                                  "its own [pair] secrets_prefix")
+            seen[key] = name
+        pairs[name] = config
+    if not pairs:
+        raise ConfigError(f"--pairs {folder}: no pair in it: make {folder}/<name>/"
+                          f"{PAIR_FILE} for each pair")
+    return pairs

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar, Literal, Self
 
@@ -134,9 +134,13 @@ class ConnectorSettings(BaseSettings):
         is read, never written.
         """
         values = dict(values or {})
+        # one pair of a many-pairs deployment reads the environment under its own
+        # prefix (CRMSYNC_ACME_MAILUP_PASSWORD): Secrets.env_name says where
+        env_name: Callable[[str], str] = getattr(secrets, "env_name", lambda key: key)
         inline = sorted(set(values) & set(cls.secret_fields()))
         if inline:
-            env = ", ".join(f"CRMSYNC_{connector.upper()}_{name.upper()}" for name in inline)
+            env = ", ".join(env_name(f"CRMSYNC_{connector.upper()}_{name.upper()}")
+                            for name in inline)
             raise ConfigError(
                 f"[{connector}] secret(s) {', '.join(inline)} written in the configuration: "
                 f"remove them and set {env} in the environment or the secrets file instead"
@@ -154,10 +158,10 @@ class ConnectorSettings(BaseSettings):
             for key in secrets:
                 name = key[len(prefix):].lower()
                 if key.startswith(prefix) and name in cls.model_fields \
-                        and key not in os.environ:
+                        and env_name(key) not in os.environ:
                     values[name] = secrets[key]
         try:
-            return cls(_env_prefix=prefix, **values)
+            return cls(_env_prefix=env_name(prefix), **values)
         except ValidationError as exc:
             raise ConfigError(
                 f"invalid settings for connector {connector!r}:\n"

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from .contract import Connector
     from .state import StateStore
 
-__all__ = ["RUN_COUNTERS", "RUN_STATUSES", "RunMetrics", "StateCollector", "run_registry",
-           "write_metrics"]
+__all__ = ["RUN_COUNTERS", "RUN_STATUSES", "RunMetrics", "StateCollector", "by_pair",
+           "run_registry", "write_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,47 @@ def _last_success(store: StateStore, stats: dict[str, Any]) -> float:
     return utc(at).timestamp() if at is not None else 0.0
 
 
+class _ByPair(Collector):
+    """Several registries' metrics as one, each sample labelled with its pair."""
+
+    def __init__(self, registries: dict[str, CollectorRegistry]) -> None:
+        self.registries = registries
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client import Metric
+
+        merged: dict[str, Metric] = {}
+        for pair, registry in self.registries.items():
+            for family in registry.collect():
+                into = merged.get(family.name)
+                if into is None:
+                    into = merged[family.name] = Metric(family.name, family.documentation,
+                                                        family.type, family.unit)
+                into.samples.extend(sample._replace(labels={**sample.labels, "pair": pair})
+                                    for sample in family.samples)
+        yield from merged.values()
+
+
+def by_pair(registries: dict[str, CollectorRegistry]) -> CollectorRegistry:
+    """One registry of every pair's metrics, each sample with a ``pair`` label (a
+    many-pairs deployment's ``/metrics``; one pair's batch run, so that its textfile or
+    push does not collide with another pair's)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ByPair(registries))
+    return registry
+
+
 def write_metrics(config: Config, registry: CollectorRegistry) -> list[str]:
-    """Write ``registry`` where ``[metrics]`` says; return where it went."""
+    """Write ``registry`` where ``[metrics]`` says; return where it went. A named pair's
+    samples carry its ``pair`` label, and its push its own grouping key."""
     from prometheus_client import push_to_gateway, write_to_textfile
 
     settings = config.metrics
+    pair = config.pair_name
+    grouping = {}
+    if pair != "default":
+        registry = by_pair({pair: registry})
+        grouping = {"pair": pair}
     done = []
     if settings.textfile:
         path = config.path(settings.textfile)
@@ -144,7 +180,7 @@ def write_metrics(config: Config, registry: CollectorRegistry) -> list[str]:
         done.append(str(path))
     if settings.pushgateway:
         push_to_gateway(settings.pushgateway, job=settings.job, registry=registry,
-                        timeout=10)
+                        grouping_key=grouping, timeout=10)
         done.append(settings.pushgateway)
     return done
 
@@ -177,7 +213,7 @@ class RunMetrics:
             if store is None:
                 from .state import StateStore
 
-                store = StateStore(self.config.state_url())
+                store = StateStore(self.config.state_url(), schema=self.config.state_schema())
             write_metrics(self.config, run_registry(stats, store, self.connectors))
         except Exception as exc:  # metrics must never turn a finished run into a failed one
             log.error("cannot write the run's metrics ([metrics]): %s", exc)

@@ -48,7 +48,7 @@ def open_side(config: Config, side: Literal["crm", "esp"]) -> Connector:
 
 def open_store(config: Config) -> StateStore:
     """The state store the configuration names."""
-    return StateStore(config.state_url())
+    return StateStore(config.state_url(), schema=config.state_schema())
 
 
 def open_files(config: Config) -> FileSpace:

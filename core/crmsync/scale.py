@@ -9,6 +9,12 @@ job, and no deferrer process to keep alive. Events that reach the inbox another 
 before the switch) get their job from the sweep each worker runs at start and every
 few seconds (:func:`sweep_orphans`).
 
+Pairs (``crmsync --pairs DIR worker``): one worker process serves every pair. Each
+pair's jobs go to the pair's own queue (``crmsync.<pair>``), and the process runs one
+procrastinate worker loop per queue: a pair whose vendor hangs or refuses holds up its
+own loop, never another pair's. Each pair's state is its own (its schema), and so are
+its connectors, secrets and schedules.
+
 Order: the job's procrastinate ``lock`` is the pair and the contact, so jobs for one
 contact run one at a time, oldest first, across every worker; a job waiting for a retry
 (a job in ``todo`` scheduled later) holds back that contact's later events and no one
@@ -26,9 +32,11 @@ the status is already there, so nothing is written, journaled or counted twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,6 +65,7 @@ __all__ = [
     "defer_events",
     "ensure_schema",
     "every",
+    "queue_of",
     "receiver_inbox",
     "require_postgresql",
     "run_worker",
@@ -66,8 +75,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The pair every job and lock is keyed by (one pair per deployment until pairs land).
+#: The pair of a deployment with one crmsync.toml (its jobs' queue is QUEUE).
 PAIR = "default"
+#: The queue of the default pair's jobs and of the tasks every worker shares (the
+#: rescue of a dead worker's jobs, the sweep); another pair's jobs go to queue_of(pair).
 QUEUE = "crmsync"
 APPLY_TASK = "crmsync.apply_event"
 RESCUE_TASK = "crmsync.rescue_stalled"
@@ -148,6 +159,18 @@ def contact_lock(contact: str, pair: str = PAIR) -> str:
     return f"crmsync:{pair}:{contact.strip().lower()}"
 
 
+def queue_of(pair: str) -> str:
+    """The procrastinate queue of a pair's jobs (each pair its own worker loop)."""
+    return QUEUE if pair == PAIR else f"{QUEUE}.{pair}"
+
+
+def _with_procrastinate(conn: Connection) -> None:
+    """Let ``conn``'s transaction reach procrastinate's tables and functions (schema
+    ``public``) from a pair's store, whose search path is the pair's schema alone."""
+    conn.execute(text("SELECT set_config('search_path', "
+                      "current_setting('search_path') || ', public', true)"))
+
+
 def conninfo(url: str) -> str:
     """A libpq connection string from the state store's SQLAlchemy URL."""
     from sqlalchemy.engine import make_url
@@ -182,7 +205,7 @@ def _retry_strategy() -> Any:
 
 
 class _Worker:
-    """What one ``crmsync worker`` process applies events with."""
+    """What one ``crmsync worker`` process applies one pair's events with."""
 
     def __init__(self, config: Config, realtime: RealtimeWorker, store: StateStore) -> None:
         self.config = config
@@ -201,30 +224,35 @@ class _Worker:
             raise _RetryLater(again)
 
 
-_CURRENT: _Worker | None = None
+_CURRENT: dict[str, _Worker] = {}
 
 
-def _worker() -> _Worker:
-    if _CURRENT is None:
+def _worker(pair: str) -> _Worker:
+    if not _CURRENT:
         raise RuntimeError("crmsync's tasks run only in `crmsync worker`")
-    return _CURRENT
+    worker = _CURRENT.get(pair)
+    if worker is None:
+        # a job of a pair this worker does not serve (its folder was removed, or this
+        # worker runs --pair another one): back to the queue for a worker that does
+        raise _RetryLater(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30))
+    return worker
 
 
-def _apply_event(event_id: int) -> None:
-    _worker().apply(event_id)
+def _apply_event(event_id: int, pair: str = PAIR) -> None:
+    _worker(pair).apply(event_id)
 
 
-def _poll(timestamp: int) -> None:
-    worker = _worker()
+def _poll(timestamp: int, pair: str = PAIR) -> None:
+    worker = _worker(pair)
     with worker.lock:  # the connectors are the worker's: one user at a time
         count = worker.realtime.poll_once()  # a batch run reading the CRM: skipped
     log.info("scheduled poll: %d record(s) from the CRM", count)
 
 
-def _batch(timestamp: int) -> None:
+def _batch(timestamp: int, pair: str = PAIR) -> None:
     from .runtime import build_batch, open_side
 
-    worker = _worker()
+    worker = _worker(pair)
     config = worker.config
     with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
         stats = build_batch(config, crm, esp, worker.store).run(
@@ -237,21 +265,31 @@ _PERIODIC = {POLL_TASK: _poll, BATCH_TASK: _batch}
 
 
 def build_app(url: str, *, stalled_after_s: float = 30.0,
-              scheduled: list[Scheduled] | None = None) -> procrastinate.App:
+              scheduled: dict[str, list[Scheduled]] | list[Scheduled] | None = None
+              ) -> procrastinate.App:
     """The procrastinate app over the state store's database, with crmsync's tasks and
-    the ``scheduled`` periodic ones."""
+    the ``scheduled`` periodic ones (by pair; a list: the default pair's)."""
     import procrastinate
 
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(url)))
     app.task(name=APPLY_TASK, queue=QUEUE, retry=_retry_strategy())(_apply_event)
-    for item in scheduled or []:
-        # procrastinate defers one job per tick whatever the number of workers; the
-        # queueing lock keeps a second one from queueing while one waits, the lock from
-        # running while one runs (a slow poll or batch run)
-        key = f"crmsync:{PAIR}:{item.task}"
-        task = app.task(name=item.task, queue=QUEUE, queueing_lock=key, lock=key,
-                        pass_context=False)(_PERIODIC[item.task])
-        app.periodic(cron=item.cron, periodic_id=item.task)(task)
+    by_pair = {PAIR: scheduled} if isinstance(scheduled, list) else scheduled or {}
+    tasks: dict[str, Any] = {}
+    for pair, items in by_pair.items():
+        for item in items:
+            if item.task not in tasks:
+                tasks[item.task] = app.task(name=item.task, queue=QUEUE,
+                                            pass_context=False)(_PERIODIC[item.task])
+            # procrastinate defers one job per tick whatever the number of workers; the
+            # queueing lock keeps a second one from queueing while one waits, the lock
+            # from running while one runs (a slow poll or batch run); in the pair's own
+            # queue, so a pair's long batch run holds up only that pair's loop
+            key = f"crmsync:{pair}:{item.task}"
+            app.periodic(cron=item.cron,
+                         periodic_id=item.task if pair == PAIR else f"{pair}:{item.task}",
+                         queue=queue_of(pair), lock=key, queueing_lock=key,
+                         task_kwargs={} if pair == PAIR else {"pair": pair}
+                         )(tasks[item.task])
 
     @app.periodic(cron="* * * * * */2", periodic_id="rescue")
     @app.task(name=RESCUE_TASK, queue=QUEUE, queueing_lock=RESCUE_TASK, pass_context=True)
@@ -267,8 +305,8 @@ def build_app(url: str, *, stalled_after_s: float = 30.0,
     @app.periodic(cron="* * * * * */5", periodic_id="sweep")
     @app.task(name=SWEEP_TASK, queue=QUEUE, queueing_lock=SWEEP_TASK, pass_context=True)
     def sweep(context: Any, timestamp: int) -> None:
-        if _CURRENT is not None:
-            sweep_orphans(_CURRENT.store, app)
+        for pair, worker in list(_CURRENT.items()):
+            sweep_orphans(worker.store, app, pair=pair)
 
     return app
 
@@ -276,26 +314,34 @@ def build_app(url: str, *, stalled_after_s: float = 30.0,
 def ensure_schema(store: StateStore, app: procrastinate.App) -> None:
     """Create procrastinate's tables in the state database once (first worker wins)."""
     with store.exclusive("procrastinate-schema", wait_s=60), store.engine.begin() as conn:
-        if conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar() is None:
+        # procrastinate's tables live in schema public, whatever pair's store this is
+        conn.execute(text("SET LOCAL search_path TO public"))
+        if conn.execute(text("SELECT to_regclass('public.procrastinate_jobs')")
+                        ).scalar() is None:
             # the driver's own execute: no parameters, so its '%' signs are left alone
             raw: Any = conn.connection.driver_connection
             raw.execute(app.schema_manager.get_schema())
 
 
-def defer_events(app: procrastinate.App, conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Queue one job per stored inbox row in ``conn``'s transaction (the storing one)."""
+def defer_events(app: procrastinate.App, conn: Connection, rows: list[dict[str, Any]], *,
+                 pair: str = PAIR) -> None:
+    """Queue one job per stored inbox row of ``pair`` in ``conn``'s transaction (the
+    storing one), in the pair's queue."""
     from procrastinate.jobs import Job
 
-    jobs = [Job(queue=QUEUE, lock=contact_lock(row["contact"]), queueing_lock=None,
-                task_name=APPLY_TASK, task_kwargs={"event_id": int(row["id"])})
+    extra = {} if pair == PAIR else {"pair": pair}
+    jobs = [Job(queue=queue_of(pair), lock=contact_lock(row["contact"], pair),
+                queueing_lock=None, task_name=APPLY_TASK,
+                task_kwargs={"event_id": int(row["id"]), **extra})
             for row in rows]
+    _with_procrastinate(conn)
     raw = conn.connection.driver_connection
     app.job_manager.batch_defer_jobs(jobs, connection=raw)
 
 
-def sweep_orphans(store: StateStore, app: procrastinate.App) -> int:
-    """Queue a job for each pending inbox event that has none (put back by ``replay``,
-    stored by a plain ``crmsync serve``), oldest first; return how many."""
+def sweep_orphans(store: StateStore, app: procrastinate.App, *, pair: str = PAIR) -> int:
+    """Queue a job for each pending inbox event of ``pair`` that has none (put back by
+    ``replay``, stored by a plain ``crmsync serve``), oldest first; return how many."""
     from .state.schema import inbox
 
     found = 0
@@ -304,66 +350,115 @@ def sweep_orphans(store: StateStore, app: procrastinate.App) -> int:
             rows = conn.execute(text(
                 f"SELECT i.id, i.contact FROM {inbox.name} i WHERE i.status = 'pending' "
                 "AND NOT EXISTS "
-                "(SELECT 1 FROM procrastinate_jobs j WHERE j.task_name = :task "
-                "AND j.status IN ('todo', 'doing') "
+                "(SELECT 1 FROM public.procrastinate_jobs j WHERE j.task_name = :task "
+                "AND j.queue_name = :queue AND j.status IN ('todo', 'doing') "
                 "AND (j.args->>'event_id')::bigint = i.id) ORDER BY i.id LIMIT 10000"),
-                {"task": APPLY_TASK}).all()
+                {"task": APPLY_TASK, "queue": queue_of(pair)}).all()
             if rows:
-                defer_events(app, conn, [{"id": r.id, "contact": r.contact} for r in rows])
+                defer_events(app, conn, [{"id": r.id, "contact": r.contact} for r in rows],
+                             pair=pair)
                 found = len(rows)
     except StateBusy:
         return 0  # another worker sweeps now
     if found:
-        log.info("queued %d inbox event(s) that had no job", found)
+        log.info("queued %d inbox event(s) of pair %s that had no job", found, pair)
     return found
 
 
 @contextlib.contextmanager
-def _current(worker: _Worker) -> Iterator[None]:
-    global _CURRENT
-    _CURRENT = worker
+def _current(workers: dict[str, _Worker]) -> Iterator[None]:
+    _CURRENT.update(workers)
     try:
         yield
     finally:
-        _CURRENT = None
+        _CURRENT.clear()
 
 
-def run_worker(config: Config, *, stalled_after_s: float = 30.0,
+def run_worker(configs: Config | dict[str, Config], *, stalled_after_s: float = 30.0,
                name: str | None = None) -> dict[str, int]:
-    """Run one ``crmsync worker`` until SIGTERM / SIGINT; return its counts."""
+    """Run one ``crmsync worker`` until SIGTERM / SIGINT, for one pair or several (by
+    name); return its counts (summed over the pairs)."""
     from .engine.realtime import RealtimeWorker, should_poll
     from .runtime import build_hooks, open_side, open_store
 
-    require_postgresql(config, "crmsync worker")
-    store = open_store(config)
-    try:
-        with open_side(config, "crm") as crm, open_side(config, "esp") as esp:
-            app = build_app(config.state_url(), stalled_after_s=stalled_after_s,
-                            scheduled=schedule(config, crm_polls=should_poll(config, crm)))
-            ensure_schema(store, app)
+    pairs = configs if isinstance(configs, dict) else {configs.pair_name: configs}
+    urls = set()
+    for pair, config in pairs.items():
+        require_postgresql(config, f"crmsync worker (pair {pair})" if pair != PAIR
+                           else "crmsync worker")
+        urls.add(config.state_url())
+    if len(urls) > 1:
+        raise ConfigError(
+            "the pairs' [state] url name different databases: one `crmsync worker` serves "
+            "the pairs of one PostgreSQL database (each pair has its own schema there); "
+            "run a worker per database with --pair, or point the pairs at one database")
+    workers: dict[str, _Worker] = {}
+    with contextlib.ExitStack() as stack:
+        scheduled: dict[str, list[Scheduled]] = {}
+        for pair, config in pairs.items():
+            store = open_store(config)
+            stack.callback(store.close)
+            crm = stack.enter_context(open_side(config, "crm"))
+            esp = stack.enter_context(open_side(config, "esp"))
+            scheduled[pair] = schedule(config, crm_polls=should_poll(config, crm))
             hooks = build_hooks(config)
             realtime = RealtimeWorker(config, crm, esp, store, hooks=hooks)
             realtime.lock_contacts = True
-            realtime.run_id = store.start_run("realtime", full=False, dry_run=False)
-            hooks.run_started(realtime.run_id, "realtime", False)
-            status = "stopped"
-            with app.open(), _current(_Worker(config, realtime, store)):
-                sweep_orphans(store, app)
-                try:
-                    app.run_worker(queues=[QUEUE], name=name, wait=True,
-                                   update_heartbeat_interval=max(0.5, stalled_after_s / 4),
-                                   stalled_worker_timeout=stalled_after_s,
-                                   delete_jobs="successful", install_signal_handlers=True)
-                except BaseException:
-                    status = "failed"
-                    raise
-                finally:
-                    counts = dict(realtime.counts)
-                    store.finish_run(realtime.run_id, status, counts)
-                    hooks.run_finished(realtime.run_id, counts)
-        return counts
-    finally:
-        store.close()
+            workers[pair] = _Worker(config, realtime, store)
+        app = build_app(urls.pop(), stalled_after_s=stalled_after_s, scheduled=scheduled)
+        ensure_schema(next(iter(workers.values())).store, app)
+        for worker in workers.values():
+            worker.realtime.run_id = worker.store.start_run("realtime", full=False,
+                                                            dry_run=False)
+            worker.realtime.hooks.run_started(worker.realtime.run_id, "realtime", False)
+        status = "stopped"
+        try:
+            with app.open(), _current(workers):
+                for pair, worker in workers.items():
+                    sweep_orphans(worker.store, app, pair=pair)
+                queues = list(dict.fromkeys([QUEUE, *(queue_of(p) for p in workers)]))
+                asyncio.run(_run_loops(app, queues, name=name, stalled_after_s=stalled_after_s))
+        except BaseException:
+            status = "failed"
+            raise
+        finally:
+            totals: dict[str, int] = {}
+            for worker in workers.values():
+                counts = dict(worker.realtime.counts)
+                worker.store.finish_run(worker.realtime.run_id, status, counts)
+                worker.realtime.hooks.run_finished(worker.realtime.run_id, counts)
+                for key, value in counts.items():
+                    totals[key] = totals.get(key, 0) + int(value)
+    return totals
+
+
+async def _run_loops(app: procrastinate.App, queues: list[str], *, name: str | None,
+                     stalled_after_s: float) -> None:
+    """One procrastinate worker loop per queue (the shared one, then each pair's), in one
+    event loop; SIGTERM / SIGINT stops them all after the jobs in hand."""
+    from procrastinate.worker import Worker
+
+    async with app.open_async():
+        loops = [Worker(app=app, queues=[queue], concurrency=1, wait=True,
+                        name=f"{name}:{queue}" if name else None,
+                        update_heartbeat_interval=max(0.5, stalled_after_s / 4),
+                        stalled_worker_timeout=stalled_after_s,
+                        delete_jobs="successful", install_signal_handlers=False)
+                 for queue in queues]
+        loop = asyncio.get_running_loop()
+
+        def stop_all() -> None:
+            log.info("stopping: finishing the jobs in hand")
+            for worker in loops:
+                worker.stop()  # type: ignore[no-untyped-call]
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop_all)
+        try:
+            await asyncio.gather(*(worker.run() for worker in loops))  # type: ignore[no-untyped-call]
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
 
 
 def receiver_inbox(config: Config, store: StateStore) -> Any:
@@ -373,5 +468,7 @@ def receiver_inbox(config: Config, store: StateStore) -> Any:
     require_postgresql(config, "crmsync serve --no-worker")
     app = build_app(config.state_url())
     ensure_schema(store, app)
-    return StoreInbox(store, on_stored=lambda conn, rows: defer_events(app, conn, rows))
+    pair = config.pair_name
+    return StoreInbox(store,
+                      on_stored=lambda conn, rows: defer_events(app, conn, rows, pair=pair))
 

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["Secrets", "read_secrets_file"]
+__all__ = ["PREFIX", "Secrets", "read_secrets_file"]
+
+#: What every crmsync secret's name starts with (``CRMSYNC_MAILUP_PASSWORD``).
+PREFIX = "CRMSYNC_"
 
 
 def read_secrets_file(path: str | Path) -> dict[str, str]:
@@ -43,24 +46,56 @@ def read_secrets_file(path: str | Path) -> dict[str, str]:
 
 class Secrets(Mapping[str, str]):
     """Secrets by name: ``environ`` (default: the process environment, read only) wins
-    over ``file`` (the secrets file's values)."""
+    over ``file`` (the secrets file's values).
+
+    ``env_prefix``: one pair of a many-pairs deployment reads crmsync's secrets from the
+    environment under its own prefix: with ``CRMSYNC_ACME_``, ``CRMSYNC_MAILUP_PASSWORD``
+    is read from ``CRMSYNC_ACME_MAILUP_PASSWORD``, never from the unprefixed name (that
+    one belongs to another pair, or to no pair). The pair's own secrets file is its own:
+    there the plain names are read (the prefixed ones too). Names that do not start with
+    ``CRMSYNC_`` (a post-operation's ``secret_env``) are read as they are.
+    """
 
     def __init__(self, file: Mapping[str, str] | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, *,
+                 env_prefix: str = PREFIX) -> None:
         self.file: dict[str, str] = dict(file or {})
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.env_prefix = env_prefix
+
+    def env_name(self, key: str) -> str:
+        """The environment variable ``key`` is read from."""
+        if self.env_prefix != PREFIX and key.startswith(PREFIX):
+            return self.env_prefix + key[len(PREFIX):]
+        return key
 
     def __getitem__(self, key: str) -> str:
-        if key in self.environ:
-            return self.environ[key]
-        return self.file[key]
+        name = self.env_name(key)
+        if name in self.environ:
+            return self.environ[name]
+        if key in self.file:
+            return self.file[key]
+        return self.file[name]
+
+    def _canonical(self, name: str) -> str | None:
+        """The key an environment variable answers for (None: another pair's)."""
+        if self.env_prefix == PREFIX:
+            return name
+        if name.startswith(self.env_prefix):
+            return PREFIX + name[len(self.env_prefix):]
+        return None if name.startswith(PREFIX) else name
+
+    def _keys(self) -> dict[str, None]:
+        keys = {key: None for key in map(self._canonical, self.environ) if key is not None}
+        for key in self.file:
+            keys.setdefault(self._canonical(key) or key, None)
+        return keys
 
     def __iter__(self) -> Iterator[str]:
-        yield from self.environ
-        yield from (key for key in self.file if key not in self.environ)
+        return iter(self._keys())
 
     def __len__(self) -> int:
-        return len(set(self.environ) | set(self.file))
+        return len(self._keys())
 
     def __repr__(self) -> str:  # names only: never a value
-        return f"Secrets(file keys={sorted(self.file)})"
+        return f"Secrets(file keys={sorted(self.file)}, env_prefix={self.env_prefix!r})"

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,28 +35,6 @@ pytest.importorskip("procrastinate")
 CRMSYNC = str(Path(sys.executable).with_name("crmsync"))
 CONTACTS = [f"c{n}@example.com" for n in range(12)]
 EVENTS_PER_CONTACT = 6
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test; dropped afterwards."""
-    from sqlalchemy import create_engine, text
-
-    url = os.environ.get("CRMSYNC_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI=true but CRMSYNC_TEST_POSTGRES_URL is not set")
-        pytest.skip("set CRMSYNC_TEST_POSTGRES_URL to run the PostgreSQL tests")
-    name = f"crmsync_scale_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{url.rpartition('/')[0]}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def status_event(email: str, status: str, at: datetime, event_id: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def migrate_state(obj: Context, target_url: str, chunk: int) -> None:
     config = obj.config()
     source = open_store(config)
     try:
-        target = StateStore(target_url)
+        target = StateStore(target_url, schema=config.state_schema(target_url))
         try:
             def done(name: str, rows: int) -> None:
                 if not obj.as_json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -40,6 +41,10 @@ def serve(obj: Context, host: str | None, port: int | None, no_worker: bool) -> 
     from ..server import RealtimeService, parse_listen
     from ..server import serve as run
 
+    pairs = obj.pairs()
+    if pairs is not None:
+        _serve_pairs(obj, pairs, host, port, no_worker)
+        return
     config = obj.config()
     _both_sides(config, obj, "serve")
     default_host, default_port = parse_listen(config.server.listen)
@@ -77,6 +82,55 @@ def serve(obj: Context, host: str | None, port: int | None, no_worker: bool) -> 
         store.close()
 
 
+def _serve_pairs(obj: Context, pairs: dict[str, Config], host: str | None,
+                 port: int | None, no_worker: bool) -> None:
+    """``serve`` for every pair of ``--pairs`` (or the one of ``--pair``): each its own
+    service, routed by ``/hooks/<pair>/...`` (crmsync.server.pairs)."""
+    import contextlib
+
+    from ..server import RealtimeService, parse_listen
+    from ..server import serve as run
+    from ..server.pairs import PairsService
+
+    first = next(iter(pairs.values()))
+    for name, config in pairs.items():
+        _both_sides(config, obj, f"serve (pair {name})")
+        if no_worker:
+            from ..scale import require_postgresql
+
+            require_postgresql(config, f"crmsync serve --no-worker (pair {name})")
+    default_host, default_port = parse_listen(first.server.listen)
+    where = (host or default_host, default_port if port is None else port)
+    _check_free(*where)
+    services: dict[str, RealtimeService] = {}
+    with contextlib.ExitStack() as stack:
+        for name, config in pairs.items():
+            store = open_store(config)
+            stack.callback(store.close)
+            inbox = None
+            if no_worker:
+                from ..scale import receiver_inbox
+
+                inbox = receiver_inbox(config, store)
+            crm = stack.enter_context(open_side(config, "crm"))
+            esp = stack.enter_context(open_side(config, "esp"))
+            services[name] = RealtimeService(
+                config, crm, esp, store, hooks=build_hooks(config), inbox=inbox,
+                worker=not no_worker, config_path=Path(config.base_dir) / "crmsync.toml")
+        service = PairsService(services)
+        endpoints = ", ".join(f"/hooks/{name}/{side}" for name, one in services.items()
+                              for side in one.endpoints) or "none"
+        doing = "receiving only: `crmsync worker` applies" if no_worker else \
+            "each pair applies its own events"
+        click.echo(f"crmsync serve: http://{where[0]}:{where[1]} ({len(services)} pairs: "
+                   f"{', '.join(services)}; endpoints: {endpoints}; {doing}); SIGTERM or "
+                   "Ctrl-C stops it", err=True)
+        try:
+            run(service, *where)
+        finally:
+            service.close()
+
+
 @cli.command()
 @click.option("--stalled-after", type=float, default=30.0, show_default=True,
               help="Seconds without a heartbeat after which a worker counts as dead and "
@@ -93,12 +147,15 @@ def worker(obj: Context, stalled_after: float, name: str | None) -> None:
     """
     from ..scale import require_postgresql, run_worker
 
-    config = obj.config()
-    _both_sides(config, obj, "work")
-    require_postgresql(config, "crmsync worker")
-    click.echo(f"crmsync worker: applying the inbox of {config.state_url().split('@')[-1]}; "
+    pairs = obj.pairs() or {"default": obj.config()}
+    for pair, config in pairs.items():
+        _both_sides(config, obj, "work" if pair == "default" else f"work (pair {pair})")
+        require_postgresql(config, "crmsync worker")
+    where = next(iter(pairs.values())).state_url().split('@')[-1]
+    which = "" if list(pairs) == ["default"] else f" for pairs {', '.join(pairs)}"
+    click.echo(f"crmsync worker: applying the inbox of {where}{which}; "
                "SIGTERM or Ctrl-C stops it", err=True)
-    counts = run_worker(config, stalled_after_s=stalled_after, name=name)
+    counts = run_worker(pairs, stalled_after_s=stalled_after, name=name)
     click.echo(f"applied {counts['applied']}, retried {counts['retried']}, "
                f"dead {counts['dead']}", err=True)
 
@@ -114,33 +171,44 @@ def schedule(obj: Context, count: int) -> None:
     from ..engine.realtime import should_poll
     from ..scale import schedule as scheduled
 
-    config = obj.config()
-    _both_sides(config, obj, "schedule runs")
-    with open_side(config, "crm") as crm:
-        polls = should_poll(config, crm)
-    on_postgres = config.state_url().startswith("postgresql")
-    items = scheduled(config, crm_polls=polls)
-    tasks: list[dict[str, Any]] = [{"task": item.task, "cron": item.cron, "what": item.what,
-                                    "next": [t.isoformat() for t in item.next_runs(count)]}
-                                   for item in items] if on_postgres else []
-    data = {"runner": "crmsync worker" if on_postgres else "embedded", "tasks": tasks}
+    pairs = obj.pairs() or {"default": obj.config()}
+    found: dict[str, dict[str, Any]] = {}
+    for pair, config in pairs.items():
+        _both_sides(config, obj, "schedule runs")
+        with open_side(config, "crm") as crm:
+            polls = should_poll(config, crm)
+        on_postgres = config.state_url().startswith("postgresql")
+        items = scheduled(config, crm_polls=polls) if on_postgres else []
+        found[pair] = {
+            "runner": "crmsync worker" if on_postgres else "embedded",
+            "tasks": [{"task": item.task, "cron": item.cron, "what": item.what,
+                       "next": [t.isoformat() for t in item.next_runs(count)]}
+                      for item in items],
+            "polls": f"`crmsync serve` polls {crm.name} every "
+                     f"{config.server.poll_interval_s:g}s" if polls else ""}
+    data = found["default"] if list(found) == ["default"] else {"pairs": found}
 
-    def render() -> None:
-        if not on_postgres:
-            click.echo("state on SQLite: nothing is scheduled by crmsync; run `crmsync sync` "
-                       "from cron or a systemd timer (docs/batch.md)"
-                       + (f"; `crmsync serve` polls {crm.name} every "
-                          f"{config.server.poll_interval_s:g}s" if polls else ""))
+    def render_one(pair: str, item: dict[str, Any]) -> None:
+        named = "" if pair == "default" else f"pair {pair}: "
+        if item["runner"] == "embedded":
+            click.echo(f"{named}state on SQLite: nothing is scheduled by crmsync; run "
+                       "`crmsync sync` from cron or a systemd timer (docs/batch.md)"
+                       + (f"; {item['polls']}" if item["polls"] else ""))
             return
-        if not items:
-            click.echo('nothing scheduled: set [schedule] batch = "0 2 * * *" for a nightly '
-                       "run (polling is off: [schedule] poll, [server] poll)")
+        if not item["tasks"]:
+            click.echo(f'{named}nothing scheduled: set [schedule] batch = "0 2 * * *" for a '
+                       "nightly run (polling is off: [schedule] poll, [server] poll)")
             return
-        click.echo("run by `crmsync worker` (once per tick across all workers), times UTC:")
-        for row in tasks:
+        click.echo(f"{named}run by `crmsync worker` (once per tick across all workers), "
+                   "times UTC:")
+        for row in item["tasks"]:
             upcoming = ", ".join(t[:19].replace("T", " ") for t in row["next"])
             click.echo(f"{row['task']:<14} {row['cron']:<16} next {upcoming}  "
                        f"({row['what']})")
+
+    def render() -> None:
+        for pair, item in found.items():
+            render_one(pair, item)
 
     obj.emit(data, render)
 

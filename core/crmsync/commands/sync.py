@@ -204,11 +204,53 @@ def _sync(obj: Context, config: Config, *, full: bool, resend: bool, dry_run: bo
 @click.option("--runs", default=5, show_default=True, help="How many recent runs to show.")
 @click.pass_obj
 def status(obj: Context, runs: int) -> None:
-    """Show the last runs, the cursors, pending work and dead letters."""
+    """Show the last runs, the cursors, pending work and dead letters.
+
+    With --pairs (and no --pair): one line per pair — its last run, its inbox and
+    dead letters, its pending writes; --pair NAME shows that pair in full.
+    """
+    pairs = obj.pairs() if obj.pair is None else None
+    if pairs is not None:
+        _pairs_status(obj, {name: _status_data(config, 1) for name, config in pairs.items()})
+        return
     config = obj.config()
+    data = _status_data(config, runs)
+
+    def render() -> None:
+        _render_status(obj, data)
+
+    obj.emit(data, render)
+
+
+def _pairs_status(obj: Context, pairs: dict[str, dict[str, Any]]) -> None:
+    def render() -> None:
+        table = Table(title="pairs")
+        for column in ("pair", "last run", "inbox", "dead", "pending"):
+            table.add_column(column, no_wrap=True)
+        for name, data in pairs.items():
+            last = data["runs"][0] if data["runs"] else None
+            run = (f"{_mode(last)} {last['status']} {str(last['started_at'])[:16]}"
+                   if last else "never run")
+            table.add_row(name, run, str(data["inbox"].get("pending", 0)),
+                          str(data["dead_letters"]), str(sum(data["pending"].values())))
+        obj.console.print(table)
+        obj.console.print("one pair in full: crmsync --pairs DIR --pair NAME status")
+
+    obj.emit({"pairs": pairs}, render)
+
+
+def _status_data(config: Any, runs: int) -> dict[str, Any]:
     store = open_store(config)
+    try:
+        return _read_status(store, config, runs)
+    finally:
+        store.close()
+
+
+def _read_status(store: Any, config: Any, runs: int) -> dict[str, Any]:
     recent = store.runs(runs)
-    data: dict[str, Any] = {
+    return {
+        "pair": config.pair_name,
         "runs": [{k: r[k] for k in ("id", "mode", "full", "dry_run", "started_at",
                                     "finished_at")}
                  | {"status": live_status(store, r, recent)}
@@ -221,39 +263,38 @@ def status(obj: Context, runs: int) -> None:
         "dead_letters": len(store.dead_letters()),
         "lists": store.status_counts(),
     }
-    store.close()
 
-    def render() -> None:
-        table = Table(title="recent runs")
-        width = max([len(run["id"]) for run in data["runs"]] + [3])
-        table.add_column("run", no_wrap=True, min_width=width)
-        table.add_column("mode", no_wrap=True, min_width=9)
-        table.add_column("status", no_wrap=True, min_width=9)
-        for column in ("started", "read", "esp", "crm", "failed"):
-            table.add_column(column)
-        for run in data["runs"]:
-            s = run["stats"]
-            table.add_row(run["id"], _mode(run), run["status"],
-                          str(run["started_at"])[:19], *(str(s.get(k) or 0) for k in (
-                              "crm_read", "esp_written", "crm_written", "failed")))
-        obj.console.print(table)
-        if any(run["status"] == "died" for run in data["runs"]):
-            obj.console.print("died: its process ended without finishing the run (killed?); "
-                              "a new run resumes what it left")
-        for name, cursor in data["cursors"].items():
-            obj.console.print(f"cursor {name}: {cursor['at']} {cursor['tie_id']}")
-        pending = data["pending"]
-        obj.console.print("pending writes: " + (", ".join(
-            f"{side} {count}" for side, count in sorted(pending.items())) or "none"))
-        inbox = data["inbox"]
-        obj.console.print("inbox: " + (", ".join(
-            f"{state} {count}" for state, count in sorted(inbox.items())) or "empty")
-            + f"; dead letters: {data['dead_letters']}")
-        for list_id, counts in sorted(data["lists"].items()):
-            obj.console.print(f"list {list_id}: " + ", ".join(
-                f"{k} {v}" for k, v in sorted(counts.items())))
 
-    obj.emit(data, render)
+def _render_status(obj: Context, data: dict[str, Any]) -> None:
+    table = Table(title="recent runs" + (f" of pair {data['pair']}"
+                                         if data["pair"] != "default" else ""))
+    width = max([len(run["id"]) for run in data["runs"]] + [3])
+    table.add_column("run", no_wrap=True, min_width=width)
+    table.add_column("mode", no_wrap=True, min_width=9)
+    table.add_column("status", no_wrap=True, min_width=9)
+    for column in ("started", "read", "esp", "crm", "failed"):
+        table.add_column(column)
+    for run in data["runs"]:
+        s = run["stats"]
+        table.add_row(run["id"], _mode(run), run["status"],
+                      str(run["started_at"])[:19], *(str(s.get(k) or 0) for k in (
+                          "crm_read", "esp_written", "crm_written", "failed")))
+    obj.console.print(table)
+    if any(run["status"] == "died" for run in data["runs"]):
+        obj.console.print("died: its process ended without finishing the run (killed?); "
+                          "a new run resumes what it left")
+    for name, cursor in data["cursors"].items():
+        obj.console.print(f"cursor {name}: {cursor['at']} {cursor['tie_id']}")
+    pending = data["pending"]
+    obj.console.print("pending writes: " + (", ".join(
+        f"{side} {count}" for side, count in sorted(pending.items())) or "none"))
+    inbox = data["inbox"]
+    obj.console.print("inbox: " + (", ".join(
+        f"{state} {count}" for state, count in sorted(inbox.items())) or "empty")
+        + f"; dead letters: {data['dead_letters']}")
+    for list_id, counts in sorted(data["lists"].items()):
+        obj.console.print(f"list {list_id}: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(counts.items())))
 
 
 def _mode(run: dict[str, Any]) -> str:

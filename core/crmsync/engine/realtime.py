@@ -479,9 +479,16 @@ class RealtimeWorker:
         self.run_id = self.store.start_run("realtime", full=False, dry_run=False)
         self.hooks.run_started(self.run_id, "realtime", False)
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="crmsync-worker", daemon=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"crmsync-worker-{self.config.pair_name}")
         self._thread.start()
         return self
+
+    def stop_soon(self) -> None:
+        """Ask the thread to stop after the events in hand, without waiting (several
+        pairs' workers are stopped at once, then each is waited for by :meth:`stop`)."""
+        self._stop.set()
+        self._wake.set()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Finish the events in hand, leave the rest in the inbox; ``False`` if the

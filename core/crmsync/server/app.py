@@ -54,7 +54,7 @@ from .security import RateWindow, constant_equal, signature_ok
 if TYPE_CHECKING:
     from .service import RealtimeService
 
-__all__ = ["Inbox", "NullInbox", "StoreInbox", "build_app", "dedupe_key"]
+__all__ = ["Inbox", "NullInbox", "StoreInbox", "build_app", "dedupe_key", "readiness"]
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,36 @@ def _scalar(value: Any) -> str:
     return value
 
 
-def build_app(service: RealtimeService) -> Starlette:
-    """The app for one configured CRM / ESP pair (see the module docstring)."""
+def readiness(service: RealtimeService) -> dict[str, Any]:
+    """What ``/readyz`` answers for one pair: ready, the inbox's depth, the problems."""
+    problems = []
+    if not service.accepting:
+        problems.append("shutting down")
+    if service.worker_expected and not service.worker.running:
+        problems.append("the worker is not running")
+    worker = service.worker
+    if (worker.poll_enabled
+            and worker.poll_failures >= service.config.server.ready_poll_failures):
+        problems.append(f"the CRM poller failed {worker.poll_failures} times in a row "
+                        f"(last: {worker.poll_error[:300]})")
+    queue = None
+    try:
+        queue = service.store.inbox_pending_count()
+        storage = service.storage_problem()
+        if storage:
+            problems.append(f"state store: {storage}")
+    except CrmsyncError as exc:
+        problems.append(f"state store: {exc}")
+    return {"ready": not problems, "queue": queue, "problems": problems}
+
+
+def build_app(service: RealtimeService, *, hooks_prefix: str = "/hooks",
+              only_hooks: bool = False) -> Starlette:
+    """The app for one configured CRM / ESP pair (see the module docstring).
+
+    ``hooks_prefix``: where its inbound endpoints are (``/hooks/<pair>`` for one pair of
+    a many-pairs deployment, :mod:`crmsync.server.pairs`); the connector still sees the
+    path as ``/hooks/<side>/...``. ``only_hooks``: just those routes."""
     config = service.config.server
     limit = config.max_body_bytes
 
@@ -292,26 +320,8 @@ def build_app(service: RealtimeService) -> Starlette:
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
-        problems = []
-        if not service.accepting:
-            problems.append("shutting down")
-        if service.worker_expected and not service.worker.running:
-            problems.append("the worker is not running")
-        worker = service.worker
-        if (worker.poll_enabled
-                and worker.poll_failures >= service.config.server.ready_poll_failures):
-            problems.append(f"the CRM poller failed {worker.poll_failures} times in a row "
-                            f"(last: {worker.poll_error[:300]})")
-        queue = None
-        try:
-            queue = await run_in_threadpool(service.store.inbox_pending_count)
-            storage = await run_in_threadpool(service.storage_problem)
-            if storage:
-                problems.append(f"state store: {storage}")
-        except CrmsyncError as exc:
-            problems.append(f"state store: {exc}")
-        body = {"ready": not problems, "queue": queue, "problems": problems}
-        return JSONResponse(body, status_code=503 if problems else 200)
+        body = await run_in_threadpool(readiness, service)
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     async def metrics(request: Request) -> Response:
         data = await run_in_threadpool(service.metrics.render)
@@ -419,8 +429,12 @@ def build_app(service: RealtimeService) -> Starlette:
                             status_code=200 if result.ok else 502)
 
     routes: list[BaseRoute] = [
-        Route("/hooks/{side}", hook, methods=list(_METHODS)),
-        Route("/hooks/{side}/{rest:path}", hook, methods=list(_METHODS)),
+        Route(hooks_prefix + "/{side}", hook, methods=list(_METHODS)),
+        Route(hooks_prefix + "/{side}/{rest:path}", hook, methods=list(_METHODS)),
+    ]
+    if only_hooks:
+        return Starlette(routes=routes)
+    routes += [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -28,7 +28,7 @@ from .app import Inbox, StoreInbox, build_app
 from .metrics import Metrics
 from .security import FORM_SECRET_ENV, SEND_TOKEN_ENV, CsrfTokens, EndpointKeys, IpGuard
 
-__all__ = ["Endpoint", "RealtimeService", "ServerThread", "apply_inbox", "parse_listen",
+__all__ = ["Endpoint", "RealtimeService", "Servable", "ServerThread", "apply_inbox", "parse_listen",
            "serve"]
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,22 @@ class RealtimeService:
                 log.exception("closing %s failed", connector.name)
 
 
-def _uvicorn_config(service: RealtimeService, host: str, port: int) -> uvicorn.Config:
+class Servable(Protocol):
+    """What :func:`serve` and :class:`ServerThread` run: one pair's
+    :class:`RealtimeService`, or several pairs' :class:`~crmsync.server.pairs.PairsService`."""
+
+    @property
+    def app(self) -> Any: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    def start(self) -> Any: ...
+
+    def stop(self, timeout: float | None = None) -> bool: ...
+
+
+def _uvicorn_config(service: Servable, host: str, port: int) -> uvicorn.Config:
     # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as
     # the client address; the allow-list believes only [server] trusted_proxies.
     # log_config None: uvicorn's records go to the root logger, as JSON with --log-format.
@@ -195,7 +210,7 @@ def _uvicorn_config(service: RealtimeService, host: str, port: int) -> uvicorn.C
                               service.config.server.shutdown_timeout_s) or None)
 
 
-def serve(service: RealtimeService, host: str, port: int) -> None:
+def serve(service: Servable, host: str, port: int) -> None:
     """Run until SIGINT / SIGTERM: then stop accepting connections, finish the requests
     in progress, let the worker finish the events in hand and leave the rest in the
     inbox (a restart resumes them)."""
@@ -212,7 +227,7 @@ class _GracefulServer(uvicorn.Server):
     """Stops the worker once the HTTP side has shut down, before uvicorn re-raises the
     signal that stopped it (which would end the process before the worker finished)."""
 
-    def __init__(self, config: uvicorn.Config, service: RealtimeService) -> None:
+    def __init__(self, config: uvicorn.Config, service: Servable) -> None:
         super().__init__(config)
         self._service = service
 
@@ -229,7 +244,7 @@ class _GracefulServer(uvicorn.Server):
 class ServerThread:
     """``serve`` in a background thread (tests, benchmarks, an embedding application)."""
 
-    def __init__(self, service: RealtimeService, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, service: Servable, host: str = "127.0.0.1", port: int = 0) -> None:
         from ..emulator import free_port
 
         self.service = service

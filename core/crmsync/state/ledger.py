@@ -524,7 +524,7 @@ class LedgerHooks:
         if self._store is None:
             from .store import StateStore
 
-            self._store = StateStore(self.config.state_url())
+            self._store = StateStore(self.config.state_url(), schema=self.config.state_schema())
         return self._store
 
     @hookimpl

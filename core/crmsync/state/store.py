@@ -62,16 +62,25 @@ __all__ = [
 class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
     """The state store behind one SQLAlchemy engine."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, schema: str | None = None) -> None:
+        """``schema`` (PostgreSQL): keep every table in that schema, created if need be
+        — one pair of a many-pairs deployment, beside the others in one database."""
         self.url = url
+        self.schema = schema if schema and not url.startswith("sqlite") else None
         try:
             if url.startswith("sqlite"):
                 self.engine: Engine = create_engine(
                     url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
+                args = _server_connect_args(url)
+                if self.schema:
+                    _create_schema(url, self.schema)
+                    # only the pair's schema: a table it lacks is an error, never another
+                    # pair's (or the default pair's) table found further down the path
+                    args["options"] = f"-c search_path={_quote_ident(self.schema)}"
                 self.engine = create_engine(url, echo=echo, pool_pre_ping=True,
-                                            connect_args=_server_connect_args(url))
+                                            connect_args=args)
             self.version = migrate(self.engine)
         except StateError:
             raise
@@ -114,7 +123,8 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
         busy = (f"another crmsync process holds the {name!r} lock on this state store "
                 f"({_safe_url(self.url)}): wait for it to finish, or check `crmsync status`")
         if self.dialect == "postgresql":
-            key = int(hashlib.sha256(f"crmsync:{name}".encode()).hexdigest()[:15], 16)
+            scope = f"{self.schema}:" if self.schema else ""
+            key = int(hashlib.sha256(f"crmsync:{scope}{name}".encode()).hexdigest()[:15], 16)
             kind = "_shared" if shared else ""
             with self.engine.connect() as conn:
                 while True:
@@ -163,7 +173,7 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
         the block ends or its holder dies. SQLite: nothing (one writer at a time holds
         the store-wide "batch" lock there, as before).
         """
-        keys = sorted({contact_key_lock(email) for email in emails if email})
+        keys = sorted({contact_key_lock(email, self.schema) for email in emails if email})
         if self.dialect != "postgresql" or not keys:
             yield
             return
@@ -238,10 +248,33 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                 flush()
         flush()
 
-def contact_key_lock(email: str) -> int:
-    """The advisory lock key of one contact (a signed 60-bit int of its address)."""
-    digest = hashlib.sha256(f"crmsync:contact:{email.strip().lower()}".encode()).hexdigest()
+def contact_key_lock(email: str, schema: str | None = None) -> int:
+    """The advisory lock key of one contact (a signed 60-bit int of its address and, for
+    a pair with its own schema, of that schema: pairs never wait for each other)."""
+    scope = f"{schema}:" if schema else ""
+    digest = hashlib.sha256(
+        f"crmsync:{scope}contact:{email.strip().lower()}".encode()).hexdigest()
     return int(digest[:15], 16)
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _create_schema(url: str, schema: str) -> None:
+    """Create a pair's schema before its engine's first connection (which fixes the
+    dialect's default schema), with a throw-away connection."""
+    from sqlalchemy.pool import NullPool
+
+    bootstrap = create_engine(url, poolclass=NullPool, connect_args=_server_connect_args(url))
+    try:
+        with bootstrap.begin() as conn:
+            # two pairs' first processes at once: CREATE SCHEMA IF NOT EXISTS can still
+            # collide on the catalog's unique index, so serialise it
+            conn.execute(text("SELECT pg_advisory_xact_lock(7461706163686522)"))
+            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(schema)}"))
+    finally:
+        bootstrap.dispose()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
