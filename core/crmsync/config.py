@@ -410,6 +410,14 @@ class Config(_Strict):
             return "CRMSYNC_"
         return self.pair.secrets_prefix or f"CRMSYNC_{self._pair.upper().replace('-', '_')}_"
 
+    def selector(self, path: Path) -> list[str]:
+        """The ``crmsync`` options that select this configuration (at ``path``) again, in
+        a child process: ``--config PATH``, or a named pair's ``--pairs DIR --pair NAME``
+        (its secrets prefix and state schema come with its name)."""
+        if self._pair == DEFAULT_PAIR:
+            return ["--config", str(path)]
+        return ["--pairs", str(Path(path).resolve().parent.parent), "--pair", self._pair]
+
     def state_schema(self, url: str | None = None) -> str | None:
         """The PostgreSQL schema of this pair's state at ``url`` (default: [state] url;
         None: the database's default, as before pairs). Pairs may share one database:

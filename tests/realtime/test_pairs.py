@@ -366,3 +366,55 @@ def test_a_pair_moves_to_postgresql_into_its_own_schema(tmp_path: Path, pg_url: 
         assert moved.status_counts()["1"]["subscribed"] == len(CONTACTS)
     finally:
         moved.close()
+
+
+def test_a_pairs_console_resyncs_that_pair(tmp_path: Path, pg_url: str) -> None:
+    """The console's Resync runs `crmsync sync` in a child process: for a pair it must be
+    that pair (its schema, its secrets), not the file read as the default pair."""
+    from tests.console.conftest import PASSWORD, Operator
+
+    root = tmp_path / "pairs"
+    for name in ("acme", "beta"):
+        make_pair(root, name, state=pg_url)
+    prime(root, "acme")
+    port = free_port()
+    with contextlib.ExitStack() as stack:
+        os.environ["CRMSYNC_ACME_CONSOLE_PASSWORD"] = PASSWORD
+        stack.callback(os.environ.pop, "CRMSYNC_ACME_CONSOLE_PASSWORD")
+        console = Process(stack, tmp_path, ["--pairs", str(root), "--pair", "acme",
+                                            "console", "--port", str(port)], log="console.log")
+        op = Operator(f"http://127.0.0.1:{port}")
+
+        def up() -> bool:
+            assert console.proc.poll() is None, console.output()
+            with contextlib.suppress(httpx.TransportError):
+                return op.http.get("/healthz").status_code == 200
+            return False
+
+        assert eventually(up, timeout=60)
+        assert op.login().status_code == 303
+        go = op.post("/admin/resync", data={"csrf": op.csrf(), "mode": "full",
+                                            "confirm": "yes"})
+        assert go.status_code == 303
+        acme = load_pairs(root)["acme"]
+
+        def batch_runs(config: Any) -> list[dict[str, Any]]:
+            state = open_store(config)
+            try:
+                return [r for r in state.runs(10) if r["mode"] == "batch"]
+            finally:
+                state.close()
+
+        assert eventually(lambda: len(batch_runs(acme)) == 2
+                          and batch_runs(acme)[0]["status"] == "succeeded", timeout=60), \
+            op.get("/admin/resync/rows").text
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            public = conn.execute(text("SELECT to_regclass('public.crmsync_runs')")).scalar()
+    finally:
+        engine.dispose()
+    assert public is None  # nothing ran as the default pair
+    assert batch_runs(load_pairs(root)["beta"]) == []

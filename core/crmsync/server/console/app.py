@@ -550,7 +550,7 @@ def _esp_url(console: Console, who: str) -> str | None:
 
 def _start_resync(console: Console, mode: str, only: str = "") -> Resync:
     assert console.config_path is not None
-    command = [sys.executable, "-m", "crmsync", "--config", str(console.config_path),
+    command = [sys.executable, "-m", "crmsync", *console.config.selector(console.config_path),
                "--json", "sync", f"--{mode}", *(["--list", only] if only else [])]
     process = subprocess.Popen(  # noqa: S603 - our own command, no shell
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
