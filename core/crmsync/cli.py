@@ -423,6 +423,12 @@ def init(obj: Context, name: str | None, esp: str, emulators: tuple[str, ...],
     name = name or obj.connector
     if obj.config_path.exists() and not force:
         raise ConfigError(f"{obj.config_path} exists: pass --force to overwrite it")
+    env_prefix = "CRMSYNC_"
+    if obj.pair is not None:  # a new pair's folder (--pairs DIR --pair NAME init)
+        from .config import Config
+
+        obj.config_path.parent.mkdir(parents=True, exist_ok=True)
+        env_prefix = Config().for_pair(obj.pair).secrets_prefix()
     if emulators:
         profiles = {kind: (connector, profile) for kind, connector, profile in
                     (_emulator_profile(url, ca_file) for url in emulators)}
@@ -459,7 +465,8 @@ def init(obj: Context, name: str | None, esp: str, emulators: tuple[str, ...],
                               "(see `crmsync connectors`)")
         esp = esps[0]
     esp_class = load(esp)
-    obj.config_path.write_text(render_template(crm_class, esp_class), encoding="utf-8")
+    obj.config_path.write_text(render_template(crm_class, esp_class, env_prefix=env_prefix),
+                               encoding="utf-8")
     obj.emit({"written": str(obj.config_path), "crm": name, "esp": esp},
              lambda: obj.console.print(f"wrote {obj.config_path}: edit it, then run "
                                        f"`crmsync --connector {name} check`"))

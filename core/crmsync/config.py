@@ -410,6 +410,12 @@ class Config(_Strict):
             return "CRMSYNC_"
         return self.pair.secrets_prefix or f"CRMSYNC_{self._pair.upper().replace('-', '_')}_"
 
+    def for_pair(self, name: str) -> Config:
+        """This configuration as pair ``name`` (its secrets prefix, its state schema)."""
+        config = self.model_copy()
+        config._pair = pair_name(name)
+        return config
+
     def selector(self, path: Path) -> list[str]:
         """The ``crmsync`` options that select this configuration (at ``path``) again, in
         a child process: ``--config PATH``, or a named pair's ``--pairs DIR --pair NAME``

@@ -80,13 +80,13 @@ def _source_notes(settings: type[BaseModel]) -> dict[str, str]:
     return notes
 
 
-def _settings_table(connector: type[Connector]) -> list[str]:
+def _settings_table(connector: type[Connector], env_prefix: str = "CRMSYNC_") -> list[str]:
     lines = []
     notes = _source_notes(connector.Settings)
     for name, field in connector.Settings.model_fields.items():
         description = field.description or notes.get(name, "")
         if field.annotation in (SecretStr, SecretStr | None):
-            lines.append(f"# {name}: secret, set CRMSYNC_{connector.name.upper()}_{name.upper()} "
+            lines.append(f"# {name}: secret, set {env_prefix}{connector.name.upper()}_{name.upper()} "
                          "in the environment or the secrets file"
                          + (f" ({description})" if description else ""))
             continue
@@ -123,8 +123,10 @@ def _list_lines(item: dict[str, Any], *, comment: bool = False) -> list[str]:
     return lines
 
 
-def render_template(crm: type[Connector], esp: type[Connector]) -> str:
-    """The text of a starter ``crmsync.toml`` for this CRM and ESP."""
+def render_template(crm: type[Connector], esp: type[Connector], *,
+                    env_prefix: str = "CRMSYNC_") -> str:
+    """The text of a starter ``crmsync.toml`` for this CRM and ESP (``env_prefix``: where
+    its secrets are in the environment; one pair's of a many-pairs deployment)."""
     profile = _crm_profile(crm) or {}
     lists = [dict(item) for item in profile.get("lists", [])]
     first = lists[0] if lists else {"name": "Newsletter", "esp_list": "1", "members": "all"}
@@ -164,17 +166,18 @@ def render_template(crm: type[Connector], esp: type[Connector]) -> str:
         "[crm]",
         f'connector = "{crm.name}"',
         "[crm.settings]",
-        *_settings_table(crm),
+        *_settings_table(crm, env_prefix),
         "",
         "[esp]",
         f'connector = "{esp.name}"',
         '# "api" writes through the ESP API; "files" exchanges files over [files]',
         'mode = "files"' if esp.capabilities.file_exchange else 'mode = "api"',
         "[esp.settings]",
-        *_settings_table(esp),
+        *_settings_table(esp, env_prefix),
         "",
         "[files]",
-        "# file://, ftp://, ftps:// (explicit TLS) or sftp://; password in CRMSYNC_FILES_PASSWORD",
+        "# file://, ftp://, ftps:// (explicit TLS) or sftp://; password in "
+        f"{env_prefix}FILES_PASSWORD",
         'url = "file://./exchange"',
         '# username = "m12345"',
         'import_dir = "in"        # where import files are uploaded',

@@ -418,3 +418,44 @@ def test_a_pairs_console_resyncs_that_pair(tmp_path: Path, pg_url: str) -> None:
         engine.dispose()
     assert public is None  # nothing ran as the default pair
     assert batch_runs(load_pairs(root)["beta"]) == []
+
+
+def test_init_writes_a_new_pairs_folder_naming_its_prefixed_secrets(tmp_path: Path) -> None:
+    root = tmp_path / "pairs"
+    result = CliRunner().invoke(cli, ["--pairs", str(root), "--pair", "acme-eu", "init",
+                                      "--connector", "salesforce", "--esp", "mailup"])
+    assert result.exit_code == 0, result.output
+    text = (root / "acme-eu" / "crmsync.toml").read_text()
+    assert "set CRMSYNC_ACME_EU_MAILUP_PASSWORD" in text
+    assert "set CRMSYNC_MAILUP_PASSWORD" not in text
+    assert list(load_pairs(root)) == ["acme-eu"]
+
+
+def test_an_event_stored_without_its_job_is_swept_into_its_pairs_queue(
+        tmp_path: Path, pg_url: str) -> None:
+    """An event that reached a pair's inbox with no job (stored by a plain `serve`,
+    put back by `replay`) is found by the workers' sweep and applied in its pair."""
+    pytest.importorskip("procrastinate")
+    root = tmp_path / "pairs"
+    for name in ("acme", "beta"):
+        make_pair(root, name, state=pg_url)
+        prime(root, name)
+    pairs = load_pairs(root)
+    email = CONTACTS[2]
+    state = open_store(pairs["beta"])
+    try:
+        change = unsubscribe(email, "orphan", datetime.now(UTC))["changes"][0]
+        from crmsync.model import Change
+
+        assert state.inbox_put("esp", "orphan-1", [Change.model_validate(change)])
+    finally:
+        state.close()
+    with contextlib.ExitStack() as stack:
+        worker = Process(stack, tmp_path, ["-v", "--pairs", str(root), "worker"],
+                         log="worker.log")
+        assert eventually(lambda: opted_out(root, "beta", email), timeout=60), \
+            worker.output()[-3000:]
+        assert worker.stop() == 0
+    assert list1_history(pairs["beta"], email) == ["subscribed", "unsubscribed"]
+    assert list1_history(pairs["acme"], email) == ["subscribed"]
+    assert "queued 1 inbox event(s) of pair beta that had no job" in worker.output()
