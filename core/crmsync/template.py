@@ -86,8 +86,8 @@ def _settings_table(connector: type[Connector], env_prefix: str = "CRMSYNC_") ->
     for name, field in connector.Settings.model_fields.items():
         description = field.description or notes.get(name, "")
         if field.annotation in (SecretStr, SecretStr | None):
-            lines.append(f"# {name}: secret, set {env_prefix}{connector.name.upper()}_{name.upper()} "
-                         "in the environment or the secrets file"
+            env = f"{env_prefix}{connector.name.upper()}_{name.upper()}"
+            lines.append(f"# {name}: secret, set {env} in the environment or the secrets file"
                          + (f" ({description})" if description else ""))
             continue
         if description:
