@@ -438,8 +438,16 @@ async def _run_loops(app: procrastinate.App, queues: list[str], *, name: str | N
     event loop; SIGTERM / SIGINT stops them all after the jobs in hand."""
     from procrastinate.worker import Worker
 
+    class PairLoop(Worker):
+        """A pair's loop: the shared loop alone defers the periodic tasks (every loop
+        would, once per tick each, for nothing: procrastinate keeps one per tick)."""
+
+        async def _periodic_deferrer(self) -> None:
+            await asyncio.Event().wait()  # until the worker stops and cancels it
+
     async with app.open_async():
-        loops = [Worker(app=app, queues=[queue], concurrency=1, wait=True,
+        loops = [(Worker if queue == QUEUE else PairLoop)(
+                        app=app, queues=[queue], concurrency=1, wait=True,
                         name=f"{name}:{queue}" if name else None,
                         update_heartbeat_interval=max(0.5, stalled_after_s / 4),
                         stalled_worker_timeout=stalled_after_s,
