@@ -459,3 +459,41 @@ def test_an_event_stored_without_its_job_is_swept_into_its_pairs_queue(
     assert list1_history(pairs["beta"], email) == ["subscribed", "unsubscribed"]
     assert list1_history(pairs["acme"], email) == ["subscribed"]
     assert "queued 1 inbox event(s) of pair beta that had no job" in worker.output()
+
+
+def test_each_pairs_schedule_runs_in_that_pair_once_per_tick(tmp_path: Path,
+                                                               pg_url: str) -> None:
+    pytest.importorskip("procrastinate")
+    root = tmp_path / "pairs"
+    make_pair(root, "acme", state=pg_url, extra='[schedule]\nbatch = "* * * * * */2"\n'
+                                                'poll = false\n')
+    make_pair(root, "beta", state=pg_url, extra="[schedule]\npoll = false\n")
+    result = CliRunner().invoke(cli, ["--pairs", str(root), "schedule"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("pair acme: run by `crmsync worker`")
+    assert lines[1].startswith("crmsync.batch  * * * * * */2")
+    assert lines[2].startswith("pair beta: nothing scheduled")
+    pairs = load_pairs(root)
+
+    def batch_runs(name: str) -> list[dict[str, Any]]:
+        state = open_store(pairs[name])
+        try:
+            return sorted((r for r in state.runs(1000) if r["mode"] == "batch"),
+                          key=lambda r: r["started_at"])
+        finally:
+            state.close()
+
+    with contextlib.ExitStack() as stack:
+        workers = [Process(stack, tmp_path, ["-v", "--pairs", str(root), "worker"],
+                           log=f"worker{n}.log") for n in range(2)]
+        assert eventually(lambda: len(batch_runs("acme")) >= 3, timeout=60)
+        assert [w.stop() for w in workers] == [0, 0]
+    runs = batch_runs("acme")
+    logs = "".join(w.output() for w in workers)
+    ticks = [line.split("for the tick of ")[1][:19] for line in logs.splitlines()
+             if "for the tick of " in line]
+    # two workers, one run per tick of acme's schedule; beta has none scheduled
+    assert len(ticks) == len(runs) and len(set(ticks)) == len(ticks), ticks
+    assert {run["status"] for run in runs} == {"succeeded"}
+    assert batch_runs("beta") == []
