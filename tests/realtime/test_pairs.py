@@ -247,8 +247,10 @@ def test_webhooks_are_routed_per_pair_with_each_pairs_own_secret(tmp_path: Path)
                          json=unsubscribe(email, "e1", at)).status_code == 404
         assert http.post(f"/hooks/acme/esp/{SECRETS['acme']}",
                          json=unsubscribe(email, "e1", at)).status_code == 200
-        assert eventually(lambda: opted_out(root, "acme", email), timeout=30)
         pairs = load_pairs(root)
+        # the CRM is written first, then the decision committed, then the event done
+        assert eventually(lambda: opted_out(root, "acme", email)
+                          and pending(pairs["acme"]) == 0, timeout=30)
         assert list1_history(pairs["acme"], email) == ["subscribed", "unsubscribed"]
         metrics = http.get("/metrics").text
         assert 'crmsync_events_received_total{endpoint="esp",pair="acme"} 1.0' in metrics
