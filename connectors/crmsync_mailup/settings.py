@@ -163,7 +163,7 @@ class MailUpSettings(HttpConnectorSettings):
         return value.rstrip("/")
 
     def account_key(self) -> str:
-        """MailUp's 5 calls/s are the console's: one key per console user (hashed), so
+        """MailUp's 5 calls/s are the account's: one key per console user (hashed), so
         every crmsync process calling as that user shares them."""
         return account_key("mailup", self.base_url, self.username or self.client_id)
 
