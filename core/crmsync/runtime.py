@@ -46,9 +46,15 @@ def open_side(config: Config, side: Literal["crm", "esp"]) -> Connector:
     url = config.state_url()
     shared = None
     if url.startswith("postgresql"):
+        import contextlib
+
+        from sqlalchemy.exc import ArgumentError
+
         from .ratelimit import rate_limits
 
-        shared = rate_limits(url).pacer
+        # a URL no engine can be made of: opening the state store says why
+        with contextlib.suppress(ImportError, ValueError, ArgumentError):
+            shared = rate_limits(url).pacer
     with share_pacing(shared):
         connector = build_connector(
             side_config.connector, side_config.settings, secrets=config.secrets())

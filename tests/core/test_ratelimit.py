@@ -154,7 +154,7 @@ def recording(recorder: Recorder) -> Iterator[str]:
 
 
 # -- every worker on one account ------------------------------------------------------------
-def _mailup_config(tmp_path: Path, state: str, base_url: str, profile: dict[str, Any],
+def _mailup_config(tmp_path: Path, state: str, profile: dict[str, Any],
                    rate: float) -> Path:
     settings = {**profile["settings"], "rate_per_s": rate}
     lines = "\n".join(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
@@ -193,7 +193,7 @@ def test_workers_on_one_mailup_account_keep_its_rate_between_them(tmp_path: Path
     with recording(recorder) as url:
         emulator.base_url = url
         profile = emulator.demo_profile()
-        config = _mailup_config(tmp_path, pg, url, profile, rate)
+        config = _mailup_config(tmp_path, pg, profile, rate)
         run_together([[SIDE_WORKER, str(config), str(calls)]] * workers,
                      env=profile["secrets"])
     times = recorder.times()
@@ -304,3 +304,21 @@ def test_each_connector_names_its_account_without_showing_it() -> None:
         assert key == type(one)(**one.model_dump()).account_key()  # stable
         for secretish in ("m12345", "ann@acme.com", "app-1", "acme", "00D"):
             assert secretish not in key
+
+
+def test_a_state_url_no_engine_can_use_leaves_the_error_to_the_state_store(
+        tmp_path: Path) -> None:
+    """Opening a side does not fail on the limiter's account; the state store says what is
+    wrong with the URL."""
+    from crmsync.config import load_config
+    from crmsync.errors import ConfigError
+    from crmsync.runtime import open_side, open_store
+
+    state = "postgresql+psycopg2://crmsync@127.0.0.1/none"  # a driver not installed
+    path = _mailup_config(tmp_path, state, {"settings": {
+        "base_url": "http://127.0.0.1:9/API", "client_id": "app", "username": "m1"}}, 5)
+    config = load_config(path)
+    with open_side(config, "esp") as esp:
+        assert esp.name == "mailup"
+    with pytest.raises(ConfigError, match=r"\[state\] url"):
+        open_store(config)
