@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from crmsync.connect import HttpConnectorSettings, iana_time_zone
 from crmsync.contract import check_url_template
+from crmsync.http import account_key
 
 __all__ = ["PLACEHOLDERS", "MailUpSettings"]
 
@@ -160,6 +161,11 @@ class MailUpSettings(HttpConnectorSettings):
     @classmethod
     def _no_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    def account_key(self) -> str:
+        """MailUp's 5 calls/s are the account's: one key per console user (hashed), so
+        every crmsync process calling as that user shares them."""
+        return account_key("mailup", self.base_url, self.username or self.client_id)
 
     def clears_empty_groups(self, list_id: str) -> bool:
         """Whether an empty group set on ``list_id`` means "no groups" (else: leave them)."""

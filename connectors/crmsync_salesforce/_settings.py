@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from crmsync.connect import HttpConnectorSettings
+from crmsync.http import account_key
 
 __all__ = ["SalesforceSettings"]
 
@@ -66,3 +67,13 @@ class SalesforceSettings(HttpConnectorSettings):
     """Stop the run (resumably) once this share of the daily API budget is used."""
     organization_id: str | None = None
     """The org id Outbound Messages must carry (``00D...``); others are refused (401)."""
+
+    def account_key(self) -> str:
+        """The org (hashed): its id when set, else its My Domain, else the login URL and
+        user. Every crmsync process calling the org shares ``rate_per_s``."""
+        if self.organization_id:
+            return account_key("salesforce", self.organization_id[:15])
+        if self.instance_url:
+            return account_key("salesforce", self.instance_url.rstrip("/").lower())
+        return account_key("salesforce", self.login_url.rstrip("/").lower(),
+                           self.username or self.client_id)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from crmsync.connect import HttpConnectorSettings, RetryPolicy
+from crmsync.http import account_key
 
 __all__ = ["SugarSettings"]
 
@@ -44,6 +45,11 @@ class SugarSettings(HttpConnectorSettings):
     retries: int = Field(4, ge=1, le=10)
     retry_backoff_s: float = 0.5
     webhook_token: SecretStr | None = None
+
+    def account_key(self) -> str:
+        """The Sugar instance (hashed): every crmsync process calling it shares
+        ``rate_per_s``."""
+        return account_key("sugarcrm", self.base_url.lower())
 
     def retry_policy(self) -> RetryPolicy:
         from .flavour import RETRYABLE_STATUSES

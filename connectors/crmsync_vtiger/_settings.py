@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from crmsync.connect import HttpConnectorSettings, iana_time_zone
+from crmsync.http import account_key
 
 __all__ = ["VtigerSettings"]
 
@@ -62,3 +63,8 @@ class VtigerSettings(HttpConnectorSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with https:// (or http://), got {value!r}")
         return value
+
+    def account_key(self) -> str:
+        """The vTiger install (hashed): every crmsync process calling it shares
+        ``rate_per_s``."""
+        return account_key("vtiger", self.base_url.lower())

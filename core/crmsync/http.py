@@ -8,16 +8,24 @@ is still refused then raises :class:`~crmsync.errors.RateLimited` (with the serv
 around it; a POST that is safe to repeat (a search, a token grant) is marked with
 ``extensions=idempotent()`` instead. Connectors receive the client injected; tests pass
 ``transport=httpx.MockTransport(...)``.
+
+Pacing is per client (:class:`Pacer`) unless a shared pacing is installed with
+:func:`share_pacing` while the client is built and the client names the vendor
+``account`` it calls as: its pacer is then the account's, shared by every process
+(:mod:`crmsync.ratelimit`, in PostgreSQL).
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import hashlib
 import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,8 +33,9 @@ import httpx
 
 from .errors import ConfigError, RateLimited
 
-__all__ = ["Pacer", "RetryPolicy", "RetryTransport", "build_client", "idempotent",
-           "mark_streamed", "retry_after_seconds"]
+__all__ = ["Pacer", "PacerFactory", "RetryPolicy", "RetryTransport", "account_key",
+           "build_client", "idempotent", "mark_streamed", "retry_after_seconds",
+           "share_pacing"]
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _STREAMED = "crmsync.streamed"
@@ -91,6 +100,32 @@ class Pacer:
         """Push every next call back by ``seconds`` (after a 429)."""
         with self._lock:
             self._next = max(self._next, self._clock() + seconds)
+
+
+#: ``factory(account, rate)``: the pacer of a client calling as ``account``
+PacerFactory = Callable[[str, "float | None"], Pacer]
+
+_SHARED: ContextVar[PacerFactory | None] = ContextVar("crmsync_shared_pacing", default=None)
+
+
+@contextlib.contextmanager
+def share_pacing(factory: PacerFactory | None) -> Iterator[None]:
+    """Within the block, a client built with an ``account`` gets ``factory(account,
+    rate)`` as its pacer (``None``: each client paces itself). ``crmsync.runtime.open_side``
+    installs :meth:`crmsync.ratelimit.RateLimits.pacer` around building the connectors
+    when the state store is PostgreSQL; the clients keep their pacer afterwards."""
+    token = _SHARED.set(factory)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def account_key(vendor: str, *identity: str | None) -> str:
+    """``vendor:<16 hex>``: a key naming one vendor account without showing who it is
+    (the SHA-256 of the identifying parts: a login URL, a user name, a client id)."""
+    digest = hashlib.sha256("\x1f".join(part or "" for part in identity).encode())
+    return f"{vendor}:{digest.hexdigest()[:16]}"
 
 
 class RetryPolicy:
@@ -225,8 +260,13 @@ def build_client(
     verify: bool | str = True,
     headers: dict[str, str] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    account: str | None = None,
 ) -> httpx.Client:
     """An ``httpx.Client`` with timeouts, pacing to ``rate`` calls/s and retries.
+
+    ``account`` names the vendor account the client calls as (:func:`account_key`):
+    with a shared pacing installed (:func:`share_pacing`), the rate and the 429 pauses
+    are that account's across every process, not this client's alone.
 
     ``verify`` may be a CA bundle path (an emulator's throw-away CA); certificate
     checks are never turned off by crmsync itself.
@@ -242,9 +282,11 @@ def build_client(
     else:
         verify_arg = verify
     inner = transport or httpx.HTTPTransport(verify=verify_arg)
+    shared = _SHARED.get()
+    pacer = shared(account, rate) if shared is not None and account else Pacer(rate)
     return httpx.Client(
         base_url=base_url,
         timeout=httpx.Timeout(timeout),
-        transport=RetryTransport(inner, policy=policy, pacer=Pacer(rate), sleep=sleep),
+        transport=RetryTransport(inner, policy=policy, pacer=pacer, sleep=sleep),
         headers={"User-Agent": "crmsync", **(headers or {})},
     )

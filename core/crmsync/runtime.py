@@ -33,13 +33,31 @@ def build_connector(name: str, settings: dict[str, object] | None = None, *,
 
 
 def open_side(config: Config, side: Literal["crm", "esp"]) -> Connector:
-    """The connector configured as ``[crm]`` or ``[esp]``."""
+    """The connector configured as ``[crm]`` or ``[esp]``.
+
+    On a PostgreSQL state store its HTTP clients pace to the vendor account's rate
+    shared by every crmsync process (:mod:`crmsync.ratelimit`), not to their own."""
+    from .http import share_pacing
+
     side_config = getattr(config, side)
     if side_config is None:
         raise ConfigError(f"the configuration has no [{side}] table: add one "
                           f"(`crmsync init` writes a template)")
-    connector = build_connector(
-        side_config.connector, side_config.settings, secrets=config.secrets())
+    url = config.state_url()
+    shared = None
+    if url.startswith("postgresql"):
+        import contextlib
+
+        from sqlalchemy.exc import ArgumentError
+
+        from .ratelimit import rate_limits
+
+        # a URL no engine can be made of: opening the state store says why
+        with contextlib.suppress(ImportError, ValueError, ArgumentError):
+            shared = rate_limits(url).pacer
+    with share_pacing(shared):
+        connector = build_connector(
+            side_config.connector, side_config.settings, secrets=config.secrets())
     if connector.capabilities.kind != side:
         raise ConfigError(f"[{side}] connector {side_config.connector!r} is a "
                           f"{connector.capabilities.kind} connector, not a {side} one")

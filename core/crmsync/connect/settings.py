@@ -80,6 +80,13 @@ class HttpConnectorSettings(ConnectorSettings):
             out[new] = value
         return out
 
+    def account_key(self) -> str | None:
+        """The vendor account these settings call as, hashed
+        (:func:`crmsync.http.account_key`): the key of the rate limit every crmsync
+        process calling that account shares. ``None`` (the default): this process paces
+        its own calls. A connector whose vendor limits calls per account overrides it."""
+        return None
+
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=self.retries)
 
@@ -92,7 +99,8 @@ class HttpConnectorSettings(ConnectorSettings):
         client = build_client(base_url=self.base_url if base_url is None else base_url,
                               timeout=self.timeout_s, rate=self.rate_per_s or None,
                               policy=self.retry_policy(), transport=transport,
-                              verify=self.ca_file or True, headers=headers)
+                              verify=self.ca_file or True, headers=headers,
+                              account=self.account_key())
         if auth is not None:
             client.auth = auth
         return client

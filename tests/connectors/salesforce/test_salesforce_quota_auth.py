@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -31,6 +32,56 @@ def test_run_stops_at_the_configured_share_and_resumes(emulator: SalesforceEmula
     later = connect(query_batch_size=200, objects=["Contact"], memberships=False)
     seen += [r.email for page in later.read(cursor) for r in page.records]
     assert set(seen) == {f"contact0-{i}@example.com" for i in range(1000)}
+
+
+def test_every_worker_on_the_org_stops_at_the_share(emulator: SalesforceEmulator,
+                                                    connect: Any) -> None:
+    """Salesforce counts the org's calls and tells each caller: a second connector (a
+    second worker, its own process) stops after one call once the first has used the
+    share, with no count kept by crmsync."""
+    with emulator.lock:
+        emulator.seed(5, 0)
+        emulator.daily_limit = 20
+    first = connect(quota_share=0.5, objects=["Contact"], memberships=False)
+    second = connect(quota_share=0.5, objects=["Contact"], memberships=False)
+    second.lists()  # a call made while the org had room
+    while True:
+        try:
+            first.lists()
+        except QuotaExhausted:
+            break
+    calls = emulator.used
+    second.lists()  # one call: its Sforce-Limit-Info says the org is past the share
+    with pytest.raises(QuotaExhausted) as stopped:
+        second.lists()
+    assert emulator.used == calls + 1 and f"{calls + 1} of 20" in str(stopped.value)
+
+
+def test_a_long_lived_worker_calls_again_once_the_window_has_room(
+        emulator: SalesforceEmulator, connect: Any) -> None:
+    """A `crmsync worker` keeps its connector for days: a budget spent in the morning
+    must not stop it for good. After ``recheck_s`` one call is let through; the org's
+    own count decides."""
+    with emulator.lock:
+        emulator.seed(3, 0)
+        emulator.daily_limit = emulator.used + 2
+    connector = connect(objects=["Contact"], memberships=False)
+    connector.quota.recheck_s = 0.3
+    with pytest.raises(QuotaExhausted):
+        for _ in range(3):
+            connector.lists()
+    with pytest.raises(QuotaExhausted):
+        connector.lists()  # at once: still refused, without a call
+    calls = emulator.used
+    time.sleep(0.4)
+    with pytest.raises(QuotaExhausted):
+        connector.lists()  # one call lets the org say it is still spent
+    assert emulator.used == calls or emulator.used == calls + 1
+    with emulator.lock:
+        emulator.used = 0  # the 24-hour window moved on
+    time.sleep(0.4)
+    assert len(connector.lists()) >= 0
+    assert len(connector.lists()) >= 0  # and on, not one call per recheck
 
 
 def test_request_limit_exceeded_stops_reads_and_writes_cleanly(emulator: SalesforceEmulator,
