@@ -83,8 +83,10 @@ def iana_time_zone(value: str) -> str:
     return value
 
 
-def format_validation_error(error: ValidationError, *, prefix: str = "") -> str:
-    """Render a pydantic error as lines of ``key: what is expected``."""
+def format_validation_error(error: ValidationError, *, prefix: str = "",
+                            secrets: Mapping[str, str] | None = None) -> str:
+    """Render a pydantic error as lines of ``key: what is expected``; ``secrets``: the
+    environment variable each missing secret is read from, by field name."""
     lines = []
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"])
@@ -92,6 +94,9 @@ def format_validation_error(error: ValidationError, *, prefix: str = "") -> str:
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling against `crmsync init`)"
+        elif item["type"] == "missing" and secrets and location in secrets:
+            message = (f"required, but not given: set {secrets[location]} in the "
+                       "environment or the secrets file")
         elif item["type"] == "missing":
             message = "required, but not given"
         lines.append(f"{key}: {message}")
@@ -163,9 +168,10 @@ class ConnectorSettings(BaseSettings):
         try:
             return cls(_env_prefix=env_name(prefix), **values)
         except ValidationError as exc:
+            where = {name: env_name(f"{prefix}{name.upper()}") for name in cls.secret_fields()}
             raise ConfigError(
                 f"invalid settings for connector {connector!r}:\n"
-                + format_validation_error(exc, prefix="settings")
+                + format_validation_error(exc, prefix="settings", secrets=where)
             ) from None
 
 

@@ -499,3 +499,17 @@ def test_each_pairs_schedule_runs_in_that_pair_once_per_tick(tmp_path: Path,
     assert len(ticks) == len(runs) and len(set(ticks)) == len(ticks), ticks
     assert {run["status"] for run in runs} == {"succeeded"}
     assert batch_runs("beta") == []
+
+
+def test_a_missing_secret_names_the_variable_of_its_pair(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from crmsync.errors import ConfigError
+
+    root = tmp_path / "pairs"
+    make_pair(root, "acme")
+    monkeypatch.setenv("CRMSYNC_SUGARCRM_PASSWORD", "the default pair's")
+    settings = {"flavour": "v4_1", "base_url": "http://127.0.0.1:9", "username": "admin"}
+    with pytest.raises(ConfigError) as caught:
+        build_connector("sugarcrm", settings, secrets=load_pairs(root)["acme"].secrets())
+    assert ("settings.password: required, but not given: set CRMSYNC_ACME_SUGARCRM_PASSWORD "
+            "in the environment or the secrets file") in str(caught.value)
