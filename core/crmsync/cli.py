@@ -221,7 +221,8 @@ class CrmsyncGroup(click.Group):
 @click.option("--mask-emails/--no-mask-emails", default=None,
               help="Mask addresses in log lines (a***@example.com); default: on with "
                    "--log-format json, off in text.")
-@click.option("--pairs", "pairs_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--pairs", "pairs_dir", metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path),
               default=None, envvar="CRMSYNC_PAIRS",
               help="A many-pairs deployment: DIR/<pair>/crmsync.toml for each CRM-ESP "
                    "pair. serve, worker, status and schedule then serve every pair.")

@@ -37,6 +37,8 @@ def serve(obj: Context, host: str | None, port: int | None, no_worker: bool) -> 
     SIGTERM or Ctrl-C stops accepting, finishes the events in hand and keeps the rest
     in the inbox for the next start. With --no-worker (state on PostgreSQL) it only
     receives, as many as you like behind a load balancer; `crmsync worker` applies.
+    With --pairs DIR it serves every pair at /hooks/<pair>/esp and /hooks/<pair>/crm,
+    each with its own secrets (CRMSYNC_<PAIR>_HOOK_SECRET_ESP), state and worker.
     """
     from ..server import RealtimeService, parse_listen
     from ..server import serve as run
@@ -143,7 +145,9 @@ def worker(obj: Context, stalled_after: float, name: str | None) -> None:
     Run as many as you like, on any machines: a contact's events are applied one at a
     time, oldest first, across all of them; a worker killed at any moment loses nothing
     and its event is applied by another. Receivers: `crmsync serve --no-worker`.
-    SIGTERM or Ctrl-C finishes the event in hand.
+    With --pairs DIR it applies every pair's events, each pair in its own queue and
+    loop (one pair's slow vendor holds up only that pair). SIGTERM or Ctrl-C finishes
+    the events in hand.
     """
     from ..scale import require_postgresql, run_worker
 
