@@ -6,6 +6,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,17 @@ def esp_unsubscribe(email: str, list_id: str = "1", *, event_id: str | None = No
     return {"changes": [change]}
 
 
+def status_event(email: str, status: str, at: datetime, event_id: str) -> dict[str, Any]:
+    """An ESP webhook: ``email``'s status on list 1 became ``status`` at ``at``."""
+    stamp = at.isoformat()
+    return {"changes": [{"email": email, "source": "memory-esp", "event_id": event_id,
+                         "occurred_at": stamp,
+                         "subscriptions": {"1": {"list_id": "1", "status": status,
+                                                 "changed_at": stamp,
+                                                 "explicit": status == "subscribed",
+                                                 "reason": "webhook"}}}]}
+
+
 class Running:
     """A served RealtimeService, its stores, and an HTTP client pointed at it."""
 
@@ -173,36 +185,9 @@ def serve_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
         yield start
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path: Path) -> Iterator[str]:
-    """A fresh state store URL: SQLite, and PostgreSQL when CRMSYNC_TEST_POSTGRES_URL
-    names a server (a new database per test, dropped afterwards)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state.db'}"
-        return
-    import os
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    url = os.environ.get("CRMSYNC_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set CRMSYNC_TEST_POSTGRES_URL to run the PostgreSQL tests")
-    name = f"crmsync_rt_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{url.rpartition('/')[0]}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test; dropped afterwards."""
+def fresh_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on CRMSYNC_TEST_POSTGRES_URL's server, dropped
+    afterwards (skipped without that server; a failure under CI=true)."""
     from sqlalchemy import create_engine, text
 
     url = os.environ.get("CRMSYNC_TEST_POSTGRES_URL")
@@ -210,7 +195,7 @@ def pg_url() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail("CI=true but CRMSYNC_TEST_POSTGRES_URL is not set")
         pytest.skip("set CRMSYNC_TEST_POSTGRES_URL to run the PostgreSQL tests")
-    name = f"crmsync_scale_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -220,3 +205,19 @@ def pg_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> Iterator[str]:
+    """A fresh state store URL: SQLite, and PostgreSQL when CRMSYNC_TEST_POSTGRES_URL
+    names a server (a new database per test, dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    yield from fresh_database("crmsync_rt")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test; dropped afterwards."""
+    yield from fresh_database("crmsync_scale")

@@ -29,7 +29,7 @@ from crmsync.emulator import free_port
 from crmsync.runtime import build_connector, open_store
 from crmsync.testing.memory import store
 
-from .conftest import FIELDS, eventually, write_config
+from .conftest import FIELDS, eventually, status_event, write_config
 
 CRMSYNC = str(Path(sys.executable).with_name("crmsync"))
 CONTACTS = [f"p{n}@example.com" for n in range(6)]
@@ -71,13 +71,7 @@ def prime(root: Path, name: str) -> None:
 
 def unsubscribe(email: str, event_id: str, at: datetime, status: str = "unsubscribed"
                 ) -> dict[str, Any]:
-    stamp = at.isoformat()
-    return {"changes": [{"email": email, "source": "memory-esp", "event_id": event_id,
-                         "occurred_at": stamp,
-                         "subscriptions": {"1": {"list_id": "1", "status": status,
-                                                 "changed_at": stamp,
-                                                 "explicit": status == "subscribed",
-                                                 "reason": "webhook"}}}]}
+    return status_event(email, status, at, event_id)
 
 
 class Process:

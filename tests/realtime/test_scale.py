@@ -28,24 +28,13 @@ from crmsync.runtime import open_store
 from crmsync.testing.memory import store
 from crmsync.testing.pairs import serving_realtime
 
-from .conftest import ESP_SECRET, FIELDS, eventually, write_config
+from .conftest import ESP_SECRET, FIELDS, eventually, status_event, write_config
 
 pytest.importorskip("procrastinate")
 
 CRMSYNC = str(Path(sys.executable).with_name("crmsync"))
 CONTACTS = [f"c{n}@example.com" for n in range(12)]
 EVENTS_PER_CONTACT = 6
-
-
-def status_event(email: str, status: str, at: datetime, event_id: str) -> dict[str, Any]:
-    """An ESP webhook: ``email``'s status on list 1 became ``status`` at ``at``."""
-    stamp = at.isoformat()
-    return {"changes": [{"email": email, "source": "memory-esp", "event_id": event_id,
-                         "occurred_at": stamp,
-                         "subscriptions": {"1": {"list_id": "1", "status": status,
-                                                 "changed_at": stamp,
-                                                 "explicit": status == "subscribed",
-                                                 "reason": "webhook"}}}]}
 
 
 class Deployment:
