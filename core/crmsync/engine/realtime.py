@@ -195,6 +195,7 @@ class RealtimeWorker:
         self.poll_error = ""
         self._pause_until: dict[str, float] = {}
         self._next_prune = 0.0
+        self._next_leftovers = 0.0
         self._held = False
         self.run_id = ""
         # `crmsync worker` (PostgreSQL): lock each contact from decision to commit, so a
@@ -207,6 +208,13 @@ class RealtimeWorker:
         pipeline = Pipeline(self.config, self.crm, self.esp, self.store, hooks=self.hooks,
                             stats=RunStats(run_id=self.run_id, mode="realtime"))
         pipeline.lock_contacts = self.lock_contacts
+        # Without post-operation hooks, an application leaves nothing to follow it: look
+        # for what older ones left (hooks since removed, a crash) once a second or so,
+        # not after every event (3 queries and 2 transactions each time)
+        now = self._clock()
+        pipeline.leftovers = now >= self._next_leftovers
+        if pipeline.leftovers:
+            self._next_leftovers = now + max(1.0, self.server.retry_base_s)
         return pipeline
 
     def _noted(self, failures: list[Failure]) -> list[Failure]:
