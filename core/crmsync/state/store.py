@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, SQLAlchemyError
 
 from ..errors import ConfigError, StateBusy, StateError
 from .identities import Identities
@@ -70,8 +70,9 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                     url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
-                self.engine = create_engine(url, echo=echo, pool_pre_ping=True,
+                self.engine = create_engine(url, echo=echo,
                                             connect_args=_server_connect_args(url))
+                _ping_when_idle(self.engine, PING_IDLE_S)
             self.version = migrate(self.engine)
         except StateError:
             raise
@@ -237,6 +238,36 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
             if count % 5000 == 0:
                 flush()
         flush()
+
+#: A pooled connection unused for longer than this is pinged before it is handed out.
+PING_IDLE_S = 1.0
+
+
+def _ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """``pool_pre_ping`` for connections that sat in the pool more than ``idle_s``.
+
+    ``pool_pre_ping`` pings on every checkout: a real-time event takes half a dozen
+    connections from the pool in a row, so it was as many round trips more. A
+    connection given back a moment ago is used as is; if the server went away in that
+    moment, its first statement fails, SQLAlchemy drops the whole pool (a disconnect
+    error) and the event is tried again, as with any failure of the database."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(dbapi_conn: Any, record: Any) -> None:
+        record.info["crmsync_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("crmsync_idle_since")
+        if since is not None and time.monotonic() - since <= idle_s:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(str(exc)) from exc  # the pool reconnects
+        if not alive:
+            raise DisconnectionError("the state store's connection is gone")
+
 
 def contact_key_lock(email: str) -> int:
     """The advisory lock key of one contact (a signed 60-bit int of its address)."""
