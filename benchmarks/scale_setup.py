@@ -171,11 +171,12 @@ def prepared(admin_url: str, *, contacts: int, events_per_contact: int,
         drop_database(admin_url, name)
 
 
-def start_workers(burst: Burst, count: int, command: list[str] | None = None
-                  ) -> Callable[[], subprocess.Popen[bytes]]:
-    """Start ``count`` worker processes (``crmsync worker`` unless ``command``) and wait
-    until each has registered with procrastinate; return how to start one more."""
-    env = {**os.environ, "CRMSYNC_PLUGINS": ""}
+def start_workers(burst: Burst, count: int, command: list[str] | None = None, *,
+                  env: dict[str, str] | None = None) -> Callable[[], subprocess.Popen[bytes]]:
+    """Start ``count`` worker processes (``crmsync worker`` unless ``command``; ``env``
+    added to the environment) and wait until each has registered with procrastinate;
+    return how to start one more."""
+    env = {**os.environ, "CRMSYNC_PLUGINS": "", **(env or {})}
     argv = command or [CRMSYNC, "--config", str(burst.config_path), "worker",
                        "--stalled-after", "2"]
 
