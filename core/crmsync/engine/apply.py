@@ -297,6 +297,8 @@ class Pipeline:
         # PostgreSQL with concurrent writers (a batch run beside `crmsync worker`s): hold
         # each contact's lock from its decision to its commit (StateStore.contact_locks)
         self.lock_contacts = False
+        # ... and make each decision one transaction with those locks (a real-time event)
+        self.one_transaction = False
         # Without post-operation hooks an application stages nothing to follow it; what
         # is still queued from before (hooks since removed, a crash) is run when this
         # is true (the real-time worker sets it once in a while, not for every event)
@@ -311,7 +313,7 @@ class Pipeline:
         """The contacts' locks when :attr:`lock_contacts`, else nothing."""
         if not self.lock_contacts:
             return contextlib.nullcontext()
-        return self.store.contact_locks(emails)
+        return self.store.contact_locks(emails, one_transaction=self.one_transaction)
 
     @property
     def rules(self) -> Rules:

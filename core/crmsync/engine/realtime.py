@@ -210,7 +210,7 @@ class RealtimeWorker:
     def _pipeline(self) -> Pipeline:
         pipeline = Pipeline(self.config, self.crm, self.esp, self.store, hooks=self.hooks,
                             stats=RunStats(run_id=self.run_id, mode="realtime"))
-        pipeline.lock_contacts = self.lock_contacts
+        pipeline.lock_contacts = pipeline.one_transaction = self.lock_contacts
         # Without post-operation hooks, an application leaves nothing to follow it: look
         # for what older ones left (hooks since removed, a crash) once a second or so,
         # not after every event (3 queries and 2 transactions each time)

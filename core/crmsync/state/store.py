@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -92,6 +93,7 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                 f"{str(exc).splitlines()[0]}; check [state] url and that the database is up"
             ) from None
         self.dialect = self.engine.dialect.name
+        self._joined = threading.local()
         self._sql = BulkSql(self.engine)
         self._last_time: tuple[object, str] = (_NOTHING, "")
 
@@ -154,7 +156,8 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def contact_locks(self, emails: Iterable[str]) -> Iterator[None]:
+    def contact_locks(self, emails: Iterable[str], *,
+                      one_transaction: bool = False) -> Iterator[None]:
         """Hold one lock per contact (by address) for the block: two writers of the
         same snapshots — a batch run's page, a ``crmsync worker``'s event — never decide
         on the same contact at once, while different contacts go side by side.
@@ -163,17 +166,32 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
         taken in key order in one statement (two holders cannot deadlock), released when
         the block ends or its holder dies. SQLite: nothing (one writer at a time holds
         the store-wide "batch" lock there, as before).
+
+        ``one_transaction`` (PostgreSQL): every :meth:`begin` of this thread inside the
+        block joins the locks' transaction instead of taking a connection and a
+        transaction of its own, so a decision (read, then commit, with the vendor's
+        write between) is one transaction that commits, or rolls back, with its locks
+        (a real-time event: three checkouts and commits were one each).
         """
         keys = sorted({contact_key_lock(email) for email in emails if email})
         if self.dialect != "postgresql" or not keys:
             yield
             return
+        if getattr(self._joined, "conn", None) is not None:
+            raise RuntimeError("contact_locks inside one_transaction contact_locks")
         with self.engine.connect() as conn, conn.begin():
             conn.execute(text(
                 "SELECT count(pg_advisory_xact_lock(k)) FROM "
                 "(SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"),
                 {"keys": keys})
-            yield
+            if not one_transaction:
+                yield
+                return
+            self._joined.conn = conn
+            try:
+                yield
+            finally:
+                self._joined.conn = None
 
     # -- the unit of work: the only way a decision's state changes --------------------------
     def update_rows(self, updates: Iterable[StateUpdate]) -> list[tuple[Any, ...]]:
