@@ -22,7 +22,8 @@ round to the next, ``--rounds`` times. Printed: per program and worker count, th
 median and the spread (min-max) of events/s, of the speed-up over the same program's
 one worker (its medians), and of the CPU per event of the workers, of their PostgreSQL
 backends and of both (from /proc: utime + stime), with the whole machine's busy share
-during the runs (other people's work on a shared machine shows there), and any order
+during the runs and the part of it that was other people's work on a shared machine
+(cores: busy - workers - their backends - this benchmark), and any order
 violation, lost event or double journal entry (each must be 0).
 
 The arithmetic that decides: N workers can at best apply ``cores / CPU per event``
@@ -155,14 +156,15 @@ def main() -> None:
                 rows.append(row)
                 print(f"round {number + 1}: {program} x{workers}: {row['per_s']:.1f} ev/s, "
                       f"CPU {row['worker_ms']:.1f} + {row['pg_ms']:.1f} ms/event, machine "
-                      f"{100 * row['machine_busy']:.0f}% busy", file=sys.stderr, flush=True)
+                      f"{100 * row['machine_busy']:.0f}% busy, others "
+                      f"{row['others_cores']:.2f} cores", file=sys.stderr, flush=True)
     print(f"{args.contacts} contacts x {args.events_per_contact} events, CRM latency "
           f"{args.latency_ms:g} ms, {args.rounds} round(s), {os.cpu_count()} cores; "
           "median (min-max)")
     print("| program | workers | events/s | x own 1 worker | CPU ms/event workers | "
           "CPU ms/event PostgreSQL | CPU ms/event total | machine busy % | "
-          "violations / lost / doubles |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "others' cores | violations / lost / doubles |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for program in programs:
         mine = [r for r in rows if r["program"] == program]
         base = statistics.median(r["per_s"] for r in mine if r["workers"] == counts[0])
@@ -175,6 +177,7 @@ def main() -> None:
                   f"{_spread([r['pg_ms'] for r in runs])} | "
                   f"{_spread([r['worker_ms'] + r['pg_ms'] for r in runs])} | "
                   f"{_spread([100 * r['machine_busy'] for r in runs], 0)} | "
+                  f"{_spread([r['others_cores'] for r in runs], 2)} | "
                   f"{bad[0]} / {bad[1]} / {bad[2]} |")
 
 

@@ -212,7 +212,8 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
 class CpuMeter:
     """CPU spent between :meth:`start` and :meth:`stop` by the worker processes and by
     the PostgreSQL backends of the benchmark's database (except the watcher's own
-    connection), and the whole machine's busy share meanwhile (other work included)."""
+    connection), the whole machine's busy share meanwhile, and what of it was neither
+    theirs nor this benchmark's (other work on a shared machine), in cores."""
 
     def __init__(self, burst: Burst, exclude_backend: int) -> None:
         self.burst = burst
@@ -221,7 +222,9 @@ class CpuMeter:
         self.last: dict[int, float] = {}  # a worker's CPU just before it was killed
         self.workers = self.backends = 0.0
         self.machine_share = 0.0
+        self.others_cores = 0.0
         self._machine: tuple[float, float] = (0.0, 0.0)
+        self._own = (0.0, 0.0, 0.0)  # this process, the watcher's backend, the clock
 
     def _backends(self, conn: Any) -> list[int]:
         return [pid for (pid,) in conn.execute(text(
@@ -232,6 +235,7 @@ class CpuMeter:
         pids = [p.pid for p in self.burst.procs] + self._backends(conn)
         self.before = {pid: cpu_seconds(pid) for pid in pids}
         self._machine = machine_busy()
+        self._own = (time.process_time(), cpu_seconds(self.exclude), time.monotonic())
 
     def stop(self, conn: Any) -> None:
         busy, total = machine_busy()
@@ -241,6 +245,9 @@ class CpuMeter:
             self.workers += spent - self.before.get(proc.pid, 0.0)
         for pid in self._backends(conn):  # a backend born meanwhile counts from 0
             self.backends += cpu_seconds(pid) - self.before.get(pid, 0.0)
+        own = (time.process_time() - self._own[0]) + (cpu_seconds(self.exclude) - self._own[1])
+        others = (busy - self._machine[0]) - self.workers - self.backends - own
+        self.others_cores = max(0.0, others) / max(1e-9, time.monotonic() - self._own[2])
 
 
 def run_burst(burst: Burst, *, timeout: float, kill_every: float = 0.0,
@@ -306,7 +313,7 @@ def run_burst(burst: Burst, *, timeout: float, kill_every: float = 0.0,
             "kills": kills,
             "worker_ms": 1000 * meter.workers / max(1, done),
             "pg_ms": 1000 * meter.backends / max(1, done),
-            "machine_busy": meter.machine_share}
+            "machine_busy": meter.machine_share, "others_cores": meter.others_cores}
 
 
 def _aware(value: datetime) -> datetime:
