@@ -38,10 +38,12 @@ import os
 import signal
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from scale_setup import prepared, run_burst, start_workers
+from sqlalchemy.exc import SQLAlchemyError
 
 PROGRAMS = ("floor", "crmsync")
 
@@ -152,12 +154,20 @@ def main() -> None:
         for workers in counts:
             order = programs if number % 2 == 0 else programs[::-1]
             for program in order:
-                row = one_run(admin_url, program, workers, args)
+                try:
+                    row = one_run(admin_url, program, workers, args)
+                except SQLAlchemyError as exc:  # a shared PostgreSQL restarted: once more
+                    print(f"round {number + 1}: {program} x{workers} failed ({exc!s:.200}); "
+                          "again in 30 s", file=sys.stderr, flush=True)
+                    time.sleep(30)
+                    row = one_run(admin_url, program, workers, args)
                 rows.append(row)
                 print(f"round {number + 1}: {program} x{workers}: {row['per_s']:.1f} ev/s, "
                       f"CPU {row['worker_ms']:.1f} + {row['pg_ms']:.1f} ms/event, machine "
                       f"{100 * row['machine_busy']:.0f}% busy, others "
-                      f"{row['others_cores']:.2f} cores", file=sys.stderr, flush=True)
+                      f"{row['others_cores']:.2f} cores, violations / lost / doubles "
+                      f"{row['violations']} / {row['lost']} / {row['doubles']}",
+                      file=sys.stderr, flush=True)
     print(f"{args.contacts} contacts x {args.events_per_contact} events, CRM latency "
           f"{args.latency_ms:g} ms, {args.rounds} round(s), {os.cpu_count()} cores; "
           "median (min-max)")
