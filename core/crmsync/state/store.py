@@ -119,11 +119,13 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
         if self.dialect == "postgresql":
             key = int(hashlib.sha256(f"crmsync:{name}".encode()).hexdigest()[:15], 16)
             kind = "_shared" if shared else ""
-            with self.engine.connect() as conn:
+            # autocommit: a session lock needs no transaction, and each BEGIN / COMMIT
+            # around the lock and the unlock was a round trip (a worker takes the shared
+            # "decisions" lock for every event)
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 while True:
                     got = conn.execute(text(f"SELECT pg_try_advisory_lock{kind}(:k)"),
                                        {"k": key}).scalar()
-                    conn.commit()
                     if got:
                         break
                     if time.monotonic() >= deadline:
@@ -133,7 +135,6 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                     yield
                 finally:
                     conn.execute(text(f"SELECT pg_advisory_unlock{kind}(:k)"), {"k": key})
-                    conn.commit()
             return
         import fcntl
 
