@@ -412,3 +412,34 @@ def test_models_assumed_valid_equal_the_validated_ones(fields, lists, explicit) 
                       changed_at=at, source="crm:x", explicit=explicit) for name in lists})
     assert fast == slow and fast.model_dump() == slow.model_dump()
     assert fast.model_dump_json() == slow.model_dump_json()
+
+
+def test_a_decision_in_one_transaction_with_its_contact_locks_commits_or_rolls_back_whole():
+    """A real-time event's decision (read, vendor write, commit) joins its contact
+    locks' transaction: what it wrote is gone if the block fails after it, as is the
+    lock; without ``one_transaction`` each ``begin`` commits on its own, as before."""
+    from tests.core.conftest import fresh_postgres
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with fresh_postgres() as url:
+        store = StateStore(url)
+        try:
+            with (pytest.raises(RuntimeError, match="vendor"),
+                  store.contact_locks(["ann@example.com"], one_transaction=True)):
+                with store.begin() as conn:
+                    store.set_cursor(conn, "crm", Cursor(at=at))
+                raise RuntimeError("the vendor write failed")
+            assert store.get_cursor("crm") is None
+            with store.contact_locks(["ann@example.com"], one_transaction=True):
+                with store.begin() as conn:
+                    store.set_cursor(conn, "crm", Cursor(at=at))
+                assert store.get_cursor("crm") is not None  # (read in the same transaction)
+            assert store.get_cursor("crm") == Cursor(at=at)  # committed with the locks
+            with (pytest.raises(RuntimeError, match="vendor"),
+                  store.contact_locks(["ann@example.com"])):
+                with store.begin() as conn:
+                    store.set_cursor(conn, "esp", Cursor(at=at))
+                raise RuntimeError("the vendor write failed")
+            assert store.get_cursor("esp") == Cursor(at=at)
+        finally:
+            store.close()

@@ -297,12 +297,23 @@ class Pipeline:
         # PostgreSQL with concurrent writers (a batch run beside `crmsync worker`s): hold
         # each contact's lock from its decision to its commit (StateStore.contact_locks)
         self.lock_contacts = False
+        # ... and make each decision one transaction with those locks (a real-time event)
+        self.one_transaction = False
+        # Without post-operation hooks an application stages nothing to follow it; what
+        # is still queued from before (hooks since removed, a crash) is run when this
+        # is true (the real-time worker sets it once in a while, not for every event)
+        self.leftovers = True
+
+    @property
+    def follows(self) -> bool:
+        """Whether to look for post-operations and follow-ups to run after applying."""
+        return self.hooks.has_post_operations or self.leftovers
 
     def contacts_locked(self, emails: Iterable[str]) -> contextlib.AbstractContextManager[None]:
         """The contacts' locks when :attr:`lock_contacts`, else nothing."""
         if not self.lock_contacts:
             return contextlib.nullcontext()
-        return self.store.contact_locks(emails)
+        return self.store.contact_locks(emails, one_transaction=self.one_transaction)
 
     @property
     def rules(self) -> Rules:
@@ -481,7 +492,7 @@ class Pipeline:
             done = self._apply_esp_changes(changes, origins, follow_up=follow_up)
         if done is None:
             return []
-        if not follow_up:
+        if not follow_up and self.follows:
             self.run_post_operations()
         return done
 
@@ -519,10 +530,12 @@ class Pipeline:
             done = [d.applied for d in commits if d.applied is not None]
             # In the same transaction as the change itself: what must follow it. A crash
             # right after the commit cannot lose a cascade or the ESP's copy of one.
-            self.store.stage(conn, "esp" if follow_up else "postop",
-                             [{"payload": c.model_dump(mode="json")} for c in done],
-                             run_id=self.stats.run_id,
-                             batch="followups" if follow_up else "postop")
+            # (Without post-operation hooks nothing follows a change: nothing to stage.)
+            if follow_up or self.hooks.has_post_operations:
+                self.store.stage(conn, "esp" if follow_up else "postop",
+                                 [{"payload": c.model_dump(mode="json")} for c in done],
+                                 run_id=self.stats.run_id,
+                                 batch="followups" if follow_up else "postop")
         return done
 
     def apply_crm_records(self, records: Sequence[Contact]) -> list[Failure]:
@@ -533,15 +546,17 @@ class Pipeline:
                                    if e]):
             self.send_to_esp(self.plan_crm_page(records).decisions)
         self.flush_repairs()
-        self.run_post_operations()
-        self.flush_followups()
+        if self.follows:
+            self.run_post_operations()
+            self.flush_followups()
         return self.failures[before:]
 
     def apply_esp_events(self, changes: Sequence[Change]) -> list[Failure]:
         """Apply ESP-side events (webhooks) to the CRM now, and their follow-ups."""
         before = len(self.failures)
         self.apply_esp_changes(changes)
-        self.flush_followups()
+        if self.follows:
+            self.flush_followups()
         return self.failures[before:]
 
     def _write_failed(self, conn: Connection, decision: ContactDecision, result: WriteResult,

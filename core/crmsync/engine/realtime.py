@@ -195,6 +195,10 @@ class RealtimeWorker:
         self.poll_error = ""
         self._pause_until: dict[str, float] = {}
         self._next_prune = 0.0
+        self._next_leftovers = 0.0
+        # what became of each event just tried: settled (None: done or dead) or when it
+        # is to be tried again (what apply_event returns, without reading the row back)
+        self._outcomes: dict[int, datetime | None] = {}
         self._held = False
         self.run_id = ""
         # `crmsync worker` (PostgreSQL): lock each contact from decision to commit, so a
@@ -206,7 +210,14 @@ class RealtimeWorker:
     def _pipeline(self) -> Pipeline:
         pipeline = Pipeline(self.config, self.crm, self.esp, self.store, hooks=self.hooks,
                             stats=RunStats(run_id=self.run_id, mode="realtime"))
-        pipeline.lock_contacts = self.lock_contacts
+        pipeline.lock_contacts = pipeline.one_transaction = self.lock_contacts
+        # Without post-operation hooks, an application leaves nothing to follow it: look
+        # for what older ones left (hooks since removed, a crash) once a second or so,
+        # not after every event (3 queries and 2 transactions each time)
+        now = self._clock()
+        pipeline.leftovers = now >= self._next_leftovers
+        if pipeline.leftovers:
+            self._next_leftovers = now + max(1.0, self.server.retry_base_s)
         return pipeline
 
     def _noted(self, failures: list[Failure]) -> list[Failure]:
@@ -230,6 +241,7 @@ class RealtimeWorker:
     def _run_once(self) -> int:
         heads = self.store.inbox_heads(limit=self.server.batch_size)
         tried = 0
+        self._outcomes.clear()  # (only apply_event reads them; kept from growing here)
         self._held = False
         for endpoint in ENDPOINTS:
             rows = [row for row in heads if row["endpoint"] == endpoint]
@@ -262,8 +274,11 @@ class RealtimeWorker:
         if self._paused(endpoint):  # a vendor's Retry-After: not an attempt
             wait = self._pause_until[endpoint] - self._clock()
             return datetime.now(UTC) + timedelta(seconds=max(0.0, wait))
+        self._outcomes.clear()
         self._apply_rows(endpoint, [row])
-        after = self.store.inbox_event(event_id)
+        if event_id in self._outcomes:
+            return self._outcomes.pop(event_id)
+        after = self.store.inbox_event(event_id)  # (every path records its outcome)
         if after is None or after["status"] != QueueStatus.PENDING:
             return None
         due: datetime = after["next_attempt_at"]
@@ -332,6 +347,7 @@ class RealtimeWorker:
                 if received.tzinfo is None:
                     received = received.replace(tzinfo=UTC)
                 self.observer.applied(endpoint, max(0.0, (now - received).total_seconds()))
+                self._outcomes[row["id"]] = None
             self.counts["applied"] += len(done)
 
     def _esp_changes(self, changes: list[Change]) -> list[Change]:
@@ -381,8 +397,9 @@ class RealtimeWorker:
             return
         delay = backoff_delay(attempts, base=self.server.retry_base_s,
                               cap=self.server.retry_max_s, retry_after=self._retry_after.value)
-        self.store.inbox_retry(row["id"], error,
-                               datetime.now(UTC) + timedelta(seconds=delay))
+        due = datetime.now(UTC) + timedelta(seconds=delay)
+        self.store.inbox_retry(row["id"], error, due)
+        self._outcomes[row["id"]] = due
         self.counts["retried"] += 1
         log.info("event %s (%s) will be retried in %.2fs: %s", row["id"], row["contact"],
                  delay, error)
@@ -393,6 +410,7 @@ class RealtimeWorker:
 
     def _dead(self, row: dict[str, Any], error: str) -> None:
         self.store.inbox_dead(row, error)
+        self._outcomes[row["id"]] = None
         self.observer.dead(row["endpoint"])
         self.counts["dead"] += 1
         log.warning("event %s (%s) moved to the dead letters: %s", row["id"], row["contact"],

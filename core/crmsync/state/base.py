@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -30,10 +31,17 @@ class StoreBase:
     dialect: str
     _sql: BulkSql
     _last_time: tuple[object, str]
+    #: this thread's transaction that every :meth:`begin` joins (see
+    #: :meth:`StateStore.contact_locks`' ``one_transaction``), if any
+    _joined: threading.local
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Connection]:
         try:
+            joined = getattr(self._joined, "conn", None)
+            if joined is not None:
+                yield joined  # committed (or rolled back) with the transaction it joins
+                return
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, SQLAlchemyError
 
 from ..errors import ConfigError, StateBusy, StateError
 from .identities import Identities
@@ -79,8 +80,8 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                     # only the pair's schema: a table it lacks is an error, never another
                     # pair's (or the default pair's) table found further down the path
                     args["options"] = f"-c search_path={_quote_ident(self.schema)}"
-                self.engine = create_engine(url, echo=echo, pool_pre_ping=True,
-                                            connect_args=args)
+                self.engine = create_engine(url, echo=echo, connect_args=args)
+                _ping_when_idle(self.engine, PING_IDLE_S)
             self.version = migrate(self.engine)
         except StateError:
             raise
@@ -100,6 +101,7 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                 f"{str(exc).splitlines()[0]}; check [state] url and that the database is up"
             ) from None
         self.dialect = self.engine.dialect.name
+        self._joined = threading.local()
         self._sql = BulkSql(self.engine)
         self._last_time: tuple[object, str] = (_NOTHING, "")
 
@@ -126,11 +128,13 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
             scope = f"{self.schema}:" if self.schema else ""
             key = int(hashlib.sha256(f"crmsync:{scope}{name}".encode()).hexdigest()[:15], 16)
             kind = "_shared" if shared else ""
-            with self.engine.connect() as conn:
+            # autocommit: a session lock needs no transaction, and each BEGIN / COMMIT
+            # around the lock and the unlock was a round trip (a worker takes the shared
+            # "decisions" lock for every event)
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 while True:
                     got = conn.execute(text(f"SELECT pg_try_advisory_lock{kind}(:k)"),
                                        {"k": key}).scalar()
-                    conn.commit()
                     if got:
                         break
                     if time.monotonic() >= deadline:
@@ -140,7 +144,6 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                     yield
                 finally:
                     conn.execute(text(f"SELECT pg_advisory_unlock{kind}(:k)"), {"k": key})
-                    conn.commit()
             return
         import fcntl
 
@@ -163,7 +166,8 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def contact_locks(self, emails: Iterable[str]) -> Iterator[None]:
+    def contact_locks(self, emails: Iterable[str], *,
+                      one_transaction: bool = False) -> Iterator[None]:
         """Hold one lock per contact (by address) for the block: two writers of the
         same snapshots — a batch run's page, a ``crmsync worker``'s event — never decide
         on the same contact at once, while different contacts go side by side.
@@ -172,17 +176,32 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
         taken in key order in one statement (two holders cannot deadlock), released when
         the block ends or its holder dies. SQLite: nothing (one writer at a time holds
         the store-wide "batch" lock there, as before).
+
+        ``one_transaction`` (PostgreSQL): every :meth:`begin` of this thread inside the
+        block joins the locks' transaction instead of taking a connection and a
+        transaction of its own, so a decision (read, then commit, with the vendor's
+        write between) is one transaction that commits, or rolls back, with its locks
+        (a real-time event: three checkouts and commits were one each).
         """
         keys = sorted({contact_key_lock(email, self.schema) for email in emails if email})
         if self.dialect != "postgresql" or not keys:
             yield
             return
+        if getattr(self._joined, "conn", None) is not None:
+            raise RuntimeError("contact_locks inside one_transaction contact_locks")
         with self.engine.connect() as conn, conn.begin():
             conn.execute(text(
                 "SELECT count(pg_advisory_xact_lock(k)) FROM "
                 "(SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"),
                 {"keys": keys})
-            yield
+            if not one_transaction:
+                yield
+                return
+            self._joined.conn = conn
+            try:
+                yield
+            finally:
+                self._joined.conn = None
 
     # -- the unit of work: the only way a decision's state changes --------------------------
     def update_rows(self, updates: Iterable[StateUpdate]) -> list[tuple[Any, ...]]:
@@ -247,6 +266,36 @@ class StateStore(Identities, SnapshotsAndJournal, Queues, Runs):
             if count % 5000 == 0:
                 flush()
         flush()
+
+#: A pooled connection unused for longer than this is pinged before it is handed out.
+PING_IDLE_S = 1.0
+
+
+def _ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """``pool_pre_ping`` for connections that sat in the pool more than ``idle_s``.
+
+    ``pool_pre_ping`` pings on every checkout: a real-time event takes half a dozen
+    connections from the pool in a row, so it was as many round trips more. A
+    connection given back a moment ago is used as is; if the server went away in that
+    moment, its first statement fails, SQLAlchemy drops the whole pool (a disconnect
+    error) and the event is tried again, as with any failure of the database."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(dbapi_conn: Any, record: Any) -> None:
+        record.info["crmsync_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("crmsync_idle_since")
+        if since is not None and time.monotonic() - since <= idle_s:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(str(exc)) from exc  # the pool reconnects
+        if not alive:
+            raise DisconnectionError("the state store's connection is gone")
+
 
 def contact_key_lock(email: str, schema: str | None = None) -> int:
     """The advisory lock key of one contact (a signed 60-bit int of its address and, for
