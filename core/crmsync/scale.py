@@ -271,7 +271,10 @@ def build_app(url: str, *, stalled_after_s: float = 30.0,
     the ``scheduled`` periodic ones (by pair; a list: the default pair's)."""
     import procrastinate
 
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(url)))
+    # a pool that grows to 4 but keeps 1 when idle: a worker process serving K pairs
+    # already holds K + 1 listening connections and a pool per pair
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(
+        conninfo=conninfo(url), min_size=1, max_size=4))
     app.task(name=APPLY_TASK, queue=QUEUE, retry=_retry_strategy())(_apply_event)
     by_pair = {PAIR: scheduled} if isinstance(scheduled, list) else scheduled or {}
     tasks: dict[str, Any] = {}
