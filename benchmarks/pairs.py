@@ -41,7 +41,7 @@ from sqlalchemy import text
 from crmsync.config import load_pairs
 from crmsync.model import Change
 from crmsync.runtime import open_store
-from crmsync.scale import build_app, defer_events, ensure_schema
+from crmsync.scale import QUEUE, build_app, defer_events, ensure_schema, queue_of
 from crmsync.testing.memory import reset_stores, store
 from crmsync.testing.pairs import sync_once
 
@@ -105,8 +105,9 @@ def run(admin_url: str, *, pairs: int, workers: int, contacts: int, events: int,
                     cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT))
                 log.close()
             watcher = stores["p0"].engine.connect()
+            loops = len({QUEUE, *(queue_of(name) for name in bursts)})  # per process
             while watcher.execute(text("SELECT count(*) FROM public.procrastinate_workers")
-                                  ).scalar() < workers * (pairs + 1):
+                                  ).scalar() < workers * loops:
                 for n, proc in enumerate(procs):
                     if proc.poll() is not None:
                         tail = (Path(folder) / f"worker{n}.log").read_text()[-1500:]
