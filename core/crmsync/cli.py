@@ -53,10 +53,10 @@ class Context:
     pair: str | None = None  # --pair: the one pair of it this command is about
 
     def config(self, *, required: bool = True) -> Config:
-        from .config import Config, load_config, load_pairs
+        from .config import Config, load_config, load_pairs, pair_names
 
         if self.pair is None and self.pairs_dir is not None:
-            names = ", ".join(load_pairs(self.pairs_dir)) if required else ""
+            names = ", ".join(pair_names(self.pairs_dir))
             raise ConfigError(f"this command is about one pair: pass --pair NAME "
                               f"(pairs in {self.pairs_dir}: {names})")
         if self.pair is not None:

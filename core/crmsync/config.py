@@ -53,6 +53,7 @@ __all__ = [
     "load_config",
     "load_pairs",
     "pair_name",
+    "pair_names",
     "read_secrets_file",
 ]
 
@@ -497,6 +498,11 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None,
     return config
 
 
+def pair_names(folder: str | Path) -> list[str]:
+    """The pairs of a many-pairs deployment's folder, by name (sorted), unread."""
+    return sorted(path.parent.name for path in Path(folder).glob(f"*/{PAIR_FILE}"))
+
+
 def load_pairs(folder: str | Path, *, environ: Mapping[str, str] | None = None,
                only: str | None = None) -> dict[str, Config]:
     """Every pair of a many-pairs deployment: ``folder/<name>/crmsync.toml`` each, by
@@ -509,14 +515,14 @@ def load_pairs(folder: str | Path, *, environ: Mapping[str, str] | None = None,
     if only is not None:
         path = folder / pair_name(only) / PAIR_FILE
         if not path.exists():
-            known = ", ".join(sorted(p.parent.name for p in folder.glob(f"*/{PAIR_FILE}")))
+            known = ", ".join(pair_names(folder))
             raise ConfigError(f"--pair {only}: there is no {path} (pairs in {folder}: "
                               f"{known or 'none'})")
         return {only: load_config(path, environ=environ, pair=only)}
     pairs: dict[str, Config] = {}
     seen: dict[str, str] = {}
-    for path in sorted(folder.glob(f"*/{PAIR_FILE}")):
-        name = pair_name(path.parent.name)
+    for name in map(pair_name, pair_names(folder)):
+        path = folder / name / PAIR_FILE
         config = load_config(path, environ=environ, pair=name)
         for key, what in ((config.secrets_prefix(), "secrets prefix"),
                           ("schema:" + name.replace("-", "_"), "state schema")):

@@ -242,27 +242,24 @@ def _pairs_status(obj: Context, pairs: dict[str, dict[str, Any]]) -> None:
 def _status_data(config: Any, runs: int) -> dict[str, Any]:
     store = open_store(config)
     try:
-        return _read_status(store, config, runs)
+        recent = store.runs(runs)
+        return {
+            "pair": config.pair_name,
+            "runs": [{k: r[k] for k in ("id", "mode", "full", "dry_run", "started_at",
+                                        "finished_at")}
+                     | {"status": live_status(store, r, recent)}
+                     | {"stats": {k: r["stats"].get(k) for k in ("crm_read", "esp_written",
+                                                                 "crm_written", "failed")}}
+                     for r in recent],
+            "cursors": {name: c.model_dump(mode="json")
+                        for name, c in store.cursors().items()},
+            "pending": store.count_pending(),
+            "inbox": store.inbox_counts(),
+            "dead_letters": len(store.dead_letters()),
+            "lists": store.status_counts(),
+        }
     finally:
         store.close()
-
-
-def _read_status(store: Any, config: Any, runs: int) -> dict[str, Any]:
-    recent = store.runs(runs)
-    return {
-        "pair": config.pair_name,
-        "runs": [{k: r[k] for k in ("id", "mode", "full", "dry_run", "started_at",
-                                    "finished_at")}
-                 | {"status": live_status(store, r, recent)}
-                 | {"stats": {k: r["stats"].get(k) for k in ("crm_read", "esp_written",
-                                                             "crm_written", "failed")}}
-                 for r in recent],
-        "cursors": {name: c.model_dump(mode="json") for name, c in store.cursors().items()},
-        "pending": store.count_pending(),
-        "inbox": store.inbox_counts(),
-        "dead_letters": len(store.dead_letters()),
-        "lists": store.status_counts(),
-    }
 
 
 def _render_status(obj: Context, data: dict[str, Any]) -> None:
