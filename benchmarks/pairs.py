@@ -26,20 +26,28 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import subprocess
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scale_setup import CONFIG, CRMSYNC, drop_database, fresh_database, stop_workers
+from scale_setup import (
+    CONFIG,
+    CRMSYNC,
+    admin_url,
+    aware,
+    drop_database,
+    fresh_database,
+    journal_check,
+    status_burst,
+    stop_workers,
+)
 from sqlalchemy import text
 
 from crmsync.config import load_pairs
-from crmsync.model import Change
 from crmsync.runtime import open_store
 from crmsync.scale import QUEUE, build_app, defer_events, ensure_schema, queue_of
 from crmsync.testing.memory import reset_stores, store
@@ -62,20 +70,7 @@ def prepare(root: Path, url: str, *, pairs: int, contacts: int, events: int,
         emails = [f"c{n}@example.com" for n in range(contacts)]  # the same people in each pair
         for email in emails:
             crm.add(email, fields={"FirstName": "A", "OptOut": "false"})
-        start = datetime.now(UTC) - timedelta(hours=1)
-        items = []
-        wanted: dict[str, list[str]] = {email: [] for email in emails}
-        for n in range(events):
-            status = "unsubscribed" if n % 2 == 0 else "subscribed"
-            for email in random.sample(emails, len(emails)):
-                at = (start + timedelta(seconds=n)).isoformat()
-                items.append(("esp", f"{name}-{email}-{n}", [Change.model_validate({
-                    "email": email, "source": "memory-esp", "occurred_at": at,
-                    "event_id": f"{name}-{email}-{n}",
-                    "subscriptions": {"1": {"list_id": "1", "status": status,
-                                            "changed_at": at,
-                                            "explicit": status == "subscribed"}}})]))
-                wanted[email].append(status)
+        items, wanted = status_burst(emails, events, key=f"{name}-")
         bursts[name] = {"items": items, "wanted": wanted}
     for name, config in load_pairs(root).items():
         sync_once(config, full=True)  # primed before the slow vendor matters: p0 is slow
@@ -153,20 +148,16 @@ def run(admin_url: str, *, pairs: int, workers: int, contacts: int, events: int,
             elapsed = (fast_done_at or time.monotonic()) - began
             watcher.close()
             stop_workers(procs)
-            latencies = sorted((seen[n][i] - _aware(received[n][i])).total_seconds()
+            latencies = sorted((seen[n][i] - aware(received[n][i])).total_seconds()
                                for n in fast for i in seen[n])
             violations = lost = doubles = 0
             for name, burst in bursts.items():
-                finished = name in fast
+                finished = name in fast  # p0, stopped midway: a prefix, in order
                 if finished:
                     lost += len(received[name]) - len(seen[name])
-                for email, statuses in burst["wanted"].items():
-                    got = [e["new_status"] for e in stores[name].journal(email=email)
-                           if e["list_id"] == "1"][1:]
-                    if len(got) > len(statuses) and got[:len(statuses)] == statuses:
-                        doubles += len(got) - len(statuses)
-                    elif got != (statuses if finished else statuses[:len(got)]):
-                        violations += 1  # the slow pair, stopped midway: a prefix, in order
+                bad, extra = journal_check(stores[name], burst["wanted"], complete=finished)
+                violations += bad
+                doubles += extra
             fast_events = sum(len(seen[n]) for n in fast)
             slow_left = len(received["p0"]) - len(seen["p0"])
             return {"per_s": fast_events / elapsed, "p50": statistics.median(latencies),
@@ -181,9 +172,6 @@ def run(admin_url: str, *, pairs: int, workers: int, contacts: int, events: int,
         drop_database(admin_url, db)
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -196,10 +184,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
-    admin_url = os.environ.get("CRMSYNC_TEST_POSTGRES_URL")
-    if not admin_url:
-        raise SystemExit("set CRMSYNC_TEST_POSTGRES_URL (a PostgreSQL server to make "
-                         "throw-away databases on)")
+    url = admin_url()
     counts = [int(n) for n in args.workers.split(",")]
     print(f"{args.pairs} pairs x {args.contacts} contacts x {args.events_per_contact} events "
           f"= {args.pairs * args.contacts * args.events_per_contact} events per run; CRM "
@@ -211,7 +196,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for workers in counts:
             for slow in (0.0, args.slow_ms):
-                r = run(admin_url, pairs=args.pairs, workers=workers, contacts=args.contacts,
+                r = run(url, pairs=args.pairs, workers=workers, contacts=args.contacts,
                         events=args.events_per_contact, latency_ms=args.latency_ms,
                         slow_ms=slow, timeout=args.timeout)
                 label = f"{slow:g} ms a write" if slow else f"{args.latency_ms:g} ms, as the others"

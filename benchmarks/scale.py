@@ -25,11 +25,9 @@ there yet, and the machine this was written on has 2 cores shared by 5 people.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import Any
 
-from scale_setup import prepared, run_burst, start_workers
+from scale_setup import admin_url, prepared, run_burst, start_workers
 
 
 def one_run(admin_url: str, workers: int, args: argparse.Namespace,
@@ -53,14 +51,11 @@ def main() -> None:
     parser.add_argument("--kill-every", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
-    admin_url = os.environ.get("CRMSYNC_TEST_POSTGRES_URL")
-    if not admin_url:
-        sys.exit("set CRMSYNC_TEST_POSTGRES_URL (a PostgreSQL the benchmark may create "
-                 "databases on)")
+    url = admin_url()
     counts = [int(n) for n in args.workers.split(",")]
-    rows = [one_run(admin_url, n, args) for n in counts]
+    rows = [one_run(url, n, args) for n in counts]
     if args.kill_every:
-        rows.append(one_run(admin_url, max(counts), args, kill_every=args.kill_every))
+        rows.append(one_run(url, max(counts), args, kill_every=args.kill_every))
     base = rows[0]["per_s"] or 1.0
     print(f"{args.contacts} contacts x {args.events_per_contact} events, CRM latency "
           f"{args.latency_ms:g} ms, PostgreSQL state")

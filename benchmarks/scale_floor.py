@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scale_setup import prepared, run_burst, start_workers
+from scale_setup import admin_url, prepared, run_burst, start_workers
 from sqlalchemy.exc import SQLAlchemyError
 
 PROGRAMS = ("floor", "crmsync")
@@ -143,10 +143,7 @@ def main() -> None:
         return
     # SIGTERM: stop the workers and drop the database on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    admin_url = os.environ.get("CRMSYNC_TEST_POSTGRES_URL")
-    if not admin_url:
-        sys.exit("set CRMSYNC_TEST_POSTGRES_URL (a PostgreSQL the benchmark may create "
-                 "databases on)")
+    url = admin_url()
     counts = [int(n) for n in args.workers.split(",")]
     programs = args.programs.split(",")
     rows: list[dict[str, Any]] = []
@@ -155,12 +152,12 @@ def main() -> None:
             order = programs if number % 2 == 0 else programs[::-1]
             for program in order:
                 try:
-                    row = one_run(admin_url, program, workers, args)
+                    row = one_run(url, program, workers, args)
                 except SQLAlchemyError as exc:  # a shared PostgreSQL restarted: once more
                     print(f"round {number + 1}: {program} x{workers} failed ({exc!s:.200}); "
                           "again in 30 s", file=sys.stderr, flush=True)
                     time.sleep(30)
-                    row = one_run(admin_url, program, workers, args)
+                    row = one_run(url, program, workers, args)
                 rows.append(row)
                 print(f"round {number + 1}: {program} x{workers}: {row['per_s']:.1f} ev/s, "
                       f"CPU {row['worker_ms']:.1f} + {row['pg_ms']:.1f} ms/event, machine "
